@@ -1,0 +1,405 @@
+"""Per-text tracking of SAE features across layers (method.md §3): selection, association, lifecycle.
+
+The layer index is the "time" axis. For every text and layer the SAE code is pooled to one vector
+`a_ℓ` (§3.1), up to k features are selected from it, and the features are linked across layers into
+tracks by a strict "solve, then reject" Hungarian assignment (§3.4–3.5) or an ablation variant (§3.6).
+
+What runs where:
+  * pooling, top-k and every association cost are array programs (`pool_codes`, `select_features`,
+    `association_costs`). An alive track at layer ℓ−1 always holds one of layer ℓ−1's selected
+    features, so the cost of continuing it with feature j of layer ℓ depends only on the pair of list
+    entries: all costs of all layers and texts come from ONE batched matmul of unit decoder rows,
+    `[B, L−1, k, D] × [B, L−1, D, k]`.
+  * `track_selection` is the only host loop: per text, per layer it picks the rows of the alive
+    tracks out of the precomputed cost block and solves one ≤ k×k assignment (scipy).
+
+Conventions (shared with `divergence.py` and the `tracks.npz` schema of DESIGN.md):
+  * rows of an assignment problem are the alive tracks in creation order (track id ascending);
+    columns are the layer's selected features in list order (descending activation, ties → lower
+    feature id). This fixes scipy's tie-breaking;
+  * a text's tracks are `birth[M]`, `death[M]` (`NO_DEATH` = −1 while alive), `act[M, L]` (0 where the
+    track has no observation) and `fid[M, L]` (−1 where absent); batches pad M with `birth = −1`.
+  * activations are in the units of the codes given (scaled-input units for `saes.encode`).
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import optimize
+
+from ghosttrack_jax.errors import ConfigError
+
+POOLINGS = ("answer_max", "answer_mean", "last_token", "max_all")
+ASSOCIATIONS = ("hungarian", "greedy", "feature_id", "no_association")
+# Ablation variants of §3.6: an association rule, or `single_hypothesis` (= hungarian with top_k 1).
+VARIANTS = ASSOCIATIONS + ("single_hypothesis",)
+NO_DEATH = -1  # death layer of a track that is alive at the last layer
+_ACT_EPS = 1e-6  # §3.4: the activation cost uses the ratio only when the track's activation > this
+_ACT_NEW = 0.1  # §3.4: with a ~zero track activation, a candidate above this costs 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackerConfig:
+  """Tracker settings (method.md §3.3 defaults). Activations are in the SAE code units."""
+
+  top_k: int = 50  # features kept per layer per text
+  pooling: str = "answer_max"  # one of POOLINGS
+  association: str = "hungarian"  # one of ASSOCIATIONS
+  birth_threshold: float = 0.5  # a feature with pooled activation > this may start a track
+  association_threshold: float = 0.5  # assigned pairs with cost >= this are rejected
+  w_sem: float = 0.6  # weight of 1 - cos(decoder rows)
+  w_act: float = 0.2  # weight of the activation-ratio cost
+  w_pos: float = 0.2  # weight of the position cost, which is always 0 (kept for parity)
+
+  def __post_init__(self):
+    if self.pooling not in POOLINGS:
+      raise ConfigError(f"tracking pooling={self.pooling!r}: use one of {POOLINGS}")
+    if self.association not in ASSOCIATIONS:
+      raise ConfigError(f"tracking association={self.association!r}: use one of {ASSOCIATIONS}")
+    if self.top_k < 1:
+      raise ConfigError(f"tracking top_k={self.top_k}: must be >= 1")
+
+  @classmethod
+  def from_config(cls, tracking_cfg: Any) -> "TrackerConfig":
+    """Builds the tracker settings from `config.tracking`."""
+    return cls(top_k=int(tracking_cfg.top_k), pooling=str(tracking_cfg.pooling),
+               association=str(tracking_cfg.association),
+               birth_threshold=float(tracking_cfg.birth_threshold),
+               association_threshold=float(tracking_cfg.association_threshold),
+               w_sem=float(tracking_cfg.w_sem), w_act=float(tracking_cfg.w_act),
+               w_pos=float(tracking_cfg.w_pos))
+
+  def variant(self, name: str) -> "TrackerConfig":
+    """This config with the §3.6 ablation `name` applied (`hungarian` = the default rule)."""
+    if name == "single_hypothesis":
+      return dataclasses.replace(self, top_k=1, association="hungarian")
+    if name not in ASSOCIATIONS:
+      raise ConfigError(f"tracking variant {name!r}: use one of {VARIANTS}")
+    return dataclasses.replace(self, association=name)
+
+  @property
+  def needs_costs(self) -> bool:
+    return self.association in ("hungarian", "greedy")
+
+
+@dataclasses.dataclass
+class Selection:
+  """Per-text, per-layer feature lists (host numpy). Selected entries form a prefix of each list.
+
+  fid: [B, L, k] int32 feature ids, −1 past the list end.
+  act: [B, L, k] float32 pooled activations, 0 past the list end.
+  n_valid: [B, L] int32 list lengths.
+  """
+
+  fid: np.ndarray
+  act: np.ndarray
+  n_valid: np.ndarray
+
+  def head(self, k: int) -> "Selection":
+    """The first k entries of every list: the selection a smaller top_k would have made."""
+    return Selection(self.fid[..., :k], self.act[..., :k], np.minimum(self.n_valid, k))
+
+  def take(self, idx) -> "Selection":
+    return Selection(self.fid[idx], self.act[idx], self.n_valid[idx])
+
+
+@dataclasses.dataclass
+class Tracks:
+  """Tracks of a batch of texts, padded over the track axis (see module docstring).
+
+  birth, death: [B, M] int32; act: [B, M, L] float32; fid: [B, M, L] int32; n_tracks,
+  total_births, total_deaths, max_concurrent: [B] int32 tracker counters.
+  """
+
+  birth: np.ndarray
+  death: np.ndarray
+  act: np.ndarray
+  fid: np.ndarray
+  n_tracks: np.ndarray
+  total_births: np.ndarray
+  total_deaths: np.ndarray
+  max_concurrent: np.ndarray
+
+  @property
+  def n_layers(self) -> int:
+    return self.act.shape[-1]
+
+  def text(self, i: int) -> dict[str, np.ndarray]:
+    """Text i's arrays, trimmed to its own tracks."""
+    m = int(self.n_tracks[i])
+    return {"birth": self.birth[i, :m], "death": self.death[i, :m], "act": self.act[i, :m],
+            "fid": self.fid[i, :m]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Pooling and selection (device)
+
+
+def pool_codes(codes, token_mask, answer_mask, pooling: str):
+  """Reduces each text's SAE codes at each layer to one vector `a_ℓ` (method.md §3.1).
+
+  Args:
+    codes: [L, B, T, h] SAE codes.
+    token_mask: [B, T] bool, true at non-pad positions.
+    answer_mask: [B, T] bool, true at the answer positions (inputs of the answer tokens).
+    pooling: one of POOLINGS.
+
+  Returns:
+    [B, L, h] float32 pooled codes. A text without answer (or non-pad) positions pools to 0.
+  """
+  codes = jnp.asarray(codes, jnp.float32)
+  token_mask = jnp.asarray(token_mask, bool)
+  answer_mask = jnp.asarray(answer_mask, bool) & token_mask
+  if pooling == "max_all":  # pads zeroed first, then max over every position
+    pooled = jnp.max(jnp.where(token_mask[None, :, :, None], codes, 0.0), axis=2)
+  elif pooling == "last_token":
+    t = jnp.asarray(token_mask.shape[1] - 1 - jnp.argmax(token_mask[:, ::-1], axis=1))
+    pooled = jnp.take_along_axis(codes, t[None, :, None, None], axis=2)[:, :, 0]
+    pooled = jnp.where(token_mask.any(axis=1)[None, :, None], pooled, 0.0)
+  elif pooling == "answer_max":
+    m = answer_mask[None, :, :, None]
+    pooled = jnp.max(jnp.where(m, codes, -jnp.inf), axis=2)
+    pooled = jnp.where(answer_mask.any(axis=1)[None, :, None], pooled, 0.0)
+  elif pooling == "answer_mean":
+    m = answer_mask[None, :, :, None]
+    n = jnp.maximum(answer_mask.sum(axis=1), 1)[None, :, None]
+    pooled = jnp.sum(jnp.where(m, codes, 0.0), axis=2) / n
+  else:
+    raise ConfigError(f"tracking pooling={pooling!r}: use one of {POOLINGS}")
+  return jnp.swapaxes(pooled, 0, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "zeros_allowed"))
+def _select(pooled, k: int, zeros_allowed: bool):
+  act, fid = jax.lax.top_k(pooled, k)  # ties: lower index first (XLA TopK is stable)
+  valid = jnp.ones_like(act, bool) if zeros_allowed else act > 0
+  # Descending order makes "positive" a prefix: stopping at the first non-positive value is the same.
+  return (jnp.where(valid, fid, -1).astype(jnp.int32), jnp.where(valid, act, 0.0),
+          valid.sum(axis=-1).astype(jnp.int32))
+
+
+def select_features(pooled, top_k: int, pooling: str) -> Selection:
+  """Top-k features of every pooled vector (§3.1), copied to host.
+
+  `max_all` (parity) keeps the k largest entries with zeros allowed; every other pooling keeps the
+  strictly positive entries, in descending order, at most k. Ties go to the lower feature id.
+
+  Args:
+    pooled: [B, L, h] pooled codes.
+    top_k: k; lists are `min(k, h)` long.
+    pooling: the pooling that produced `pooled` (decides the zeros rule).
+  """
+  pooled = jnp.asarray(pooled, jnp.float32)
+  k = min(int(top_k), pooled.shape[-1])
+  fid, act, n = jax.device_get(_select(pooled, k, pooling == "max_all"))
+  return Selection(np.asarray(fid), np.asarray(act, np.float32), np.asarray(n))
+
+
+def unit_decoder(w_dec):
+  """[L, h, D] decoder rows scaled to unit norm; a zero row stays zero (its cosine is then 0)."""
+  w_dec = jnp.asarray(w_dec, jnp.float32)
+  norm = jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
+  return jnp.where(norm > 0, w_dec / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+@jax.jit
+def _costs(w_unit, fid, act, w_sem, w_act):
+  n_layers = w_unit.shape[0]
+  layer = jnp.arange(n_layers)[None, :, None]
+  emb = w_unit[layer, jnp.maximum(fid, 0)]  # [B, L, k, D]: this layer's decoder row per list entry
+  cos = jnp.einsum("blpd,blqd->blpq", emb[:, :-1], emb[:, 1:],
+                   precision=jax.lax.Precision.HIGHEST)
+  sem = 1.0 - jnp.clip(cos, -1.0, 1.0)
+  a = act[:, :-1, :, None]  # the alive track's latest activation (entry p of layer ℓ−1)
+  b = act[:, 1:, None, :]  # candidate j of layer ℓ
+  ratio = jnp.abs(a - b) / jnp.where(a + b > 0, a + b, 1.0)
+  c_act = jnp.where(a > _ACT_EPS, ratio, jnp.where(b > _ACT_NEW, 1.0, 0.0))
+  return w_sem * sem + w_act * c_act  # + w_pos * 0: the position cost is always 0 (§3.3)
+
+
+def association_costs(w_unit, sel: Selection, cfg: TrackerConfig) -> np.ndarray:
+  """All association costs of a batch (§3.4), from one batched matmul, copied to host.
+
+  Args:
+    w_unit: [L, h, D] unit decoder rows (`unit_decoder`), layer ℓ's SAE at index ℓ.
+    sel: the batch's selection, [B, L, k].
+    cfg: weights.
+
+  Returns:
+    [B, L−1, k, k] float32: entry [b, ℓ−1, p, j] is the cost of continuing a track whose latest
+    observation is list entry p of layer ℓ−1 with list entry j of layer ℓ. Entries past a list's end
+    are meaningless and never read.
+  """
+  if w_unit.shape[0] != sel.fid.shape[1]:
+    raise ValueError(f"decoder has {w_unit.shape[0]} layers, selection {sel.fid.shape[1]}")
+  if sel.fid.shape[1] < 2:
+    b, _, k = sel.fid.shape
+    return np.zeros((b, 0, k, k), np.float32)
+  out = _costs(w_unit, jnp.asarray(sel.fid), jnp.asarray(sel.act), float(cfg.w_sem),
+               float(cfg.w_act))
+  return np.asarray(jax.device_get(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# Assignment (host)
+
+
+def hungarian(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Minimum-cost rectangular assignment, `scipy.optimize.linear_sum_assignment` semantics.
+
+  Returns (rows, cols) with rows ascending, `min(cost.shape)` pairs.
+  """
+  return optimize.linear_sum_assignment(cost)
+
+
+def assign(cost: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+  """Hungarian, then reject (§3.5): solve the full problem, keep only pairs with cost < threshold.
+
+  A rejected pair leaves both its row and column unmatched (no re-solve).
+  """
+  rows, cols = hungarian(cost)
+  keep = cost[rows, cols] < threshold
+  return rows[keep], cols[keep]
+
+
+def assign_greedy(cost: np.ndarray, latest_act: np.ndarray,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+  """Greedy association (§3.6): tracks by latest activation, descending (ties: creation order);
+  each takes the remaining column of lowest cost (ties: lower column), kept if cost < threshold.
+  A track whose best remaining cost is too high stays unmatched and takes nothing.
+
+  Returns (rows, cols), rows ascending.
+  """
+  n_rows, n_cols = cost.shape
+  free = np.ones(n_cols, bool)
+  rows, cols = [], []
+  for r in np.argsort(-latest_act, kind="stable"):
+    if not free.any():
+      break
+    row = np.where(free, cost[r], np.inf)
+    j = int(np.argmin(row))
+    if row[j] < threshold:
+      free[j] = False
+      rows.append(r)
+      cols.append(j)
+  rows, cols = np.asarray(rows, np.intp), np.asarray(cols, np.intp)
+  order = np.argsort(rows)
+  return rows[order], cols[order]
+
+
+def assign_feature_id(prev_fid: np.ndarray, cur_fid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Feature-id association (§3.6 null baseline): a track continues iff its latest feature id is in
+  the current list (ids within a list are unique, so the match is unique)."""
+  eq = prev_fid[:, None] == cur_fid[None, :]
+  rows = np.flatnonzero(eq.any(axis=1))
+  return rows, np.argmax(eq[rows], axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Lifecycle (host)
+
+_EMPTY = np.zeros(0, np.intp)
+
+
+def _track_text(fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.ndarray | None,
+                cfg: TrackerConfig) -> dict[str, Any]:
+  """Runs the §3.3 lifecycle for one text. fid/act [L, k], n_valid [L], cost [L−1, k, k] or None."""
+  n_layers = fid.shape[0]
+  bt = cfg.birth_threshold
+  # Layer 0: every selected feature above the birth threshold starts a track.
+  alive_cols = np.flatnonzero(act[0, :n_valid[0]] > bt)
+  alive_ids = np.arange(alive_cols.size)
+  birth = [np.zeros(alive_cols.size, np.int32)]
+  obs_ids, obs_layer, obs_cols = [alive_ids], [np.zeros(alive_cols.size, np.intp)], [alive_cols]
+  dead_ids, dead_layer = [], []
+  next_id = alive_cols.size
+  max_concurrent = alive_cols.size
+  for layer in range(1, n_layers):
+    n = int(n_valid[layer])
+    if alive_ids.size and n:
+      if cfg.association == "hungarian":
+        rows, cols = assign(cost[layer - 1][alive_cols, :n], cfg.association_threshold)
+      elif cfg.association == "greedy":
+        rows, cols = assign_greedy(cost[layer - 1][alive_cols, :n], act[layer - 1, alive_cols],
+                                   cfg.association_threshold)
+      elif cfg.association == "feature_id":
+        rows, cols = assign_feature_id(fid[layer - 1, alive_cols], fid[layer, :n])
+      else:  # no_association
+        rows, cols = _EMPTY, _EMPTY
+    else:
+      rows, cols = _EMPTY, _EMPTY
+    matched = np.zeros(alive_ids.size, bool)
+    matched[rows] = True
+    if not matched.all():  # unmatched alive tracks die at the previous layer
+      dead = alive_ids[~matched]
+      dead_ids.append(dead)
+      dead_layer.append(np.full(dead.size, layer - 1, np.int32))
+    taken = np.zeros(n, bool)
+    taken[cols] = True
+    new_cols = np.flatnonzero(~taken & (act[layer, :n] > bt))
+    new_ids = np.arange(next_id, next_id + new_cols.size)
+    next_id += new_cols.size
+    birth.append(np.full(new_cols.size, layer, np.int32))
+    # rows are ascending, so matched tracks keep creation order; newborns follow in list order.
+    alive_ids = np.concatenate([alive_ids[rows], new_ids])
+    alive_cols = np.concatenate([cols, new_cols]).astype(np.intp)
+    obs_ids.append(alive_ids)
+    obs_layer.append(np.full(alive_ids.size, layer, np.intp))
+    obs_cols.append(alive_cols)
+    max_concurrent = max(max_concurrent, alive_ids.size)
+  death = np.full(next_id, NO_DEATH, np.int32)
+  if dead_ids:
+    death[np.concatenate(dead_ids)] = np.concatenate(dead_layer)
+  return {"birth": np.concatenate(birth), "death": death, "obs_ids": np.concatenate(obs_ids),
+          "obs_layer": np.concatenate(obs_layer), "obs_cols": np.concatenate(obs_cols),
+          "max_concurrent": max_concurrent, "n_deaths": int(sum(d.size for d in dead_ids))}
+
+
+def track_selection(sel: Selection, costs: np.ndarray | None, cfg: TrackerConfig,
+                    pad_to: int | None = None) -> Tracks:
+  """Links each text's selected features into tracks (§3.3–3.6).
+
+  Args:
+    sel: [B, L, k] selection (its k may exceed cfg.top_k: only the first cfg.top_k entries are used).
+    costs: [B, L−1, k', k'] from `association_costs` with k' >= the k used (None for the
+      feature_id and no_association rules, which need no costs).
+    cfg: tracker settings.
+    pad_to: track-axis length M of the output (default: the batch's largest track count).
+  """
+  if sel.fid.shape[-1] > cfg.top_k:
+    sel = sel.head(cfg.top_k)
+  if cfg.needs_costs and costs is None and sel.fid.shape[1] > 1:
+    raise ValueError(f"association {cfg.association!r} needs association costs")
+  n_texts, n_layers, _ = sel.fid.shape
+  per_text = [
+      _track_text(sel.fid[b], sel.act[b], sel.n_valid[b],
+                  None if costs is None else costs[b], cfg) for b in range(n_texts)
+  ]
+  n_tracks = np.array([t["birth"].size for t in per_text], np.int32)
+  m = int(n_tracks.max(initial=0)) if pad_to is None else int(pad_to)
+  if n_tracks.size and n_tracks.max() > m:
+    raise ValueError(f"pad_to={m} is below the largest track count {n_tracks.max()}")
+  birth = np.full((n_texts, m), -1, np.int32)
+  death = np.full((n_texts, m), NO_DEATH, np.int32)
+  act = np.zeros((n_texts, m, n_layers), np.float32)
+  fid = np.full((n_texts, m, n_layers), -1, np.int32)
+  for b, t in enumerate(per_text):
+    birth[b, :n_tracks[b]] = t["birth"]
+    death[b, :n_tracks[b]] = t["death"]
+    act[b, t["obs_ids"], t["obs_layer"]] = sel.act[b, t["obs_layer"], t["obs_cols"]]
+    fid[b, t["obs_ids"], t["obs_layer"]] = sel.fid[b, t["obs_layer"], t["obs_cols"]]
+  return Tracks(birth=birth, death=death, act=act, fid=fid, n_tracks=n_tracks,
+                total_births=n_tracks.copy(),
+                total_deaths=np.array([t["n_deaths"] for t in per_text], np.int32),
+                max_concurrent=np.array([t["max_concurrent"] for t in per_text], np.int32))
+
+
+def track_pooled(pooled, w_unit, cfg: TrackerConfig) -> tuple[Selection, Tracks]:
+  """Selection + costs + lifecycle for pooled codes [B, L, h] and unit decoder rows [L, h, D]."""
+  sel = select_features(pooled, cfg.top_k, cfg.pooling)
+  costs = association_costs(w_unit, sel, cfg) if cfg.needs_costs else None
+  return sel, track_selection(sel, costs, cfg)
