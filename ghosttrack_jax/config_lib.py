@@ -90,6 +90,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.qa.batch_size = 16  # prompts per generation batch
   c.qa.label_method = "containment"  # "exact", "containment" or "f1"
   c.qa.f1_threshold = 0.5  # label_method="f1": answers with SQuAD-F1 >= this are correct
+  # Prompt: "fewshot" (5 Q:/A: exemplars, base models), "chat" (chat template, instruct models) or
+  # "auto" (chat iff the tokenizer has a chat template). Set it explicitly per model config.
+  c.qa.prompt_style = "auto"
+  c.qa.cut_first_sentence = True  # also end the answer after its first sentence (besides newline/EOS)
+  c.qa.truthfulqa_similarity = "rougeL"  # TruthfulQA own-answer labels: "rougeL" or "f1" diff rule
+  c.qa.given_max_answer_tokens = 64  # given-text mode: reference answers truncated to this (tokens)
+  c.qa.halueval_subset = "one-turn"  # "one-turn", "multi-turn" or "both" (merged per question)
+  c.qa.nq_open_file = "data/qa/NQ-open.dev.jsonl"  # relative to the cwd or the repository root
+  c.qa.fewshot_file = "data/qa/NQ-open.efficientqa.dev.1.1.jsonl"  # few-shot exemplar pool
+  c.qa.truthfulqa_file = "data/qa/TruthfulQA.csv"  # or data/qa/TruthfulQA_v1_817.csv (817 rows)
 
   # ---- tracking ----------------------------------------------------------------------------
   c.tracking = ml_collections.ConfigDict()
@@ -106,9 +116,13 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- detection and evaluation ----------------------------------------------------------
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.n_folds = 5  # stratified K-fold grouped by question
-  c.evaluate.n_bootstrap = 1000  # bootstrap resamples (of questions) for 95% intervals
+  c.evaluate.n_repeats = 1  # repeats of the K-fold split (seeds seed..seed+R-1); 5 for final reports
+  c.evaluate.n_bootstrap = 2000  # bootstrap resamples (of questions) for 95% intervals
   c.evaluate.seed = 0  # fold and bootstrap seed
   c.evaluate.classifiers = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
+  c.evaluate.inner_folds = 3  # grouped inner CV folds (C, probe layer and threshold chosen in them)
+  c.evaluate.logistic_cs = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths searched by inner CV
+  c.evaluate.n_case_studies = 3  # report: tracks plotted per class
   c.evaluate.ablations = True  # also run the tracking ablations and top-k / pooling sweeps
   return c
 
