@@ -1,0 +1,9 @@
+"""Test-wide setup. The environment lines must run before anything imports JAX or transformers:
+XLA reads XLA_FLAGS when its backend starts and silently ignores a later change."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # accidental hub access fails at once
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
