@@ -1,0 +1,574 @@
+"""Stage `detect`: cross-validated hallucination detectors on the saved folds (method.md §5.2, §6.3).
+
+Reads the feature table written by `track` (`results/<model>/tracking/<dataset>/features.{npz,json}`,
+schema in docs/DESIGN.md "Feature tables") and the examples/fold file of `answer`. Every method is scored
+out of fold on the same folds; everything a method fits (constant-column drop, scaler, C, probe layer,
+bag-of-words vocabulary, decision threshold) is fit on the training folds only:
+
+  * classifiers (scikit-learn pipelines: drop constant columns -> StandardScaler -> model):
+    `logistic` (L2, class_weight='balanced', C from `config.evaluate.logistic_cs` by grouped inner CV;
+    the primary detector), `random_forest` (100 trees, balanced, random_state=42), `gradient_boosting`
+    (100 stages, lr 0.1, depth 3, balanced sample weights), `svm` (RBF, C=1, balanced, probability=True)
+    and `ensemble` (mean probability of RF, GB and LR(C=1)).
+  * GhostTrack (26 metrics) with every classifier in `config.evaluate.classifiers`; the reconstruction
+    family, every ablation and sweep set, and the combined row with logistic regression.
+  * baselines: one-feature logistic regressions on each scalar (answer length in tokens and words, mean
+    and max token NLL, mean predictive entropy; the sign is learned on training folds) and on all of
+    them; raw-residual and pooled-SAE probes, best layer (layer chosen by grouped inner CV at C=1, then
+    C by inner CV) and all layers; a bag-of-words logistic regression on the answer text; in given-text
+    mode also the opener indicator ("No", "Nothing", "Not", "It depends", "There is no", ...).
+  * thresholds: Youden's J on grouped inner cross-validated scores of the training folds
+    (`evaluate.choose_threshold`), stored per (method, repeat, fold).
+
+The final detectors (GhostTrack features, every configured classifier) are fit on all rows and saved
+under `detector/`: `manifest.json` (feature names, schema, L, k, pooling, SAE/examples manifest hashes,
+config, thresholds, importances), `logistic.json` (the primary detector's parameters; no pickle) and
+`<classifier>.joblib` for the others (scikit-learn objects; load only files you made).
+
+`Detector` is the Python API; `detect_cli.py` the command line.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+
+import numpy as np
+
+from ghosttrack_jax import answers, evaluate, io_utils, paths
+from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
+
+SCHEMA_VERSION = 1
+CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
+SCALAR_BASELINES = ("answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy")
+OPENER = re.compile(r"^\s*(no|nothing|not|none|never|nobody|it depends|there is no|there are no|"
+                    r"i have no comment)\b", re.IGNORECASE)
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+def _sk():
+  """Lazy scikit-learn import (keeps `import ghosttrack_jax.detect` cheap)."""
+  import sklearn.base, sklearn.ensemble, sklearn.feature_selection, sklearn.linear_model  # pylint: disable=g-import-not-at-top,multiple-import
+  import sklearn.pipeline, sklearn.preprocessing, sklearn.svm, sklearn.utils.class_weight  # pylint: disable=g-import-not-at-top,multiple-import
+  return sklearn
+
+
+class BalancedGradientBoosting:
+  """GradientBoostingClassifier fit with 'balanced' sample weights (it has no class_weight)."""
+
+  def __init__(self, random_state=42):
+    sk = _sk()
+    self.model = sk.ensemble.GradientBoostingClassifier(n_estimators=100, learning_rate=0.1, max_depth=3,
+                                                        random_state=random_state)
+
+  def fit(self, x, y):
+    w = _sk().utils.class_weight.compute_sample_weight("balanced", y)
+    self.model.fit(x, y, sample_weight=w)
+    self.classes_ = self.model.classes_
+    return self
+
+  def predict_proba(self, x):
+    return self.model.predict_proba(x)
+
+  @property
+  def feature_importances_(self):
+    return self.model.feature_importances_
+
+
+class MeanEnsemble:
+  """Mean P(y=1) of RF(100), GB(100) and LR(C=1), each in its own scaled pipeline (method.md §5.1)."""
+
+  def __init__(self):
+    self.members = [make_classifier("random_forest"), make_classifier("gradient_boosting"),
+                    make_classifier("logistic", c=1.0)]
+
+  def fit(self, x, y):
+    for m in self.members:
+      m.fit(x, y)
+    self.classes_ = np.array([0, 1])
+    return self
+
+  def predict_proba(self, x):
+    p = np.mean([m.predict_proba(x)[:, 1] for m in self.members], axis=0)
+    return np.stack([1 - p, p], axis=1)
+
+
+def make_classifier(name: str, c: float = 1.0):
+  """A fresh pipeline: drop constant columns -> StandardScaler -> classifier."""
+  sk = _sk()
+  if name == "ensemble":
+    return MeanEnsemble()
+  if name == "logistic":
+    clf = sk.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+  elif name == "random_forest":
+    clf = sk.ensemble.RandomForestClassifier(n_estimators=100, max_features="sqrt", class_weight="balanced",
+                                             random_state=42, n_jobs=1)
+  elif name == "gradient_boosting":
+    clf = BalancedGradientBoosting(random_state=42)
+  elif name == "svm":
+    clf = sk.svm.SVC(C=1.0, kernel="rbf", class_weight="balanced", probability=True, random_state=42)
+  else:
+    raise ValueError(f"unknown classifier {name!r}: use one of {CLASSIFIERS}")
+  return sk.pipeline.Pipeline([("drop_constant", sk.feature_selection.VarianceThreshold(0.0)),
+                               ("scale", sk.preprocessing.StandardScaler()), ("clf", clf)])
+
+
+class _Constant:
+  """Fallback when a training fold has one class or no non-constant column: predicts the prior."""
+
+  def __init__(self, p):
+    self.p = float(p)
+
+  def predict_proba(self, x):
+    return np.tile([1 - self.p, self.p], (len(x), 1))
+
+
+def _fit(make, x, y):
+  """Fits make() on (x, y); a constant model when that is impossible. Returns (model, degenerate)."""
+  if len(np.unique(y)) < 2 or (x.ndim == 2 and x.shape[1] == 0) or (x.ndim == 2 and not (np.ptp(x, 0) > 0).any()):
+    return _Constant(np.mean(y) if len(y) else 0.5), True
+  model = make()
+  model.fit(x, y)
+  return model, False
+
+
+def _proba(model, x) -> np.ndarray:
+  return model.predict_proba(x)[:, 1]
+
+
+# ---- inner CV --------------------------------------------------------------------------------
+
+def _inner_splits(y, groups, n_inner: int, seed: int):
+  """Grouped, stratified inner folds on training rows; None when a class has too few groups."""
+  per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
+  if min(per_class) < n_inner:
+    return None
+  f = answers.stratified_group_kfold(y, groups, n_inner, seed)
+  return [(np.flatnonzero(f != k), np.flatnonzero(f == k)) for k in range(n_inner)]
+
+
+def _inner_oof(make, x, y, splits) -> np.ndarray:
+  oof = np.zeros(len(y))
+  for tr, te in splits:
+    m, _ = _fit(make, x[tr], y[tr])
+    oof[te] = _proba(m, x[te])
+  return oof
+
+
+def _auc(s, y) -> float:
+  a = evaluate.auroc(s, y)
+  return -np.inf if not np.isfinite(a) else a
+
+
+@dataclasses.dataclass
+class FitResult:
+  model: object
+  threshold: float
+  choice: dict
+  degenerate: bool
+
+
+def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups_all, cfg, seed) -> FitResult:
+  """Fits one method on rows `train`: inner-CV choice of C / layer, threshold from inner OOF scores."""
+  y, groups = y_all[train], groups_all[train]
+  splits = _inner_splits(y, groups, cfg.inner_folds, seed)
+  cs = tuple(cfg.logistic_cs)
+  choice = {}
+  if spec.layer_select:
+    x3 = data.get3(spec.feature_set, train)
+    if splits is not None:
+      scores = [_auc(_inner_oof(lambda: make_classifier("logistic", 1.0), x3[:, l], y, splits), y)
+                for l in range(x3.shape[1])]
+      layer = int(np.argmax(scores))
+    else:
+      layer = x3.shape[1] - 1
+    choice["layer_index"] = layer
+    choice["layer"] = int(data.layers[layer])
+    x = x3[:, layer]
+  else:
+    x = data.get(spec, train)
+  if spec.classifier == "logistic" and splits is not None and spec.search_c:
+    oofs = {c: _inner_oof(lambda c=c: spec.make(c), x, y, splits) for c in cs}
+    aucs = {c: _auc(o, y) for c, o in oofs.items()}
+    best_c = max(cs, key=lambda c: (aucs[c], -c))  # ties -> stronger regularisation
+    choice["C"] = best_c
+    oof = oofs[best_c]
+  else:
+    best_c = 1.0
+    oof = _inner_oof(lambda: spec.make(best_c), x, y, splits) if splits is not None else None
+    if spec.classifier == "logistic":
+      choice["C"] = best_c
+  threshold = evaluate.choose_threshold(oof, y) if oof is not None else 0.5
+  model, degenerate = _fit(lambda: spec.make(best_c), x, y)
+  return FitResult(model, threshold, choice, degenerate)
+
+
+def predict(spec: "Method", data: "FeatureData", fit: FitResult, rows) -> np.ndarray:
+  if spec.layer_select:
+    x = data.get3(spec.feature_set, rows)[:, fit.choice["layer_index"]]
+  else:
+    x = data.get(spec, rows)
+  return _proba(fit.model, x)
+
+
+# ---- feature data and methods ------------------------------------------------------------------
+
+class FeatureData:
+  """The aligned feature table: arrays per set, labels, groups, folds, answer texts."""
+
+  def __init__(self, sets: dict, meta: dict, example_id, label, group_id, folds, texts):
+    self.sets = sets
+    self.meta = meta
+    self.example_id = np.asarray(example_id)
+    self.label = np.asarray(label).astype(int)
+    self.group_id = np.asarray(group_id)
+    self.folds = np.asarray(folds).astype(int)
+    self.texts = list(texts)
+    self.layers = meta.get("layers") or list(range(meta.get("n_layers", 0)))
+
+  def columns(self, name):
+    return self.meta["feature_sets"][name]["columns"]
+
+  def get(self, spec: "Method", rows) -> np.ndarray:
+    if spec.text_features:
+      return np.asarray([self.texts[i] for i in rows], dtype=object)
+    parts = []
+    for name, cols in spec.parts:
+      x = self.sets[name][rows]
+      if x.ndim == 3:
+        x = x.reshape(len(rows), -1)
+      if cols is not None:
+        idx = [self.columns(name).index(c) for c in cols]
+        x = x[:, idx]
+      parts.append(np.asarray(x, np.float64))
+    return np.concatenate(parts, axis=1)
+
+  def get3(self, name, rows) -> np.ndarray:
+    return np.asarray(self.sets[name][rows], np.float64)
+
+
+@dataclasses.dataclass
+class Method:
+  name: str
+  kind: str
+  label: str
+  classifier: str = "logistic"
+  parts: tuple = ()  # ((feature_set, columns or None), ...)
+  feature_set: str = ""  # for layer_select
+  layer_select: bool = False
+  text_features: str = ""  # "bow" | "opener"
+  search_c: bool = True
+
+  def make(self, c=1.0):
+    if self.text_features == "bow":
+      sk = _sk()
+      import sklearn.feature_extraction.text  # pylint: disable=g-import-not-at-top
+      return sk.pipeline.Pipeline([
+          ("bow", sk.feature_extraction.text.CountVectorizer(lowercase=True, binary=True)),
+          ("clf", sk.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000))])
+    return make_classifier(self.classifier, c)
+
+  def describe(self) -> dict:
+    return {"kind": self.kind, "label": self.label, "classifier": self.classifier,
+            "features": [[n, c] for n, c in self.parts] if self.parts else self.feature_set or self.text_features,
+            "layer_select": self.layer_select}
+
+
+def plan_methods(data: FeatureData, config) -> list[Method]:
+  """Every method to score, in report order."""
+  fs = data.meta["feature_sets"]
+  classifiers = [c for c in config.evaluate.classifiers]
+  out = []
+  if "ghosttrack" in fs:
+    for clf in classifiers:
+      kind = "ghosttrack" if clf == "logistic" else "ghosttrack_classifier"
+      out.append(Method(f"ghosttrack/{clf}", kind, f"GhostTrack 26 metrics, {clf}", clf,
+                        (("ghosttrack", None),)))
+  if "reconstruction" in fs:
+    out.append(Method("reconstruction/logistic", "reconstruction", "Reconstruction-error family (8), LR",
+                      "logistic", (("reconstruction", None),)))
+  if config.evaluate.get("ablations", True):
+    for name, info in fs.items():
+      if name.startswith("ghosttrack_") and not info.get("per_layer"):
+        kind = info.get("kind") or ("sweep" if ("topk" in name or "pool" in name) else "ablation")
+        out.append(Method(f"{name}/logistic", kind, f"{name} (26 metrics), LR", "logistic", ((name, None),)))
+  if "scalar_baselines" in fs:
+    for col in fs["scalar_baselines"]["columns"]:
+      out.append(Method(f"baseline/{col}", "baseline", f"{col} (1-feature LR)", "logistic",
+                        (("scalar_baselines", [col]),), search_c=False))
+    out.append(Method("baseline/scalar_all", "baseline", "all scalar baselines, LR", "logistic",
+                      (("scalar_baselines", None),)))
+  for name, label in (("raw_resid", "raw-residual probe"), ("sae_pooled", "pooled SAE-feature probe")):
+    if name in fs:
+      out.append(Method(f"probe/{name}_best_layer", "probe", f"{label}, best layer (inner CV)", "logistic",
+                        feature_set=name, layer_select=True))
+      out.append(Method(f"probe/{name}_all_layers", "probe", f"{label}, all layers", "logistic",
+                        ((name, None),)))
+  out.append(Method("surface/bag_of_words", "surface", "bag of words on the answer text, LR",
+                    text_features="bow"))
+  if data.meta.get("mode") == "given_text":
+    out.append(Method("surface/opener", "surface", "opener indicator (No/Not/Nothing/It depends...)",
+                      parts=(("opener", None),), search_c=False))
+  if "ghosttrack" in fs and "scalar_baselines" in fs:
+    out.append(Method("combined/ghosttrack+scalar_baselines", "combined", "GhostTrack + scalar baselines, LR",
+                      "logistic", (("ghosttrack", None), ("scalar_baselines", None))))
+  if "ghosttrack" in fs and "raw_resid" in fs:
+    out.append(Method("combined/ghosttrack+raw_resid_all_layers", "combined",
+                      "GhostTrack + raw residuals (all layers), LR", "logistic",
+                      (("ghosttrack", None), ("raw_resid", None))))
+  return out
+
+
+def load_feature_data(config, workdir: str, dataset: str | None = None) -> FeatureData:
+  """Loads the feature table, checks it against the answer stage's fold file, adds text features."""
+  dataset = dataset or config.qa.dataset
+  p = paths.for_config(config, workdir)
+  tr_dir = os.path.join(p.tracking, dataset)
+  if not io_utils.is_done(tr_dir):
+    raise IncompleteStoreError(f"{tr_dir} has no DONE marker: run the 'track' stage first")
+  meta = io_utils.read_json(os.path.join(tr_dir, "features.json"))
+  if meta.get("schema_version") != SCHEMA_VERSION:
+    raise StoreMismatchError(f"{tr_dir}/features.json schema_version={meta.get('schema_version')}, "
+                             f"expected {SCHEMA_VERSION}")
+  with np.load(os.path.join(tr_dir, "features.npz"), allow_pickle=False) as z:
+    arrays = {k: z[k] for k in z.files}
+  folds_file = answers.load_folds(config, workdir, dataset)
+  examples = {e["id"]: e for e in answers.load_examples(config, workdir, dataset)}
+  eid = arrays["example_id"].astype(str)
+  pos = {e: i for i, e in enumerate(folds_file["example_id"].astype(str))}
+  missing = [e for e in eid if e not in pos]
+  if missing:
+    raise StoreMismatchError(f"{len(missing)} feature rows (e.g. {missing[0]}) are not in the answer "
+                             "stage's examples: rerun 'track' after 'answer'")
+  idx = np.array([pos[e] for e in eid])
+  folds = folds_file["folds"][:, idx]
+  label = folds_file["label"][idx].astype(int)
+  if "label" in arrays and not np.array_equal(arrays["label"].astype(int), label):
+    raise StoreMismatchError("labels in features.npz differ from the answer stage's fold file")
+  if "folds" in arrays and not np.array_equal(arrays["folds"].astype(int), folds.astype(int)):
+    raise StoreMismatchError("folds in features.npz differ from the answer stage's fold file")
+  sets = {k[3:]: v for k, v in arrays.items() if k.startswith("X__")}
+  for name in meta["feature_sets"]:
+    if name not in sets:
+      raise StoreMismatchError(f"features.json lists {name!r} but features.npz has no X__{name}")
+  texts = [examples[e]["answer_text"] for e in eid]
+  meta = json.loads(json.dumps(meta))
+  meta.setdefault("mode", examples[eid[0]].get("mode", "own_answer"))
+  if "scalar_baselines" not in sets:  # lengths are always available from the examples table
+    sets["scalar_baselines"] = np.array([[len(examples[e]["answer_ids"]), len(examples[e]["answer_text"].split())]
+                                         for e in eid], np.float32)
+    meta["feature_sets"]["scalar_baselines"] = {"columns": ["answer_tokens", "answer_words"],
+                                                "per_layer": False, "kind": "baseline"}
+  if meta["mode"] == "given_text":
+    sets["opener"] = np.array([[float(bool(OPENER.match(t)))] for t in texts], np.float32)
+    meta["feature_sets"]["opener"] = {"columns": ["opener"], "per_layer": False, "kind": "surface"}
+  return FeatureData(sets, meta, eid, label, folds_file["group_id"][idx], folds, texts)
+
+
+# ---- cross-validation ------------------------------------------------------------------------
+
+def cross_validate(spec: Method, data: FeatureData, cfg) -> dict:
+  """Out-of-fold scores [R, N], thresholds [R, K] and per-fold choices of one method."""
+  n_rep, n = data.folds.shape
+  k = int(data.folds.max()) + 1
+  scores = np.zeros((n_rep, n))
+  thresholds = np.full((n_rep, k), 0.5)
+  choices, degenerate = [], 0
+  for r in range(n_rep):
+    for f in range(k):
+      train = np.flatnonzero(data.folds[r] != f)
+      test = np.flatnonzero(data.folds[r] == f)
+      fit = fit_with_selection(spec, data, train, data.label, data.group_id, cfg, seed=cfg.seed + 1000 * r + f)
+      scores[r, test] = predict(spec, data, fit, test)
+      thresholds[r, f] = fit.threshold
+      choices.append({"repeat": r, "fold": f, **fit.choice})
+      degenerate += int(fit.degenerate)
+  return {"scores": scores, "thresholds": thresholds, "choices": choices, "degenerate_folds": degenerate}
+
+
+def _safe(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def run(config, workdir: str) -> None:
+  dataset = config.qa.dataset
+  p = paths.for_config(config, workdir)
+  out_dir = os.path.join(p.detection, dataset)
+  if io_utils.is_done(out_dir):
+    logging.info("detect: %s is complete; skipping", out_dir)
+    return
+  data = load_feature_data(config, workdir, dataset)
+  methods = plan_methods(data, config)
+  part_dir = os.path.join(out_dir, "methods")
+  os.makedirs(part_dir, exist_ok=True)
+  results = {}
+  for spec in methods:
+    path = os.path.join(part_dir, _safe(spec.name) + ".npz")
+    info_path = path[:-4] + ".json"
+    if os.path.exists(path) and os.path.exists(info_path):  # resume: finished methods are reused
+      with np.load(path, allow_pickle=False) as z:
+        results[spec.name] = {"scores": z["scores"], "thresholds": z["thresholds"],
+                              **io_utils.read_json(info_path)}
+      continue
+    res = cross_validate(spec, data, config.evaluate)
+    io_utils.atomic_save_npz(path, scores=res["scores"], thresholds=res["thresholds"])
+    io_utils.atomic_write_json(info_path, {"choices": res["choices"], "degenerate_folds": res["degenerate_folds"]})
+    results[spec.name] = res
+    logging.info("detect: %-45s pooled OOF AUROC %.3f", spec.name,
+                 np.nanmean([evaluate.auroc(s, data.label) for s in res["scores"]]))
+  names = [m.name for m in methods]
+  io_utils.atomic_save_npz(
+      os.path.join(out_dir, "scores.npz"), methods=np.array(names), example_id=data.example_id,
+      group_id=data.group_id, label=data.label.astype(np.int8), folds=data.folds.astype(np.int16),
+      scores=np.stack([results[n]["scores"] for n in names]).astype(np.float64),
+      thresholds=np.stack([results[n]["thresholds"] for n in names]))
+  _write_predictions_csv(os.path.join(out_dir, "predictions.csv"), names, results, data)
+  io_utils.atomic_write_json(os.path.join(out_dir, "methods.json"), {
+      "mode": data.meta.get("mode"), "dataset": dataset,
+      "methods": {m.name: {**m.describe(), "choices": results[m.name]["choices"],
+                           "degenerate_folds": results[m.name]["degenerate_folds"]} for m in methods}})
+  if "ghosttrack" in data.sets:
+    save_final_detectors(config, data, os.path.join(out_dir, "detector"), workdir)
+  io_utils.write_done(out_dir, {"n_methods": len(names)})
+  logging.info("detect: %d methods scored on %d examples -> %s", len(names), len(data.label), out_dir)
+
+
+def _write_predictions_csv(path, names, results, data) -> None:
+  lines = ["method,example_id,group_id,repeat,fold,split,score,label"]
+  for name in names:
+    s = results[name]["scores"]
+    for r in range(s.shape[0]):
+      for i in range(s.shape[1]):
+        lines.append(f"{name},{data.example_id[i]},{data.group_id[i]},{r},{data.folds[r, i]},test,"
+                     f"{s[r, i]:.6g},{data.label[i]}")
+  io_utils.atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+# ---- final detectors -------------------------------------------------------------------------
+
+def _hash_file(path: str) -> str | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _importances(model, names) -> dict | None:
+  if isinstance(model, _Constant) or not hasattr(model, "named_steps"):
+    return None
+  kept = model.named_steps["drop_constant"].get_support()
+  kept_names = [n for n, k in zip(names, kept) if k]
+  clf = model.named_steps["clf"]
+  if hasattr(clf, "coef_"):
+    return {"type": "standardised_coefficient", "values": dict(zip(kept_names, clf.coef_[0].tolist()))}
+  if hasattr(clf, "feature_importances_"):
+    return {"type": "impurity_importance", "values": dict(zip(kept_names, clf.feature_importances_.tolist()))}
+  return None
+
+
+def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) -> dict:
+  """Fits every configured classifier on all rows of the GhostTrack set and saves it with a manifest."""
+  import joblib  # pylint: disable=g-import-not-at-top
+  import sklearn  # pylint: disable=g-import-not-at-top
+  names = list(data.columns("ghosttrack"))
+  rows = np.arange(len(data.label))
+  p = paths.for_config(config, workdir)
+  manifest = {
+      "schema_version": SCHEMA_VERSION, "feature_set": "ghosttrack", "feature_names": names,
+      "n_layers": data.meta.get("n_layers"), "layers": data.meta.get("layers"),
+      "top_k": data.meta.get("top_k"), "pooling": data.meta.get("pooling"),
+      "sae_manifest_hash": data.meta.get("sae_manifest_hash"),
+      "examples_manifest_sha256": _hash_file(os.path.join(p.answers(config.qa.dataset), "manifest.json")),
+      "dataset": config.qa.dataset, "mode": data.meta.get("mode"), "model": config.model.name,
+      "n_train": int(len(rows)), "n_hallucinated": int(data.label.sum()),
+      "sklearn_version": sklearn.__version__, "config": json.loads(config.to_json_best_effort()),
+      "threshold_rule": "max Youden J on grouped inner-CV scores of all rows", "classifiers": {}}
+  os.makedirs(out_dir, exist_ok=True)
+  for clf in config.evaluate.classifiers:
+    spec = Method(f"ghosttrack/{clf}", "ghosttrack", "", clf, (("ghosttrack", None),))
+    fit = fit_with_selection(spec, data, rows, data.label, data.group_id, config.evaluate, config.evaluate.seed)
+    entry = {"threshold": fit.threshold, "choice": fit.choice, "degenerate": fit.degenerate,
+             "importances": _importances(fit.model, names)}
+    if clf == "logistic" and not fit.degenerate:
+      m = fit.model
+      params = {"kept": m.named_steps["drop_constant"].get_support().tolist(),
+                "mean": m.named_steps["scale"].mean_.tolist(), "scale": m.named_steps["scale"].scale_.tolist(),
+                "coef": m.named_steps["clf"].coef_[0].tolist(),
+                "intercept": float(m.named_steps["clf"].intercept_[0]), "C": fit.choice.get("C")}
+      io_utils.atomic_write_json(os.path.join(out_dir, "logistic.json"), params)
+      entry["file"] = "logistic.json"
+    else:
+      with io_utils.atomic_path(os.path.join(out_dir, f"{clf}.joblib")) as tmp:
+        joblib.dump(fit.model, tmp)
+      entry["file"] = f"{clf}.joblib"
+    manifest["classifiers"][clf] = entry
+  io_utils.atomic_write_json(os.path.join(out_dir, "manifest.json"), manifest)
+  return manifest
+
+
+class Detector:
+  """A saved GhostTrack detector: `Detector.load(dir).predict_proba(x [n, 26])`."""
+
+  def __init__(self, manifest: dict, classifier: str, directory: str):
+    self.manifest = manifest
+    self.classifier = classifier
+    self.feature_names = list(manifest["feature_names"])
+    self.threshold = manifest["classifiers"][classifier]["threshold"]
+    entry = manifest["classifiers"][classifier]
+    path = os.path.join(directory, entry["file"])
+    if entry["file"].endswith(".json"):
+      self._lr = io_utils.read_json(path)
+      self._model = None
+    else:
+      import joblib  # pylint: disable=g-import-not-at-top
+      self._lr = None
+      self._model = joblib.load(path)
+
+  @classmethod
+  def load(cls, directory: str, classifier: str = "logistic", expect: dict | None = None) -> "Detector":
+    """Loads and checks a detector; `expect` fields (n_layers, top_k, pooling, ...) must match."""
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.exists(path):
+      raise IncompleteStoreError(f"{path} not found: run the 'detect' stage first")
+    manifest = io_utils.read_json(path)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+      raise StoreMismatchError(f"{path}: schema_version {manifest.get('schema_version')} != {SCHEMA_VERSION}")
+    if classifier not in manifest["classifiers"]:
+      raise StoreMismatchError(f"{path}: no {classifier!r} detector (have {sorted(manifest['classifiers'])})")
+    for k, v in (expect or {}).items():
+      if manifest.get(k) != v:
+        raise StoreMismatchError(f"detector in {directory} has {k}={manifest.get(k)!r}, expected {v!r}")
+    return cls(manifest, classifier, directory)
+
+  @classmethod
+  def for_config(cls, config, workdir: str, classifier: str | None = None, dataset: str | None = None):
+    d = os.path.join(paths.for_config(config, workdir).detection, dataset or config.qa.dataset, "detector")
+    return cls.load(d, classifier or "logistic")
+
+  def _matrix(self, x, feature_names=None) -> np.ndarray:
+    if isinstance(x, dict):
+      x = np.array([[x[n] for n in self.feature_names]], np.float64)
+    x = np.atleast_2d(np.asarray(x, np.float64))
+    if feature_names is not None and list(feature_names) != self.feature_names:
+      raise StoreMismatchError("feature names differ from the detector's schema "
+                               f"({len(feature_names)} given, {len(self.feature_names)} expected)")
+    if x.shape[1] != len(self.feature_names):
+      raise StoreMismatchError(f"{x.shape[1]} features given; the detector expects {len(self.feature_names)}: "
+                               f"{self.feature_names}")
+    return x
+
+  def predict_proba(self, x, feature_names=None) -> np.ndarray:
+    """P(hallucinated) for x [n, F] (or one dict name -> value)."""
+    x = self._matrix(x, feature_names)
+    if self._lr is not None:
+      kept = np.asarray(self._lr["kept"], bool)
+      z = (x[:, kept] - np.asarray(self._lr["mean"])) / np.asarray(self._lr["scale"])
+      logit = z @ np.asarray(self._lr["coef"]) + self._lr["intercept"]
+      return 1.0 / (1.0 + np.exp(-logit))
+    return _proba(self._model, x)
+
+  def importances(self) -> dict | None:
+    return self.manifest["classifiers"][self.classifier].get("importances")

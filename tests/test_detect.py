@@ -1,0 +1,93 @@
+"""Detect stage on a synthetic feature table: OOF scores, fold discipline, saved detector round trip."""
+
+import os
+
+import numpy as np
+import pytest
+
+from ghosttrack_jax import detect, divergence, evaluate, io_utils, paths
+from ghosttrack_jax.errors import StoreMismatchError
+from synthetic_tables import tiny_config, write_synthetic
+
+
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("det"))
+  c = tiny_config()
+  y = write_synthetic(c, wd)
+  detect.run(c, wd)
+  return c, wd, y
+
+
+def test_outputs_and_scores(detected):
+  c, wd, y = detected
+  d = os.path.join(paths.for_config(c, wd).detection, "nq_open")
+  with np.load(os.path.join(d, "scores.npz"), allow_pickle=False) as z:
+    names = list(z["methods"])
+    scores, folds, thr = z["scores"], z["folds"], z["thresholds"]
+    assert np.array_equal(z["label"], y)
+  for m in ("ghosttrack/logistic", "ghosttrack/random_forest", "reconstruction/logistic",
+            "ghosttrack_feature_id/logistic", "baseline/answer_tokens", "baseline/scalar_all",
+            "probe/raw_resid_best_layer", "probe/raw_resid_all_layers", "probe/sae_pooled_best_layer",
+            "surface/bag_of_words", "combined/ghosttrack+scalar_baselines"):
+    assert m in names, m
+  assert scores.shape == (len(names), 1, len(y)) and thr.shape == (len(names), 1, 3)
+  auc = {n: evaluate.auroc(scores[i, 0], y) for i, n in enumerate(names)}
+  assert auc["ghosttrack/logistic"] > 0.75  # signal in entropy_mean
+  assert auc["probe/raw_resid_best_layer"] > 0.8
+  assert abs(auc["ghosttrack_feature_id/logistic"] - 0.5) < 0.25  # no signal
+  meta = io_utils.read_json(os.path.join(d, "methods.json"))
+  layers = [ch["layer"] for ch in meta["methods"]["probe/raw_resid_best_layer"]["choices"]]
+  assert layers.count(1) >= 2  # the informative layer is found inside training folds
+  csv = open(os.path.join(d, "predictions.csv")).read().splitlines()
+  assert csv[0] == "method,example_id,group_id,repeat,fold,split,score,label"
+  assert len(csv) == 1 + len(names) * len(y) and all(",test," in line for line in csv[1:])
+
+
+def test_threshold_uses_training_rows_only(detected):
+  c, wd, _ = detected
+  data = detect.load_feature_data(c, wd)
+  spec = detect.Method("ghosttrack/logistic", "ghosttrack", "", "logistic", (("ghosttrack", None),))
+  train = np.flatnonzero(data.folds[0] != 0)
+  test = np.flatnonzero(data.folds[0] == 0)
+  fit1 = detect.fit_with_selection(spec, data, train, data.label, data.group_id, c.evaluate, 0)
+  label2 = data.label.copy()
+  label2[test] = 1 - label2[test]  # scramble the held-out fold completely
+  data.sets["ghosttrack"] = data.sets["ghosttrack"].copy()
+  data.sets["ghosttrack"][test] = 1e3
+  fit2 = detect.fit_with_selection(spec, data, train, label2, data.group_id, c.evaluate, 0)
+  assert fit1.threshold == fit2.threshold and fit1.choice == fit2.choice
+
+
+def test_final_detector_round_trip(detected):
+  c, wd, _ = detected
+  det = detect.Detector.for_config(c, wd)
+  assert det.feature_names == list(divergence.METRIC_NAMES)
+  data = detect.load_feature_data(c, wd)
+  x = data.sets["ghosttrack"][:5].astype(np.float64)
+  p = det.predict_proba(x)
+  assert p.shape == (5,) and ((p > 0) & (p < 1)).all()
+  # the JSON parameters reproduce the scikit-learn pipeline fit the same way
+  spec = detect.Method("g", "ghosttrack", "", "logistic", (("ghosttrack", None),))
+  fit = detect.fit_with_selection(spec, data, np.arange(len(data.label)), data.label, data.group_id,
+                                  c.evaluate, c.evaluate.seed)
+  np.testing.assert_allclose(p, detect._proba(fit.model, x), rtol=1e-6)
+  rf = detect.Detector.for_config(c, wd, classifier="random_forest")
+  assert rf.predict_proba(x).shape == (5,)
+  assert rf.importances()["type"] == "impurity_importance"
+  imp = det.importances()["values"]
+  assert "competition_max" not in imp  # constant column dropped
+  assert max(imp, key=lambda k: abs(imp[k])) == "entropy_mean"
+  with pytest.raises(StoreMismatchError):
+    det.predict_proba(np.zeros((1, 25)))
+  with pytest.raises(StoreMismatchError):
+    det.predict_proba(x, feature_names=list(reversed(divergence.METRIC_NAMES)))
+  d = os.path.join(paths.for_config(c, wd).detection, "nq_open", "detector")
+  with pytest.raises(StoreMismatchError):
+    detect.Detector.load(d, expect={"top_k": 50})
+
+
+def test_single_class_fold_is_degenerate_not_crash():
+  x = np.zeros((4, 3))
+  model, degenerate = detect._fit(lambda: detect.make_classifier("logistic"), x, np.ones(4, int))
+  assert degenerate and np.allclose(detect._proba(model, x), 1.0)
