@@ -206,41 +206,79 @@ def unit_decoder(w_dec):
   return jnp.where(norm > 0, w_dec / jnp.where(norm > 0, norm, 1.0), 0.0)
 
 
+def _cost_formula(xp, cos, act, w_sem, w_act):
+  """§3.4 cost from cosines [B, L−1, k, k] and list activations [B, L, k] (xp = numpy or jax.numpy)."""
+  sem = 1.0 - xp.clip(cos, -1.0, 1.0)
+  a = act[:, :-1, :, None]  # the alive track's latest activation (entry p of layer ℓ−1)
+  b = act[:, 1:, None, :]  # candidate j of layer ℓ
+  ratio = xp.abs(a - b) / xp.where(a + b > 0, a + b, 1.0)
+  c_act = xp.where(a > _ACT_EPS, ratio, xp.where(b > _ACT_NEW, 1.0, 0.0))
+  return (w_sem * sem + w_act * c_act).astype(xp.float32)  # + w_pos * 0: position cost is 0 (§3.3)
+
+
 @jax.jit
-def _costs(w_unit, fid, act, w_sem, w_act):
-  n_layers = w_unit.shape[0]
-  layer = jnp.arange(n_layers)[None, :, None]
+def _costs_jax(w_unit, fid, act, w_sem, w_act):
+  layer = jnp.arange(w_unit.shape[0])[None, :, None]
   emb = w_unit[layer, jnp.maximum(fid, 0)]  # [B, L, k, D]: this layer's decoder row per list entry
   cos = jnp.einsum("blpd,blqd->blpq", emb[:, :-1], emb[:, 1:],
                    precision=jax.lax.Precision.HIGHEST)
-  sem = 1.0 - jnp.clip(cos, -1.0, 1.0)
-  a = act[:, :-1, :, None]  # the alive track's latest activation (entry p of layer ℓ−1)
-  b = act[:, 1:, None, :]  # candidate j of layer ℓ
-  ratio = jnp.abs(a - b) / jnp.where(a + b > 0, a + b, 1.0)
-  c_act = jnp.where(a > _ACT_EPS, ratio, jnp.where(b > _ACT_NEW, 1.0, 0.0))
-  return w_sem * sem + w_act * c_act  # + w_pos * 0: the position cost is always 0 (§3.3)
+  return _cost_formula(jnp, cos, act, w_sem, w_act)
 
 
-def association_costs(w_unit, sel: Selection, cfg: TrackerConfig) -> np.ndarray:
+def _costs_numpy(w_unit, fid, act, w_sem, w_act):
+  """`_cost_formula` on host, in place: few passes over [B, L−1, k, k] and few temporaries."""
+  n_layers, width, _ = w_unit.shape
+  flat = (np.arange(n_layers)[None, :, None] * width + np.maximum(fid, 0)).reshape(-1)
+  emb = np.take(w_unit.reshape(n_layers * width, -1), flat, axis=0).reshape(*fid.shape, -1)
+  cost = np.matmul(emb[:, :-1], np.swapaxes(emb[:, 1:], -1, -2))  # cosines [B, L−1, k, k]
+  np.clip(cost, -1.0, 1.0, out=cost)
+  cost *= np.float32(-w_sem)
+  cost += np.float32(w_sem)  # w_sem * (1 − cos)
+  a = act[:, :-1, :, None]
+  b = act[:, 1:, None, :]
+  total = a + b
+  c_act = a - b
+  np.abs(c_act, out=c_act)
+  np.divide(c_act, total, out=c_act, where=total > 0)
+  tiny = np.nonzero(act[:, :-1] <= _ACT_EPS)  # rows whose track activation is ~0: rare
+  if tiny[0].size:
+    c_act[tiny] = act[tiny[0], tiny[1] + 1] > _ACT_NEW
+  c_act *= np.float32(w_act)
+  cost += c_act
+  return cost
+
+
+def association_costs(w_unit, sel: Selection, cfg: TrackerConfig,
+                      backend: str | None = None) -> np.ndarray:
   """All association costs of a batch (§3.4), from one batched matmul, copied to host.
 
   Args:
-    w_unit: [L, h, D] unit decoder rows (`unit_decoder`), layer ℓ's SAE at index ℓ.
+    w_unit: [L, h, D] unit decoder rows (`unit_decoder`), layer ℓ's SAE at index ℓ: a jax array
+      (device) or a numpy array (host).
     sel: the batch's selection, [B, L, k].
     cfg: weights.
+    backend: "jax" (jitted, on w_unit's device) or "numpy" (host BLAS). Default: numpy when w_unit
+      is a numpy array or JAX runs on CPU, where XLA's batched small matmuls are several times
+      slower than numpy's; jax otherwise. Both evaluate the same formula in float32.
 
   Returns:
-    [B, L−1, k, k] float32: entry [b, ℓ−1, p, j] is the cost of continuing a track whose latest
-    observation is list entry p of layer ℓ−1 with list entry j of layer ℓ. Entries past a list's end
-    are meaningless and never read.
+    [B, L−1, k', k'] float32 with k' = the batch's longest list: entry [b, ℓ−1, p, j] is the cost of
+    continuing a track whose latest observation is list entry p of layer ℓ−1 with list entry j of
+    layer ℓ. Entries past a list's end are meaningless and never read.
   """
-  if w_unit.shape[0] != sel.fid.shape[1]:
-    raise ValueError(f"decoder has {w_unit.shape[0]} layers, selection {sel.fid.shape[1]}")
-  if sel.fid.shape[1] < 2:
-    b, _, k = sel.fid.shape
-    return np.zeros((b, 0, k, k), np.float32)
-  out = _costs(w_unit, jnp.asarray(sel.fid), jnp.asarray(sel.act), float(cfg.w_sem),
-               float(cfg.w_act))
+  n_texts, n_layers, _ = sel.fid.shape
+  if w_unit.shape[0] != n_layers:
+    raise ValueError(f"decoder has {w_unit.shape[0]} layers, selection {n_layers}")
+  k = max(int(sel.n_valid.max(initial=0)), 1)  # trim the all-padding tail of the lists
+  if n_layers < 2:
+    return np.zeros((n_texts, 0, k, k), np.float32)
+  fid, act = sel.fid[..., :k], sel.act[..., :k]
+  if backend is None:
+    backend = "numpy" if isinstance(w_unit, np.ndarray) or jax.default_backend() == "cpu" else "jax"
+  if backend == "numpy":
+    return _costs_numpy(np.asarray(w_unit, np.float32), fid, act, cfg.w_sem, cfg.w_act)
+  out = _costs_jax(jnp.asarray(w_unit), jnp.asarray(fid), jnp.asarray(act), float(cfg.w_sem),
+                   float(cfg.w_act))
   return np.asarray(jax.device_get(out))
 
 
@@ -307,56 +345,62 @@ _EMPTY = np.zeros(0, np.intp)
 
 def _track_text(fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.ndarray | None,
                 cfg: TrackerConfig) -> dict[str, Any]:
-  """Runs the §3.3 lifecycle for one text. fid/act [L, k], n_valid [L], cost [L−1, k, k] or None."""
+  """Runs the §3.3 lifecycle for one text. fid/act [L, k], n_valid [L], cost [L−1, k', k'] or None.
+
+  Kept lean on purpose (a handful of numpy calls per layer): this is the only per-text host loop.
+  """
   n_layers = fid.shape[0]
-  bt = cfg.birth_threshold
+  nv = n_valid.tolist()
+  strong = act > cfg.birth_threshold  # [L, k]: may start a track
   # Layer 0: every selected feature above the birth threshold starts a track.
-  alive_cols = np.flatnonzero(act[0, :n_valid[0]] > bt)
+  alive_cols = np.flatnonzero(strong[0, :nv[0]])
   alive_ids = np.arange(alive_cols.size)
-  birth = [np.zeros(alive_cols.size, np.int32)]
-  obs_ids, obs_layer, obs_cols = [alive_ids], [np.zeros(alive_cols.size, np.intp)], [alive_cols]
-  dead_ids, dead_layer = [], []
+  n_born = [alive_cols.size]  # births per layer; ids are given in creation order
+  dead_ids, n_dead = [], []  # per layer ℓ ≥ 1: the ids that died at ℓ − 1
+  obs_ids, obs_cols = [alive_ids], [alive_cols]  # per layer: alive tracks and their list entries
   next_id = alive_cols.size
   max_concurrent = alive_cols.size
+  rule = cfg.association
   for layer in range(1, n_layers):
-    n = int(n_valid[layer])
-    if alive_ids.size and n:
-      if cfg.association == "hungarian":
+    n = nv[layer]
+    na = alive_ids.size
+    if na and n and rule != "no_association":
+      if rule == "hungarian":
         rows, cols = assign(cost[layer - 1][alive_cols, :n], cfg.association_threshold)
-      elif cfg.association == "greedy":
+      elif rule == "greedy":
         rows, cols = assign_greedy(cost[layer - 1][alive_cols, :n], act[layer - 1, alive_cols],
                                    cfg.association_threshold)
-      elif cfg.association == "feature_id":
+      else:  # feature_id
         rows, cols = assign_feature_id(fid[layer - 1, alive_cols], fid[layer, :n])
-      else:  # no_association
-        rows, cols = _EMPTY, _EMPTY
     else:
       rows, cols = _EMPTY, _EMPTY
-    matched = np.zeros(alive_ids.size, bool)
-    matched[rows] = True
-    if not matched.all():  # unmatched alive tracks die at the previous layer
-      dead = alive_ids[~matched]
-      dead_ids.append(dead)
-      dead_layer.append(np.full(dead.size, layer - 1, np.int32))
-    taken = np.zeros(n, bool)
-    taken[cols] = True
-    new_cols = np.flatnonzero(~taken & (act[layer, :n] > bt))
-    new_ids = np.arange(next_id, next_id + new_cols.size)
-    next_id += new_cols.size
-    birth.append(np.full(new_cols.size, layer, np.int32))
+    if rows.size < na:  # unmatched alive tracks die at the previous layer
+      unmatched = np.ones(na, bool)
+      unmatched[rows] = False
+      dead_ids.append(alive_ids[unmatched])
+      n_dead.append(na - rows.size)
+    else:
+      n_dead.append(0)
+    free = strong[layer, :n].copy()
+    free[cols] = False
+    new_cols = np.flatnonzero(free)
+    n_born.append(new_cols.size)
     # rows are ascending, so matched tracks keep creation order; newborns follow in list order.
-    alive_ids = np.concatenate([alive_ids[rows], new_ids])
-    alive_cols = np.concatenate([cols, new_cols]).astype(np.intp)
+    alive_ids = np.concatenate((alive_ids[rows], np.arange(next_id, next_id + new_cols.size)))
+    alive_cols = np.concatenate((cols, new_cols))
+    next_id += new_cols.size
     obs_ids.append(alive_ids)
-    obs_layer.append(np.full(alive_ids.size, layer, np.intp))
     obs_cols.append(alive_cols)
     max_concurrent = max(max_concurrent, alive_ids.size)
+  layers = np.arange(n_layers)
   death = np.full(next_id, NO_DEATH, np.int32)
   if dead_ids:
-    death[np.concatenate(dead_ids)] = np.concatenate(dead_layer)
-  return {"birth": np.concatenate(birth), "death": death, "obs_ids": np.concatenate(obs_ids),
-          "obs_layer": np.concatenate(obs_layer), "obs_cols": np.concatenate(obs_cols),
-          "max_concurrent": max_concurrent, "n_deaths": int(sum(d.size for d in dead_ids))}
+    death[np.concatenate(dead_ids)] = np.repeat(layers[:-1], n_dead)
+  return {"birth": np.repeat(layers, n_born).astype(np.int32), "death": death,
+          "obs_ids": np.concatenate(obs_ids),
+          "obs_layer": np.repeat(layers, [o.size for o in obs_ids]),
+          "obs_cols": np.concatenate(obs_cols).astype(np.intp),
+          "max_concurrent": max_concurrent, "n_deaths": int(sum(n_dead))}
 
 
 def track_selection(sel: Selection, costs: np.ndarray | None, cfg: TrackerConfig,
