@@ -112,6 +112,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.tracking.w_act = 0.2  # weight of the activation-ratio cost
   c.tracking.w_pos = 0.2  # position cost weight (the cost itself is always 0; kept for parity)
   c.tracking.batch_size = 8  # texts per teacher-forced forward pass
+  # Sweeps, run beside the configured tracker when evaluate.ablations is on (one feature set each):
+  c.tracking.sweep_top_k = (10, 25, 100)  # features per layer per text; values != top_k are run
+  c.tracking.sweep_poolings = ("answer_mean", "last_token", "max_all")  # values != pooling are run
+  # Reconstruction family (method.md §4.1): False = mean over d of (x_hat - x)^2 in raw units;
+  # True = ||x - x_hat||^2 / ||x||^2 (unitless; raw MSE grows with depth).
+  c.tracking.reconstruction_normalised = False
+  c.tracking.n_track_examples = 64  # examples whose full track tables go to tracks.npz; -1 = all
 
   # ---- detection and evaluation ----------------------------------------------------------
   c.evaluate = ml_collections.ConfigDict()
@@ -156,4 +163,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(c.sae_training.parallel in ("pmap", "shard_map"),
            f"config.sae_training.parallel={c.sae_training.parallel!r}: use 'pmap' or 'shard_map'")
   _require(c.tracking.top_k > 0, "config.tracking.top_k must be > 0")
+  _require(all(int(k) > 0 for k in c.tracking.sweep_top_k),
+           f"config.tracking.sweep_top_k={tuple(c.tracking.sweep_top_k)}: values must be > 0")
+  _require(c.tracking.batch_size > 0, "config.tracking.batch_size must be > 0")
   _require(c.evaluate.n_folds >= 2, "config.evaluate.n_folds must be >= 2")
