@@ -26,10 +26,29 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "Print what the run will need (memory, disk, batch sizes, time) and exit.")
+_PLAN_DEVICES = flags.DEFINE_integer(
+    "plan_devices", None, "--plan: devices the layers are spread over (default: config.sae_training."
+    "devices, else every device of this process; e.g. 4 for a 4-GPU node).")
+_PLAN_DEVICE_MEMORY = flags.DEFINE_float(
+    "plan_device_memory_gib", None, "--plan: memory of one device in GiB (default: detected).")
+_PLAN_MEASURE = flags.DEFINE_bool(
+    "plan_measure", True, "--plan: time short matmuls on this machine's device for the time estimate.")
+
+
 def _wants_distributed() -> bool:
+  from ghosttrack_jax import multihost  # pylint: disable=import-outside-toplevel
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
-  return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ
+  return multihost.under_srun_with_several_tasks()
+
+
+def _plan(config, workdir: str, stages) -> None:
+  from ghosttrack_jax import planner  # pylint: disable=import-outside-toplevel
+  plan = planner.make_plan(config, workdir, stages=stages, n_devices=_PLAN_DEVICES.value,
+                           device_memory_gib=_PLAN_DEVICE_MEMORY.value, measure=_PLAN_MEASURE.value)
+  print(planner.format_plan(plan))  # the CLI's output, not logging
 
 
 def main(argv):
@@ -46,13 +65,13 @@ def main(argv):
     if unknown:
       raise GhostTrackError(f"unknown stage(s) {unknown}: choose from {list(pipeline.STAGES)}")
     config_lib.validate(config)
+    if _PLAN.value:
+      _plan(config, _WORKDIR.value, stages)
+      return
+    from ghosttrack_jax import multihost  # pylint: disable=import-outside-toplevel
     if _wants_distributed():
-      import jax  # pylint: disable=import-outside-toplevel
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-      jax.distributed.initialize()
-      logging.info("process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
-                   jax.device_count())
-    pipeline.run(config, _WORKDIR.value, stages)
+      multihost.initialize()
+    multihost.run_stages(config, _WORKDIR.value, stages)
   except GhostTrackError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(2)

@@ -1,0 +1,107 @@
+"""Several JAX processes (one per GPU, started by `srun`): initialisation, roles, and who runs which stage.
+
+Under `srun` with several tasks every process calls `jax.distributed.initialize()` (it reads the SLURM
+step variables; docs/environment.md section 8.1) and then runs the same pipeline:
+
+- *Collective* stages (`COLLECTIVE_STAGES`: SAE training) are run by every process: the layer shards
+  spread over all processes' devices, and each stage writes its shared outputs from process 0 only.
+- Every other stage is run by process 0 alone, on its local devices; the other processes wait at a
+  barrier of the coordination service until it is done. Their outputs are then identical to a
+  single-process run by construction, and no two processes ever write the same file.
+
+A process that fails makes `srun --kill-on-bad-exit` stop the others, and a rerun resumes from the
+stages' DONE markers and checkpoints.
+"""
+
+import logging
+import os
+import time
+
+# Stages whose `run(config, workdir)` every process must call. The others run on process 0 only.
+COLLECTIVE_STAGES = frozenset({"train"})
+
+# The coordination-service barrier takes a timeout in int32 milliseconds (at most ~24.8 days).
+_BARRIER_TIMEOUT_S = 14 * 24 * 3600
+
+_initialized = False
+
+
+def under_srun_with_several_tasks() -> bool:
+  """True inside a SLURM job step with more than one task (where `jax.distributed` must start)."""
+  return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ
+
+
+def initialize() -> None:
+  """Joins the multi-process JAX runtime. Must run before any JAX computation; idempotent."""
+  global _initialized
+  if _initialized:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+
+  # gloo is jax 0.10's default for CPU collectives; setting it keeps older versions working too.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  t0 = time.time()
+  jax.distributed.initialize()
+  _initialized = True
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices (%.1f s)",
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+               time.time() - t0)
+
+
+def is_initialized() -> bool:
+  return _initialized
+
+
+def process_index() -> int:
+  """This process's index (0 without jax.distributed)."""
+  if not _initialized:
+    return 0
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index()
+
+
+def process_count() -> int:
+  if not _initialized:
+    return 1
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_count()
+
+
+def is_primary() -> bool:
+  """True on the process that writes shared outputs (process 0)."""
+  return process_index() == 0
+
+
+def barrier(name: str, timeout_s: float = _BARRIER_TIMEOUT_S) -> None:
+  """Blocks until every process reaches `name` (a no-op in a single process).
+
+  Uses the coordination service, not a device collective, so a process can wait here for hours while
+  process 0 runs a stage; each name must be used once per run.
+  """
+  if process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+
+  t0 = time.time()
+  distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+  waited = time.time() - t0
+  if waited > 1:
+    logging.info("barrier %s: waited %.1f s", name, waited)
+
+
+def run_stages(config, workdir: str, stages) -> None:
+  """Runs `stages` (in pipeline order) with the roles described in the module docstring."""
+  from ghosttrack_jax import pipeline  # pylint: disable=import-outside-toplevel
+
+  ordered = [name for name in pipeline.STAGES if name in stages]
+  if process_count() == 1:
+    pipeline.run(config, workdir, ordered)
+    return
+  for name in ordered:
+    if name in COLLECTIVE_STAGES:
+      pipeline.run(config, workdir, [name])
+    elif is_primary():
+      pipeline.run(config, workdir, [name])
+    else:
+      logging.info("=== stage %s runs on process 0; waiting ===", name)
+    barrier(f"ghosttrack_stage_{name}")
