@@ -84,11 +84,13 @@ class PromptFormat:
   exemplars: list
   tokenizer: object = None
 
-  def render(self, question: str) -> str:
+  def render(self, question: str, raw: bool = False) -> str:
+    """The prompt; few-shot questions are capitalised and end in "?" unless `raw`."""
     q = question.strip()
     if self.style == "fewshot":
-      q = q[:1].upper() + q[1:]
-      q = q if q.endswith("?") else q + "?"
+      if not raw:
+        q = q[:1].upper() + q[1:]
+        q = q if q.endswith("?") else q + "?"
       shots = "".join(f"Q: {eq}\nA: {ea}\n\n" for eq, ea in self.exemplars)
       return f"{FEWSHOT_INSTRUCTION}\n\n{shots}Q: {q}\nA:"
     messages = [{"role": "user", "content": CHAT_INSTRUCTION.format(question=q)}]
@@ -100,7 +102,7 @@ class PromptFormat:
 
   def describe(self) -> dict:
     return {"style": self.style, "exemplars": self.exemplars if self.style == "fewshot" else [],
-            "template_example": self.render("{question}")}
+            "template": self.render("{question}", raw=True)}
 
 
 def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
