@@ -54,7 +54,7 @@ def _empty_cache(lm, batch: int, length: int):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init))
 
 
-def greedy_batch(lm, params, ids, mask, *, max_new_tokens: int):
+def greedy_batch(lm, params, ids, mask, eos_id, *, max_new_tokens: int):
   """Greedy tokens [B, max_new_tokens] for left-padded prompts ids/mask [B, P]; _NONE after EOS."""
   batch, plen = ids.shape
   family, body = lm._family, lm._body
@@ -70,7 +70,7 @@ def greedy_batch(lm, params, ids, mask, *, max_new_tokens: int):
   cache = _empty_cache(lm, batch, plen + max_new_tokens)
   cache, tok = step(cache, ids, jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0))  # prefill
   out = jnp.full((batch, max_new_tokens), _NONE, jnp.int32).at[:, 0].set(tok)
-  done = tok == lm.eos_id
+  done = tok == eos_id
   pos = jnp.sum(mask, axis=-1).astype(jnp.int32)  # position of `tok`, the next token fed
 
   def cond(state):
@@ -81,7 +81,7 @@ def greedy_batch(lm, params, ids, mask, *, max_new_tokens: int):
     i, cache, tok, done, out, pos = state
     cache, tok = step(cache, tok[:, None], pos[:, None])
     out = out.at[:, i].set(jnp.where(done, _NONE, tok))
-    return i + 1, cache, tok, done | (tok == lm.eos_id), out, pos + 1
+    return i + 1, cache, tok, done | (tok == eos_id), out, pos + 1
 
   state = (jnp.int32(1), cache, tok, done, out, pos)
   return jax.lax.while_loop(cond, body_fn, state)[4]
@@ -112,7 +112,7 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -
       ids[r, plen - len(encoded[i]):] = encoded[i]
       mask[r, plen - len(encoded[i]):] = 1
     toks = np.asarray(lm._generate_fn(lm.params, jnp.asarray(ids), jnp.asarray(mask),
-                                      max_new_tokens=max_new_tokens))
+                                      jnp.int32(lm.eos_id), max_new_tokens=max_new_tokens))
     for r, i in enumerate(rows):
       row = [int(t) for t in toks[r] if t != _NONE]
       hit_eos = lm.eos_id in row

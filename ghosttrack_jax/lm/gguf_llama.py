@@ -38,7 +38,8 @@ def smollm2_gguf_path() -> str:
   return path
 
 
-def _reader(path: str):
+def open_gguf(path: str):
+  """A `gguf.GGUFReader` (memory-mapped), or ModelLoadError naming the missing or broken file."""
   import gguf  # pylint: disable=import-outside-toplevel
 
   if not os.path.isfile(path):
@@ -130,7 +131,7 @@ def llama_params(reader, cfg) -> dict:
 
 def load_gguf_llama(path: str):
   """(LlamaConfig, params) for a Llama GGUF file."""
-  reader = _reader(path)
+  reader = open_gguf(path)
   cfg = llama_config(reader, path)
   return cfg, llama_params(reader, cfg)
 
@@ -158,7 +159,7 @@ def convert_gguf_tokenizer(path: str):
   """
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
 
-  reader = _reader(path)
+  reader = open_gguf(path)
   tokens = reader.fields["tokenizer.ggml.tokens"]
   token = lambda i: bytes(tokens.parts[tokens.data[i]]).decode("utf-8")  # noqa: E731
   eos_id = _field(reader, "tokenizer.ggml.eos_token_id")

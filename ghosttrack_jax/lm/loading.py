@@ -22,7 +22,7 @@ from absl import logging
 
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
 from ghosttrack_jax.lm import families, gguf_llama
-from ghosttrack_jax.lm.model import LanguageModel
+from ghosttrack_jax.lm.model import LanguageModel, check_layers
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 GPT2_TOKENIZER = os.path.join(ASSETS, "gpt2_tokenizer")
@@ -89,6 +89,7 @@ def _load_random(family, model_cfg, dtype):
                                eos_id=tok.eos_token_id, pad_id=pad)
   if r.d_model % r.n_head:
     raise ConfigError(f"config.model.random.d_model={r.d_model} is not divisible by n_head={r.n_head}")
+  check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
   model = family.lm_cls(cfg, dtype=dtype, _do_init=False)
   # Jitted: an eager init of a GPT-2-small-size model takes ~10 s on 2 cores.
   params = jax.jit(model.init_weights, static_argnums=1)(jax.random.PRNGKey(r.seed), (1, 1))
@@ -100,7 +101,10 @@ def _load_gguf(family, model_cfg, source):
     raise ModelLoadError(f"config.model.source={source!r} is a GGUF model, which this loader reads as a "
                          f"Llama: set config.model.family='llama' (it is {family.name!r})")
   path = gguf_llama.smollm2_gguf_path() if source == gguf_llama.SMOLLM2_DIST else os.path.expanduser(source)
-  cfg, params = gguf_llama.load_gguf_llama(path)
+  reader = gguf_llama.open_gguf(path)
+  cfg = gguf_llama.llama_config(reader, path)
+  check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
+  params = gguf_llama.llama_params(reader, cfg)
   if model_cfg.tokenizer:
     tok = _tokenizer(model_cfg.tokenizer)
   elif source == gguf_llama.SMOLLM2_DIST or _same_file(path, _bundled_smollm2()):
@@ -139,6 +143,7 @@ def _load_pretrained(family, model_cfg, source, dtype):
   if hf_config.model_type != family.name:
     raise ModelLoadError(f"{source!r} is a {hf_config.model_type!r} model but config.model.family="
                          f"{family.name!r}: set the family to match")
+  check_layers(model_cfg.layers, family.n_layers(hf_config))  # before the (slow) weights
   try:
     _, params = family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, _do_init=False)
   except OSError as e:

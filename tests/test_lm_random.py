@@ -1,0 +1,160 @@
+"""LanguageModel on tiny random GPT-2 and Llama models: residual capture, logits, replacement, generation."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from transformers.models.llama import modeling_flax_llama as mfl
+
+from ghosttrack_jax import config_lib, lm
+from ghosttrack_jax.errors import ConfigError
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A"]
+
+
+def model_config(family, n_layer=3, layers=()):
+  c = config_lib.base_config().model
+  c.name, c.family, c.source = f"tiny_{family}", family, "random"
+  c.random.n_layer, c.random.d_model, c.random.n_head = n_layer, 64, 4
+  c.random.n_positions = 256
+  c.layers = layers
+  return c
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(family):
+  return lm.load_model(model_config(family))
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def model(request):
+  return tiny_model(request.param)
+
+
+def final_norm(model, x):
+  cfg, body = model.hf_config, model.params[model._family.prefix]
+  if model.family == "gpt2":
+    return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon).apply({"params": body["ln_f"]}, x)
+  return mfl.FlaxLlamaRMSNorm(cfg).apply({"params": body["norm"]}, x)
+
+
+def test_attributes(model):
+  assert model.n_blocks == model.n_layers == 3 and model.layers == (0, 1, 2)
+  assert model.d_model == 64
+  assert model.vocab_size == len(model.tokenizer)
+  assert model.pad_id == model.eos_id  # pad falls back to eos
+  assert model.bos_id is None  # neither tokenizer prepends BOS
+  assert model.encode(TEXTS[1]) == model.tokenizer(TEXTS[1])["input_ids"]
+
+
+def test_residuals_are_block_outputs(model):
+  """Blocks 0..L-2 equal hidden_states[1..L-1]; the last is pre-final-norm: norm(last) == hidden_states[L]."""
+  ids, mask = model.encode_batch(TEXTS[:1])
+  resid = model.residuals(ids, mask)
+  L = model.n_blocks
+  assert resid.shape == (L, 1, ids.shape[1], model.d_model) and resid.dtype == jnp.float32
+  hf = model._family.lm_cls(model.hf_config, _do_init=False)
+  out = hf(ids, attention_mask=mask, params=model.params, output_hidden_states=True)
+  hs = out.hidden_states
+  assert len(hs) == L + 1
+  for i in range(L - 1):
+    np.testing.assert_allclose(resid[i], hs[i + 1], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(final_norm(model, resid[L - 1]), hs[L], atol=1e-5, rtol=1e-5)
+  assert float(jnp.max(jnp.abs(resid[L - 1] - hs[L]))) > 0.1  # the last entry is not a raw residual
+  logits, resid2 = model.logits_and_residuals(ids, mask)
+  np.testing.assert_array_equal(resid2, resid)
+  np.testing.assert_allclose(logits, out.logits, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(model.logits(ids, mask), logits, atol=1e-6)
+
+
+def test_padding_does_not_change_real_tokens(model):
+  """Right- and left-padded rows give the same residuals and logits on their real tokens."""
+  single = [model.residuals(*model.encode_batch([t])) for t in TEXTS]
+  for side in ("right", "left"):
+    ids, mask = model.encode_batch(TEXTS, padding_side=side)
+    resid = model.residuals(ids, mask)
+    for b, ref in enumerate(single):
+      n = ref.shape[2]
+      got = resid[:, b, :n] if side == "right" else resid[:, b, ids.shape[1] - n:]
+      np.testing.assert_allclose(got, ref[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_layer_subset():
+  sub = lm.load_model(model_config("gpt2", layers=(0, 2)))
+  full = tiny_model("gpt2")
+  assert sub.layers == (0, 2) and sub.n_layers == 2 and sub.n_blocks == 3
+  ids, mask = sub.encode_batch(TEXTS[:2])
+  np.testing.assert_array_equal(sub.residuals(ids, mask), full.residuals(ids, mask)[jnp.array([0, 2])])
+  with pytest.raises(ConfigError, match="strictly increasing"):
+    lm.load_model(model_config("gpt2", layers=(2, 0)))
+  with pytest.raises(ConfigError, match="0..2"):
+    lm.load_model(model_config("gpt2", layers=(3,)))
+
+
+def test_logits_with_replacement(model):
+  ids, mask = model.encode_batch(TEXTS, padding_side="right")
+  logits, resid = model.logits_and_residuals(ids, mask)
+  fn = model.logits_with_replacement_fn
+  before = fn._cache_size()
+  for layer in (0, 2):
+    same = model.logits_with_replacement(ids, mask, layer, resid[layer])
+    np.testing.assert_allclose(same, logits, atol=1e-5, rtol=1e-5)
+    zeroed = model.logits_with_replacement(ids, mask, layer, jnp.zeros_like(resid[layer]))
+    assert float(jnp.max(jnp.abs(zeroed - logits))) > 1e-2
+  assert fn._cache_size() == before + 1  # one compile for both layers
+  # Causality: replacing position t changes logits at t and later, never before.
+  t = 4
+  new = resid[1].at[:, t].set(0.0)
+  part = model.logits_with_replacement(ids, mask, 1, new)
+  np.testing.assert_allclose(part[:, :t], logits[:, :t], atol=1e-5, rtol=1e-5)
+  assert float(jnp.max(jnp.abs(part[0, t] - logits[0, t]))) > 1e-2
+  # A layer index that matches no block leaves the model unchanged.
+  np.testing.assert_allclose(model.logits_with_replacement(ids, mask, 99, new), logits, atol=1e-5)
+
+
+def naive_greedy(model, prompt_ids, n, width=32):
+  """Greedy decoding by full forward passes, no cache. The sequence sits right-padded in a fixed
+  width (one compile); causal attention makes the padding invisible to the real tokens."""
+  ids = list(prompt_ids)
+  for _ in range(n):
+    buf = np.full((1, width), model.pad_id, np.int32)
+    buf[0, :len(ids)] = ids
+    ids.append(int(jnp.argmax(model.logits(buf)[0, len(ids) - 1])))
+  return ids[len(prompt_ids):]
+
+
+def test_generate_matches_naive_loop(model):
+  prompts = ["The quick brown fox jumps over the lazy dog and then", "Hello", "One two three"]
+  gens = model.generate(prompts, max_new_tokens=8, batch_size=2)
+  assert [g.prompt for g in gens] == prompts
+  for p, g in zip(prompts, gens):
+    assert g.prompt_ids == model.encode(p)
+    assert g.answer_ids == naive_greedy(model, g.prompt_ids, 8) and not g.hit_eos
+    assert g.answer == model.tokenizer.decode(g.answer_ids, skip_special_tokens=True)
+
+
+def test_generate_stops_at_eos(model):
+  prompt = "Hello world"
+  ref = naive_greedy(model, model.encode(prompt), 8)
+  k = next(i for i in range(1, 8) if ref[i] not in ref[:i])  # a token not produced before step k
+  saved = model.eos_id
+  model.eos_id = ref[k]  # pretend that token is EOS
+  try:
+    gens = model.generate([prompt, "Another prompt here"], max_new_tokens=8, batch_size=2)
+  finally:
+    model.eos_id = saved
+  assert gens[0].answer_ids == ref[:k] and gens[0].hit_eos
+
+
+def test_format_prompt(model):
+  if model.family == "gpt2":  # the GPT-2 tokenizer has no chat template
+    assert model.format_prompt("Why?") == "Why?"
+    with pytest.raises(ConfigError, match="no chat template"):
+      model.format_prompt("Why?", use_chat_template=True)
+  else:
+    text = model.format_prompt("Why?")
+    assert text.endswith("<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
+    assert model.format_prompt("Why?", use_chat_template=False) == "Why?"
