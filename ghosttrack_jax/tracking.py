@@ -151,9 +151,9 @@ def pool_codes(codes, token_mask, answer_mask, pooling: str):
   Returns:
     [B, L, h] float32 pooled codes. A text without answer (or non-pad) positions pools to 0.
   """
-  codes = jnp.asarray(codes, jnp.float32)
-  token_mask = jnp.asarray(token_mask, bool)
-  answer_mask = jnp.asarray(answer_mask, bool) & token_mask
+  codes = _on_device(codes).astype(jnp.float32)
+  token_mask = _on_device(token_mask).astype(bool)
+  answer_mask = _on_device(answer_mask).astype(bool) & token_mask
   if pooling == "max_all":  # pads zeroed first, then max over every position
     pooled = jnp.max(jnp.where(token_mask[None, :, :, None], codes, 0.0), axis=2)
   elif pooling == "last_token":
@@ -193,15 +193,20 @@ def select_features(pooled, top_k: int, pooling: str) -> Selection:
     top_k: k; lists are `min(k, h)` long.
     pooling: the pooling that produced `pooled` (decides the zeros rule).
   """
-  pooled = jnp.asarray(pooled, jnp.float32)
+  pooled = _on_device(pooled).astype(jnp.float32)
   k = min(int(top_k), pooled.shape[-1])
   fid, act, n = jax.device_get(_select(pooled, k, pooling == "max_all"))
   return Selection(np.asarray(fid), np.asarray(act, np.float32), np.asarray(n))
 
 
+def _on_device(x):
+  """Explicit host -> device copy (works under jax_transfer_guard='disallow')."""
+  return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)
+
+
 def unit_decoder(w_dec):
   """[L, h, D] decoder rows scaled to unit norm; a zero row stays zero (its cosine is then 0)."""
-  w_dec = jnp.asarray(w_dec, jnp.float32)
+  w_dec = _on_device(w_dec).astype(jnp.float32)
   norm = jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
   return jnp.where(norm > 0, w_dec / jnp.where(norm > 0, norm, 1.0), 0.0)
 
@@ -276,9 +281,10 @@ def association_costs(w_unit, sel: Selection, cfg: TrackerConfig,
   if backend is None:
     backend = "numpy" if isinstance(w_unit, np.ndarray) or jax.default_backend() == "cpu" else "jax"
   if backend == "numpy":
-    return _costs_numpy(np.asarray(w_unit, np.float32), fid, act, cfg.w_sem, cfg.w_act)
-  out = _costs_jax(jnp.asarray(w_unit), jnp.asarray(fid), jnp.asarray(act), float(cfg.w_sem),
-                   float(cfg.w_act))
+    w_host = w_unit if isinstance(w_unit, np.ndarray) else jax.device_get(w_unit)
+    return _costs_numpy(np.asarray(w_host, np.float32), fid, act, cfg.w_sem, cfg.w_act)
+  out = _costs_jax(_on_device(w_unit), jax.device_put(np.ascontiguousarray(fid)),
+                   jax.device_put(np.ascontiguousarray(act)), float(cfg.w_sem), float(cfg.w_act))
   return np.asarray(jax.device_get(out))
 
 
