@@ -200,7 +200,17 @@ def make_batch(examples: list[dict], rows: np.ndarray, batch_size: int, pad_id: 
 
 
 class Extractor:
-  """Runs one batch through the model, the SAEs and every tracker; returns host arrays."""
+  """Runs one batch through the model, the SAEs and every tracker; returns host arrays.
+
+  `extractor(batch)` returns, for the batch's real rows (n), a dict (also read by
+  `detect.score_question`, so the keys are a contract):
+    scalars [n, 4] (mean NLL, max NLL, mean entropy in nats, argmax mismatches), errors [n, L]
+    (per-layer reconstruction error), raw_resid [n, L, D], sae_pooled [n, L, M];
+    X__<set> [n, 26] for every `tracked_sets` entry;
+    for the configured tracker: layer_{entropy,competition,dominance,density} [n, L],
+    layer_list_length [n, L], sel_act [n, L, k], n_tracks / total_deaths / max_concurrent [n] and
+    trk_birth, trk_death [n, M], trk_act, trk_fid [n, M, L] (tracking.Tracks layout).
+  """
 
   def __init__(self, model, saes, config):
     self.model, self.saes, self.config = model, saes, config

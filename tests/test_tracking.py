@@ -304,3 +304,18 @@ def test_config_and_variants():
     cfg.variant("random")
   with pytest.raises(ConfigError):
     T.TrackerConfig(pooling="sum")
+
+
+@pytest.mark.parametrize("pooling", ["answer_max", "max_all"])
+def test_host_and_device_cost_paths_agree(pooling):
+  pooled, w = synthetic(seed=6)
+  cfg = T.TrackerConfig(top_k=10, pooling=pooling)
+  sel = T.select_features(pooled, cfg.top_k, cfg.pooling)
+  w_unit = T.unit_decoder(w)
+  host = T.association_costs(np.asarray(w_unit), sel, cfg, backend="numpy")
+  dev = T.association_costs(w_unit, sel, cfg, backend="jax")
+  k = sel.n_valid.max()
+  assert host.shape == dev.shape == (pooled.shape[0], pooled.shape[1] - 1, k, k)
+  valid = (np.arange(k)[None, None, :, None] < sel.n_valid[:, :-1, None, None]) & (
+      np.arange(k)[None, None, None, :] < sel.n_valid[:, 1:, None, None])
+  np.testing.assert_allclose(host[valid], dev[valid], rtol=1e-5, atol=1e-6)
