@@ -1,0 +1,269 @@
+// CPU kernels for the sparse SAE ops (see sparse.py), registered as XLA FFI custom calls.
+//
+// COO convention: rows/cols int32 [N], count int32 [] (valid prefix), entries row-major (rows
+// non-decreasing). Every kernel touches only the `count` valid entries, so its cost scales with L0.
+// Work is split over XLA's intra-op thread pool. Each output element is written by exactly one thread
+// and accumulated in entry order, so results do not depend on the number of threads (bit-identical
+// runs, as the resume test requires).
+//
+// Built on first use by kernels.py (g++ -O3 -march=native); when no compiler is available the XLA
+// implementations in sparse.py are used instead.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Runs fn(task) for task in [0, n_tasks) on the caller and the pool. The caller claims tasks too and
+// only waits for tasks that a helper has already started, so it never blocks on a queued helper (no
+// deadlock when every pool thread is busy). Late helpers find nothing to claim and only touch the
+// shared state, which they keep alive.
+void ParallelFor(ffi::ThreadPool& pool, int64_t n_tasks, const std::function<void(int64_t)>& fn) {
+  if (n_tasks <= 0) return;
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    const std::function<void(int64_t)>* fn;
+    int64_t n;
+  };
+  auto state = std::make_shared<State>();
+  state->fn = &fn;
+  state->n = n_tasks;
+  auto work = [](State* s) {
+    for (;;) {
+      int64_t t = s->next.fetch_add(1);
+      if (t >= s->n) return;
+      (*s->fn)(t);
+      s->done.fetch_add(1);
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n_tasks) - 1;
+  for (int64_t h = 0; h < helpers; ++h) {
+    pool.Schedule([state, work]() { work(state.get()); });
+  }
+  work(state.get());
+  while (state->done.load() < n_tasks) std::this_thread::yield();
+}
+
+int64_t NumTasks(ffi::ThreadPool& pool, int64_t work_items, int64_t min_per_task) {
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t by_size = std::max<int64_t>(1, work_items / std::max<int64_t>(1, min_per_task));
+  return std::min(threads, by_size);
+}
+
+inline void Axpy(float* __restrict__ out, const float* __restrict__ x, float a, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) out[j] += a * x[j];
+}
+
+inline float Dot(const float* __restrict__ x, const float* __restrict__ y, int64_t d) {
+  // Eight partial sums: vectorisable and independent of the thread split.
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= d; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += x[j + u] * y[j + u];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; j < d; ++j) s += x[j] * y[j];
+  return s;
+}
+
+// ---- compact: entries with pre[b, i] > thr[i], row-major ------------------------------------------
+
+ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> thr,
+                       ffi::ResultBuffer<ffi::S32> rows, ffi::ResultBuffer<ffi::S32> cols,
+                       ffi::ResultBuffer<ffi::S32> count) {
+  auto dims = pre.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("compact: pre must be [B, M]");
+  const int64_t B = dims[0], M = dims[1];
+  const int64_t cap = rows->element_count();
+  const float* p = pre.typed_data();
+  const float* t = thr.typed_data();
+  int32_t* r_out = rows->typed_data();
+  int32_t* c_out = cols->typed_data();
+  const int64_t n_tasks = NumTasks(pool, B, 64);
+  std::vector<int64_t> counts(n_tasks, 0);
+  auto row_range = [&](int64_t task, int64_t* lo, int64_t* hi) {
+    *lo = B * task / n_tasks;
+    *hi = B * (task + 1) / n_tasks;
+  };
+  ParallelFor(pool, n_tasks, [&](int64_t task) {
+    int64_t lo, hi, n = 0;
+    row_range(task, &lo, &hi);
+    for (int64_t b = lo; b < hi; ++b) {
+      const float* row = p + b * M;
+      for (int64_t i = 0; i < M; ++i) n += row[i] > t[i];
+    }
+    counts[task] = n;
+  });
+  std::vector<int64_t> offsets(n_tasks + 1, 0);
+  for (int64_t k = 0; k < n_tasks; ++k) offsets[k + 1] = offsets[k] + counts[k];
+  ParallelFor(pool, n_tasks, [&](int64_t task) {
+    int64_t lo, hi, n = offsets[task];
+    row_range(task, &lo, &hi);
+    for (int64_t b = lo; b < hi && n < cap; ++b) {
+      const float* row = p + b * M;
+      for (int64_t i = 0; i < M && n < cap; ++i) {
+        if (row[i] > t[i]) {
+          r_out[n] = static_cast<int32_t>(b);
+          c_out[n] = static_cast<int32_t>(i);
+          ++n;
+        }
+      }
+    }
+  });
+  const int64_t total = std::min<int64_t>(offsets[n_tasks], cap);
+  if (total < cap) {
+    std::memset(r_out + total, 0, sizeof(int32_t) * (cap - total));
+    std::memset(c_out + total, 0, sizeof(int32_t) * (cap - total));
+  }
+  count->typed_data()[0] = static_cast<int32_t>(total);
+  return ffi::Error::Success();
+}
+
+int64_t ValidCount(const ffi::Buffer<ffi::S32>& count, int64_t cap) {
+  return std::max<int64_t>(0, std::min<int64_t>(count.typed_data()[0], cap));
+}
+
+// ---- spmm_rows: out[rows[n]] += vals[n] * w[cols[n]] ------------------------------------------------
+
+ffi::Error SpmmRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                        ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals,
+                        ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t N = ValidCount(count, rows.element_count());
+  const int64_t D = w.dimensions()[1];
+  const int64_t B = out->dimensions()[0];
+  const int32_t* r = rows.typed_data();
+  const int32_t* c = cols.typed_data();
+  const float* v = vals.typed_data();
+  const float* W = w.typed_data();
+  float* o = out->typed_data();
+  const int64_t n_tasks = NumTasks(pool, N, 2048);
+  ParallelFor(pool, n_tasks, [&](int64_t task) {
+    // Output rows [lo, hi) belong to this task; entries are row-sorted, so they are contiguous.
+    const int64_t lo = B * task / n_tasks, hi = B * (task + 1) / n_tasks;
+    std::memset(o + lo * D, 0, sizeof(float) * (hi - lo) * D);
+    int64_t n = std::lower_bound(r, r + N, static_cast<int32_t>(lo)) - r;
+    for (; n < N && r[n] < hi; ++n) Axpy(o + int64_t(r[n]) * D, W + int64_t(c[n]) * D, v[n], D);
+  });
+  return ffi::Error::Success();
+}
+
+// ---- sddmm: g[n] = a[rows[n]] . w[cols[n]] ----------------------------------------------------------
+
+ffi::Error SddmmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                     ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t cap = rows.element_count();
+  const int64_t N = ValidCount(count, cap);
+  const int64_t D = w.dimensions()[1];
+  const int32_t* r = rows.typed_data();
+  const int32_t* c = cols.typed_data();
+  const float* A = a.typed_data();
+  const float* W = w.typed_data();
+  float* g = out->typed_data();
+  const int64_t n_tasks = NumTasks(pool, N, 2048);
+  ParallelFor(pool, n_tasks, [&](int64_t task) {
+    const int64_t lo = N * task / n_tasks, hi = N * (task + 1) / n_tasks;
+    for (int64_t n = lo; n < hi; ++n) g[n] = Dot(A + int64_t(r[n]) * D, W + int64_t(c[n]) * D, D);
+  });
+  if (N < cap) std::memset(g + N, 0, sizeof(float) * (cap - N));
+  return ffi::Error::Success();
+}
+
+// ---- spmm_t: out[cols[n]] += vals[n] * a[rows[n]] ---------------------------------------------------
+
+ffi::Error SpmmTImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                     ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::F32> a,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t N = ValidCount(count, rows.element_count());
+  const int64_t D = a.dimensions()[1];
+  const int64_t M = out->dimensions()[0];
+  const int32_t* r = rows.typed_data();
+  const int32_t* c = cols.typed_data();
+  const float* v = vals.typed_data();
+  const float* A = a.typed_data();
+  float* o = out->typed_data();
+  const int64_t n_tasks = NumTasks(pool, N, 4096);
+  ParallelFor(pool, n_tasks, [&](int64_t task) {
+    // This task owns output rows (latents) [lo, hi) and scans every entry in order.
+    const int32_t lo = static_cast<int32_t>(M * task / n_tasks);
+    const int32_t hi = static_cast<int32_t>(M * (task + 1) / n_tasks);
+    std::memset(o + int64_t(lo) * D, 0, sizeof(float) * int64_t(hi - lo) * D);
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t col = c[n];
+      if (col >= lo && col < hi) Axpy(o + int64_t(col) * D, A + int64_t(r[n]) * D, v[n], D);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// ---- col_sum: out[cols[n]] += vals[n] ----------------------------------------------------------------
+
+ffi::Error ColSumImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals,
+                      ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t N = ValidCount(count, cols.element_count());
+  const int64_t M = out->element_count();
+  const int32_t* c = cols.typed_data();
+  const float* v = vals.typed_data();
+  float* o = out->typed_data();
+  std::memset(o, 0, sizeof(float) * M);
+  for (int64_t n = 0; n < N; ++n) o[c[n]] += v[n];
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtCompact, CompactImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSpmmRows, SpmmRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSddmm, SddmmImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSpmmT, SpmmTImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtColSum, ColSumImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

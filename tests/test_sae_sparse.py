@@ -1,0 +1,170 @@
+"""The sparse path against the dense reference: COO ops (C++ kernels and XLA), custom VJPs, and the
+gradients of every architecture."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ghosttrack_jax.sae import common, jumprelu, kernels, registry, sparse, topk
+
+ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")
+
+
+@pytest.fixture(params=["ffi", "xla"])
+def backend(request, monkeypatch):
+  """Runs a test with the C++ kernels and with the XLA implementation."""
+  if request.param == "xla":
+    monkeypatch.setattr(kernels, "available", lambda: False)
+  elif not kernels.available():
+    pytest.skip(f"C++ kernels unavailable: {kernels._STATE.get('reason')}")
+  return request.param
+
+
+def _random(b=48, m=96, d=24, density=0.1, seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  pre = jax.random.normal(k1, (b, m))
+  thr = jnp.full((m,), float(np.quantile(np.asarray(pre), 1 - density)))
+  return pre, thr, jax.random.normal(k2, (m, d)), jax.random.normal(k3, (b, d))
+
+
+def test_compact_matches_numpy(backend):
+  pre, thr, _, _ = _random()
+  thr = thr + jnp.linspace(-0.5, 0.5, thr.shape[0])  # per-latent thresholds
+  cap = 2000
+  coo = jax.jit(lambda p, t: sparse.coo_above(p, t, cap))(pre, thr)
+  rows, cols, n = kernels.numpy_reference_compact(np.asarray(pre), np.asarray(thr), cap)
+  assert int(coo.count) == n
+  np.testing.assert_array_equal(np.asarray(coo.rows), rows)
+  np.testing.assert_array_equal(np.asarray(coo.cols), cols)
+  assert int(sparse.count_above(pre, thr)) == n
+
+
+def test_compact_truncates_at_capacity(backend):
+  pre, thr, _, _ = _random(density=0.5)
+  coo = sparse.coo_above(pre, thr, 100)
+  rows, cols, n = kernels.numpy_reference_compact(np.asarray(pre), np.asarray(thr), 100)
+  assert int(coo.count) == n == 100
+  np.testing.assert_array_equal(np.asarray(coo.cols), cols)
+
+
+def test_primitive_ops_match_dense(backend):
+  pre, thr, w, a = _random()
+  b, m = pre.shape
+  coo = sparse.coo_above(pre, thr, 1000)
+  vals = sparse.gather(pre, coo)
+  dense = np.asarray(jnp.where(pre > thr, pre, 0.0))
+  np.testing.assert_allclose(sparse.densify(coo, vals, b, m), dense, rtol=0, atol=0)
+  np.testing.assert_allclose(sparse.spmm_rows(coo, vals, w, b), dense @ np.asarray(w), rtol=1e-5,
+                             atol=1e-5)
+  g = np.asarray(a) @ np.asarray(w).T  # [B, M]
+  got = np.asarray(sparse.sddmm(coo, a, w))
+  n = int(coo.count)
+  np.testing.assert_allclose(got[:n], g[np.asarray(coo.rows)[:n], np.asarray(coo.cols)[:n]], rtol=1e-5,
+                             atol=1e-5)
+  assert np.all(got[n:] == 0)
+  np.testing.assert_allclose(sparse.spmm_t(coo, vals, a, m), dense.T @ np.asarray(a), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(sparse.col_sum(coo, vals, m), dense.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_ops_under_vmap(backend):
+  pre, thr, w, _ = _random()
+  b = pre.shape[0]
+  cap = pre.size  # room for every entry
+
+  def one(p, ww):
+    coo = sparse.coo_above(p, thr, cap)
+    return sparse.spmm_rows(coo, sparse.gather(p, coo), ww, b)
+
+  fn = jax.jit(jax.vmap(one))
+  out = fn(jnp.stack([pre, 2 * pre]), jnp.stack([w, -w]))
+  for i, (p, ww) in enumerate([(pre, w), (2 * pre, -w)]):
+    dense = np.asarray(jnp.where(p > thr, p, 0.0))
+    np.testing.assert_allclose(out[i], dense @ np.asarray(ww), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_preact_vjp_equals_autodiff():
+  k = jax.random.split(jax.random.PRNGKey(3), 4)
+  x, b_pre = jax.random.normal(k[0], (10, 6)), jax.random.normal(k[1], (6,))
+  w, b = jax.random.normal(k[2], (6, 9)), jax.random.normal(k[3], (9,))
+  cot = jax.random.normal(k[0], (10, 9))
+
+  def plain(b_pre, w, b):
+    return jnp.sum(((x - b_pre) @ w + b) * cot)
+
+  def custom(b_pre, w, b):
+    pre = (x - b_pre) @ w + b
+    return jnp.sum(sparse.dense_preact(x, b_pre, w, b, jax.lax.stop_gradient(pre)) * cot)
+
+  for g1, g2 in zip(jax.grad(plain, (0, 1, 2))(b_pre, w, b), jax.grad(custom, (0, 1, 2))(b_pre, w, b)):
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-5)
+
+
+def test_jumprelu_ste_pseudo_derivatives():
+  eps = 0.1
+  pre = jnp.array([[0.30, 0.52, 0.48, 0.10]])
+  theta = jnp.array([0.5, 0.5, 0.5, 0.5])
+  # JumpReLU: d/dtheta = -(theta/eps) K((pi - theta)/eps): entries 1 and 2 lie in the window.
+  g_theta = jax.grad(lambda t: jnp.sum(jumprelu.jumprelu(pre, t, eps)))(theta)
+  np.testing.assert_allclose(g_theta, [0.0, -5.0, -5.0, 0.0], rtol=1e-6)
+  g_pre = jax.grad(lambda p: jnp.sum(jumprelu.jumprelu(p, theta, eps)))(pre)
+  np.testing.assert_allclose(g_pre, [[0.0, 1.0, 0.0, 0.0]])
+  # Heaviside in the L0 term: d/dtheta = -(1/eps) K(.), no gradient to pi.
+  g_theta = jax.grad(lambda t: jnp.sum(jumprelu.step(pre, t, eps)))(theta)
+  np.testing.assert_allclose(g_theta, [0.0, -10.0, -10.0, 0.0], rtol=1e-6)
+  assert np.all(jax.grad(lambda p: jnp.sum(jumprelu.step(p, theta, eps)))(pre) == 0)
+
+
+def test_batch_threshold_is_the_exact_kth_value():
+  r = jnp.maximum(jax.random.normal(jax.random.PRNGKey(0), (64, 50)), 0.0)
+  for k_total in (1, 64 * 4, 1000):
+    bits = topk.batch_threshold_bits(r, k_total)
+    t = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    assert float(t) == float(np.sort(np.asarray(r).ravel())[::-1][k_total - 1])
+  hyper = common.Hyper(arch="batchtopk", d_model=4, width=50, k=4)
+  thr = topk.selection_threshold(hyper, r)
+  assert int(jnp.sum(r > thr)) == 64 * 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sparse_loss_and_grads_equal_dense(arch, backend):
+  h = common.Hyper(arch=arch, d_model=16, width=64, k=4, bandwidth=0.05, threshold_init=0.05,
+                   dead_tokens=10, sparse_capacity=64)
+  a = registry.get(arch)
+  p = common.init_params(jax.random.PRNGKey(0), h)
+  p = {**p, "b_dec": p["b_dec"] + 0.1, "b_enc": p["b_enc"] - 0.02}
+  x = jax.random.normal(jax.random.PRNGKey(1), (32, 16)) * 0.3
+  pre = common.preact(h, p, x)
+  dead = jnp.arange(64) % 3 == 0
+  for use_aux in ([False, True] if a.has_aux_k else [False]):
+    thr = a.coo_threshold(h, p, pre) if a.coo_threshold else None
+    ctx = {"lam": 0.1, "dead": dead, "use_aux": use_aux, "threshold": thr}
+    if a.coo_threshold is None:
+      coo = sparse.coo_from_topk(jax.lax.top_k(pre, h.k)[1])
+    else:
+      coo = sparse.coo_above(pre, thr, 32 * 64)
+      assert int(coo.count) < 32 * 64
+
+    def lf(params, c):
+      return a.loss(h, params, x, pre, ctx, c)
+
+    (l_dense, aux_d), g_dense = jax.value_and_grad(lf, has_aux=True)(p, None)
+    (l_sparse, aux_s), g_sparse = jax.value_and_grad(lf, has_aux=True)(p, coo)
+    np.testing.assert_allclose(l_sparse, l_dense, rtol=1e-5)
+    np.testing.assert_allclose(aux_s["l0"], aux_d["l0"], rtol=1e-6)
+    np.testing.assert_array_equal(aux_s["fired"], aux_d["fired"])
+    for name in common.PARAM_NAMES:
+      scale = float(jnp.max(jnp.abs(g_dense[name]))) + 1e-12
+      np.testing.assert_allclose(g_sparse[name], g_dense[name], rtol=0, atol=1e-5 * scale,
+                                 err_msg=f"{arch} aux={use_aux} {name}")
+    if arch == "jumprelu":
+      assert float(jnp.max(jnp.abs(g_dense["threshold"]))) > 0  # the STE reaches theta
+
+
+def test_kernels_force_xla_env(monkeypatch):
+  monkeypatch.setenv("GHOSTTRACK_SPARSE_KERNELS", "xla")
+  assert not kernels.available()
+  assert os.environ["GHOSTTRACK_SPARSE_KERNELS"] == "xla"
