@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae.legacy_threshold = 0.1  # relu_l1: the fixed, untrained scalar threshold
   c.sae.aux_k_coefficient = 1.0 / 32  # topk/batchtopk: AuxK loss weight alpha
   c.sae.dead_tokens = 10_000_000  # a latent silent for this many training tokens is dead
+  c.sae.aux_k = 0  # topk/batchtopk: AuxK k_aux (latents per token); 0 = d_model // 2
+  c.sae.batchtopk_threshold_start = 1_000  # batchtopk: step at which the inference threshold is seeded
+  c.sae.batchtopk_threshold_beta = 0.999  # batchtopk: per-step EMA factor of the inference threshold
 
   # ---- SAE training --------------------------------------------------------------------------
   c.sae_training = ml_collections.ConfigDict()
@@ -81,6 +84,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae_training.checkpoint_every = 500  # optimizer steps between Orbax checkpoints
   c.sae_training.log_every = 50  # optimizer steps between metric logs
   c.sae_training.sparse_backward = True  # decode/gradients scale with L0 instead of width
+  # Sparse path: COO slots per token, flat over the batch (tokens x this); a step whose active (and
+  # JumpReLU window) entries do not fit runs the dense path instead. Cost scales with the slots used.
+  c.sae_training.sparse_capacity = 128  # latents per token (average over the batch)
+  c.sae_training.lr_rule = "recipe"  # "recipe": topk 2e-4/sqrt(width/2^14), relu_l1 1e-4; "config": lr
+  c.sae_training.lr_decay_fraction = 0.0  # fraction of the steps, at the end, with linear decay to 0
+  c.sae_training.pad_layers = True  # pad layers to a multiple of the devices (False: error instead)
+  c.sae_training.keep_checkpoints = 2  # Orbax checkpoints kept (latest steps)
+  c.sae_training.eval_tokens = 32_768  # held-out rows per layer for L0/FVU/density (tokens)
+  c.sae_training.eval_ce = True  # CE-loss recovered, delta LM loss and KL by splicing (loads the model)
 
   # ---- QA answers and labels -------------------------------------------------------------
   c.qa = ml_collections.ConfigDict()
