@@ -231,25 +231,31 @@ def _costs_jax(w_unit, fid, act, w_sem, w_act):
 
 
 def _costs_numpy(w_unit, fid, act, w_sem, w_act):
-  """`_cost_formula` on host, in place: few passes over [B, L−1, k, k] and few temporaries."""
-  n_layers, width, _ = w_unit.shape
-  flat = (np.arange(n_layers)[None, :, None] * width + np.maximum(fid, 0)).reshape(-1)
-  emb = np.take(w_unit.reshape(n_layers * width, -1), flat, axis=0).reshape(*fid.shape, -1)
-  cost = np.matmul(emb[:, :-1], np.swapaxes(emb[:, 1:], -1, -2))  # cosines [B, L−1, k, k]
-  np.clip(cost, -1.0, 1.0, out=cost)
-  cost *= np.float32(-w_sem)
-  cost += np.float32(w_sem)  # w_sem * (1 − cos)
-  a = act[:, :-1, :, None]
-  b = act[:, 1:, None, :]
-  total = a + b
-  c_act = a - b
-  np.abs(c_act, out=c_act)
-  np.divide(c_act, total, out=c_act, where=total > 0)
-  tiny = np.nonzero(act[:, :-1] <= _ACT_EPS)  # rows whose track activation is ~0: rare
-  if tiny[0].size:
-    c_act[tiny] = act[tiny[0], tiny[1] + 1] > _ACT_NEW
-  c_act *= np.float32(w_act)
-  cost += c_act
+  """`_costs_jax` on host. The same batched matmul, streamed one layer pair at a time so that its
+  operands stay in cache (about 1.5x faster on CPU than materialising [B, L, k, D] first)."""
+  n_texts, n_layers, k = fid.shape
+  fid = np.maximum(fid, 0)
+  w_sem, w_act = np.float32(w_sem), np.float32(w_act)
+  cost = np.empty((n_texts, n_layers - 1, k, k), np.float32)
+  prev = w_unit[0][fid[:, 0]]  # [B, k, D]: layer 0's decoder row per list entry
+  for layer in range(1, n_layers):
+    cur = w_unit[layer][fid[:, layer]]
+    c = cost[:, layer - 1]
+    np.matmul(prev, np.swapaxes(cur, -1, -2), out=c)  # cosines of unit rows
+    np.clip(c, -1.0, 1.0, out=c)
+    c *= -w_sem
+    c += w_sem  # w_sem * (1 − cos)
+    a = act[:, layer - 1, :, None]
+    b = act[:, layer, None, :]
+    total = a + b
+    c_act = np.abs(a - b)
+    np.divide(c_act, total, out=c_act, where=total > 0)
+    tiny = np.nonzero(act[:, layer - 1] <= _ACT_EPS)  # track activation ~0: rare
+    if tiny[0].size:
+      c_act[tiny] = act[tiny[0], layer] > _ACT_NEW
+    c_act *= w_act
+    c += c_act
+    prev = cur
   return cost
 
 
@@ -264,7 +270,8 @@ def association_costs(w_unit, sel: Selection, cfg: TrackerConfig,
     cfg: weights.
     backend: "jax" (jitted, on w_unit's device) or "numpy" (host BLAS). Default: numpy when w_unit
       is a numpy array or JAX runs on CPU, where XLA's batched small matmuls are several times
-      slower than numpy's; jax otherwise. Both evaluate the same formula in float32.
+      slower than numpy's; jax otherwise. Both evaluate the same formula in float32 (they agree to
+      float32 rounding; tests/test_tracking.py checks it).
 
   Returns:
     [B, L−1, k', k'] float32 with k' = the batch's longest list: entry [b, ℓ−1, p, j] is the cost of
