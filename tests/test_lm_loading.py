@@ -89,3 +89,42 @@ def test_local_directory_round_trip(tmp_path):
   assert loaded.tokenizer.get_vocab() == rand.tokenizer.get_vocab()
   ids, mask = rand.encode_batch(["Hello world", "A longer second sentence"])
   np.testing.assert_array_equal(loaded.residuals(ids, mask), rand.residuals(ids, mask))
+
+
+def _pt_llama_state(params) -> dict:
+  """PyTorch-layout Llama state dict (numpy) from FlaxLlama params, without lm_head (tied)."""
+  body = params["model"]
+  sd = {"model.embed_tokens.weight": body["embed_tokens"]["embedding"],
+        "model.norm.weight": body["norm"]["weight"]}
+  for i, blk in body["layers"].items():
+    pre = f"model.layers.{i}."
+    sd[pre + "input_layernorm.weight"] = blk["input_layernorm"]["weight"]
+    sd[pre + "post_attention_layernorm.weight"] = blk["post_attention_layernorm"]["weight"]
+    for sub in ("self_attn", "mlp"):
+      for name, proj in blk[sub].items():
+        sd[f"{pre}{sub}.{name}.weight"] = proj["kernel"].T  # Flax Dense (in, out) -> Linear (out, in)
+  return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in sd.items()}
+
+
+def test_pytorch_safetensors_tied_llama(tmp_path):
+  """PyTorch-format safetensors load without torch, and a tied Llama gets lm_head = embeddings.T
+  (transformers' conversion would leave FlaxLlama's lm_head randomly initialised)."""
+  from safetensors.numpy import save_file
+
+  rand = lm.load_model(model_config("llama"))
+  cfg = rand.hf_config.to_dict()
+  cfg.update(tie_word_embeddings=True, rope_theta=50000.0, architectures=["LlamaForCausalLM"])
+  (tmp_path / "config.json").write_text(__import__("json").dumps(cfg))
+  save_file(_pt_llama_state(rand.params), str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+  rand.tokenizer.save_pretrained(tmp_path)
+  loaded = lm.load_model(model_config("llama", str(tmp_path)))
+  assert loaded.hf_config.rope_theta == 50000.0
+  emb = loaded.params["model"]["embed_tokens"]["embedding"]
+  np.testing.assert_array_equal(loaded.params["lm_head"]["kernel"], emb.T)
+  ids, mask = rand.encode_batch(["Hello world, again"])
+  logits, resid = loaded.logits_and_residuals(ids, mask)
+  from transformers.models.llama import modeling_flax_llama as mfl
+
+  normed = mfl.FlaxLlamaRMSNorm(loaded.hf_config).apply(
+      {"params": loaded.params["model"]["norm"]}, resid[-1])
+  np.testing.assert_allclose(logits, normed @ emb.T, atol=1e-5, rtol=1e-5)

@@ -125,6 +125,18 @@ def _same_file(a, b) -> bool:
   return bool(b) and os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
+def _from_pretrained(family, source, hf_config, dtype, **kwargs):
+  """Params from `from_pretrained`; PyTorch-format weights (also PyTorch safetensors, which need no
+  torch) are converted by transformers only into an initialised model, hence the second route."""
+  if not kwargs.get("from_pt"):
+    try:
+      return family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, _do_init=False)[1]
+    except ValueError as e:
+      if "_do_init=False" not in str(e):
+        raise ModelLoadError(f"cannot load the weights of {source!r}: {e}") from e
+  return family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, **kwargs).params
+
+
 def _load_pretrained(family, model_cfg, source, dtype):
   from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
 
@@ -145,7 +157,7 @@ def _load_pretrained(family, model_cfg, source, dtype):
                          f"{family.name!r}: set the family to match")
   check_layers(model_cfg.layers, family.n_layers(hf_config))  # before the (slow) weights
   try:
-    _, params = family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, _do_init=False)
+    params = _from_pretrained(family, source, hf_config, dtype)
   except OSError as e:
     if "from_pt=True" not in str(e):
       raise ModelLoadError(f"cannot load the weights of {where}: {e}") from e
@@ -154,10 +166,11 @@ def _load_pretrained(family, model_cfg, source, dtype):
           f"{source!r} has only PyTorch weights (pytorch_model.bin), and converting them needs torch, "
           "which is not installed: `pip install torch` (CPU build is enough), or save the model as "
           "safetensors/Flax weights") from e
-    _, params = family.lm_cls.from_pretrained(source, config=hf_config, dtype=dtype, _do_init=False,
-                                              from_pt=True)
+    params = _from_pretrained(family, source, hf_config, dtype, from_pt=True)
   params = dict(params)
-  if family.name == "llama" and "lm_head" not in params:  # tied: FlaxLlama has no tying of its own
+  # FlaxLlama does not tie lm_head to the embeddings (a tied checkpoint leaves it missing or randomly
+  # initialised), so tie it here.
+  if family.name == "llama" and (hf_config.tie_word_embeddings or "lm_head" not in params):
     params["lm_head"] = {"kernel": np.asarray(params["model"]["embed_tokens"]["embedding"]).T}
   if model_cfg.tokenizer:
     return hf_config, params, _tokenizer(model_cfg.tokenizer)
