@@ -28,7 +28,10 @@ def get_config(arg=None):
   c.sae_training.eval_windows = 4  # windows for CE-loss recovered
   c.sae_training.checkpoint_every = 10  # steps
   c.sae_training.log_every = 5  # steps
-  c.qa.n_questions = 24  # questions
+  # Given-answer mode: a random model gets every own answer wrong, so the tiny pipeline teacher-forces
+  # HaluEval's right and hallucinated reference answers to have both classes.
+  c.qa.dataset = "halueval_given"  # dataset (see config_lib)
+  c.qa.n_questions = 24  # questions (two examples each)
   c.qa.max_new_tokens = 6  # tokens
   c.qa.batch_size = 8  # prompts per batch
   c.tracking.top_k = 8  # features per layer

@@ -51,6 +51,14 @@ def _plan(config, workdir: str, stages) -> None:
   print(planner.format_plan(plan))  # the CLI's output, not logging
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter of Orbax and the XLA bridge (dozens of lines per checkpoint); keeps warnings."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
+    return record.levelno >= logging.WARNING or not noisy
+
+
 def main(argv):
   del argv
   from ghosttrack_jax import config_lib, pipeline  # pylint: disable=import-outside-toplevel
@@ -58,6 +66,8 @@ def main(argv):
 
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   config = _CONFIG.value
   stages = _STAGES.value or list(pipeline.STAGES)
   try:
