@@ -56,6 +56,9 @@ def _tracks(summary: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
   t = summary.get("tracks") or {}
   n_layers = int(summary.get("n_layers") or len(summary.get("layers") or []) or
                  (np.asarray(t.get("act", [[]])).shape[-1] if t else 0))
+  if n_layers == 0:
+    e = np.zeros(0, np.int64)
+    return e, e, np.zeros((0, 0)), np.zeros((0, 0), np.int64), 0
   act = np.asarray(t.get("act", np.zeros((0, n_layers))), np.float64).reshape(-1, n_layers)
   fid = np.asarray(t.get("fid", np.full(act.shape, -1)), np.int64).reshape(act.shape)
   birth = np.asarray(t.get("birth", np.zeros(len(act))), np.int64).reshape(-1)

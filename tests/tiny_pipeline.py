@@ -1,0 +1,56 @@
+"""Artefacts of one full pipeline run on configs/tiny.py, shared by the tests that need real outputs
+(notebooks, dashboard of a real case, planner against actual usage).
+
+The run happens once per test session, in a subprocess started exactly like the README's command, so
+its JAX runtime is separate from the test process. Set GHOSTTRACK_TINY_WORKDIR to reuse (or keep) a run:
+stages with DONE markers are skipped, so a finished workdir costs nothing the second time.
+
+  @pytest.fixture(scope="session")
+  def tiny_run(tmp_path_factory):
+    return tiny_pipeline.get(tmp_path_factory)      # (config, workdir)
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "tiny.py")
+_cache: dict = {}
+
+
+def load_config():
+  """configs/tiny.py's get_config(), as `--config=configs/tiny.py` gives it."""
+  spec = importlib.util.spec_from_file_location("tiny_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run_pipeline(workdir: str, stages: str | None = None, env: dict | None = None,
+                 timeout: float = 900) -> tuple[float, str]:
+  """Runs `python -m ghosttrack_jax.main` on the tiny config; returns (seconds, log). Raises on failure."""
+  cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={CONFIG}", f"--workdir={workdir}"]
+  if stages:
+    cmd.append(f"--stages={stages}")
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  t0 = time.time()
+  proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+                        check=False)
+  seconds = time.time() - t0
+  if proc.returncode:
+    raise RuntimeError(f"tiny pipeline failed ({proc.returncode}) after {seconds:.0f} s:\n"
+                       f"{proc.stderr[-4000:]}")
+  return seconds, proc.stderr
+
+
+def get(tmp_path_factory) -> tuple:
+  """(config, workdir) of a finished tiny run; the first call runs the pipeline."""
+  if "run" not in _cache:
+    workdir = os.environ.get("GHOSTTRACK_TINY_WORKDIR") or str(tmp_path_factory.mktemp("tiny_run"))
+    seconds, _ = run_pipeline(workdir)
+    _cache["run"] = (load_config(), workdir)
+    _cache["seconds"] = seconds
+  return _cache["run"]
