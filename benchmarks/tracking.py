@@ -202,7 +202,9 @@ def machine() -> str:
   except OSError:
     pass
   import jax
-  return f"{cpu}, {os.cpu_count()} visible cores, jax {jax.__version__} on {jax.default_backend()}"
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  return (f"{cpu}, {os.cpu_count()} visible cores (shared; load average {load} at the end), "
+          f"jax {jax.__version__} on {jax.default_backend()}, one BLAS thread")
 
 
 def main():
@@ -261,6 +263,10 @@ def main():
     try:
       commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=False).stdout.strip()
+      dirty = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks/tracking.py",
+                              "ghosttrack_jax/tracking.py", "ghosttrack_jax/divergence.py"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+      commit += " (with uncommitted changes to the benchmarked files)" if dirty else ""
     except OSError:
       commit = "?"
     entry = (f"\n## tracking + 26 metrics (benchmarks/tracking.py), "
