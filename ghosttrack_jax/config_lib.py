@@ -119,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.tracking.pooling = "answer_max"  # "answer_max", "answer_mean", "last_token", "max_all"
   c.tracking.association = "hungarian"  # "hungarian", "greedy", "feature_id", "no_association"
   c.tracking.birth_threshold = 0.5  # activation units (scaled inputs)
+  # 0 = use birth_threshold. q in (0, 1): per pooling, the birth threshold is the q-quantile of the
+  # positive pooled activations in the selected lists of every example and layer (label-free,
+  # computed on the whole dataset, recorded in features.json; method.md §3.3 scale caveat).
+  c.tracking.birth_threshold_quantile = 0.0
   c.tracking.association_threshold = 0.5  # cost units; pairs with cost >= this are rejected
   c.tracking.w_sem = 0.6  # weight of 1 - cos(decoder directions)
   c.tracking.w_act = 0.2  # weight of the activation-ratio cost
@@ -178,4 +182,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(all(int(k) > 0 for k in c.tracking.sweep_top_k),
            f"config.tracking.sweep_top_k={tuple(c.tracking.sweep_top_k)}: values must be > 0")
   _require(c.tracking.batch_size > 0, "config.tracking.batch_size must be > 0")
+  _require(0.0 <= c.tracking.birth_threshold_quantile < 1.0,
+           f"config.tracking.birth_threshold_quantile={c.tracking.birth_threshold_quantile}: "
+           "use 0 (fixed birth_threshold) or a quantile in (0, 1)")
   _require(c.evaluate.n_folds >= 2, "config.evaluate.n_folds must be >= 2")

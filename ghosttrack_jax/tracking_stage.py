@@ -39,7 +39,7 @@ from ghosttrack_jax import divergence
 from ghosttrack_jax import io_utils
 from ghosttrack_jax import paths
 from ghosttrack_jax import tracking
-from ghosttrack_jax.errors import DataError, StoreMismatchError
+from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
 
 SCHEMA_VERSION = 1  # of features.json (DESIGN.md); detect checks it
 SCALAR_COLUMNS = ("answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy")
@@ -202,31 +202,46 @@ def make_batch(examples: list[dict], rows: np.ndarray, batch_size: int, pad_id: 
 class Extractor:
   """Runs one batch through the model, the SAEs and every tracker; returns host arrays.
 
-  `extractor(batch)` returns, for the batch's real rows (n), a dict (also read by
+  Two phases: `features(batch)` (device: forward pass, SAE codes, pooling, top-k selection,
+  baselines) and `track(selection)` (host: association costs, tracks, metrics). `extractor(batch)`
+  runs both and returns, for the batch's real rows (n), a dict (also read by
   `detect.score_question`, so the keys are a contract):
     scalars [n, 4] (mean NLL, max NLL, mean entropy in nats, argmax mismatches), errors [n, L]
     (per-layer reconstruction error), raw_resid [n, L, D], sae_pooled [n, L, M];
+    sel_fid__<pooling>, sel_act__<pooling> [n, L, k], sel_n__<pooling> [n, L] (the selections);
     X__<set> [n, 26] for every `tracked_sets` entry;
     for the configured tracker: layer_{entropy,competition,dominance,density} [n, L],
-    layer_list_length [n, L], sel_act [n, L, k], n_tracks / total_deaths / max_concurrent [n] and
+    layer_list_length [n, L], n_tracks / total_deaths / max_concurrent [n] and
     trk_birth, trk_death [n, M], trk_act, trk_fid [n, M, L] (tracking.Tracks layout).
+
+  Args:
+    birth_thresholds: pooling -> birth threshold, overriding `config.tracking.birth_threshold`
+      (required when `config.tracking.birth_threshold_quantile` is set: the stage calibrates them
+      on the whole dataset and records them in features.json under "birth_thresholds").
   """
 
-  def __init__(self, model, saes, config):
+  def __init__(self, model, saes, config, birth_thresholds: dict[str, float] | None = None):
     self.model, self.saes, self.config = model, saes, config
     self.sets = tracked_sets(config)
     self.base = self.sets[0].cfg
     self.n_layers = int(model.n_layers)
-    w_dec = saes.params["W_dec"]
     check_saes(model, saes)
-    self.w_unit = tracking.unit_decoder(w_dec)
+    self.w_unit = tracking.unit_decoder(saes.params["W_dec"])
     if jax.default_backend() == "cpu":  # host cost path: keep one host copy of the unit decoder
       self.w_unit = np.asarray(jax.device_get(self.w_unit))
     self.poolings = list(dict.fromkeys(s.cfg.pooling for s in self.sets))
+    self.k_max = {p: max(s.cfg.top_k for s in self.sets if s.cfg.pooling == p) for p in self.poolings}
     self.normalised = bool(config.tracking.reconstruction_normalised)
     self.last_only = self.base.pooling == "last_token"  # §4.1 parity: the last-token state
+    self.birth_thresholds = dict(birth_thresholds or {})
 
   def __call__(self, batch: Batch) -> dict[str, np.ndarray]:
+    out = self.features(batch)
+    out.update(self.track(out))
+    return out
+
+  def features(self, batch: Batch) -> dict[str, np.ndarray]:
+    """Phase 1 (device): everything but the tracks, for the batch's real rows."""
     n_layers = self.n_layers
     ids, mask = jax.device_put(batch.ids), jax.device_put(batch.mask)
     start, valid = jax.device_put(batch.start), jax.device_put(batch.valid)
@@ -261,21 +276,38 @@ class Extractor:
         "raw_resid": np.asarray(host["raw"], np.float32),
         "sae_pooled": np.asarray(host["sae_pooled"], np.float32),
     }
-    out.update(self._track(pooled))
+    for pooling in self.poolings:
+      sel = tracking.select_features(pooled[pooling], self.k_max[pooling], pooling)
+      out["sel_fid__" + pooling], out["sel_act__" + pooling] = sel.fid, sel.act
+      out["sel_n__" + pooling] = sel.n_valid
     n = batch.n_real
     return {k: v[:n] for k, v in out.items()}
 
-  def _track(self, pooled) -> dict[str, np.ndarray]:
+  def birth_threshold(self, pooling: str) -> float:
+    if pooling in self.birth_thresholds:
+      return float(self.birth_thresholds[pooling])
+    if float(self.config.tracking.get("birth_threshold_quantile", 0.0)) > 0:
+      raise ConfigError("config.tracking.birth_threshold_quantile is set: pass the calibrated "
+                        "birth_thresholds (features.json 'birth_thresholds') to Extractor")
+    return self.base.birth_threshold
+
+  def tracker(self, tracked: TrackedSet) -> tracking.TrackerConfig:
+    """The set's tracker with its pooling's birth threshold."""
+    return dataclasses.replace(tracked.cfg, birth_threshold=self.birth_threshold(tracked.cfg.pooling))
+
+  def track(self, selections: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Phase 2 (host): tracks and metrics of every set from phase-1 selections (any row count)."""
     out = {}
     for pooling in self.poolings:
+      sel = tracking.Selection(selections["sel_fid__" + pooling], selections["sel_act__" + pooling],
+                               selections["sel_n__" + pooling])
       group = [s for s in self.sets if s.cfg.pooling == pooling]
-      k_max = max(s.cfg.top_k for s in group)
-      sel = tracking.select_features(pooled[pooling], k_max, pooling)
       costs = None
       if any(s.cfg.needs_costs for s in group):
         costs = tracking.association_costs(self.w_unit, sel, self.base)  # weights only
       for s in group:
-        tr = tracking.track_selection(sel, costs if s.cfg.needs_costs else None, s.cfg)
+        cfg = self.tracker(s)
+        tr = tracking.track_selection(sel, costs if cfg.needs_costs else None, cfg)
         if tr.n_layers != self.n_layers:
           raise AssertionError(f"tracked {tr.n_layers} layers, the model has {self.n_layers}")
         out["X__" + s.name] = divergence.track_metrics(tr)
@@ -283,15 +315,31 @@ class Extractor:
           stats = divergence.per_layer_stats(tr.birth, tr.death, tr.act)
           for key in PER_LAYER_STATS:
             out["layer_" + key] = stats[key].astype(np.float32)
-          head = sel.head(s.cfg.top_k)
-          out["layer_list_length"] = head.n_valid.astype(np.int16)
-          out["sel_act"] = head.act.astype(np.float32)
+          out["layer_list_length"] = sel.head(cfg.top_k).n_valid.astype(np.int16)
           out["n_tracks"] = tr.n_tracks
           out["total_deaths"] = tr.total_deaths
           out["max_concurrent"] = tr.max_concurrent
           out["trk_birth"], out["trk_death"] = tr.birth, tr.death
           out["trk_act"], out["trk_fid"] = tr.act, tr.fid
     return out
+
+
+def calibrate_birth_thresholds(config, sets: list[TrackedSet],
+                               selections: dict[str, np.ndarray]) -> dict[str, float]:
+  """Birth threshold per pooling: `config.tracking.birth_threshold`, or with
+  `birth_threshold_quantile` q in (0, 1) the q-quantile of the positive pooled activations in the
+  selected lists (configured top_k; every example and layer; labels are never read)."""
+  q = float(config.tracking.get("birth_threshold_quantile", 0.0))
+  base = sets[0].cfg
+  out = {}
+  for pooling in dict.fromkeys(s.cfg.pooling for s in sets):
+    if q <= 0:
+      out[pooling] = float(base.birth_threshold)
+      continue
+    act = selections["sel_act__" + pooling][..., :base.top_k]
+    pos = act[act > 0]
+    out[pooling] = float(np.quantile(pos, q)) if pos.size else float(base.birth_threshold)
+  return out
 
 
 def check_saes(model, saes) -> None:
@@ -385,7 +433,11 @@ def run(config, workdir: str, model=None, saes=None) -> None:
 
 def compute(config, model, saes, examples: list[dict], out_dir: str,
             examples_hash: str = "") -> dict[str, Any]:
-  """Every per-example array of the stage, in example order (batches cached under partial/)."""
+  """Every per-example array of the stage, in example order.
+
+  Phase 1 (model, SAEs, selections) runs per length-sorted batch and is cached under partial/;
+  the birth thresholds are then fixed (calibrated if configured) and phase 2 tracks every set.
+  """
   extractor = Extractor(model, saes, config)
   n = len(examples)
   batch_size = int(config.tracking.batch_size)
@@ -413,38 +465,46 @@ def compute(config, model, saes, examples: list[dict], out_dir: str,
         part = {k: z[k] for k in z.files}
     else:
       batch = make_batch(examples, rows, batch_size, model.pad_id, int(model.max_positions))
-      part = extractor(batch)
+      part = extractor.features(batch)
       part["rows"] = rows
       part["n_truncated"] = np.array(batch.n_truncated)
       io_utils.atomic_save_npz(path, **part)
       logging.info("track: batch %d/%d", i + 1, n_batches)
     truncated += int(part.pop("n_truncated"))
     parts.append(part)
-  return assemble(parts, n, extractor, truncated)
+  out = _scatter(parts, n)
+  out["sets"], out["n_truncated"] = extractor.sets, truncated
+  out["birth_thresholds"] = calibrate_birth_thresholds(config, extractor.sets, out)
+  extractor.birth_thresholds = out["birth_thresholds"]
+  tracked = []
+  for s in range(0, n, batch_size):  # phase 2, in example order
+    chunk = {k: v[s:s + batch_size] for k, v in out.items() if k.startswith("sel_")}
+    tracked.append(extractor.track(chunk))
+  m = max(t["trk_birth"].shape[1] for t in tracked)
+  for key in tracked[0]:
+    if key.startswith("trk_"):
+      fill = 0 if key == "trk_act" else -1
+      tracked_key = [np.pad(t[key], [(0, 0), (0, m - t[key].shape[1])] + [(0, 0)] * (t[key].ndim - 2),
+                            constant_values=fill) for t in tracked]
+      out[key] = np.concatenate(tracked_key)
+    else:
+      out[key] = np.concatenate([t[key] for t in tracked])
+  return out
 
 
-def assemble(parts: list[dict], n: int, extractor: Extractor, truncated: int) -> dict[str, Any]:
-  """Scatters batch results back to example order; pads the ragged track arrays."""
+def _scatter(parts: list[dict], n: int) -> dict[str, np.ndarray]:
+  """Batch results (length-sorted order) back to example order."""
   rows = np.concatenate([p["rows"] for p in parts])
   if not np.array_equal(np.sort(rows), np.arange(n)):
     raise AssertionError("batches do not cover every example exactly once")
-  out: dict[str, Any] = {"sets": extractor.sets, "n_truncated": truncated}
+  out = {}
   for key in parts[0]:
-    if key == "rows" or key.startswith("trk_"):
+    if key == "rows":
       continue
     first = parts[0][key]
     arr = np.zeros((n,) + first.shape[1:], first.dtype)
     arr[rows] = np.concatenate([p[key] for p in parts])
     out[key] = arr
-  m = max(p["trk_birth"].shape[1] for p in parts)
-  n_layers = extractor.n_layers
-  trk = {"birth": np.full((n, m), -1, np.int32), "death": np.full((n, m), tracking.NO_DEATH, np.int32),
-         "act": np.zeros((n, m, n_layers), np.float32), "fid": np.full((n, m, n_layers), -1, np.int32)}
-  for p in parts:
-    mp = p["trk_birth"].shape[1]
-    for name in trk:
-      trk[name][p["rows"], :mp] = p["trk_" + name]
-  out["tracks"] = trk
   return out
 
 
@@ -452,6 +512,7 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
                   result: dict, examples_hash: str, sae_hash: str, model) -> None:
   """features.npz/json, summaries.npz, tracks.npz, degeneracy.json, then DONE."""
   base = result["sets"][0].cfg
+  births = result["birth_thresholds"]
   n = len(examples)
   eid = np.array([e["id"] for e in examples])
   pos = {e: i for i, e in enumerate(np.asarray(folds["example_id"]).astype(str))}
@@ -482,7 +543,8 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
     feature_sets[s.name] = {"columns": list(divergence.METRIC_NAMES), "per_layer": False,
                             "kind": s.kind, "variant": {"association": s.cfg.association,
                                                         "top_k": s.cfg.top_k,
-                                                        "pooling": s.cfg.pooling}}
+                                                        "pooling": s.cfg.pooling,
+                                                        "birth_threshold": births[s.cfg.pooling]}}
   feature_sets["reconstruction"] = {
       "columns": list(divergence.RECONSTRUCTION_NAMES), "per_layer": False, "kind": "reconstruction",
       "variant": {"error": "relative" if config.tracking.reconstruction_normalised else "mse",
@@ -506,6 +568,8 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
       "n_layers": n_layers, "layers": [int(l) for l in model.layers], "top_k": base.top_k,
       "pooling": base.pooling, "association": base.association,
       "tracker": dataclasses.asdict(base),
+      "birth_thresholds": births,
+      "birth_threshold_quantile": float(config.tracking.birth_threshold_quantile),
       "activation_units": "SAE codes in scaled-input units (saes.encode, E||s x||^2 = 1)",
       "nll_units": "nats", "sae_manifest_hash": sae_hash, "examples_manifest_hash": examples_hash,
       "n_truncated_prompts": int(result["n_truncated"]),
@@ -526,14 +590,13 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
   _savez_compressed(os.path.join(out_dir, "summaries.npz"), **summaries)
 
   keep = _track_subset(labels, int(config.tracking.n_track_examples))
-  trk = result["tracks"]
   m = int(result["n_tracks"][keep].max(initial=0))
   _savez_compressed(os.path.join(out_dir, "tracks.npz"), example_id=eid[keep],
                     label=labels[keep], n_tracks=result["n_tracks"][keep].astype(np.int32),
-                    birth=trk["birth"][keep, :m], death=trk["death"][keep, :m],
-                    act=trk["act"][keep, :m], fid=trk["fid"][keep, :m])
+                    birth=result["trk_birth"][keep, :m], death=result["trk_death"][keep, :m],
+                    act=result["trk_act"][keep, :m], fid=result["trk_fid"][keep, :m])
 
-  sel_act = result["sel_act"]
+  sel_act = result["sel_act__" + base.pooling][..., :base.top_k]
   report = {"sets": {}}
   for s in result["sets"]:
     x = arrays["X__" + s.name]
@@ -550,9 +613,10 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
     v = sel_act[:, layer][sel_act[:, layer] > 0]
     per_layer.append({"n": int(v.size), **{f"q{q}": float(np.quantile(v, q)) if v.size else 0.0
                                            for q in quantiles},
-                      "share_above_birth": float(np.mean(v > base.birth_threshold)) if v.size else 0.0})
+                      "share_above_birth": float(np.mean(v > births[base.pooling])) if v.size else 0.0})
   report["pooled_activation_per_layer"] = per_layer
   report["units"] = meta["activation_units"]
+  report["birth_thresholds"] = births
   io_utils.atomic_write_json(os.path.join(out_dir, "degeneracy.json"), report)
   shutil.rmtree(os.path.join(out_dir, "partial"), ignore_errors=True)
   io_utils.write_done(out_dir, {"n_examples": n, "n_layers": n_layers,

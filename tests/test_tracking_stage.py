@@ -14,7 +14,7 @@ import pytest
 from ghosttrack_jax import answers, config_lib, divergence, io_utils, lm, paths
 from ghosttrack_jax import tracking as T
 from ghosttrack_jax import tracking_stage as S
-from ghosttrack_jax.errors import StoreMismatchError
+from ghosttrack_jax.errors import ConfigError, StoreMismatchError
 
 
 class StandInSAEs:
@@ -201,7 +201,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
   saes = saes_for(model)
   write_examples(config, tmp_path, model)
   calls, fail = [], [True]
-  real = S.Extractor.__call__
+  real = S.Extractor.features
 
   def flaky(self, batch):
     calls.append(batch.rows.tolist())
@@ -210,7 +210,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
       raise RuntimeError("simulated interruption")
     return real(self, batch)
 
-  monkeypatch.setattr(S.Extractor, "__call__", flaky)
+  monkeypatch.setattr(S.Extractor, "features", flaky)
   with pytest.raises(RuntimeError, match="simulated"):
     S.run(config, str(tmp_path), model=model, saes=saes)
   partial = os.path.join(out_dir(config, tmp_path), "partial")
@@ -220,7 +220,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
   assert len(calls) == 2  # batches 1 and 2 of 3; batch 0 came from partial/
   resumed, _ = load(config, tmp_path)
   io_utils.clear_done(out_dir(config, tmp_path))
-  monkeypatch.setattr(S.Extractor, "__call__", real)
+  monkeypatch.setattr(S.Extractor, "features", real)
   S.run(config, str(tmp_path), model=model, saes=saes)
   fresh, _ = load(config, tmp_path)
   for k in ("X__ghosttrack", "X__reconstruction", "X__scalar_baselines"):
@@ -237,3 +237,26 @@ def test_tracked_sets_plan():
   c.tracking.association = "greedy"
   names = [s.name for s in S.tracked_sets(c)]
   assert "ghosttrack_hungarian" in names and "ghosttrack_greedy" not in names
+
+
+def test_birth_threshold_quantile(tmp_path):
+  config = make_config(ablations=False)
+  config.tracking.birth_threshold_quantile = 0.5
+  model = model_for(3, ())
+  saes = saes_for(model)
+  examples = write_examples(config, tmp_path, model)
+  S.run(config, str(tmp_path), model=model, saes=saes)
+  arrays, meta = load(config, tmp_path)
+  thr = meta["birth_thresholds"]["answer_max"]
+  assert meta["feature_sets"]["ghosttrack"]["variant"]["birth_threshold"] == thr
+  # the threshold is the median of the positive selected activations, over all examples and layers
+  ex = S.Extractor(model, saes, config, birth_thresholds={"answer_max": thr})
+  batch = S.make_batch(examples, np.arange(len(examples)), len(examples), model.pad_id,
+                       int(model.max_positions))
+  feats = ex.features(batch)
+  act = feats["sel_act__answer_max"][..., :config.tracking.top_k]
+  assert thr == pytest.approx(np.quantile(act[act > 0], 0.5))
+  np.testing.assert_allclose(ex.track(feats)["X__ghosttrack"], arrays["X__ghosttrack"], atol=1e-5)
+  assert arrays["X__ghosttrack"][:, 4].min() > 0  # every text has tracks at this threshold
+  with pytest.raises(ConfigError):  # without the calibrated thresholds an extractor cannot track
+    S.Extractor(model, saes, config)(batch)
