@@ -104,8 +104,10 @@ class LayerLayout:
     """
     if self.mode == "pmap":
       return jax.pmap(block_step, devices=self.devices, donate_argnums=0)
+    # check_vma=False: the FFI kernels' outputs carry no varying-manual-axes type; every value in the
+    # block program is per-device anyway (no collectives).
     mapped = jax.shard_map(block_step, mesh=self._mesh(), in_specs=(P("layer"), P("layer")),
-                           out_specs=(P("layer"), P("layer")))
+                           out_specs=(P("layer"), P("layer")), check_vma=False)
     return jax.jit(mapped, donate_argnums=0)
 
 

@@ -151,7 +151,7 @@ def layer_update(hyper: common.Hyper, s: Settings, tx, state: TrainState, x, pre
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   if not hyper.trains_threshold:
     grads = {**grads, "threshold": jnp.zeros_like(grads["threshold"])}
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, params)
   if not hyper.trains_threshold:
     updates = {**updates, "threshold": jnp.zeros_like(updates["threshold"])}
