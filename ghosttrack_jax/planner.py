@@ -27,7 +27,9 @@ from ghosttrack_jax.errors import ConfigError
 GiB = 1024**3
 _FIT = 0.9  # a stage "fits" when its peak uses at most this fraction of a device
 _PROMPT_TOKENS = 160  # assumed QA prompt length (5-shot NQ prompt with the GPT-2 tokenizer: ~150 tokens)
-_STARTUP_S = 15.0  # per stage: imports, model load, compilation (measured 10-20 s on 2 CPU cores)
+# Per stage: imports, model load, compilation, and for `train` the evaluation and export (measured on
+# 2 CPU cores with configs/tiny.py, where these are nearly all of the time).
+_STARTUP_S = {"extract": 15.0, "train": 30.0, "answer": 15.0, "track": 15.0}
 _IO_BYTES_PER_S = 500e6  # assumed store write/read rate (local NVMe or a parallel filesystem)
 _CKPT_KEPT = 2  # Orbax checkpoints kept on disk at a time
 
@@ -121,9 +123,13 @@ def store_geometry(config, n_layers: int, d_model: int) -> dict:
   T = config.data.seq_len
   n_windows = math.ceil(config.data.n_tokens / (T - 1))
   n_rows = n_windows * (T - 1)
-  per_layer = n_rows * d_model * _dtype_bytes(config.extract.storage_dtype)
+  # extract.py flushes whole batches that fill about one chunk, and zarr stores the last chunk whole.
+  rows_per_batch = config.extract.batch_size * (T - 1)
+  chunk_rows = min(max(1, round(config.extract.chunk_rows / rows_per_batch)) * rows_per_batch, n_rows)
+  stored_rows = math.ceil(n_rows / chunk_rows) * chunk_rows
+  per_layer = stored_rows * d_model * _dtype_bytes(config.extract.storage_dtype)
   tokens = 2 * n_windows * T * 4  # token_ids and doc_ids, int32
-  return {"n_windows": n_windows, "n_rows": n_rows, "bytes_per_layer": per_layer,
+  return {"n_windows": n_windows, "n_rows": n_rows, "chunk_rows": chunk_rows, "bytes_per_layer": per_layer,
           "bytes_activations": per_layer * n_layers, "bytes_tokens": tokens,
           "bytes_total": per_layer * n_layers + tokens}
 
@@ -146,10 +152,12 @@ def train_state_bytes(d_model: int, width: int) -> int:
 
 
 def train_peak(d_model: int, width: int, layers_per_device: int, batch: int) -> int:
-  """Peak device bytes of one SAE step: the donated train state, one gradient, and per token the
-  float32 pre-activations, codes, their gradients and the STE mask (5 x M) and input, reconstruction,
-  error and their gradients (5 x D), plus the bfloat16 input batch."""
-  per_layer = (train_state_bytes(d_model, width) + sae_param_count(d_model, width) * 4
+  """Peak device bytes of one SAE step. Per layer: the donated train state plus about three more
+  parameter-sized buffers (gradient, Adam update, the renormalised decoder) -- XLA's buffer assignment
+  of the trainer's step holds ~6x the parameters -- and per token the float32 pre-activations, codes,
+  their gradients and the STE mask (5 x M), input, reconstruction, error and gradients (5 x D), and the
+  bfloat16 input batch."""
+  per_layer = (6 * sae_param_count(d_model, width) * 4 + width * 4
                + batch * (5 * width + 5 * d_model) * 4 + batch * d_model * 2)
   return layers_per_device * per_layer
 
@@ -293,10 +301,12 @@ def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
   layers = list(config.model.layers) or list(range(a.n_layers))
   L, D, M = len(layers), a.d_model, config.sae.width
   n_dev, dev_mem, mem_source = _device_facts(n_devices, device_memory_gib, config)
+  n_dev = max(1, min(n_dev, L))  # the trainer never uses more devices than layers
   lpd = math.ceil(L / n_dev)
   store = store_geometry(config, L, D)
   t = config.sae_training
-  train_rows = store["n_rows"] - math.ceil(store["n_windows"] * t.eval_fraction) * (config.data.seq_len - 1)
+  n_eval_windows = max(1, int(round(t.eval_fraction * store["n_windows"])))  # as sae_train holds out
+  train_rows = (store["n_windows"] - n_eval_windows) * (config.data.seq_len - 1)
   if t.tokens_per_layer:
     train_rows = min(train_rows, t.tokens_per_layer)
   steps = t.epochs * (train_rows // t.batch_size)
@@ -354,16 +364,16 @@ def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
     block_s = measure_block_seconds(a, meas_b, config.data.seq_len) * config.extract.batch_size / meas_b
     n_batches = math.ceil(store["n_windows"] / config.extract.batch_size)
     batch_io = L * config.extract.batch_size * (config.data.seq_len - 1) * D * 2 / _IO_BYTES_PER_S
-    times["extract"] = _STARTUP_S + n_batches * (a.n_layers * block_s + batch_io)
+    times["extract"] = _STARTUP_S["extract"] + n_batches * (a.n_layers * block_s + batch_io)
     step_s = measure_sae_step_seconds(D, M, t.batch_size) * lpd
-    times["train"] = _STARTUP_S + steps * (step_s + lpd * t.batch_size * D * 2 / _IO_BYTES_PER_S)
+    times["train"] = _STARTUP_S["train"] + steps * (step_s + lpd * t.batch_size * D * 2 / _IO_BYTES_PER_S)
     gen_block_s = measure_block_seconds(a, 1, 1)  # one decode step of one layer, per batch
     prefill_s = measure_block_seconds(a, 1, _PROMPT_TOKENS) * config.qa.batch_size
     n_qbatches = math.ceil(n_questions / config.qa.batch_size)
-    times["answer"] = _STARTUP_S + n_qbatches * a.n_layers * (prefill_s + config.qa.max_new_tokens *
+    times["answer"] = _STARTUP_S["answer"] + n_qbatches * a.n_layers * (prefill_s + config.qa.max_new_tokens *
                                                               gen_block_s * config.qa.batch_size)
     track_s = measure_block_seconds(a, 1, answer_len) * config.tracking.batch_size * a.n_layers
-    times["track"] = _STARTUP_S + math.ceil(n_questions / config.tracking.batch_size) * track_s
+    times["track"] = _STARTUP_S["track"] + math.ceil(n_questions / config.tracking.batch_size) * track_s
     times = {k: v for k, v in times.items() if k in stages}
 
   figures = {

@@ -46,11 +46,16 @@ def run_pipeline(workdir: str, stages: str | None = None, env: dict | None = Non
   return seconds, proc.stderr
 
 
+def log() -> str:
+  """The stderr log of the session's run (stages skipped on a reused workdir log near-zero times)."""
+  return _cache.get("log", "")
+
+
 def get(tmp_path_factory) -> tuple:
   """(config, workdir) of a finished tiny run; the first call runs the pipeline."""
   if "run" not in _cache:
     workdir = os.environ.get("GHOSTTRACK_TINY_WORKDIR") or str(tmp_path_factory.mktemp("tiny_run"))
-    seconds, _ = run_pipeline(workdir)
+    seconds, log = run_pipeline(workdir)
     _cache["run"] = (load_config(), workdir)
-    _cache["seconds"] = seconds
+    _cache["seconds"], _cache["log"] = seconds, log
   return _cache["run"]
