@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae.l0_warmup_steps = 2_000  # jumprelu: steps of linear lambda warm-up
   c.sae.bandwidth = 1e-3  # jumprelu: STE rectangle-kernel width (normalised units)
   c.sae.threshold_init = 1e-3  # jumprelu: initial per-latent threshold (normalised units)
+  # jumprelu: b_dec at init, "zeros" (Gemma Scope) or "mean" of the first training batch; short runs
+  # need "mean" (residual streams have large mean offsets). topk/batchtopk always use the mean.
+  c.sae.b_dec_init = "mean"
   c.sae.l1_coefficient = 1e-2  # relu_l1: lambda of the element-mean L1 penalty
   c.sae.legacy_threshold = 0.1  # relu_l1: the fixed, untrained scalar threshold
   c.sae.aux_k_coefficient = 1.0 / 32  # topk/batchtopk: AuxK loss weight alpha
@@ -178,6 +181,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"config.sae_training.eval_fraction={c.sae_training.eval_fraction}: must be in (0, 1)")
   _require(c.sae_training.parallel in ("pmap", "shard_map"),
            f"config.sae_training.parallel={c.sae_training.parallel!r}: use 'pmap' or 'shard_map'")
+  _require(c.sae.b_dec_init in ("zeros", "mean"),
+           f"config.sae.b_dec_init={c.sae.b_dec_init!r}: use 'zeros' or 'mean'")
+  _require(c.sae_training.sparse_capacity >= 0, "config.sae_training.sparse_capacity must be >= 0")
+  _require(c.sae_training.lr_rule in ("recipe", "config"),
+           f"config.sae_training.lr_rule={c.sae_training.lr_rule!r}: use 'recipe' or 'config'")
+  _require(0 <= c.sae_training.lr_decay_fraction <= 1,
+           "config.sae_training.lr_decay_fraction must be in [0, 1]")
   _require(c.tracking.top_k > 0, "config.tracking.top_k must be > 0")
   _require(all(int(k) > 0 for k in c.tracking.sweep_top_k),
            f"config.tracking.sweep_top_k={tuple(c.tracking.sweep_top_k)}: values must be > 0")

@@ -311,8 +311,9 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
     logging.info("resuming SAE training from step %d of %d (%s)", start_step, plan.total_steps,
                  record.get("data_position"))
 
+  # With several processes each reads only its own devices' layers (layer_parallel.local_indices).
   device_sources = [[layer_positions[s] for s in layout.device_sources(d)]
-                    for d in range(layout.n_devices)]
+                    for d in layout.local_indices]
   block_step = make_block_step(hyper, settings, tx)
   step_fn = layout.map_step(block_step)
   metric_writer = writer.MetricWriter(log_dir)
@@ -323,10 +324,11 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
   try:
     with checkpointing.preemption_guard() as preempted:
       batches = iter(prefetch)
-      if start_step == 0 and hyper.applies_b_dec_to_input and plan.total_steps > 0:
+      if start_step == 0 and hyper.b_dec_from_data and plan.total_steps > 0:
         first = next(batches)
-        # TopK/BatchTopK: b_dec starts at the mean of the first batch (recipes §3.1 allow the mean).
+        # b_dec starts at the mean of the first batch (see Hyper.b_dec_from_data).
         means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first[1]], axis=0)
+        means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
         batches = _chain([first], batches)
       states = layout.put(host)
@@ -343,6 +345,8 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
               f"(step {ckpt.latest_step()}) in {ckpt_dir} is kept. Lower config.sae_training.lr, check "
               "the activation store for non-finite rows, or lower the L0/L1 coefficient.")
         done = step + 1
+        # Every process must stop at the same step: the checkpoint save below is collective.
+        stop = layout.any_process(bool(preempted)) if layout.multi_process else bool(preempted)
         tokens_done += settings.batch_size
         if done % int(t.log_every) == 0 or done == plan.total_steps or done == start_step + 1:
           now = time.time()
@@ -355,9 +359,9 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
                        plan.total_steps, float(np.mean(loss)), float(np.mean(m["fvu"][valid])),
                        float(np.mean(m["l0"][valid])), float(np.mean(m["dead_fraction"][valid])),
                        float(np.mean(m["sparse_path"][valid])))
-        if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or preempted:
+        if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or stop:
           _save(ckpt, layout, states, done, plan, fp, layers, config)
-        if preempted:
+        if stop:
           ckpt.wait()
           logging.warning("preempted: checkpoint at step %d saved in %s", done, ckpt_dir)
           raise checkpointing.Preempted(done)
@@ -435,6 +439,8 @@ def run(config, workdir: str) -> None:
                  window_rows=chunk_rows, mean_sq_norms=store.mean_sq_norm(),
                  ckpt_dir=os.path.join(mp.checkpoints, "train_state"),
                  log_dir=os.path.join(mp.sae_results, "train_log"))
+  if jax.process_index() != 0:  # several processes: process 0 alone evaluates and writes the outputs
+    return
   hyper = common.hyper_from_config(config, store.d_model)
   final = finalize_params(hyper, result.state)
   report = sae_eval.evaluate(config, hyper, final, store, layers=layers, positions=positions,

@@ -40,6 +40,7 @@ class Hyper:
   batchtopk_threshold_start: int = 1000  # step at which the BatchTopK inference threshold is seeded
   batchtopk_threshold_beta: float = 0.999  # EMA factor of the inference threshold
   sparse_capacity: int = 0  # COO slots per token (flat over the batch); 0 = dense path only
+  b_dec_init: str = "zeros"  # jumprelu: "zeros" (Gemma Scope) or "mean" (of the first batch)
 
   @property
   def k_aux(self) -> int:
@@ -54,6 +55,12 @@ class Hyper:
   def applies_b_dec_to_input(self) -> bool:
     """TopK/BatchTopK encode `x - b_dec` (Gao et al.); JumpReLU (Gemma Scope) and legacy do not."""
     return self.arch in ("topk", "batchtopk")
+
+  @property
+  def b_dec_from_data(self) -> bool:
+    """b_dec starts at the first training batch's mean (scaled units): always for TopK/BatchTopK
+    (recipes §3.1 allow the mean for the geometric median), for JumpReLU when b_dec_init="mean"."""
+    return self.arch in ("topk", "batchtopk") or (self.arch == "jumprelu" and self.b_dec_init == "mean")
 
   @property
   def trains_threshold(self) -> bool:
@@ -76,7 +83,7 @@ def hyper_from_config(config, d_model: int) -> Hyper:
                dead_tokens=int(s.dead_tokens),
                batchtopk_threshold_start=int(s.get("batchtopk_threshold_start", 1000)),
                batchtopk_threshold_beta=float(s.get("batchtopk_threshold_beta", 0.999)),
-               sparse_capacity=capacity)
+               sparse_capacity=capacity, b_dec_init=str(s.get("b_dec_init", "zeros")))
 
 
 # ---- parameters: a Flax module applied functionally ---------------------------------------------

@@ -1,0 +1,118 @@
+"""The `train` stage end to end on a synthetic store: outputs, metrics files, idempotence, the
+TrainedSAEs contract of docs/DESIGN.md, and the data reader."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ghosttrack_jax import activation_store, io_utils, paths, sae_data, sae_train, writer
+from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.sae import common, export, registry
+from tests import sae_synthetic as syn
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("stage"))
+  mp = paths.ModelPaths(workdir, "synthetic")
+  data = syn.make_store(mp.hidden_states, n_layers=2, n_windows=48, seed=6)
+  config = syn.tiny_config(**{"sae_training.epochs": 3})
+  sae_train.run(config, workdir)
+  return config, workdir, mp, data
+
+
+def test_outputs_and_tables(trained):
+  _, _, mp, _ = trained
+  assert io_utils.is_done(mp.sae_results) and io_utils.is_done(mp.sae_export)
+  metrics = io_utils.read_json(os.path.join(mp.sae_results, "metrics.json"))
+  assert [r["layer"] for r in metrics["layers"]] == [0, 1]
+  for row in metrics["layers"]:
+    for key in ("l0", "l0_std", "fvu", "explained_variance", "cosine", "rel_recon_bias", "dead_fraction",
+                "never_fired_eval", "dense_latents", "eval_tokens", "theta_mean", "meets_targets"):
+      assert key in row, key
+    assert 0 < row["l0"] < 64 and np.isfinite(row["fvu"])  # 30 steps: far from converged
+  assert any("dead window" in n for n in metrics["notes"])
+  md = open(os.path.join(mp.sae_results, "metrics.md"), encoding="utf-8").read()
+  assert "| layer | l0 |" in md
+  hist = io_utils.read_json(os.path.join(mp.sae_results, "density_histograms.json"))
+  assert len(hist["bins_log10"]) == 41 and sum(hist["counts"]["0"]) == 64
+  log_dir = os.path.join(mp.sae_results, "train_log")
+  lines = writer.read_jsonl(os.path.join(log_dir, "metrics.jsonl"))
+  assert lines[-1]["step"] == metrics["steps"] and "layer_01/l0" in lines[-1]
+  assert lines[-1]["mean/fvu"] < 0.6 * lines[0]["mean/fvu"]  # it learns
+  assert any(n.startswith("events.out.tfevents") for n in os.listdir(log_dir))
+  for layer in (0, 1):
+    assert os.path.exists(os.path.join(export.layer_dir(mp.sae_export, layer), "sparsity.safetensors"))
+  done = io_utils.read_json(os.path.join(mp.sae_results, "DONE"))
+  assert done["sae_manifest_hash"] == sae_train.manifest_hash(mp.sae_export, [0, 1])
+
+
+def test_rerun_is_skipped(trained):
+  config, workdir, mp, _ = trained
+  before = os.path.getmtime(os.path.join(mp.sae_results, "metrics.json"))
+  sae_train.run(config, workdir)
+  assert os.path.getmtime(os.path.join(mp.sae_results, "metrics.json")) == before
+
+
+def test_trained_saes_contract(trained):
+  config, workdir, mp, data = trained
+  saes = sae_train.load_trained_saes(config, workdir)
+  assert saes.arch == "jumprelu" and saes.layers == [0, 1]
+  assert saes.params["W_enc"].shape == (2, 16, 64) and saes.params["W_dec"].shape == (2, 64, 16)
+  assert saes.params["threshold"].shape == (2, 64) and saes.input_scale.shape == (2,)
+  store = activation_store.ActivationStore.open(mp.hidden_states)
+  np.testing.assert_allclose(saes.input_scale, 1 / np.sqrt(store.mean_sq_norm()), rtol=1e-6)
+  x_raw = data[:, -40:]  # held-out rows, raw units
+  codes = np.asarray(saes.encode(x_raw))
+  x_hat = np.asarray(saes.decode(codes))
+  assert codes.shape == (2, 40, 64) and x_hat.shape == (2, 40, 16)
+  hyper = common.hyper_from_config(config, 16)
+  arch = registry.get("jumprelu")
+  for i in range(2):  # codes are the training-unit codes of s * x; decode is in raw units
+    p = {k: jnp.asarray(v[i]) for k, v in saes.params.items()}
+    s = float(saes.input_scale[i])
+    p_train = {"W_enc": p["W_enc"] / s, "b_enc": p["b_enc"], "W_dec": p["W_dec"] * s,
+               "b_dec": p["b_dec"] * s, "threshold": p["threshold"]}
+    ref = arch.encode(hyper, p_train, common.preact(hyper, p_train, s * jnp.asarray(x_raw[i])))
+    np.testing.assert_allclose(codes[i], ref, rtol=1e-4, atol=1e-5)
+    ref_hat = common.decode_dense(hyper, p_train, ref) / s
+    np.testing.assert_allclose(x_hat[i], ref_hat, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_outputs_raise(tmp_path):
+  config = syn.tiny_config()
+  with pytest.raises(IncompleteStoreError, match="run --stages=train"):
+    sae_train.load_trained_saes(config, str(tmp_path))
+  with pytest.raises(IncompleteStoreError, match="extract"):
+    sae_train.run(config, str(tmp_path))
+
+
+def test_data_order_is_deterministic_and_per_device(tmp_path):
+  data = syn.make_store(str(tmp_path / "s"), n_layers=3, n_windows=20, seed=7)
+  store = activation_store.ActivationStore.open(str(tmp_path / "s"))
+  plan = sae_data.DataPlan(n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2, epochs=2,
+                           seed=3)
+  sources = [[0, 1], [2, 2]]  # device 1 holds layer 2 and a padding clone of it
+  batches = list(sae_data.iterate_batches(plan, store, sources))
+  assert [s for s, _ in batches] == list(range(plan.total_steps))
+  seen = np.concatenate([b[0][0] for _, b in batches[:plan.total_steps // 2]])
+  assert len(seen) == len({tuple(r) for r in seen})  # no row twice within an epoch
+  for step, blocks in batches[:3]:
+    assert blocks[0].shape == (2, 32, 16) and blocks[1].shape == (2, 32, 16)
+    np.testing.assert_array_equal(blocks[1][0], blocks[1][1])
+    rows = [np.nonzero((data[0] == r.astype(np.float32)).all(1))[0][0] for r in blocks[0][0]]
+    np.testing.assert_array_equal(blocks[0][1].astype(np.float32), data[1][rows])
+    np.testing.assert_array_equal(blocks[1][0].astype(np.float32), data[2][rows])
+    assert max(rows) < 300
+  resumed = list(sae_data.iterate_batches(plan, store, sources, start_step=5))
+  for (s1, b1), (s2, b2) in zip(batches[5:], resumed):
+    assert s1 == s2 and all(np.array_equal(x, y) for x, y in zip(b1, b2))
+  prefetched = list(sae_data.Prefetcher(plan, store, sources, start_step=5))
+  assert [s for s, _ in prefetched] == [s for s, _ in resumed]
+  assert plan.position(5)["step"] == 5 and json.dumps(plan.position(5))
+  capped = sae_data.DataPlan(n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2,
+                             epochs=1, rows_per_epoch=100, seed=3)
+  assert capped.total_steps == sum(sum(b - a for a, b in w) // 32 for w in capped.epoch_buffers(0)) <= 3
