@@ -12,9 +12,15 @@ Both run the same block program on the same blocks, so they give identical param
 simulated CPU devices). A layer count that the device count does not divide is padded with dummy layers
 (`valid` is False for them) that train on a copy of the last real layer's data and are dropped from
 metrics, checks, checkpoints and exports; with `pad_layers=False` it is an error that names the fix.
+
+Several processes (`jax.distributed`, one per GPU under srun): the devices are all processes' devices,
+taken round-robin over processes so that even a few layers spread over every process; the map is
+shard_map over that global mesh (pmap only maps a process's own devices). Each process reads and puts
+only the blocks of its own devices (`local_indices`), and `get` gathers every slot to every process.
 """
 
 import dataclasses
+import logging
 import math
 from typing import Any, Callable, Sequence
 
@@ -63,6 +69,43 @@ class LayerLayout:
     """Real layer positions (with repeats for padding) whose rows device `device_index` reads."""
     return [self.source(s) for s in self.device_slots(device_index)]
 
+  @property
+  def local_indices(self) -> list[int]:
+    """Indices (into `devices`) of this process's devices: the blocks this process reads and puts."""
+    me = jax.process_index()
+    return [i for i, d in enumerate(self.devices) if d.process_index == me]
+
+  @property
+  def multi_process(self) -> bool:
+    return any(d.process_index != jax.process_index() for d in self.devices)
+
+  def any_process(self, flag: bool) -> bool:
+    """True on every process when `flag` is true on any (a collective with several processes)."""
+    if not self.multi_process:
+      return bool(flag)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))))
+
+  def gather_local_slots(self, local: np.ndarray) -> np.ndarray:
+    """[len(local_indices) * per_device, ...] rows of this process's slots -> [n_padded, ...] on every
+    process (a collective with several processes)."""
+    if not self.multi_process:
+      return np.asarray(local)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    by_process: dict = {}
+    for i, d in enumerate(self.devices):
+      by_process.setdefault(d.process_index, []).append(i)
+    width = max(len(v) for v in by_process.values()) * self.per_device
+    local = np.asarray(local)
+    padded = np.zeros((width,) + local.shape[1:], local.dtype)
+    padded[:len(local)] = local
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [n_processes, width, ...]
+    out = np.zeros((self.n_padded,) + local.shape[1:], local.dtype)
+    for p, indices in by_process.items():
+      slots = [s for i in indices for s in self.device_slots(i)]
+      out[slots] = gathered[p, :len(slots)]
+    return out
+
   # ---- host <-> device -----------------------------------------------------------------------------
 
   def _mesh(self):
@@ -76,19 +119,29 @@ class LayerLayout:
           lambda a: np.asarray(a).reshape((self.n_devices, self.per_device) + np.shape(a)[1:]),
           host_tree)
     sharding = NamedSharding(self._mesh(), P("layer"))
+    if self.multi_process:  # each process places the slices of its own devices
+      return jax.tree_util.tree_map(
+          lambda a: jax.make_array_from_callback(np.shape(a), sharding,
+                                                 lambda index, a=a: np.asarray(a)[index]), host_tree)
     return jax.device_put(host_tree, sharding)
 
   def put_blocks(self, blocks: Sequence[np.ndarray]) -> Any:
-    """Per-device host blocks ([per_device, ...] each, already read per device) -> device form."""
+    """Host blocks ([per_device, ...] each) of this process's devices (`local_indices`, which is every
+    device in one process), already read per device -> device form."""
     if self.mode == "pmap":
       return np.stack(blocks)
     sharding = NamedSharding(self._mesh(), P("layer"))
     shape = (self.n_padded,) + blocks[0].shape[1:]
-    arrays = [jax.device_put(b, d) for b, d in zip(blocks, self.devices)]
+    local = [self.devices[i] for i in self.local_indices]
+    arrays = [jax.device_put(b, d) for b, d in zip(blocks, local)]
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
   def get(self, device_tree: Any) -> Any:
-    """Device form -> host numpy tree with leaves [n_padded, ...]."""
+    """Device form -> host numpy tree with leaves [n_padded, ...] (gathered to every process)."""
+    if self.multi_process:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      return jax.tree_util.tree_map(np.asarray,
+                                    multihost_utils.process_allgather(device_tree, tiled=True))
     host = jax.device_get(device_tree)
     if self.mode == "pmap":
       return jax.tree_util.tree_map(lambda a: np.asarray(a).reshape((self.n_padded,) + a.shape[2:]),
@@ -116,15 +169,31 @@ def make_layout(n_layers: int, mode: str = "pmap", n_devices: int = 0, pad: bool
   """Chooses the devices and checks that the layers can be spread over them."""
   if mode not in MODES:
     raise ConfigError(f"config.sae_training.parallel={mode!r}: use one of {MODES}")
-  if jax.process_count() > 1:
-    raise ConfigError("SAE training runs in one process (layers are independent): start it without "
-                      "srun, or give each process its own config.model.layers and workdir")
-  available = list(devices) if devices is not None else jax.local_devices()
+  if devices is not None:
+    available = list(devices)
+  elif jax.process_count() > 1:
+    # Round-robin over processes: the first n devices cover as many processes as possible.
+    by_process: dict = {}
+    for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
+      by_process.setdefault(d.process_index, []).append(d)
+    rounds = max(len(v) for v in by_process.values())
+    available = [v[r] for r in range(rounds) for _, v in sorted(by_process.items()) if r < len(v)]
+  else:
+    available = jax.local_devices()
   n = n_devices or len(available)
   if n > len(available):
-    raise ConfigError(f"config.sae_training.devices={n_devices} but only {len(available)} local "
+    raise ConfigError(f"config.sae_training.devices={n_devices} but only {len(available)} "
                       "devices exist: lower it, or 0 for all")
   n = max(1, min(n, n_layers))  # never more devices than layers
+  if jax.process_count() > 1 and devices is None:
+    if n < jax.process_count():
+      raise ConfigError(f"{n_layers} layer(s) on {n} device(s) cannot occupy all {jax.process_count()} "
+                        f"processes (each needs one): start at most {n} srun tasks, or leave "
+                        "config.sae_training.devices at 0")
+    if mode == "pmap":
+      logging.info("%d processes: mapping the layers with shard_map over the global mesh (pmap maps "
+                   "only one process's devices)", jax.process_count())
+      mode = "shard_map"
   if n_layers % n and not pad:
     divisors = [d for d in range(n, 0, -1) if n_layers % d == 0]
     raise ConfigError(

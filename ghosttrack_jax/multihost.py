@@ -15,6 +15,7 @@ stages' DONE markers and checkpoints.
 
 import logging
 import os
+import signal
 import time
 
 # Stages whose `run(config, workdir)` every process must call. The others run on process 0 only.
@@ -42,6 +43,10 @@ def initialize() -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   t0 = time.time()
   jax.distributed.initialize()
+  # jax.distributed installs a preemption notifier that swallows SIGTERM (for its own sync points,
+  # which we do not use). Restore "SIGTERM stops the process": stages resume after a requeue, and the
+  # SAE trainer installs its own handler that checkpoints first (checkpointing.preemption_guard).
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   _initialized = True
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices (%.1f s)",
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
