@@ -324,9 +324,9 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
   try:
     with checkpointing.preemption_guard() as preempted:
       batches = iter(prefetch)
-      if start_step == 0 and hyper.applies_b_dec_to_input and plan.total_steps > 0:
+      if start_step == 0 and hyper.b_dec_from_data and plan.total_steps > 0:
         first = next(batches)
-        # TopK/BatchTopK: b_dec starts at the mean of the first batch (recipes §3.1 allow the mean).
+        # b_dec starts at the mean of the first batch (see Hyper.b_dec_from_data).
         means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first[1]], axis=0)
         means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
