@@ -18,7 +18,8 @@ Own-answer mode (method.md §6.2; datasets `nq_open`, `truthfulqa`):
      unless the word before the period is a single letter or a common abbreviation (Mr, Dr, St, ...).
      Empty answers are excluded and counted.
   4. Labels against gold aliases (`labelling.py`): `config.qa.label_method` for NQ-open; the TruthfulQA
-     ROUGE-L "diff" rule for TruthfulQA. Every method's label is kept in `labels_all`.
+     ROUGE-L "diff" rule for TruthfulQA. Every method's label is kept in `labels_all`. 100 random labelled
+     examples go to `audit_sample.jsonl` for the hand audit method.md asks for (`audit_label` left empty).
 
 Given-text mode (method.md §6.4; `truthfulqa_given`, `halueval_given`), clearly labelled `given_text`:
 each distinct (question, reference answer) is appended to the same prompt and teacher-forced (nothing is
@@ -419,6 +420,13 @@ def finalize(config, examples, excluded, fmt, out_dir, extra_manifest=None) -> d
   io_utils.atomic_save_npz(os.path.join(out_dir, "folds.npz"),
                            example_id=np.array([e["id"] for e in examples]), group_id=groups,
                            label=labels, folds=folds)
+  # method.md §6.2 item 4: 100 random labels per (model, dataset) for a hand audit; fill `audit_label`.
+  pick = np.sort(np.random.default_rng(config.evaluate.seed).permutation(len(examples))[:100])
+  io_utils.atomic_write_text(os.path.join(out_dir, "audit_sample.jsonl"), "".join(
+      json.dumps({"id": examples[i]["id"], "question": examples[i]["question"],
+                  "answer_text": examples[i]["answer_text"], "gold": examples[i]["gold"],
+                  "label": examples[i]["label"], "label_method": examples[i]["label_method"],
+                  "audit_label": None}, ensure_ascii=False) + "\n" for i in pick))
   label_rates = {}
   for m in examples[0]["labels_all"]:
     vals = [e["labels_all"][m] for e in examples]

@@ -7,7 +7,8 @@ bag-of-words vocabulary, decision threshold) is fit on the training folds only:
 
   * classifiers (scikit-learn pipelines: drop constant columns -> StandardScaler -> model):
     `logistic` (L2, class_weight='balanced', C from `config.evaluate.logistic_cs` by grouped inner CV;
-    the primary detector), `random_forest` (100 trees, balanced, random_state=42), `gradient_boosting`
+    the primary detector; with more columns than training rows it is fit in the training rows' span,
+    which is exact for an L2 penalty, see `RowSpace`), `random_forest` (100 trees, balanced, random_state=42), `gradient_boosting`
     (100 stages, lr 0.1, depth 3, balanced sample weights), `svm` (RBF, C=1, balanced, probability=True)
     and `ensemble` (mean probability of RF, GB and LR(C=1)).
   * GhostTrack (26 metrics) with every classifier in `config.evaluate.classifiers`; the reconstruction
@@ -36,6 +37,7 @@ import os
 import re
 
 import numpy as np
+import sklearn.base
 
 from ghosttrack_jax import answers, evaluate, io_utils, paths
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
@@ -96,13 +98,47 @@ class MeanEnsemble:
     return np.stack([1 - p, p], axis=1)
 
 
+class RowSpace(sklearn.base.TransformerMixin, sklearn.base.BaseEstimator):
+  """Projects onto an orthonormal basis of the training rows' span when there are more columns than rows.
+
+  For an L2-penalised linear model this is exact, not an approximation: a weight component orthogonal to
+  every training row changes no training prediction and only adds to the penalty, so the optimum lies in
+  the row space, w = V beta with ||w|| = ||beta||, and x . w = (x V) . beta for any x. It turns a
+  320 x 69,120 all-layer probe into a 320 x 320 problem. The basis comes from the Gram matrix X X^T.
+  """
+
+  def fit(self, x, y=None):
+    del y
+    x = np.asarray(x, np.float64)
+    self.v_ = None
+    if x.shape[1] > x.shape[0]:
+      w, u = np.linalg.eigh(x @ x.T)
+      keep = w > max(w.max(), 0.0) * 1e-10
+      self.v_ = (x.T @ u[:, keep]) / np.sqrt(w[keep])  # [p, r] orthonormal columns
+    return self
+
+  def transform(self, x):
+    return x if self.v_ is None else np.asarray(x, np.float64) @ self.v_
+
+
+def _lr_preprocess():
+  """The fitted-on-training-rows part of every logistic pipeline."""
+  sk = _sk()
+  return sk.pipeline.Pipeline([("drop_constant", sk.feature_selection.VarianceThreshold(0.0)),
+                               ("scale", sk.preprocessing.StandardScaler()), ("rowspace", RowSpace())])
+
+
+def _lr(c: float):
+  return _sk().linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+
+
 def make_classifier(name: str, c: float = 1.0):
-  """A fresh pipeline: drop constant columns -> StandardScaler -> classifier."""
+  """A fresh pipeline: drop constant columns -> StandardScaler (-> row-space basis for LR) -> classifier."""
   sk = _sk()
   if name == "ensemble":
     return MeanEnsemble()
   if name == "logistic":
-    clf = sk.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    return sk.pipeline.Pipeline(_lr_preprocess().steps + [("clf", _lr(c))])
   elif name == "random_forest":
     clf = sk.ensemble.RandomForestClassifier(n_estimators=100, max_features="sqrt", class_weight="balanced",
                                              random_state=42, n_jobs=1)
@@ -158,6 +194,21 @@ def _inner_oof(make, x, y, splits) -> np.ndarray:
   return oof
 
 
+def _lr_inner_oofs(x, y, splits, cs) -> dict:
+  """Inner out-of-fold scores of logistic regression for every C, preprocessing fit once per split."""
+  oofs = {c: np.zeros(len(y)) for c in cs}
+  for tr, te in splits:
+    if len(np.unique(y[tr])) < 2 or not (np.ptp(x[tr], 0) > 0).any():
+      for c in cs:
+        oofs[c][te] = np.mean(y[tr])
+      continue
+    pre = _lr_preprocess().fit(x[tr], y[tr])
+    ztr, zte = pre.transform(x[tr]), pre.transform(x[te])
+    for c in cs:
+      oofs[c][te] = _lr(c).fit(ztr, y[tr]).predict_proba(zte)[:, 1]
+  return oofs
+
+
 def _auc(s, y) -> float:
   a = evaluate.auroc(s, y)
   return -np.inf if not np.isfinite(a) else a
@@ -180,8 +231,7 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   if spec.layer_select:
     x3 = data.get3(spec.feature_set, train)
     if splits is not None:
-      scores = [_auc(_inner_oof(lambda: make_classifier("logistic", 1.0), x3[:, l], y, splits), y)
-                for l in range(x3.shape[1])]
+      scores = [_auc(_lr_inner_oofs(x3[:, l], y, splits, (1.0,))[1.0], y) for l in range(x3.shape[1])]
       layer = int(np.argmax(scores))
     else:
       layer = x3.shape[1] - 1
@@ -191,7 +241,8 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   else:
     x = data.get(spec, train)
   if spec.classifier == "logistic" and splits is not None and spec.search_c:
-    oofs = {c: _inner_oof(lambda c=c: spec.make(c), x, y, splits) for c in cs}
+    oofs = (_inner_oof_by_c(spec, x, y, splits, cs) if spec.text_features else
+            _lr_inner_oofs(x, y, splits, cs))
     aucs = {c: _auc(o, y) for c, o in oofs.items()}
     best_c = max(cs, key=lambda c: (aucs[c], -c))  # ties -> stronger regularisation
     choice["C"] = best_c
@@ -204,6 +255,10 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   threshold = evaluate.choose_threshold(oof, y) if oof is not None else 0.5
   model, degenerate = _fit(lambda: spec.make(best_c), x, y)
   return FitResult(model, threshold, choice, degenerate)
+
+
+def _inner_oof_by_c(spec, x, y, splits, cs) -> dict:
+  return {c: _inner_oof(lambda c=c: spec.make(c), x, y, splits) for c in cs}
 
 
 def predict(spec: "Method", data: "FeatureData", fit: FitResult, rows) -> np.ndarray:
@@ -456,6 +511,13 @@ def _hash_file(path: str) -> str | None:
     return hashlib.sha256(f.read()).hexdigest()
 
 
+def _scaled_coef(model) -> np.ndarray:
+  """LR coefficients on the standardised kept columns (undoing the row-space basis if one was used)."""
+  coef = model.named_steps["clf"].coef_[0]
+  rs = model.named_steps.get("rowspace")
+  return coef if rs is None or rs.v_ is None else rs.v_ @ coef
+
+
 def _importances(model, names) -> dict | None:
   if isinstance(model, _Constant) or not hasattr(model, "named_steps"):
     return None
@@ -463,7 +525,7 @@ def _importances(model, names) -> dict | None:
   kept_names = [n for n, k in zip(names, kept) if k]
   clf = model.named_steps["clf"]
   if hasattr(clf, "coef_"):
-    return {"type": "standardised_coefficient", "values": dict(zip(kept_names, clf.coef_[0].tolist()))}
+    return {"type": "standardised_coefficient", "values": dict(zip(kept_names, _scaled_coef(model).tolist()))}
   if hasattr(clf, "feature_importances_"):
     return {"type": "impurity_importance", "values": dict(zip(kept_names, clf.feature_importances_.tolist()))}
   return None
@@ -496,7 +558,7 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
       m = fit.model
       params = {"kept": m.named_steps["drop_constant"].get_support().tolist(),
                 "mean": m.named_steps["scale"].mean_.tolist(), "scale": m.named_steps["scale"].scale_.tolist(),
-                "coef": m.named_steps["clf"].coef_[0].tolist(),
+                "coef": _scaled_coef(m).tolist(),
                 "intercept": float(m.named_steps["clf"].intercept_[0]), "C": fit.choice.get("C")}
       io_utils.atomic_write_json(os.path.join(out_dir, "logistic.json"), params)
       entry["file"] = "logistic.json"

@@ -91,3 +91,21 @@ def test_single_class_fold_is_degenerate_not_crash():
   x = np.zeros((4, 3))
   model, degenerate = detect._fit(lambda: detect.make_classifier("logistic"), x, np.ones(4, int))
   assert degenerate and np.allclose(detect._proba(model, x), 1.0)
+
+
+def test_rowspace_logistic_is_exact():
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import Pipeline
+  from sklearn.preprocessing import StandardScaler
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 300))
+  y = (x[:, 0] + 0.5 * rng.normal(size=40) > 0).astype(int)
+  xt = rng.normal(size=(10, 300))
+  wide = Pipeline([("s", StandardScaler()), ("c", LogisticRegression(C=0.1, class_weight="balanced",
+                                                                       tol=1e-10, max_iter=10000))]).fit(x, y)
+  ours = detect.make_classifier("logistic", 0.1)
+  ours.named_steps["clf"].set_params(tol=1e-10, max_iter=10000)
+  ours.fit(x, y)
+  assert ours.named_steps["rowspace"].v_.shape == (300, 39)  # centred rows span 39 dimensions
+  np.testing.assert_allclose(detect._proba(ours, xt), wide.predict_proba(xt)[:, 1], atol=1e-5)
+  np.testing.assert_allclose(detect._scaled_coef(ours), wide.named_steps["c"].coef_[0], atol=1e-4)
