@@ -30,12 +30,16 @@ def load_config():
 
 
 def run_pipeline(workdir: str, stages: str | None = None, env: dict | None = None,
-                 timeout: float = 900) -> tuple[float, str]:
+                 timeout: float = 900, flags: tuple = ()) -> tuple[float, str]:
   """Runs `python -m ghosttrack_jax.main` on the tiny config; returns (seconds, log). Raises on failure."""
   cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={CONFIG}", f"--workdir={workdir}"]
   if stages:
     cmd.append(f"--stages={stages}")
-  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  cmd += list(flags)
+  # 2 simulated devices, as each task of the SLURM test has: XLA's CPU code (and so the last bits of
+  # the results) depends on the device count of the process, and tests compare runs bit for bit.
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu",
+              "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **(env or {})}
   t0 = time.time()
   proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
                         check=False)
