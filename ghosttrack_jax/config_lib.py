@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae.l0_warmup_steps = 2_000  # jumprelu: steps of linear lambda warm-up
   c.sae.bandwidth = 1e-3  # jumprelu: STE rectangle-kernel width (normalised units)
   c.sae.threshold_init = 1e-3  # jumprelu: initial per-latent threshold (normalised units)
+  # jumprelu: when > 0, theta_i starts at the per-latent quantile of the first batch that gives this L0
+  # (latents per token) instead of threshold_init: short runs then start sparse (and on the sparse path)
+  c.sae.threshold_init_l0 = 0
   # jumprelu: b_dec at init, "zeros" (Gemma Scope) or "mean" of the first training batch; short runs
   # need "mean" (residual streams have large mean offsets). topk/batchtopk always use the mean.
   c.sae.b_dec_init = "mean"

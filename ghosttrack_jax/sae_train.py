@@ -129,21 +129,20 @@ def init_state(key: jax.Array, hyper: common.Hyper, tx, scale) -> TrainState:
 # ---- the step -------------------------------------------------------------------------------------
 
 
-def layer_update(hyper: common.Hyper, s: Settings, tx, state: TrainState, x, pre, thr, *,
+def layer_update(hyper: common.Hyper, s: Settings, tx, state: TrainState, x, pre, thr, coo, *,
                  use_sparse: bool, use_aux: bool):
-  """One optimizer step for ONE layer. x [B, D] scaled inputs, pre [B, M], thr [M] COO threshold."""
+  """One optimizer step for ONE layer. x [B, D] scaled inputs, pre [B, M], thr [M] COO threshold,
+  coo: the COO list of the entries above thr (threshold architectures; None for TopK)."""
   arch = registry.get(hyper.arch)
   b = x.shape[0]
   params = state.params
   lam = hyper.l0_coefficient * jnp.minimum(1.0, state.step / max(1, hyper.l0_warmup_steps))
   dead = state.fired_ago >= hyper.dead_tokens
   ctx = {"lam": lam, "dead": dead, "use_aux": use_aux, "threshold": thr}
-  coo = None
-  if use_sparse:
-    if arch.coo_threshold is None:
-      coo = sparse.coo_from_topk(jax.lax.top_k(pre, hyper.k)[1])
-    else:
-      coo = sparse.coo_above(pre, thr, b * hyper.sparse_capacity)
+  if not use_sparse:
+    coo = None
+  elif arch.coo_threshold is None:
+    coo = sparse.coo_topk(pre, hyper.k)
 
   def loss_fn(p):
     return arch.loss(hyper, p, x, pre, ctx, coo)
@@ -198,17 +197,20 @@ def make_block_step(hyper: common.Hyper, s: Settings, tx) -> Callable:
     else:
       thr = jnp.zeros(pre.shape[:1] + pre.shape[2:], jnp.float32)
 
+    coo, fits = None, None
+    if dynamic_sparse:  # the list is built before the branch: its uncapped size picks the branch
+      coo, total = jax.vmap(lambda pr, th: sparse.coo_above(pr, th, x.shape[1] * cap))(pre, thr)
+      fits = jnp.all(total <= x.shape[1] * cap)
+
     def run_variant(use_sparse, use_aux):
-      fn = lambda st, xx, pr, th: layer_update(hyper, s, tx, st, xx, pr, th, use_sparse=use_sparse,
-                                               use_aux=use_aux)
-      return jax.vmap(fn)(states, x, pre, thr)
+      fn = lambda st, xx, pr, th, c: layer_update(hyper, s, tx, st, xx, pr, th, c,
+                                                  use_sparse=use_sparse, use_aux=use_aux)
+      return jax.vmap(fn)(states, x, pre, thr, coo)
 
     if len(variants) == 1:
       return run_variant(*variants[0])
     index = jnp.asarray(0, jnp.int32)
     if dynamic_sparse:
-      need = jax.vmap(sparse.count_above)(pre, thr)
-      fits = jnp.all(need <= x.shape[1] * cap)
       index = jnp.where(fits, 0, len(aux_options))
     if len(aux_options) == 2:
       any_dead = jnp.any(states.fired_ago >= hyper.dead_tokens)
@@ -331,6 +333,11 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
         means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
         batches = _chain([first], batches)
+      if start_step == 0 and hyper.arch == "jumprelu" and hyper.threshold_init_l0 > 0:
+        if not hyper.b_dec_from_data:
+          first = next(batches)
+          batches = _chain([first], batches)
+        host.params["threshold"] = _data_thresholds(hyper, host, first[1])
       states = layout.put(host)
       last_log = time.time()
       for step, blocks in batches:
@@ -378,6 +385,18 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
                      seconds=time.time() - t_start, layout=f"{layout.mode} x{layout.n_devices} "
                      f"({layout.per_device} layers/device, {n_pad - len(layers)} padding)",
                      sparse_backend=sparse_backend_name(hyper))
+
+
+def _data_thresholds(hyper, host, blocks) -> np.ndarray:
+  """JumpReLU thresholds from the first batch (config sae.threshold_init_l0), one slot at a time."""
+  fn = jax.jit(lambda p, x, s: common.data_thresholds(common.preact(hyper, p, s * x.astype(jnp.float32)),
+                                                      hyper.threshold_init_l0))
+  x_all = np.concatenate(blocks, axis=0)
+  out = []
+  for i in range(x_all.shape[0]):
+    p = {k: v[i] for k, v in host.params.items()}
+    out.append(np.asarray(fn(p, x_all[i], host.input_scale[i])))
+  return np.stack(out).astype(np.float32)
 
 
 def _chain(first, rest):

@@ -43,6 +43,13 @@ def test_jumprelu_l0_falls_within_a_few_hundred_steps(tmp_path):
   assert np.all(np.asarray(result.state.params["threshold"]) >= 0)
 
 
+def test_data_dependent_threshold_init_sets_the_starting_l0(tmp_path):
+  _, log = _train_synthetic(tmp_path, {"sae.width": 128, "sae.threshold_init_l0": 8,
+                                       "sae_training.epochs": 1, "sae_training.log_every": 1})
+  assert log[0]["mean/l0"] == pytest.approx(8.0, abs=1.5)  # instead of ~64 with theta_0 = 1e-3
+  assert log[0]["mean/sparse_path"] == 1.0
+
+
 def test_legacy_loss_reproduces_the_original_formula():
   h = common.Hyper(arch="relu_l1", d_model=5, width=7, l1_coefficient=0.01, legacy_threshold=0.1)
   p = common.init_params(jax.random.PRNGKey(0), h)

@@ -34,9 +34,9 @@ def test_compact_matches_numpy(backend):
   pre, thr, _, _ = _random()
   thr = thr + jnp.linspace(-0.5, 0.5, thr.shape[0])  # per-latent thresholds
   cap = 2000
-  coo = jax.jit(lambda p, t: sparse.coo_above(p, t, cap))(pre, thr)
-  rows, cols, n = kernels.numpy_reference_compact(np.asarray(pre), np.asarray(thr), cap)
-  assert int(coo.count) == n
+  coo, total = jax.jit(lambda p, t: sparse.coo_above(p, t, cap))(pre, thr)
+  rows, cols, n, n_all = kernels.numpy_reference_compact(np.asarray(pre), np.asarray(thr), cap)
+  assert int(coo.count) == n == int(total) == n_all
   np.testing.assert_array_equal(np.asarray(coo.rows), rows)
   np.testing.assert_array_equal(np.asarray(coo.cols), cols)
   assert int(sparse.count_above(pre, thr)) == n
@@ -44,16 +44,16 @@ def test_compact_matches_numpy(backend):
 
 def test_compact_truncates_at_capacity(backend):
   pre, thr, _, _ = _random(density=0.5)
-  coo = sparse.coo_above(pre, thr, 100)
-  rows, cols, n = kernels.numpy_reference_compact(np.asarray(pre), np.asarray(thr), 100)
-  assert int(coo.count) == n == 100
+  coo, total = sparse.coo_above(pre, thr, 100)
+  rows, cols, n, n_all = kernels.numpy_reference_compact(np.asarray(pre), np.asarray(thr), 100)
+  assert int(coo.count) == n == 100 and int(total) == n_all > 100
   np.testing.assert_array_equal(np.asarray(coo.cols), cols)
 
 
 def test_primitive_ops_match_dense(backend):
   pre, thr, w, a = _random()
   b, m = pre.shape
-  coo = sparse.coo_above(pre, thr, 1000)
+  coo, _ = sparse.coo_above(pre, thr, 1000)
   vals = sparse.gather(pre, coo)
   dense = np.asarray(jnp.where(pre > thr, pre, 0.0))
   np.testing.assert_allclose(sparse.densify(coo, vals, b, m), dense, rtol=0, atol=0)
@@ -76,7 +76,7 @@ def test_ops_under_vmap(backend):
   cap = pre.size  # room for every entry
 
   def one(p, ww):
-    coo = sparse.coo_above(p, thr, cap)
+    coo, _ = sparse.coo_above(p, thr, cap)
     return sparse.spmm_rows(coo, sparse.gather(p, coo), ww, b)
 
   fn = jax.jit(jax.vmap(one))
@@ -118,8 +118,19 @@ def test_jumprelu_ste_pseudo_derivatives():
   assert np.all(jax.grad(lambda p: jnp.sum(jumprelu.step(p, theta, eps)))(pre) == 0)
 
 
-def test_batch_threshold_is_the_exact_kth_value():
+def test_topk_kernel_matches_lax_top_k(backend):
+  pre = jax.random.normal(jax.random.PRNGKey(4), (33, 70))
+  pre = pre.at[3, 10:20].set(0.5)  # ties: lower index first, as lax.top_k
+  for k in (1, 5, 12):
+    coo = sparse.coo_topk(pre, k)
+    _, idx = jax.lax.top_k(pre, k)
+    np.testing.assert_array_equal(np.asarray(coo.cols).reshape(33, k), idx)
+    np.testing.assert_array_equal(np.asarray(coo.rows), np.repeat(np.arange(33), k))
+
+
+def test_batch_threshold_is_the_exact_kth_value(backend):
   r = jnp.maximum(jax.random.normal(jax.random.PRNGKey(0), (64, 50)), 0.0)
+  assert int(topk.batch_threshold_bits(r, 10**6)) == 0  # fewer positives than k
   for k_total in (1, 64 * 4, 1000):
     bits = topk.batch_threshold_bits(r, k_total)
     t = jax.lax.bitcast_convert_type(bits, jnp.float32)
@@ -143,9 +154,9 @@ def test_sparse_loss_and_grads_equal_dense(arch, backend):
     thr = a.coo_threshold(h, p, pre) if a.coo_threshold else None
     ctx = {"lam": 0.1, "dead": dead, "use_aux": use_aux, "threshold": thr}
     if a.coo_threshold is None:
-      coo = sparse.coo_from_topk(jax.lax.top_k(pre, h.k)[1])
+      coo = sparse.coo_topk(pre, h.k)
     else:
-      coo = sparse.coo_above(pre, thr, 32 * 64)
+      coo, _ = sparse.coo_above(pre, thr, 32 * 64)
       assert int(coo.count) < 32 * 64
 
     def lf(params, c):
@@ -156,6 +167,8 @@ def test_sparse_loss_and_grads_equal_dense(arch, backend):
     np.testing.assert_allclose(l_sparse, l_dense, rtol=1e-5)
     np.testing.assert_allclose(aux_s["l0"], aux_d["l0"], rtol=1e-6)
     np.testing.assert_array_equal(aux_s["fired"], aux_d["fired"])
+    np.testing.assert_allclose(aux_s["window_share"], aux_d["window_share"], rtol=1e-6)
+    np.testing.assert_allclose(aux_s["sparsity_loss"], aux_d["sparsity_loss"], rtol=1e-5)
     for name in common.PARAM_NAMES:
       scale = float(jnp.max(jnp.abs(g_dense[name]))) + 1e-12
       np.testing.assert_allclose(g_sparse[name], g_dense[name], rtol=0, atol=1e-5 * scale,

@@ -41,6 +41,7 @@ class Hyper:
   batchtopk_threshold_beta: float = 0.999  # EMA factor of the inference threshold
   sparse_capacity: int = 0  # COO slots per token (flat over the batch); 0 = dense path only
   b_dec_init: str = "zeros"  # jumprelu: "zeros" (Gemma Scope) or "mean" (of the first batch)
+  threshold_init_l0: int = 0  # jumprelu: >0 sets theta_i from the first batch so that L0 ~ this
 
   @property
   def k_aux(self) -> int:
@@ -83,7 +84,8 @@ def hyper_from_config(config, d_model: int) -> Hyper:
                dead_tokens=int(s.dead_tokens),
                batchtopk_threshold_start=int(s.get("batchtopk_threshold_start", 1000)),
                batchtopk_threshold_beta=float(s.get("batchtopk_threshold_beta", 0.999)),
-               sparse_capacity=capacity, b_dec_init=str(s.get("b_dec_init", "zeros")))
+               sparse_capacity=capacity, b_dec_init=str(s.get("b_dec_init", "zeros")),
+               threshold_init_l0=int(s.get("threshold_init_l0", 0)))
 
 
 # ---- parameters: a Flax module applied functionally ---------------------------------------------
@@ -145,6 +147,14 @@ class SparseAutoencoder(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.preact(x)
+
+
+def data_thresholds(pre: jax.Array, l0: int) -> jax.Array:
+  """Per-latent thresholds at the (1 - l0/M) quantile of each latent's pre-activations [B, M]: every
+  latent fires on the same share of the batch and the mean L0 is about `l0` (never below 0)."""
+  m = pre.shape[-1]
+  q = 1.0 - min(max(l0, 1), m) / m
+  return jnp.maximum(jnp.quantile(pre, q, axis=0), 0.0)
 
 
 def init_params(key: jax.Array, hyper: Hyper) -> Params:

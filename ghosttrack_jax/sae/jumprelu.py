@@ -89,6 +89,28 @@ def _jumprelu_coo_bwd(bandwidth, res, g):
 jumprelu_coo.defvjp(_jumprelu_coo_fwd, _jumprelu_coo_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def step_coo(vals, theta, coo, bandwidth):
+  """H(pi - theta) at the COO entries. Every entry where H or K can be non-zero (pi > theta - eps/2)
+  is in the list, so sums over it equal the dense sums."""
+  return jnp.where(coo.valid(), (vals > theta[coo.cols]).astype(jnp.float32), 0.0)
+
+
+def _step_coo_fwd(vals, theta, coo, bandwidth):
+  return step_coo(vals, theta, coo, bandwidth), (vals, theta, coo)
+
+
+def _step_coo_bwd(bandwidth, res, g):
+  vals, theta, coo = res
+  t = theta[coo.cols]
+  g = jnp.where(coo.valid(), g, 0.0)
+  d_theta = sparse.col_sum(coo, g * (-1.0 / bandwidth) * _kernel((vals - t) / bandwidth), theta.shape[0])
+  return jnp.zeros_like(vals), d_theta, None
+
+
+step_coo.defvjp(_step_coo_fwd, _step_coo_bwd)
+
+
 # ---- architecture interface ----------------------------------------------------------------------
 
 
@@ -129,11 +151,18 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
   err = x - x_hat
   sq = jnp.sum(err * err)
   mse = sq / b
-  l0_surrogate = jnp.sum(step(jax.lax.stop_gradient(pre), theta, hyper.bandwidth)) / b
+  if coo is None:
+    pre_sg = jax.lax.stop_gradient(pre)
+    l0_surrogate = jnp.sum(step(pre_sg, theta, hyper.bandwidth)) / b
+    window = jnp.mean(jnp.abs(pre_sg - theta) < 0.5 * hyper.bandwidth)
+  else:  # O(N): only listed entries can contribute (see step_coo)
+    v = jax.lax.stop_gradient(p)
+    l0_surrogate = jnp.sum(step_coo(v, theta, coo, hyper.bandwidth)) / b
+    in_window = coo.valid() & (jnp.abs(v - theta[coo.cols]) < 0.5 * hyper.bandwidth)
+    window = jnp.sum(in_window) / (b * hyper.width)
   sparsity = ctx["lam"] * l0_surrogate
   total = mse + sparsity
   centred = x - jnp.mean(x, axis=0)
-  window = jnp.mean(jnp.abs(jax.lax.stop_gradient(pre) - theta) < 0.5 * hyper.bandwidth)
   aux = {"mse": mse, "fvu": sq / jnp.sum(centred * centred), "l0": l0, "sparsity_loss": sparsity,
          "fired": fired, "window_share": window, "theta_mean": jnp.mean(theta),
          "theta_min": jnp.min(theta), "theta_max": jnp.max(theta),

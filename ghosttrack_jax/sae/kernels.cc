@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <climits>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -66,21 +67,20 @@ inline void Axpy(float* __restrict__ out, const float* __restrict__ x, float a, 
 }
 
 inline float Dot(const float* __restrict__ x, const float* __restrict__ y, int64_t d) {
-  // Eight partial sums: vectorisable and independent of the thread split.
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= d; j += 8)
-    for (int u = 0; u < 8; ++u) acc[u] += x[j + u] * y[j + u];
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; j < d; ++j) s += x[j] * y[j];
+  // A SIMD reduction (fixed lane order for a given build, independent of the thread split).
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < d; ++j) s += x[j] * y[j];
   return s;
 }
 
-// ---- compact: entries with pre[b, i] > thr[i], row-major ------------------------------------------
+// ---- compact: entries with pre[b, i] > thr[i], row-major -------------------------------------------
+// One pass over `pre`: each task collects its rows' entries in a local buffer, then the buffers are
+// copied out at prefix offsets (row-major overall). `total` is the uncapped number of entries.
 
 ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> thr,
                        ffi::ResultBuffer<ffi::S32> rows, ffi::ResultBuffer<ffi::S32> cols,
-                       ffi::ResultBuffer<ffi::S32> count) {
+                       ffi::ResultBuffer<ffi::S32> count, ffi::ResultBuffer<ffi::S32> total) {
   auto dims = pre.dimensions();
   if (dims.size() != 2) return ffi::Error::InvalidArgument("compact: pre must be [B, M]");
   const int64_t B = dims[0], M = dims[1];
@@ -90,42 +90,126 @@ ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buf
   int32_t* r_out = rows->typed_data();
   int32_t* c_out = cols->typed_data();
   const int64_t n_tasks = NumTasks(pool, B, 64);
-  std::vector<int64_t> counts(n_tasks, 0);
-  auto row_range = [&](int64_t task, int64_t* lo, int64_t* hi) {
-    *lo = B * task / n_tasks;
-    *hi = B * (task + 1) / n_tasks;
-  };
+  std::vector<std::vector<int32_t>> found(n_tasks);  // (row, col) pairs, interleaved
   ParallelFor(pool, n_tasks, [&](int64_t task) {
-    int64_t lo, hi, n = 0;
-    row_range(task, &lo, &hi);
+    const int64_t lo = B * task / n_tasks, hi = B * (task + 1) / n_tasks;
+    std::vector<int32_t>& out = found[task];
+    out.reserve(static_cast<size_t>(std::min<int64_t>(2 * cap / n_tasks + 64, 2 * (hi - lo) * M)));
     for (int64_t b = lo; b < hi; ++b) {
       const float* row = p + b * M;
-      for (int64_t i = 0; i < M; ++i) n += row[i] > t[i];
-    }
-    counts[task] = n;
-  });
-  std::vector<int64_t> offsets(n_tasks + 1, 0);
-  for (int64_t k = 0; k < n_tasks; ++k) offsets[k + 1] = offsets[k] + counts[k];
-  ParallelFor(pool, n_tasks, [&](int64_t task) {
-    int64_t lo, hi, n = offsets[task];
-    row_range(task, &lo, &hi);
-    for (int64_t b = lo; b < hi && n < cap; ++b) {
-      const float* row = p + b * M;
-      for (int64_t i = 0; i < M && n < cap; ++i) {
+      for (int64_t i = 0; i < M; ++i) {
         if (row[i] > t[i]) {
-          r_out[n] = static_cast<int32_t>(b);
-          c_out[n] = static_cast<int32_t>(i);
-          ++n;
+          out.push_back(static_cast<int32_t>(b));
+          out.push_back(static_cast<int32_t>(i));
         }
       }
     }
   });
-  const int64_t total = std::min<int64_t>(offsets[n_tasks], cap);
-  if (total < cap) {
-    std::memset(r_out + total, 0, sizeof(int32_t) * (cap - total));
-    std::memset(c_out + total, 0, sizeof(int32_t) * (cap - total));
+  int64_t n = 0;
+  for (int64_t k = 0; k < n_tasks; ++k) {
+    const std::vector<int32_t>& f = found[k];
+    const int64_t m = static_cast<int64_t>(f.size() / 2);
+    for (int64_t j = 0; j < m && n + j < cap; ++j) {
+      r_out[n + j] = f[2 * j];
+      c_out[n + j] = f[2 * j + 1];
+    }
+    n += m;
   }
-  count->typed_data()[0] = static_cast<int32_t>(total);
+  const int64_t kept = std::min<int64_t>(n, cap);
+  if (kept < cap) {
+    std::memset(r_out + kept, 0, sizeof(int32_t) * (cap - kept));
+    std::memset(c_out + kept, 0, sizeof(int32_t) * (cap - kept));
+  }
+  count->typed_data()[0] = static_cast<int32_t>(kept);
+  total->typed_data()[0] = static_cast<int32_t>(std::min<int64_t>(n, INT32_MAX));
+  return ffi::Error::Success();
+}
+
+// ---- topk: the k largest entries of each row (descending, ties to the lower index) ---------------
+
+ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::ResultBuffer<ffi::S32> rows,
+                    ffi::ResultBuffer<ffi::S32> cols) {
+  auto dims = pre.dimensions();
+  const int64_t B = dims[0], M = dims[1];
+  const int64_t k = rows->element_count() / std::max<int64_t>(B, 1);
+  if (k < 1 || k > M) return ffi::Error::InvalidArgument("topk: need 1 <= k <= M");
+  const float* p = pre.typed_data();
+  int32_t* r_out = rows->typed_data();
+  int32_t* c_out = cols->typed_data();
+  const int64_t n_tasks = NumTasks(pool, B, 32);
+  ParallelFor(pool, n_tasks, [&](int64_t task) {
+    const int64_t lo = B * task / n_tasks, hi = B * (task + 1) / n_tasks;
+    // "a beats b": larger value, or equal value and lower index (lax.top_k's order).
+    std::vector<std::pair<float, int32_t>> heap;  // min-heap of the current best k (worst on top)
+    heap.reserve(k);
+    auto worse = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    for (int64_t b = lo; b < hi; ++b) {
+      const float* row = p + b * M;
+      heap.clear();
+      for (int32_t i = 0; i < k; ++i) heap.emplace_back(row[i], i);
+      std::make_heap(heap.begin(), heap.end(), worse);
+      for (int64_t i = k; i < M; ++i) {
+        const float v = row[i];
+        if (v > heap.front().first) {  // equal values keep the earlier (lower) index
+          std::pop_heap(heap.begin(), heap.end(), worse);
+          heap.back() = {v, static_cast<int32_t>(i)};
+          std::push_heap(heap.begin(), heap.end(), worse);
+        }
+      }
+      std::sort_heap(heap.begin(), heap.end(), worse);  // best first
+      for (int64_t j = 0; j < k; ++j) {
+        r_out[b * k + j] = static_cast<int32_t>(b);
+        c_out[b * k + j] = heap[j].second;
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// ---- kth_largest: bit pattern of the k-th largest of max(pre, 0) over the whole array -------------
+// Exact radix select on the float bit patterns (non-negative floats order like their int32 bits):
+// a histogram of the high 16 bits finds the bucket, then nth_element inside it. 0 if fewer than k
+// entries are positive.
+
+ffi::Error KthLargestImpl(ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::S32> k_buf,
+                          ffi::ResultBuffer<ffi::S32> out) {
+  const int64_t n = pre.element_count();
+  const int64_t k = k_buf.typed_data()[0];
+  const float* p = pre.typed_data();
+  std::vector<int64_t> hist(1 << 16, 0);
+  int64_t positive = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (p[i] > 0.0f) {
+      uint32_t bits;
+      std::memcpy(&bits, p + i, 4);
+      ++hist[bits >> 16];
+      ++positive;
+    }
+  }
+  if (k < 1 || positive < k) {
+    out->typed_data()[0] = 0;
+    return ffi::Error::Success();
+  }
+  int64_t above = 0, bucket = (1 << 16) - 1;
+  for (; bucket >= 0; --bucket) {
+    if (above + hist[bucket] >= k) break;
+    above += hist[bucket];
+  }
+  std::vector<uint32_t> in_bucket;
+  in_bucket.reserve(hist[bucket]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (p[i] > 0.0f) {
+      uint32_t bits;
+      std::memcpy(&bits, p + i, 4);
+      if (static_cast<int64_t>(bits >> 16) == bucket) in_bucket.push_back(bits);
+    }
+  }
+  const int64_t rank = k - above - 1;  // 0-based rank from the top within the bucket
+  std::nth_element(in_bucket.begin(), in_bucket.begin() + rank, in_bucket.end(),
+                   std::greater<uint32_t>());
+  out->typed_data()[0] = static_cast<int32_t>(in_bucket[rank]);
   return ffi::Error::Success();
 }
 
@@ -229,6 +313,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GtCompact, CompactImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtTopK, TopKImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtKthLargest, KthLargestImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSpmmRows, SpmmRowsImpl,

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
-_TARGETS = {"compact": "GtCompact", "spmm_rows": "GtSpmmRows", "sddmm": "GtSddmm", "spmm_t": "GtSpmmT",
-            "col_sum": "GtColSum"}
+_TARGETS = {"compact": "GtCompact", "topk": "GtTopK", "kth_largest": "GtKthLargest",
+            "spmm_rows": "GtSpmmRows", "sddmm": "GtSddmm", "spmm_t": "GtSpmmT", "col_sum": "GtColSum"}
 _LOCK = threading.Lock()
 _STATE = {"tried": False, "ok": False, "reason": "", "path": ""}
 
@@ -43,7 +43,7 @@ def _build() -> str:
   with open(_SOURCE, "rb") as f:
     source = f.read()
   include = jax.ffi.include_dir()
-  flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+  flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd"]
   key = hashlib.sha256(source + " ".join(flags).encode() + _cpu_signature().encode() +
                        jax.__version__.encode()).hexdigest()[:16]
   cache = os.environ.get("GHOSTTRACK_KERNEL_CACHE",
@@ -96,11 +96,14 @@ def _ffi_fn(name: str, **static):
 
   def call(*args):
     if name == "compact":
-      pre, _ = args
       cap = static["capacity"]
       out = (jax.ShapeDtypeStruct((cap,), jnp.int32), jax.ShapeDtypeStruct((cap,), jnp.int32),
-             jax.ShapeDtypeStruct((), jnp.int32))
-      del pre
+             jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+    elif name == "topk":
+      n = args[0].shape[0] * static["k"]
+      out = (jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.int32))
+    elif name == "kth_largest":
+      out = jax.ShapeDtypeStruct((), jnp.int32)
     elif name == "spmm_rows":
       w = args[4]
       out = jax.ShapeDtypeStruct((static["n_rows"], w.shape[1]), jnp.float32)
@@ -133,11 +136,11 @@ def backend() -> str:
 
 
 def numpy_reference_compact(pre: np.ndarray, thr: np.ndarray, capacity: int):
-  """Plain numpy version of `compact`, for tests."""
+  """Plain numpy version of `compact`, for tests: (rows, cols, kept, total)."""
   b, i = np.nonzero(pre > thr[None, :])
   n = min(len(b), capacity)
   rows = np.zeros(capacity, np.int32)
   cols = np.zeros(capacity, np.int32)
   rows[:n], cols[:n] = b[:n], i[:n]
-  return rows, cols, n
+  return rows, cols, n, len(b)
 

@@ -52,24 +52,37 @@ def count_above(pre: jax.Array, col_threshold: jax.Array) -> jax.Array:
 
 def _compact_xla(pre, col_threshold, capacity):
   mask = (pre > col_threshold).reshape(-1)
-  count = jnp.minimum(jnp.sum(mask, dtype=jnp.int32), capacity)
+  total = jnp.sum(mask, dtype=jnp.int32)
   (flat,) = jnp.nonzero(mask, size=capacity, fill_value=0)
   m = pre.shape[1]
-  return (flat // m).astype(jnp.int32), (flat % m).astype(jnp.int32), count
+  return (flat // m).astype(jnp.int32), (flat % m).astype(jnp.int32), jnp.minimum(total, capacity), total
 
 
-def coo_above(pre: jax.Array, col_threshold: jax.Array, capacity: int) -> Coo:
-  """COO list of the entries with pre[b, i] > col_threshold[i], in row-major order.
+def coo_above(pre: jax.Array, col_threshold: jax.Array, capacity: int) -> tuple[Coo, jax.Array]:
+  """COO list of the entries with pre[b, i] > col_threshold[i], row-major; and their (uncapped) number.
 
-  When more than `capacity` entries qualify, only the first `capacity` (row-major) are kept; callers
-  check `count_above` first and take the dense path instead.
+  When more than `capacity` entries qualify only the first `capacity` are kept: callers compare the
+  returned total with the capacity and take the dense path instead.
   """
   pre = jax.lax.stop_gradient(pre)
   col_threshold = jax.lax.stop_gradient(col_threshold).astype(pre.dtype)
-  rows, cols, count = kernels.dispatch(
+  rows, cols, count, total = kernels.dispatch(
       "compact", functools.partial(_compact_xla, capacity=capacity), pre, col_threshold,
       capacity=capacity)
-  return Coo(rows, cols, count)
+  return Coo(rows, cols, count), total
+
+
+def _topk_xla(pre, *, k):
+  _, idx = jax.lax.top_k(pre, k)
+  b = pre.shape[0]
+  return jnp.repeat(jnp.arange(b, dtype=jnp.int32), k), idx.reshape(-1).astype(jnp.int32)
+
+
+def coo_topk(pre: jax.Array, k: int) -> Coo:
+  """COO list of each row's k largest entries (exactly k per row, lax.top_k's order and ties)."""
+  pre = jax.lax.stop_gradient(pre)
+  rows, cols = kernels.dispatch("topk", functools.partial(_topk_xla, k=k), pre, k=k)
+  return Coo(rows, cols, jnp.asarray(pre.shape[0] * k, jnp.int32))
 
 
 def coo_from_topk(indices: jax.Array) -> Coo:
@@ -77,6 +90,29 @@ def coo_from_topk(indices: jax.Array) -> Coo:
   b, k = indices.shape
   rows = jnp.repeat(jnp.arange(b, dtype=jnp.int32), k)
   return Coo(rows, indices.reshape(-1).astype(jnp.int32), jnp.asarray(b * k, jnp.int32))
+
+
+def _kth_largest_bits_xla(r, k_total):
+  """Bisection on the float bit pattern: 32 counting passes (see topk.batch_threshold_bits)."""
+  r = jnp.maximum(r, 0.0)
+  bits = jax.lax.bitcast_convert_type(r, jnp.int32)
+  lo = jnp.asarray(0, jnp.int32)
+  hi = jnp.max(bits) + 1
+
+  def body(_, carry):
+    lo, hi = carry
+    mid = lo + (hi - lo) // 2
+    enough = jnp.sum(bits >= mid, dtype=jnp.int32) >= k_total
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+  lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+  return lo
+
+
+def kth_largest_bits(x: jax.Array, k_total: int) -> jax.Array:
+  """int32 bit pattern of the k_total-th largest entry of max(x, 0) (0 if fewer are positive)."""
+  x = jax.lax.stop_gradient(x)
+  return kernels.dispatch("kth_largest", _kth_largest_bits_xla, x, jnp.asarray(k_total, jnp.int32))
 
 
 def gather(pre: jax.Array, coo: Coo) -> jax.Array:

@@ -9,8 +9,9 @@ AuxK: with e = stop_gradient(x - x_hat) and the dead set D, z_aux keeps the k_au
 pre-activations among dead latents (static k_aux from `lax.top_k`, non-dead picks zeroed),
 e_hat = z_aux W_dec (no bias), L_aux = sum ||e - e_hat||^2 / sum ||x - mean(x)||^2; 0 when D is empty.
 
-BatchTopK's selection is exact: the B*k-th largest value is found by bisection on the float bit
-pattern (32 counting passes), which would extend to a data-sharded batch with one psum per pass.
+BatchTopK's selection is exact: the B*k-th largest value is found by a radix select on the float bit
+pattern (C++ kernel) or by bisection on it (32 counting passes, the XLA path, which would extend to a
+data-sharded batch with one psum per pass).
 At inference BatchTopK is a JumpReLU with theta_i = theta_glob (an EMA of the batch's smallest kept
 activation), as in SAELens and dictionary_learning.
 """
@@ -25,18 +26,7 @@ from ghosttrack_jax.sae.common import Hyper, Params
 
 def batch_threshold_bits(r: jax.Array, k_total: int) -> jax.Array:
   """Bit pattern (int32) of the k_total-th largest entry of r >= 0 (0 if fewer are positive)."""
-  bits = lax.bitcast_convert_type(r, jnp.int32)
-  lo = jnp.asarray(0, jnp.int32)
-  hi = jnp.max(bits) + 1
-
-  def body(_, carry):
-    lo, hi = carry
-    mid = lo + (hi - lo) // 2
-    enough = jnp.sum(bits >= mid, dtype=jnp.int32) >= k_total
-    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
-
-  lo, _ = lax.fori_loop(0, 32, body, (lo, hi))
-  return lo
+  return sparse.kth_largest_bits(r, k_total)
 
 
 def selection_threshold(hyper: Hyper, pre: jax.Array) -> jax.Array:
@@ -77,7 +67,8 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
     if hyper.arch == "topk":
       mask = _dense_mask_topk(pre, hyper.k)
     else:
-      mask = lax.stop_gradient(pre) > selection_threshold(hyper, pre)
+      thr = ctx.get("threshold")
+      mask = lax.stop_gradient(pre) > (selection_threshold(hyper, pre) if thr is None else thr)
     f = jnp.where(mask, jnp.maximum(p, 0.0), 0.0)
     x_hat = f @ w_dec + b_dec
     fired = jnp.any(f > 0, axis=0)
@@ -101,15 +92,15 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
     dead = ctx["dead"]
     k_aux = min(hyper.k_aux, m)
     masked = jnp.where(dead, lax.stop_gradient(pre), -jnp.inf)
-    _, idx = lax.top_k(masked, k_aux)
     e = lax.stop_gradient(err)
     if coo is None:
+      _, idx = lax.top_k(masked, k_aux)
       rows = jnp.arange(b)[:, None]
       sel = jnp.zeros(pre.shape, bool).at[rows, idx].set(True) & dead
       z = jnp.where(sel, jnp.maximum(p, 0.0), 0.0)
       e_hat = z @ w_dec
     else:
-      coo_aux = sparse.coo_from_topk(idx)
+      coo_aux = sparse.coo_topk(masked, k_aux)
       p_aux = sparse.gather_preact(x, b_dec, w_enc, b_enc, pre, coo_aux)
       z = jnp.where(dead[coo_aux.cols], jnp.maximum(p_aux, 0.0), 0.0)
       e_hat = sparse.decode(z, w_dec, coo_aux, b)
