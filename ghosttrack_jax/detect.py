@@ -423,13 +423,21 @@ def load_feature_data(config, workdir: str, dataset: str | None = None) -> Featu
   if meta["mode"] == "given_text":
     sets["opener"] = np.array([[float(bool(OPENER.match(t)))] for t in texts], np.float32)
     meta["feature_sets"]["opener"] = {"columns": ["opener"], "per_layer": False, "kind": "surface"}
-  return FeatureData(sets, meta, eid, label, folds_file["group_id"][idx], folds, texts)
+  fd = FeatureData(sets, meta, eid, label, folds_file["group_id"][idx], folds, texts)
+  primary = examples[eid[0]].get("label_method")
+  fd.label_variants = {m: np.array([int(examples[e]["labels_all"][m]) for e in eid])
+                       for m in examples[eid[0]].get("labels_all", {}) if m != primary}
+  fd.label_method = primary
+  return fd
 
 
 # ---- cross-validation ------------------------------------------------------------------------
 
-def cross_validate(spec: Method, data: FeatureData, cfg) -> dict:
-  """Out-of-fold scores [R, N], thresholds [R, K] and per-fold choices of one method."""
+def cross_validate(spec: Method, data: FeatureData, cfg, labels=None) -> dict:
+  """Out-of-fold scores [R, N], thresholds [R, K] and per-fold choices of one method.
+
+  `labels` replaces the primary labels (label-method sensitivity; same folds)."""
+  labels = data.label if labels is None else np.asarray(labels).astype(int)
   n_rep, n = data.folds.shape
   k = int(data.folds.max()) + 1
   scores = np.zeros((n_rep, n))
@@ -439,7 +447,7 @@ def cross_validate(spec: Method, data: FeatureData, cfg) -> dict:
     for f in range(k):
       train = np.flatnonzero(data.folds[r] != f)
       test = np.flatnonzero(data.folds[r] == f)
-      fit = fit_with_selection(spec, data, train, data.label, data.group_id, cfg, seed=cfg.seed + 1000 * r + f)
+      fit = fit_with_selection(spec, data, train, labels, data.group_id, cfg, seed=cfg.seed + 1000 * r + f)
       scores[r, test] = predict(spec, data, fit, test)
       thresholds[r, f] = fit.threshold
       choices.append({"repeat": r, "fold": f, **fit.choice})
@@ -496,10 +504,37 @@ def _run(config, workdir: str) -> None:
       "mode": data.meta.get("mode"), "dataset": dataset,
       "methods": {m.name: {**m.describe(), "choices": results[m.name]["choices"],
                            "degenerate_folds": results[m.name]["degenerate_folds"]} for m in methods}})
+  _label_variants(config, data, methods, out_dir)
   if "ghosttrack" in data.sets:
     save_final_detectors(config, data, os.path.join(out_dir, "detector"), workdir)
   io_utils.write_done(out_dir, {"n_methods": len(names)})
   logging.info("detect: %d methods scored on %d examples -> %s", len(names), len(data.label), out_dir)
+
+
+LABEL_VARIANT_METHODS = ("ghosttrack/logistic", "baseline/scalar_all", "combined/ghosttrack+scalar_baselines")
+
+
+def _label_variants(config, data: FeatureData, methods, out_dir: str) -> None:
+  """GhostTrack and the scalar baselines re-scored under every other label method (method.md §6.2 item 4:
+  results under at least `containment` and `exact`), on the same folds. Writes label_variants.npz/json."""
+  specs = [m for m in methods if m.name in LABEL_VARIANT_METHODS]
+  k = int(data.folds.max()) + 1
+  arrays, info = {}, {"primary": getattr(data, "label_method", None), "variants": {}}
+  for lm, y in sorted(getattr(data, "label_variants", {}).items()):
+    n1 = int(y.sum())
+    entry = {"n_hallucinated": n1, "n_correct": int(len(y) - n1), "methods": []}
+    info["variants"][lm] = entry
+    if min(n1, len(y) - n1) < k:
+      entry["skipped"] = f"a class has fewer than {k} examples"
+      continue
+    for spec in specs:
+      res = cross_validate(spec, data, config.evaluate, labels=y)
+      key = _safe(f"{lm}__{spec.name}")
+      arrays["scores__" + key], arrays["thresholds__" + key] = res["scores"], res["thresholds"]
+      entry["methods"].append({"method": spec.name, "key": key})
+    arrays["label__" + _safe(lm)] = y.astype(np.int8)
+  io_utils.atomic_save_npz(os.path.join(out_dir, "label_variants.npz"), **arrays)
+  io_utils.atomic_write_json(os.path.join(out_dir, "label_variants.json"), info)
 
 
 def _write_predictions_csv(path, names, results, data) -> None:

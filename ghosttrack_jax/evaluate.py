@@ -23,6 +23,7 @@ Writes `results/<model>/evaluation/<dataset>/metrics.json` and `DONE`.
 
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -208,6 +209,10 @@ def run(config, workdir: str) -> None:
     metrics["answers"] = {k: am.get(k) for k in ("mode", "label_method", "label_rates", "n_examples",
                                                  "n_excluded", "excluded_reasons", "n_questions",
                                                  "warnings", "prompt", "data_files", "flags")}
+  lv = os.path.join(det_dir, "label_variants.json")
+  if os.path.exists(lv):
+    metrics["label_variants"] = evaluate_label_variants(det_dir, d, config.evaluate.n_bootstrap,
+                                                        config.evaluate.seed)
   metrics["dataset"] = dataset
   metrics["model"] = config.model.name
   metrics["mode"] = methods_meta.get("mode", "own_answer")
@@ -215,6 +220,25 @@ def run(config, workdir: str) -> None:
   io_utils.write_done(out_dir, {"n_methods": len(metrics["methods"])})
   prim = metrics["methods"].get(PRIMARY, {})
   logging.info("evaluate: %s AUROC %s CI %s -> %s", PRIMARY, prim.get("auroc"), prim.get("auroc_ci"), out_dir)
+
+
+def evaluate_label_variants(det_dir: str, d: dict, n_bootstrap: int, seed: int) -> dict:
+  """AUROC (with question-bootstrap CI) of the label-variant rows written by `detect`."""
+  info = io_utils.read_json(os.path.join(det_dir, "label_variants.json"))
+  with np.load(os.path.join(det_dir, "label_variants.npz"), allow_pickle=False) as z:
+    arr = {k: z[k] for k in z.files}
+  weights = group_bootstrap_weights(d["group_id"], n_bootstrap, seed) if n_bootstrap else None
+  folds = d["folds"].astype(int)
+  out = {"primary": info.get("primary"), "variants": {}}
+  for lm, entry in info["variants"].items():
+    e = {k: v for k, v in entry.items() if k != "methods"}
+    e["methods"] = {}
+    for m in entry.get("methods", []):
+      y = arr["label__" + re.sub(r"[^A-Za-z0-9_.+-]", "_", lm)]
+      res, _, _ = evaluate_scores(arr["scores__" + m["key"]], y, folds, arr["thresholds__" + m["key"]], weights)
+      e["methods"][m["method"]] = {k: res[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci")}
+    out["variants"][lm] = e
+  return out
 
 
 def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> dict:

@@ -340,6 +340,7 @@ def build(config, workdir: str) -> tuple[dict, dict]:
         "methods": m["methods"], "best_baseline": m.get("best_baseline"),
         "ghosttrack_minus_best_baseline": m.get("ghosttrack_minus_best_baseline"),
         "incremental": m.get("incremental"), "claim": m.get("claim"), "warnings": m.get("warnings", []),
+        "label_variants": m.get("label_variants"),
         "degeneracy": {k: {kk: vv for kk, vv in v.items() if kk != "columns"}
                        for k, v in (m.get("degeneracy") or {}).items()},
         "case_studies": [{k: v for k, v in c.items() if k != "index"} for c in cases]}
@@ -366,6 +367,20 @@ def _cross_rows(rows):
            fmt(r["ghosttrack_auroc"]), fmt_ci(r["ghosttrack_ci"]), r["best_baseline"] or "n/a",
            fmt(r["best_baseline_auroc"]), fmt_ci(r["best_baseline_ci"]), fmt(r["delta"]), fmt_ci(r["delta_ci"])]
           for r in rows]
+
+
+LV_HEADER = ["label method", "n (correct / halluc.)", "method", "AUROC", "95% CI"]
+
+
+def _label_variant_rows(d: dict) -> list[list]:
+  rows = []
+  for lm, e in ((d.get("label_variants") or {}).get("variants") or {}).items():
+    n = f"{e['n_correct'] + e['n_hallucinated']} ({e['n_correct']} / {e['n_hallucinated']})"
+    if e.get("skipped"):
+      rows.append([lm, n, "skipped: " + e["skipped"], "n/a", "n/a"])
+    for name, m in e.get("methods", {}).items():
+      rows.append([lm, n, name, fmt(m["auroc"]), fmt_ci(m["auroc_ci"])])
+  return rows
 
 
 def _claim_text(d: dict) -> str:
@@ -415,6 +430,9 @@ def to_markdown(rep: dict) -> str:
             _md_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})),
             "", "Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / F1 "
             "were chosen on training folds only.", ""]
+    lv = _label_variant_rows(d)
+    if lv:
+      out += ["### Label-method sensitivity (same folds)", "", _md_table(LV_HEADER, lv), ""]
     if d["degeneracy"]:
       out += ["### Degeneracy", ""]
       out += [_md_table(["feature set", "constant", "near-constant", "effective rank (99%)"],
@@ -458,6 +476,9 @@ def to_html(rep: dict, plots: dict) -> str:
     out.append(img(pl.get("roc"), "ROC curves") + img(pl.get("forest"), "AUROC intervals"))
     if pl.get("importances"):
       out += ["<h3>Feature importances (final detectors, all rows)</h3>", img(pl["importances"], "importances")]
+    lv = _label_variant_rows(d)
+    if lv:
+      out += ["<h3>Label-method sensitivity (same folds)</h3>", _html_table(LV_HEADER, lv)]
     if d["degeneracy"]:
       out.append("<h3>Degeneracy</h3>")
       out.append(_html_table(["feature set", "constant", "near-constant", "effective rank (99%)"],

@@ -32,7 +32,8 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
     examples.append({"id": f"q-{i:04d}", "question": f"question number {i}?", "prompt_ids": [1, 2, 3],
                      "answer_ids": list(range(len(words))), "answer_text": " ".join(words),
                      "gold": ["paris"], "label": int(y[i]), "label_method": "containment",
-                     "labels_all": {"containment": int(y[i]), "exact": int(y[i]), "f1": int(y[i])},
+                     "labels_all": {"containment": int(y[i]), "exact": int(y[i] or i % 5 == 0),
+                                    "f1": int(y[i])},
                      "mode": "own_answer", "flags": []})
   out_dir = p.answers(config.qa.dataset)
   os.makedirs(out_dir, exist_ok=True)

@@ -41,6 +41,9 @@ def test_report_contents(tmp_path):
   md = open(os.path.join(ev, "report.md")).read()
   assert "AUROC table" in md and "95% CI" in md and "ghosttrack/logistic" in md and "Across models" in md
   assert "probe/raw_resid_best_layer" in md and "SAE quality per layer" in md
+  assert "Label-method sensitivity" in md and "| exact |" in md
+  lv = d["label_variants"]["variants"]["exact"]
+  assert lv["n_hallucinated"] > d["n_hallucinated"] and "ghosttrack/logistic" in lv["methods"]
   html = open(html_path).read()
   assert html.count("data:image/png;base64,") >= 4  # roc, forest, importances, case studies
   assert "http://" not in html and "https://" not in html and "<script" not in html  # self-contained
