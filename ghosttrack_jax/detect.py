@@ -492,7 +492,7 @@ def _run(config, workdir: str) -> None:
     io_utils.atomic_write_json(info_path, {"choices": res["choices"], "degenerate_folds": res["degenerate_folds"]})
     results[spec.name] = res
     logging.info("detect: %-45s pooled OOF AUROC %.3f", spec.name,
-                 np.nanmean([evaluate.auroc(s, data.label) for s in res["scores"]]))
+                 float(evaluate.nanmean([evaluate.auroc(s, data.label) for s in res["scores"]])))
   names = [m.name for m in methods]
   io_utils.atomic_save_npz(
       os.path.join(out_dir, "scores.npz"), methods=np.array(names), example_id=data.example_id,

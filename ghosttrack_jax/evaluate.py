@@ -122,6 +122,15 @@ def _ci(values) -> list:
   return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
 
 
+def nanmean(x, axis=None):
+  """np.nanmean without the all-NaN RuntimeWarning (undefined stays NaN)."""
+  x = np.asarray(x, np.float64)
+  n = np.isfinite(x).sum(axis=axis)
+  total = np.where(np.isfinite(x), x, 0.0).sum(axis=axis)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(n > 0, total / np.where(n > 0, n, 1), np.nan)
+
+
 def _f(x):
   return None if x is None or not np.isfinite(x) else float(x)
 
@@ -138,9 +147,9 @@ def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, n
   aurocs = np.array([auroc(scores[r], labels) for r in range(n_rep)])
   auprcs = np.array([auprc(scores[r], labels) for r in range(n_rep)])
   auprcs_neg = np.array([auprc(-scores[r], 1 - labels) for r in range(n_rep)])
-  boot_auc = np.nanmean(np.stack([auroc(scores[r], labels, weights) for r in range(n_rep)]), 0) \
+  boot_auc = nanmean(np.stack([auroc(scores[r], labels, weights) for r in range(n_rep)]), 0) \
       if weights is not None else np.zeros(0)
-  boot_ap = np.nanmean(np.stack([auprc(scores[r], labels, weights) for r in range(n_rep)]), 0) \
+  boot_ap = nanmean(np.stack([auprc(scores[r], labels, weights) for r in range(n_rep)]), 0) \
       if weights is not None else np.zeros(0)
   fold_auc = [auroc(scores[r][folds[r] == k], labels[folds[r] == k])
               for r in range(n_rep) for k in range(n_folds)]
@@ -148,14 +157,14 @@ def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, n
   at_thr = [threshold_metrics(scores[r], labels, thr_rows[r]) for r in range(n_rep)]
   at_thr_mean = {k: float(np.mean([m[k] for m in at_thr])) for k in at_thr[0]}
   m = {
-      "auroc": _f(np.nanmean(aurocs)) if np.isfinite(aurocs).any() else None,
+      "auroc": _f(nanmean(aurocs)),
       "auroc_ci": _ci(boot_auc),
-      "auprc": _f(np.nanmean(auprcs)) if np.isfinite(auprcs).any() else None,
+      "auprc": _f(nanmean(auprcs)),
       "auprc_ci": _ci(boot_ap),
-      "auprc_correct_positive": _f(np.nanmean(auprcs_neg)) if np.isfinite(auprcs_neg).any() else None,
-      "per_fold_auroc_mean": _f(np.nanmean(fold_auc)) if np.isfinite(fold_auc).any() else None,
-      "per_fold_auroc_sd": _f(np.nanstd(fold_auc)) if np.isfinite(fold_auc).any() else None,
-      "repeat_auroc_sd": _f(np.nanstd(aurocs)) if n_rep > 1 else None,
+      "auprc_correct_positive": _f(nanmean(auprcs_neg)),
+      "per_fold_auroc_mean": _f(nanmean(fold_auc)),
+      "per_fold_auroc_sd": _f(np.std(np.asarray(fold_auc)[np.isfinite(fold_auc)])) if np.isfinite(fold_auc).any() else None,
+      "repeat_auroc_sd": _f(np.std(aurocs[np.isfinite(aurocs)])) if n_rep > 1 and np.isfinite(aurocs).any() else None,
       "at_threshold": at_thr_mean,
       "threshold_rule": "max Youden J on inner-CV training-fold scores (detect)",
   }
@@ -265,7 +274,7 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
     m["kind"] = info.get("kind", "other")
     m["label"] = info.get("label", name)
     m["degenerate_folds"] = info.get("degenerate_folds", 0)
-    if m["degenerate_folds"]:
+    if m["degenerate_folds"] and minority > 0:
       out["warnings"].append(f"{name}: {m['degenerate_folds']} fold fits saw one class or no usable column")
     out["methods"][name] = m
     boots[name] = (b_auc, b_ap)

@@ -386,6 +386,8 @@ def _label_variant_rows(d: dict) -> list[list]:
 def _claim_text(d: dict) -> str:
   g = d.get("ghosttrack_minus_best_baseline")
   parts = []
+  if d["n_correct"] == 0 or d["n_hallucinated"] == 0:
+    parts.append("Only one class is present: no detector can be evaluated on this run.")
   if g:
     if d["claim"]["ghosttrack_beats_best_baseline"]:
       verdict = "GhostTrack beats it (CI above 0)"
@@ -396,7 +398,9 @@ def _claim_text(d: dict) -> str:
     parts.append(f"Strongest baseline: {d['best_baseline']}. AUROC(GhostTrack) − AUROC(baseline) = "
                  f"{fmt(g['delta'])} {fmt_ci(g['ci'])}: {verdict}.")
   inc = d.get("incremental")
-  if inc:
+  if inc and inc["delta"] is None:
+    parts.append("Incremental value undefined (AUROC undefined).")
+  elif inc:
     parts.append(f"Incremental: {inc['with']} − {inc['without']} = {fmt(inc['delta'])} {fmt_ci(inc['ci'])}"
                  + (" (CI excludes 0)." if d["claim"]["incremental_value"] else " (CI includes 0)."))
   return " ".join(parts) or "GhostTrack or baselines missing: no comparison possible."
