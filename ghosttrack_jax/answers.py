@@ -390,7 +390,7 @@ def build_examples(config, model, items, out_dir):
       if len(ans) > cap:
         ans, flags = ans[:cap], flags + ["truncated"]
       rec = {"id": f"{it.qid}-r{n:05d}", "question": it.question, "prompt_ids": prompt_cache[it.question],
-             "answer_ids": ans, "answer_text": ref, "gold": [ref], "mode": "given_text", "flags": flags,
+             "answer_ids": ans, "answer_text": ref, "gold": list(it.gold), "mode": "given_text", "flags": flags,
              "label": int(label), "label_method": "given_reference", "labels_all": {"given_reference": label}}
       if not ans:
         excluded.append({**rec, "reason": "empty answer"})

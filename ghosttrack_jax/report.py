@@ -35,8 +35,8 @@ from ghosttrack_jax.errors import IncompleteStoreError
 
 KIND_ORDER = ("ghosttrack", "ghosttrack_classifier", "reconstruction", "ablation", "sweep", "baseline",
               "probe", "surface", "combined", "other")
-SAE_COLUMNS = ("layer", "l0", "fvu", "mse", "explained_variance", "dead_fraction", "dense_fraction",
-               "ce_loss_recovered", "delta_lm_loss", "input_scale")
+SAE_COLUMNS = ("layer", "l0", "fvu", "mse", "cosine", "dead_fraction", "never_fired_eval", "dense_fraction",
+               "dense_latents", "ce_loss_recovered", "delta_lm_loss", "kl", "input_scale")
 
 
 # ---- gathering -------------------------------------------------------------------------------
@@ -86,8 +86,12 @@ def read_sae_quality(sae_dir: str) -> dict:
     if rows:
       flat = [{k: v for k, v in r.items() if _scalar(v)} for r in rows]
       cols = [c for c in SAE_COLUMNS if any(c in r for r in flat)]
-      cols += sorted({k for r in flat for k in r} - set(cols))
-      return {"rows": flat, "columns": cols[:12], "source": os.path.relpath(f, sae_dir)}
+      if len(cols) < 4:
+        cols += sorted({k for r in flat for k in r} - set(cols))
+      notes = obj.get("notes", []) if isinstance(obj, dict) else []
+      return {"rows": flat, "columns": cols[:12], "source": os.path.relpath(f, sae_dir),
+              "notes": [str(n) for n in notes] if isinstance(notes, list) else [],
+              "targets": obj.get("targets") if isinstance(obj, dict) else None}
   return {"note": f"SAE files in {sae_dir} have no per-layer table this report can read"}
 
 
@@ -450,6 +454,9 @@ def to_markdown(rep: dict) -> str:
   out += ["## SAE quality per layer", ""]
   t = _sae_table(rep["sae_quality"])
   out += [_md_table(*t) if t else f"_{rep['sae_quality'].get('note')}_", ""]
+  out += [f"- {n}" for n in rep["sae_quality"].get("notes", [])]
+  if rep["sae_quality"].get("targets"):
+    out += [f"- targets: {json.dumps(rep['sae_quality']['targets'])}"]
   if len(rep["cross_model"]) > 1:
     out += ["## Across models", "", _md_table(CROSS_HEADER, _cross_rows(rep["cross_model"])), ""]
   return "\n".join(out) + "\n"
@@ -497,6 +504,11 @@ def to_html(rep: dict, plots: dict) -> str:
   out.append("<h2>SAE quality per layer</h2>")
   t = _sae_table(rep["sae_quality"])
   out.append(_html_table(*t) if t else f"<p><i>{e(rep['sae_quality'].get('note', ''))}</i></p>")
+  notes = rep["sae_quality"].get("notes", [])
+  if notes:
+    out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+  if rep["sae_quality"].get("targets"):
+    out.append(f"<p>targets: {e(json.dumps(rep['sae_quality']['targets']))}</p>")
   if len(rep["cross_model"]) > 1:
     out += ["<h2>Across models</h2>", _html_table(CROSS_HEADER, _cross_rows(rep["cross_model"]))]
   out.append("</body></html>")
