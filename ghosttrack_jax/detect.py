@@ -170,7 +170,11 @@ def _fit(make, x, y):
   if len(np.unique(y)) < 2 or (x.ndim == 2 and x.shape[1] == 0) or (x.ndim == 2 and not (np.ptp(x, 0) > 0).any()):
     return _Constant(np.mean(y) if len(y) else 0.5), True
   model = make()
-  model.fit(x, y)
+  try:
+    model.fit(x, y)
+  except ValueError as e:  # e.g. SVC's internal Platt CV with < 5 rows of a class, an empty vocabulary
+    logging.warning("detect: fit failed on %d rows (%s); scoring this fold with the training prior", len(y), e)
+    return _Constant(np.mean(y)), True
   return model, False
 
 

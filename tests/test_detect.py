@@ -109,3 +109,10 @@ def test_rowspace_logistic_is_exact():
   assert ours.named_steps["rowspace"].v_.shape == (300, 39)  # centred rows span 39 dimensions
   np.testing.assert_allclose(detect._proba(ours, xt), wide.predict_proba(xt)[:, 1], atol=1e-5)
   np.testing.assert_allclose(detect._scaled_coef(ours), wide.named_steps["c"].coef_[0], atol=1e-4)
+
+
+def test_unfittable_fold_falls_back_to_prior():
+  x = np.array(["a", "b", "c", "d"], dtype=object)  # single characters: CountVectorizer has no vocabulary
+  spec = detect.Method("surface/bag_of_words", "surface", "", text_features="bow")
+  model, degenerate = detect._fit(lambda: spec.make(1.0), x, np.array([0, 1, 0, 1]))
+  assert degenerate and np.allclose(detect._proba(model, x), 0.5)
