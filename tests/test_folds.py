@@ -150,3 +150,20 @@ def test_given_text_mode(tmp_path):
   tok = FakeModel({}).tokenizer
   e = ex[0]
   assert tok.decode(e["answer_ids"]) == " " + e["answer_text"]
+
+
+def test_truthfulqa_own_answer_labels(tmp_path):
+  c = config_lib.base_config()
+  c.model.name, c.model.source = "fake", "random"
+  c.qa.dataset, c.qa.n_questions, c.qa.prompt_style = "truthfulqa", 12, "fewshot"
+  c.evaluate.n_folds = 2
+  items = qa_data.load_truthfulqa(limit=12)
+  replies = {}
+  for i, it in enumerate(items):
+    q = it.question[:1].upper() + it.question[1:]
+    replies[q if q.endswith("?") else q + "?"] = " " + (it.best if i % 2 == 0 else it.incorrect[0]) + "\n"
+  answers.run(c, str(tmp_path), model=FakeModel(replies))
+  ex = answers.load_examples(c, str(tmp_path), "truthfulqa")
+  assert [e["label"] for e in ex] == [i % 2 for i in range(12)]
+  assert ex[0]["label_method"] == "truthfulqa_rougeL_diff"
+  assert set(ex[0]["labels_all"]) >= {"truthfulqa_rougeL_diff", "truthfulqa_f1_diff", "containment"}
