@@ -244,10 +244,10 @@ def label_own_answer(dataset: str, answer_text: str, item, qa_cfg):
     labels_all = {f"truthfulqa_{k}_diff": labelling.truthfulqa_label(answer_text, item.gold,
                                                                       item.incorrect, k)[0]
                   for k in labelling.TRUTHFULQA_SIMILARITIES}
-    labels_all.update(labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold))
+    labels_all.update(labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold, item.question))
     return label, f"truthfulqa_{kind}_diff", labels_all, details
   method = labelling.canonical_method(qa_cfg.label_method)
-  labels_all = labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold)
+  labels_all = labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold, item.question)
   return labels_all[method], method, labels_all, {"best_f1": labelling.best_f1(answer_text, item.gold)}
 
 

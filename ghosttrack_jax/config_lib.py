@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.qa.n_questions = 400  # questions to answer; 0 = all
   c.qa.max_new_tokens = 24  # generation budget per answer (tokens)
   c.qa.batch_size = 16  # prompts per generation batch
-  c.qa.label_method = "containment"  # "exact", "containment" or "f1"
+  c.qa.label_method = "containment"  # "exact", "containment", "f1" or "containment_noecho" (labelling.py)
   c.qa.f1_threshold = 0.5  # label_method="f1": answers with SQuAD-F1 >= this are correct
   # Prompt: "fewshot" (5 Q:/A: exemplars, base models), "chat" (chat template, instruct models) or
   # "auto" (chat iff the tokenizer has a chat template). Set it explicitly per model config.

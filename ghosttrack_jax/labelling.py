@@ -9,6 +9,12 @@ recorded with every label):
   * `exact` (`em`): correct if the normalised answer equals some normalised alias.
   * `f1`: correct if the SQuAD token-F1 against the best alias is >= `f1_threshold` (0.5).
 
+  * `containment_noecho`: containment, ignoring aliases that already occur (as whole words) in the
+    question. Chat models often restate the question ("The last time army won the army navy game was in
+    2022." contains the alias "Army"); on SmolLM2-135M-Instruct's first 400 NQ-open answers about a third
+    of the containment matches were such echoes. Not in method.md; computed beside the others so its
+    label rate (and GhostTrack's AUROC under it) can be reported.
+
 An alias that normalises to the empty string (e.g. "The") can never match and is ignored.
 
 TruthfulQA (free-form answers against sentence-long references). Substring matching marks nearly
@@ -30,9 +36,9 @@ import string
 
 import numpy as np
 
-LABEL_METHODS = ("containment", "exact", "f1")
+LABEL_METHODS = ("containment", "exact", "f1", "containment_noecho")
 _ALIASES = {"contains": "containment", "containment": "containment", "em": "exact", "exact": "exact",
-            "f1": "f1"}
+            "f1": "f1", "containment_noecho": "containment_noecho"}
 TRUTHFULQA_SIMILARITIES = ("rougeL", "f1")
 NO_COMMENT = "I have no comment."
 
@@ -70,6 +76,12 @@ def contains(answer: str, golds) -> bool:
   return any(g and (" " + g + " ") in padded for g in (normalize_answer(x) for x in golds))
 
 
+def not_in_question(golds, question: str) -> list:
+  """The aliases that do not occur as whole words in the (normalised) question."""
+  q = " " + normalize_answer(question or "") + " "
+  return [g for g in golds if not (normalize_answer(g) and (" " + normalize_answer(g) + " ") in q)]
+
+
 def token_f1(answer: str, gold: str) -> float:
   """SQuAD token-F1 between two strings (0 when either side normalises to nothing)."""
   p, g = tokens(answer), tokens(gold)
@@ -87,11 +99,14 @@ def best_f1(answer: str, golds) -> float:
   return max((token_f1(answer, g) for g in golds), default=0.0)
 
 
-def label_against_gold(answer: str, golds, method: str = "containment", f1_threshold: float = 0.5) -> int:
-  """1 = incorrect / hallucinated, 0 = correct."""
+def label_against_gold(answer: str, golds, method: str = "containment", f1_threshold: float = 0.5,
+                       question: str = "") -> int:
+  """1 = incorrect / hallucinated, 0 = correct. `question` is needed by `containment_noecho` only."""
   method = canonical_method(method)
   if method == "containment":
     ok = contains(answer, golds)
+  elif method == "containment_noecho":
+    ok = contains(answer, not_in_question(golds, question))
   elif method == "exact":
     ok = exact_match(answer, golds)
   else:
@@ -99,9 +114,9 @@ def label_against_gold(answer: str, golds, method: str = "containment", f1_thres
   return 0 if ok else 1
 
 
-def all_labels(answer: str, golds, f1_threshold: float = 0.5) -> dict[str, int]:
+def all_labels(answer: str, golds, f1_threshold: float = 0.5, question: str = "") -> dict[str, int]:
   """The label under every gold-alias method (for label-rate reporting)."""
-  return {m: label_against_gold(answer, golds, m, f1_threshold) for m in LABEL_METHODS}
+  return {m: label_against_gold(answer, golds, m, f1_threshold, question) for m in LABEL_METHODS}
 
 
 def _lcs_len(a: list[str], b: list[str]) -> int:

@@ -36,7 +36,7 @@ def test_f1():
 def test_label_methods_and_direction():
   gold = ["14 December 1972 UTC", "December 1972"]
   ans = "December 1972"
-  assert lab.all_labels(ans, gold) == {"containment": 0, "exact": 0, "f1": 0}
+  assert lab.all_labels(ans, gold) == {"containment": 0, "exact": 0, "f1": 0, "containment_noecho": 0}
   ans = "In December 1972, astronauts"
   assert lab.label_against_gold(ans, gold, "contains") == 0
   assert lab.label_against_gold(ans, gold, "em") == 1
@@ -66,3 +66,13 @@ def test_truthfulqa_diff_rule():
   assert label == 0  # the paper's "no comment" reference
   label, _ = lab.truthfulqa_label("Nothing happens", correct, incorrect, kind="f1")
   assert label == 0
+
+
+def test_containment_noecho_ignores_question_echoes():
+  q = "when was the last time army won the army navy game"
+  ans = "The last time army won the army navy game was in 2022."
+  gold = ["2017", "Army"]
+  assert lab.label_against_gold(ans, gold, "containment", question=q) == 0
+  assert lab.label_against_gold(ans, gold, "containment_noecho", question=q) == 1
+  assert lab.label_against_gold("Army won in 2017", gold, "containment_noecho", question=q) == 0
+  assert lab.not_in_question(["The Army", "Navy SEALs"], q) == ["Navy SEALs"]
