@@ -133,7 +133,6 @@ def test_harness_sees_console_errors(tmp_path):
 
 
 @needs_chromium
-@pytest.mark.slow
 def test_dashboard_of_a_tiny_pipeline_run(tiny_run, tmp_path):
   """`summary_from_outputs` on real track/detect outputs of configs/tiny.py renders in the browser."""
   config, workdir = tiny_run
