@@ -34,7 +34,8 @@ _PLAN_DEVICES = flags.DEFINE_integer(
 _PLAN_DEVICE_MEMORY = flags.DEFINE_float(
     "plan_device_memory_gib", None, "--plan: memory of one device in GiB (default: detected).")
 _PLAN_MEASURE = flags.DEFINE_bool(
-    "plan_measure", True, "--plan: time short matmuls on this machine's device for the time estimate.")
+    "plan_measure", True, "--plan: time a proxy transformer block and SAE step on this machine's "
+    "first device for the time estimate.")
 
 
 def _wants_distributed() -> bool:
