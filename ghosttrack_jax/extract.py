@@ -170,6 +170,7 @@ def run(config, workdir: str) -> None:
     _save_progress(path, {"phase": "tokens"})
     n_windows = _write_tokens(config, model, path)
     progress = {"phase": "activations", "n_windows": n_windows, "batches_done": 0,
+                "batch_size": int(config.extract.batch_size), "chunk_rows": int(config.extract.chunk_rows),
                 "stats": _new_stats(len(model.layers))}
     _save_progress(path, progress)
   _extract_activations(config, model, path, want, progress)
@@ -197,6 +198,13 @@ def _extract_activations(config, model, path: str, want: dict, progress: dict) -
   post = _postprocess_fn(jnp.dtype(config.extract.storage_dtype))
 
   start_batch = progress["batches_done"]
+  # Rows are placed by batch index: a resumed run must use the batch geometry of the first one.
+  for key in ("batch_size", "chunk_rows"):
+    if start_batch and progress.get(key) != config.extract[key]:
+      raise StoreMismatchError(
+          f"the half-written store at {path} was started with extract.{key}={progress.get(key)}; "
+          f"this run has {config.extract[key]}. Rerun with --config.extract.{key}={progress.get(key)} "
+          "to resume, or delete that folder to start over.")
   if start_batch:
     logging.info("resuming extraction at batch %d of %d", start_batch, n_batches)
   pending: list = []  # (futures, progress after they land)

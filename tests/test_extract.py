@@ -145,3 +145,21 @@ def test_sigkill_mid_extraction_then_resume_equals_uninterrupted(tmp_path):
   np.testing.assert_array_equal(a.token_windows(0, a.n_windows), b.token_windows(0, b.n_windows))
   for key in ("layer_stats", "n_rows", "n_windows"):
     assert a.meta[key] == b.meta[key]
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path):
+  config = tiny_config()
+  path = paths.for_config(config, str(tmp_path)).hidden_states
+  extract.run(config, str(tmp_path))
+  # Turn the finished store back into a half-written one, as a kill after batch 2 would leave it.
+  os.remove(os.path.join(path, store_lib.COMPLETE))
+  from ghosttrack_jax import io_utils
+  meta = io_utils.read_json(os.path.join(path, store_lib.META))
+  io_utils.atomic_write_json(os.path.join(path, store_lib.PROGRESS), {
+      "phase": "activations", "n_windows": meta["n_windows"], "batches_done": 2, "batch_size": 8,
+      "chunk_rows": config.extract.chunk_rows, "stats": {"sum_sq_norm": [0.0, 0.0],
+                                                         "sum_norm": [0.0, 0.0], "max_norm": [0.0, 0.0]}})
+  with pytest.raises(StoreMismatchError, match="extract.batch_size=8"):
+    extract.run(tiny_config(**{"extract.batch_size": 4}), str(tmp_path))
+  extract.run(config, str(tmp_path))  # the original geometry resumes and completes
+  assert store_lib.ActivationStore.open(path).n_rows == meta["n_rows"]
