@@ -35,6 +35,7 @@ from ghosttrack_jax.errors import IncompleteStoreError
 
 KIND_ORDER = ("ghosttrack", "ghosttrack_classifier", "reconstruction", "ablation", "sweep", "baseline",
               "probe", "surface", "combined", "other")
+MAX_TRACKS_PLOTTED = 40  # case-study plots: the longest (then strongest) tracks only
 SAE_COLUMNS = ("layer", "l0", "fvu", "mse", "cosine", "dead_fraction", "never_fired_eval", "dense_fraction",
                "dense_latents", "ce_loss_recovered", "delta_lm_loss", "kl", "input_scale")
 
@@ -161,6 +162,7 @@ def method_rows(metrics: dict) -> list[dict]:
     dv = m.get("delta_vs_ghosttrack") or {}
     rows.append({"method": name, "kind": m.get("kind", "other"), "label": m.get("label", name),
                  "auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "auprc": m["auprc"], "auprc_ci": m["auprc_ci"],
+                 "auprc_neg": m.get("auprc_correct_positive"),
                  "balanced_accuracy": m["at_threshold"]["balanced_accuracy"], "f1": m["at_threshold"]["f1"],
                  "per_fold": (m["per_fold_auroc_mean"], m["per_fold_auroc_sd"]),
                  "delta": dv.get("delta"), "delta_ci": dv.get("ci"), "delta_sig": dv.get("excludes_zero")})
@@ -180,8 +182,8 @@ def _html_table(header, rows) -> str:
   return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-AUROC_HEADER = ["method", "kind", "AUROC", "95% CI", "AUPRC", "AUPRC CI", "bal. acc.", "F1",
-                "per-fold AUROC", "Δ vs GhostTrack", "Δ CI"]
+AUROC_HEADER = ["method", "kind", "AUROC", "95% CI", "AUPRC", "AUPRC CI", "AUPRC (correct = +)", "bal. acc.",
+                "F1", "per-fold AUROC", "Δ vs GhostTrack", "Δ CI"]
 
 
 def auroc_table(metrics: dict) -> list[list]:
@@ -189,7 +191,7 @@ def auroc_table(metrics: dict) -> list[list]:
   for r in method_rows(metrics):
     pf = r["per_fold"]
     out.append([r["method"], r["kind"], fmt(r["auroc"]), fmt_ci(r["auroc_ci"]), fmt(r["auprc"]),
-                fmt_ci(r["auprc_ci"]), fmt(r["balanced_accuracy"]), fmt(r["f1"]),
+                fmt_ci(r["auprc_ci"]), fmt(r["auprc_neg"]), fmt(r["balanced_accuracy"]), fmt(r["f1"]),
                 f"{fmt(pf[0])} ± {fmt(pf[1])}", fmt(r["delta"]) + (" *" if r["delta_sig"] else ""),
                 fmt_ci(r["delta_ci"])])
   return out
@@ -304,7 +306,9 @@ def plot_case(tr: dict, case: dict) -> str:
   n_layers = act.shape[-1]
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.5, 3.2))
-  for t in range(m):
+  alive_len = np.where(birth >= 0, np.where(death >= 0, death, n_layers - 1) - birth + 1, 0)
+  order = np.lexsort((-act.max(axis=1), -alive_len))[:MAX_TRACKS_PLOTTED]  # longest, then strongest
+  for t in sorted(order):
     if birth[t] < 0:
       continue
     last = death[t] if death[t] >= 0 else n_layers - 1
@@ -316,7 +320,9 @@ def plot_case(tr: dict, case: dict) -> str:
   ax.set_ylabel("track activation")
   ax.set_xlim(-0.5, n_layers - 0.5)
   verdict = "hallucinated" if case["label"] else "correct"
-  ax.set_title(f"{verdict}; P(halluc.)={fmt(case['score'], 2)}; {m} tracks; dot = observation, x = death", fontsize=9)
+  shown = f"{len(order)} longest of {m} tracks" if m > len(order) else f"{m} tracks"
+  ax.set_title(f"{verdict}; P(halluc.)={fmt(case['score'], 2)}; {shown}; dot = observation, x = death",
+               fontsize=9)
   return _png(fig)
 
 
@@ -415,7 +421,8 @@ def _summary_lines(rep: dict, name: str, d: dict) -> list[str]:
   lines = [f"Mode: **{d['mode_title']}**. Model `{rep['model']}` ({rep['model_source']}), dataset `{name}`, "
            f"label method `{d['label_method']}`.",
            f"Examples: {d['n_examples']} ({d['n_correct']} correct, {d['n_hallucinated']} hallucinated; "
-           f"prevalence {fmt(d['prevalence'])} = AUPRC chance level), {d['n_groups']} question groups, "
+           f"prevalence {fmt(d['prevalence'])} = AUPRC chance level; {fmt(1 - d['prevalence'])} for AUPRC with "
+           f"correct = +), {d['n_groups']} question groups, "
            f"{d['n_folds']}-fold grouped CV × {d['n_repeats']} repeat(s), {d['n_bootstrap']} question "
            "resamples for the intervals."]
   if a.get("label_rates"):
