@@ -8,7 +8,8 @@ bag-of-words vocabulary, decision threshold) is fit on the training folds only:
   * classifiers (scikit-learn pipelines: drop constant columns -> StandardScaler -> model):
     `logistic` (L2, class_weight='balanced', C from `config.evaluate.logistic_cs` by grouped inner CV;
     the primary detector; with more columns than training rows it is fit in the training rows' span,
-    which is exact for an L2 penalty, see `RowSpace`), `random_forest` (100 trees, balanced, random_state=42), `gradient_boosting`
+    which is exact for an L2 penalty, see `classifiers.RowSpace`), `random_forest` (100 trees,
+    balanced, random_state=42), `gradient_boosting`
     (100 stages, lr 0.1, depth 3, balanced sample weights), `svm` (RBF, C=1, balanced, probability=True)
     and `ensemble` (mean probability of RF, GB and LR(C=1)).
   * GhostTrack (26 metrics) with every classifier in `config.evaluate.classifiers`; the reconstruction
@@ -37,188 +38,15 @@ import os
 import re
 
 import numpy as np
-import sklearn.base
 
-from ghosttrack_jax import answers, evaluate, io_utils, paths
+from ghosttrack_jax import answers, classifiers, evaluate, io_utils, paths
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 
 SCHEMA_VERSION = 1
-CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
+CLASSIFIERS = classifiers.CLASSIFIERS
 SCALAR_BASELINES = ("answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy")
 OPENER = re.compile(r"^\s*(no|nothing|not|none|never|nobody|it depends|there is no|there are no|"
                     r"i have no comment)\b", re.IGNORECASE)
-
-
-# ---- models ----------------------------------------------------------------------------------
-
-def _sk():
-  """Lazy scikit-learn import (keeps `import ghosttrack_jax.detect` cheap)."""
-  import sklearn.base, sklearn.ensemble, sklearn.feature_selection, sklearn.linear_model  # pylint: disable=g-import-not-at-top,multiple-import
-  import sklearn.pipeline, sklearn.preprocessing, sklearn.svm, sklearn.utils.class_weight  # pylint: disable=g-import-not-at-top,multiple-import
-  return sklearn
-
-
-class BalancedGradientBoosting:
-  """GradientBoostingClassifier fit with 'balanced' sample weights (it has no class_weight)."""
-
-  def __init__(self, random_state=42):
-    sk = _sk()
-    self.model = sk.ensemble.GradientBoostingClassifier(n_estimators=100, learning_rate=0.1, max_depth=3,
-                                                        random_state=random_state)
-
-  def fit(self, x, y):
-    w = _sk().utils.class_weight.compute_sample_weight("balanced", y)
-    self.model.fit(x, y, sample_weight=w)
-    self.classes_ = self.model.classes_
-    return self
-
-  def predict_proba(self, x):
-    return self.model.predict_proba(x)
-
-  @property
-  def feature_importances_(self):
-    return self.model.feature_importances_
-
-
-class MeanEnsemble:
-  """Mean P(y=1) of RF(100), GB(100) and LR(C=1), each in its own scaled pipeline (method.md §5.1)."""
-
-  def __init__(self):
-    self.members = [make_classifier("random_forest"), make_classifier("gradient_boosting"),
-                    make_classifier("logistic", c=1.0)]
-
-  def fit(self, x, y):
-    for m in self.members:
-      m.fit(x, y)
-    self.classes_ = np.array([0, 1])
-    return self
-
-  def predict_proba(self, x):
-    p = np.mean([m.predict_proba(x)[:, 1] for m in self.members], axis=0)
-    return np.stack([1 - p, p], axis=1)
-
-
-class RowSpace(sklearn.base.TransformerMixin, sklearn.base.BaseEstimator):
-  """Projects onto an orthonormal basis of the training rows' span when there are more columns than rows.
-
-  For an L2-penalised linear model this is exact, not an approximation: a weight component orthogonal to
-  every training row changes no training prediction and only adds to the penalty, so the optimum lies in
-  the row space, w = V beta with ||w|| = ||beta||, and x . w = (x V) . beta for any x. It turns a
-  320 x 69,120 all-layer probe into a 320 x 320 problem. The basis comes from the Gram matrix X X^T.
-  """
-
-  def fit(self, x, y=None):
-    del y
-    x = np.asarray(x, np.float64)
-    self.v_ = None
-    if x.shape[1] > x.shape[0]:
-      w, u = np.linalg.eigh(x @ x.T)
-      keep = w > max(w.max(), 0.0) * 1e-10
-      self.v_ = (x.T @ u[:, keep]) / np.sqrt(w[keep])  # [p, r] orthonormal columns
-    return self
-
-  def transform(self, x):
-    return x if self.v_ is None else np.asarray(x, np.float64) @ self.v_
-
-
-def _lr_preprocess():
-  """The fitted-on-training-rows part of every logistic pipeline."""
-  sk = _sk()
-  return sk.pipeline.Pipeline([("drop_constant", sk.feature_selection.VarianceThreshold(0.0)),
-                               ("scale", sk.preprocessing.StandardScaler()), ("rowspace", RowSpace())])
-
-
-def _lr(c: float):
-  # Newton-Cholesky: after the row-space basis there are at most n_train columns, where Newton steps
-  # converge in a few iterations (lbfgs needs thousands on nearly separable wide probes). Same optimum.
-  return _sk().linear_model.LogisticRegression(C=c, class_weight="balanced", solver="newton-cholesky",
-                                               max_iter=500)
-
-
-def make_classifier(name: str, c: float = 1.0):
-  """A fresh pipeline: drop constant columns -> StandardScaler (-> row-space basis for LR) -> classifier."""
-  sk = _sk()
-  if name == "ensemble":
-    return MeanEnsemble()
-  if name == "logistic":
-    return sk.pipeline.Pipeline(_lr_preprocess().steps + [("clf", _lr(c))])
-  elif name == "random_forest":
-    clf = sk.ensemble.RandomForestClassifier(n_estimators=100, max_features="sqrt", class_weight="balanced",
-                                             random_state=42, n_jobs=1)
-  elif name == "gradient_boosting":
-    clf = BalancedGradientBoosting(random_state=42)
-  elif name == "svm":
-    clf = sk.svm.SVC(C=1.0, kernel="rbf", class_weight="balanced", probability=True, random_state=42)
-  else:
-    raise ValueError(f"unknown classifier {name!r}: use one of {CLASSIFIERS}")
-  return sk.pipeline.Pipeline([("drop_constant", sk.feature_selection.VarianceThreshold(0.0)),
-                               ("scale", sk.preprocessing.StandardScaler()), ("clf", clf)])
-
-
-class _Constant:
-  """Fallback when a training fold has one class or no non-constant column: predicts the prior."""
-
-  def __init__(self, p):
-    self.p = float(p)
-
-  def predict_proba(self, x):
-    return np.tile([1 - self.p, self.p], (len(x), 1))
-
-
-def _fit(make, x, y):
-  """Fits make() on (x, y); a constant model when that is impossible. Returns (model, degenerate)."""
-  if len(np.unique(y)) < 2 or (x.ndim == 2 and x.shape[1] == 0) or (x.ndim == 2 and not (np.ptp(x, 0) > 0).any()):
-    return _Constant(np.mean(y) if len(y) else 0.5), True
-  model = make()
-  try:
-    model.fit(x, y)
-  except ValueError as e:  # e.g. SVC's internal Platt CV with < 5 rows of a class, an empty vocabulary
-    logging.warning("detect: fit failed on %d rows (%s); scoring this fold with the training prior", len(y), e)
-    return _Constant(np.mean(y)), True
-  return model, False
-
-
-def _proba(model, x) -> np.ndarray:
-  return model.predict_proba(x)[:, 1]
-
-
-# ---- inner CV --------------------------------------------------------------------------------
-
-def _inner_splits(y, groups, n_inner: int, seed: int):
-  """Grouped, stratified inner folds on training rows; None when a class has too few groups."""
-  per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
-  if min(per_class) < n_inner:
-    return None
-  f = answers.stratified_group_kfold(y, groups, n_inner, seed)
-  return [(np.flatnonzero(f != k), np.flatnonzero(f == k)) for k in range(n_inner)]
-
-
-def _inner_oof(make, x, y, splits) -> np.ndarray:
-  oof = np.zeros(len(y))
-  for tr, te in splits:
-    m, _ = _fit(make, x[tr], y[tr])
-    oof[te] = _proba(m, x[te])
-  return oof
-
-
-def _lr_inner_oofs(x, y, splits, cs) -> dict:
-  """Inner out-of-fold scores of logistic regression for every C, preprocessing fit once per split."""
-  oofs = {c: np.zeros(len(y)) for c in cs}
-  for tr, te in splits:
-    if len(np.unique(y[tr])) < 2 or not (np.ptp(x[tr], 0) > 0).any():
-      for c in cs:
-        oofs[c][te] = np.mean(y[tr])
-      continue
-    pre = _lr_preprocess().fit(x[tr], y[tr])
-    ztr, zte = pre.transform(x[tr]), pre.transform(x[te])
-    for c in cs:
-      oofs[c][te] = _lr(c).fit(ztr, y[tr]).predict_proba(zte)[:, 1]
-  return oofs
-
-
-def _auc(s, y) -> float:
-  a = evaluate.auroc(s, y)
-  return -np.inf if not np.isfinite(a) else a
 
 
 @dataclasses.dataclass
@@ -232,13 +60,14 @@ class FitResult:
 def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups_all, cfg, seed) -> FitResult:
   """Fits one method on rows `train`: inner-CV choice of C / layer, threshold from inner OOF scores."""
   y, groups = y_all[train], groups_all[train]
-  splits = _inner_splits(y, groups, cfg.inner_folds, seed)
+  splits = classifiers.inner_splits(y, groups, cfg.inner_folds, seed)
   cs = tuple(cfg.logistic_cs)
   choice = {}
   if spec.layer_select:
     x3 = data.get3(spec.feature_set, train)
     if splits is not None:
-      scores = [_auc(_lr_inner_oofs(x3[:, l], y, splits, (1.0,))[1.0], y) for l in range(x3.shape[1])]
+      scores = [classifiers.auc_or_worst(classifiers.lr_inner_oofs(x3[:, l], y, splits, (1.0,))[1.0], y)
+                for l in range(x3.shape[1])]
       layer = int(np.argmax(scores))
     else:
       layer = x3.shape[1] - 1
@@ -249,23 +78,23 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
     x = data.get(spec, train)
   if spec.classifier == "logistic" and splits is not None and spec.search_c:
     oofs = (_inner_oof_by_c(spec, x, y, splits, cs) if spec.text_features else
-            _lr_inner_oofs(x, y, splits, cs))
-    aucs = {c: _auc(o, y) for c, o in oofs.items()}
+            classifiers.lr_inner_oofs(x, y, splits, cs))
+    aucs = {c: classifiers.auc_or_worst(o, y) for c, o in oofs.items()}
     best_c = max(cs, key=lambda c: (aucs[c], -c))  # ties -> stronger regularisation
     choice["C"] = best_c
     oof = oofs[best_c]
   else:
     best_c = 1.0
-    oof = _inner_oof(lambda: spec.make(best_c), x, y, splits) if splits is not None else None
+    oof = classifiers.inner_oof(lambda: spec.make(best_c), x, y, splits) if splits is not None else None
     if spec.classifier == "logistic":
       choice["C"] = best_c
   threshold = evaluate.choose_threshold(oof, y) if oof is not None else 0.5
-  model, degenerate = _fit(lambda: spec.make(best_c), x, y)
+  model, degenerate = classifiers.fit_or_prior(lambda: spec.make(best_c), x, y)
   return FitResult(model, threshold, choice, degenerate)
 
 
 def _inner_oof_by_c(spec, x, y, splits, cs) -> dict:
-  return {c: _inner_oof(lambda c=c: spec.make(c), x, y, splits) for c in cs}
+  return {c: classifiers.inner_oof(lambda c=c: spec.make(c), x, y, splits) for c in cs}
 
 
 def predict(spec: "Method", data: "FeatureData", fit: FitResult, rows) -> np.ndarray:
@@ -273,7 +102,7 @@ def predict(spec: "Method", data: "FeatureData", fit: FitResult, rows) -> np.nda
     x = data.get3(spec.feature_set, rows)[:, fit.choice["layer_index"]]
   else:
     x = data.get(spec, rows)
-  return _proba(fit.model, x)
+  return classifiers.proba(fit.model, x)
 
 
 # ---- feature data and methods ------------------------------------------------------------------
@@ -326,12 +155,14 @@ class Method:
 
   def make(self, c=1.0):
     if self.text_features == "bow":
-      sk = _sk()
       import sklearn.feature_extraction.text  # pylint: disable=g-import-not-at-top
-      return sk.pipeline.Pipeline([
-          ("bow", sk.feature_extraction.text.CountVectorizer(lowercase=True, binary=True)),
-          ("clf", sk.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000))])
-    return make_classifier(self.classifier, c)
+      import sklearn.linear_model  # pylint: disable=g-import-not-at-top
+      import sklearn.pipeline  # pylint: disable=g-import-not-at-top
+      return sklearn.pipeline.Pipeline([
+          ("bow", sklearn.feature_extraction.text.CountVectorizer(lowercase=True, binary=True)),
+          # lbfgs on the sparse counts: Newton-Cholesky would form a vocabulary x vocabulary Hessian
+          ("clf", sklearn.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000))])
+    return classifiers.make_classifier(self.classifier, c)
 
   def describe(self) -> dict:
     return {"kind": self.kind, "label": self.label, "classifier": self.classifier,
@@ -561,26 +392,6 @@ def _hash_file(path: str) -> str | None:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def _scaled_coef(model) -> np.ndarray:
-  """LR coefficients on the standardised kept columns (undoing the row-space basis if one was used)."""
-  coef = model.named_steps["clf"].coef_[0]
-  rs = model.named_steps.get("rowspace")
-  return coef if rs is None or rs.v_ is None else rs.v_ @ coef
-
-
-def _importances(model, names) -> dict | None:
-  if isinstance(model, _Constant) or not hasattr(model, "named_steps"):
-    return None
-  kept = model.named_steps["drop_constant"].get_support()
-  kept_names = [n for n, k in zip(names, kept) if k]
-  clf = model.named_steps["clf"]
-  if hasattr(clf, "coef_"):
-    return {"type": "standardised_coefficient", "values": dict(zip(kept_names, _scaled_coef(model).tolist()))}
-  if hasattr(clf, "feature_importances_"):
-    return {"type": "impurity_importance", "values": dict(zip(kept_names, clf.feature_importances_.tolist()))}
-  return None
-
-
 def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) -> dict:
   """Fits every configured classifier on all rows of the GhostTrack set and saves it with a manifest."""
   import joblib  # pylint: disable=g-import-not-at-top
@@ -603,12 +414,12 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
     spec = Method(f"ghosttrack/{clf}", "ghosttrack", "", clf, (("ghosttrack", None),))
     fit = fit_with_selection(spec, data, rows, data.label, data.group_id, config.evaluate, config.evaluate.seed)
     entry = {"threshold": fit.threshold, "choice": fit.choice, "degenerate": fit.degenerate,
-             "importances": _importances(fit.model, names)}
+             "importances": classifiers.importances(fit.model, names)}
     if clf == "logistic" and not fit.degenerate:
       m = fit.model
       params = {"kept": m.named_steps["drop_constant"].get_support().tolist(),
                 "mean": m.named_steps["scale"].mean_.tolist(), "scale": m.named_steps["scale"].scale_.tolist(),
-                "coef": _scaled_coef(m).tolist(),
+                "coef": classifiers.scaled_coef(m).tolist(),
                 "intercept": float(m.named_steps["clf"].intercept_[0]), "C": fit.choice.get("C")}
       io_utils.atomic_write_json(os.path.join(out_dir, "logistic.json"), params)
       entry["file"] = "logistic.json"
@@ -680,7 +491,7 @@ class Detector:
       z = (x[:, kept] - np.asarray(self._lr["mean"])) / np.asarray(self._lr["scale"])
       logit = z @ np.asarray(self._lr["coef"]) + self._lr["intercept"]
       return 1.0 / (1.0 + np.exp(-logit))
-    return _proba(self._model, x)
+    return classifiers.proba(self._model, x)
 
   def importances(self) -> dict | None:
     return self.manifest["classifiers"][self.classifier].get("importances")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from ghosttrack_jax import detect, divergence, evaluate, io_utils, paths
+from ghosttrack_jax import classifiers, detect, divergence, evaluate, io_utils, paths
 from ghosttrack_jax.errors import StoreMismatchError
 from synthetic_tables import tiny_config, write_synthetic
 
@@ -71,7 +71,7 @@ def test_final_detector_round_trip(detected):
   spec = detect.Method("g", "ghosttrack", "", "logistic", (("ghosttrack", None),))
   fit = detect.fit_with_selection(spec, data, np.arange(len(data.label)), data.label, data.group_id,
                                   c.evaluate, c.evaluate.seed)
-  np.testing.assert_allclose(p, detect._proba(fit.model, x), rtol=1e-6)
+  np.testing.assert_allclose(p, classifiers.proba(fit.model, x), rtol=1e-6)
   rf = detect.Detector.for_config(c, wd, classifier="random_forest")
   assert rf.predict_proba(x).shape == (5,)
   assert rf.importances()["type"] == "impurity_importance"
@@ -89,8 +89,8 @@ def test_final_detector_round_trip(detected):
 
 def test_single_class_fold_is_degenerate_not_crash():
   x = np.zeros((4, 3))
-  model, degenerate = detect._fit(lambda: detect.make_classifier("logistic"), x, np.ones(4, int))
-  assert degenerate and np.allclose(detect._proba(model, x), 1.0)
+  model, degenerate = classifiers.fit_or_prior(lambda: classifiers.make_classifier("logistic"), x, np.ones(4, int))
+  assert degenerate and np.allclose(classifiers.proba(model, x), 1.0)
 
 
 def test_rowspace_logistic_is_exact():
@@ -103,16 +103,16 @@ def test_rowspace_logistic_is_exact():
   xt = rng.normal(size=(10, 300))
   wide = Pipeline([("s", StandardScaler()), ("c", LogisticRegression(C=0.1, class_weight="balanced",
                                                                        tol=1e-10, max_iter=10000))]).fit(x, y)
-  ours = detect.make_classifier("logistic", 0.1)
+  ours = classifiers.make_classifier("logistic", 0.1)
   ours.named_steps["clf"].set_params(tol=1e-10)
   ours.fit(x, y)
   assert ours.named_steps["rowspace"].v_.shape == (300, 39)  # centred rows span 39 dimensions
-  np.testing.assert_allclose(detect._proba(ours, xt), wide.predict_proba(xt)[:, 1], atol=1e-5)
-  np.testing.assert_allclose(detect._scaled_coef(ours), wide.named_steps["c"].coef_[0], atol=1e-4)
+  np.testing.assert_allclose(classifiers.proba(ours, xt), wide.predict_proba(xt)[:, 1], atol=1e-5)
+  np.testing.assert_allclose(classifiers.scaled_coef(ours), wide.named_steps["c"].coef_[0], atol=1e-4)
 
 
 def test_unfittable_fold_falls_back_to_prior():
   x = np.array(["a", "b", "c", "d"], dtype=object)  # single characters: CountVectorizer has no vocabulary
   spec = detect.Method("surface/bag_of_words", "surface", "", text_features="bow")
-  model, degenerate = detect._fit(lambda: spec.make(1.0), x, np.array([0, 1, 0, 1]))
-  assert degenerate and np.allclose(detect._proba(model, x), 0.5)
+  model, degenerate = classifiers.fit_or_prior(lambda: spec.make(1.0), x, np.array([0, 1, 0, 1]))
+  assert degenerate and np.allclose(classifiers.proba(model, x), 0.5)
