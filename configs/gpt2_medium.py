@@ -26,5 +26,6 @@ def get_config(arg=None):
   c.sae_training.log_every = 500  # steps
   c.sae_training.eval_windows = 64  # held-out windows for CE-loss recovered
   c.qa.n_questions = 0  # all 3,610 NQ-open dev questions
+  c.qa.prompt_style = "fewshot"  # base model: few-shot "Q: ... A:" prompt
   c.tracking.batch_size = 16  # texts per forward pass
   return c
