@@ -24,6 +24,10 @@ def get_config(arg=None):
   # rate with short warm-ups and a linear decay over the last 20% of steps. lambda from a sweep on
   # layers 2/15/28/29 (1e-2 -> L0 3-8, 1e-3 -> 13-40, 6e-4 -> 23-76, 4e-4 -> 35-134, 3e-4 -> 47-156).
   c.sae.width = 2304  # latents per layer (4x d_model)
+  # Encode x - b_dec (b_dec starts at the data mean): late layers carry ~60% of E||x||^2 in their mean;
+  # centring the encoder input cut the latents that never fire on held-out rows from 12-23% to 2-13%
+  # on layers 15/28/29 (and FVU slightly).
+  c.sae.b_dec_to_input = True
   c.sae.threshold_init_l0 = 64  # latents per token at init
   c.sae.l0_coefficient = 5e-4  # lambda (normalised units)
   c.sae.l0_warmup_steps = 100  # steps

@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   # jumprelu: b_dec at init, "zeros" (Gemma Scope) or "mean" of the first training batch; short runs
   # need "mean" (residual streams have large mean offsets). topk/batchtopk always use the mean.
   c.sae.b_dec_init = "mean"
+  c.sae.b_dec_to_input = False  # jumprelu: encode x - b_dec (True) or x (False, Gemma Scope)
   c.sae.l1_coefficient = 1e-2  # relu_l1: lambda of the element-mean L1 penalty
   c.sae.legacy_threshold = 0.1  # relu_l1: the fixed, untrained scalar threshold
   c.sae.aux_k_coefficient = 1.0 / 32  # topk/batchtopk: AuxK loss weight alpha

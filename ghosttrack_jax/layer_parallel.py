@@ -155,6 +155,14 @@ class LayerLayout:
 
     The state argument is donated.
     """
+    if self.n_devices == 1:
+      # One device: the same block program under plain jit (pmap over one device only adds dispatch
+      # overhead). The device form keeps its leading device axis of size 1 in pmap mode.
+      if self.mode == "pmap":
+        squeeze = lambda t: jax.tree_util.tree_map(lambda a: a[0], t)
+        expand = lambda t: jax.tree_util.tree_map(lambda a: a[None], t)
+        return jax.jit(lambda st, x: expand(block_step(squeeze(st), squeeze(x))), donate_argnums=0)
+      return jax.jit(block_step, donate_argnums=0)
     if self.mode == "pmap":
       return jax.pmap(block_step, devices=self.devices, donate_argnums=0)
     # check_vma=False: the FFI kernels' outputs carry no varying-manual-axes type; every value in the

@@ -42,6 +42,7 @@ class Hyper:
   sparse_capacity: int = 0  # COO slots per token (flat over the batch); 0 = dense path only
   b_dec_init: str = "zeros"  # jumprelu: "zeros" (Gemma Scope) or "mean" (of the first batch)
   threshold_init_l0: int = 0  # jumprelu: >0 sets theta_i from the first batch so that L0 ~ this
+  b_dec_to_input: bool = False  # jumprelu: encode x - b_dec (SAELens option; Gemma Scope does not)
 
   @property
   def k_aux(self) -> int:
@@ -54,8 +55,9 @@ class Hyper:
 
   @property
   def applies_b_dec_to_input(self) -> bool:
-    """TopK/BatchTopK encode `x - b_dec` (Gao et al.); JumpReLU (Gemma Scope) and legacy do not."""
-    return self.arch in ("topk", "batchtopk")
+    """TopK/BatchTopK encode `x - b_dec` (Gao et al.); JumpReLU only with b_dec_to_input (Gemma Scope
+    does not); legacy never."""
+    return self.arch in ("topk", "batchtopk") or (self.arch == "jumprelu" and self.b_dec_to_input)
 
   @property
   def b_dec_from_data(self) -> bool:
@@ -85,7 +87,8 @@ def hyper_from_config(config, d_model: int) -> Hyper:
                batchtopk_threshold_start=int(s.get("batchtopk_threshold_start", 1000)),
                batchtopk_threshold_beta=float(s.get("batchtopk_threshold_beta", 0.999)),
                sparse_capacity=capacity, b_dec_init=str(s.get("b_dec_init", "zeros")),
-               threshold_init_l0=int(s.get("threshold_init_l0", 0)))
+               threshold_init_l0=int(s.get("threshold_init_l0", 0)),
+               b_dec_to_input=bool(s.get("b_dec_to_input", False)))
 
 
 # ---- parameters: a Flax module applied functionally ---------------------------------------------

@@ -133,16 +133,16 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
   """
   b, _ = x.shape
   theta = params["threshold"]
-  zeros_d = jnp.zeros((hyper.d_model,), x.dtype)
+  b_pre = params["b_dec"] if hyper.applies_b_dec_to_input else jnp.zeros((hyper.d_model,), x.dtype)
   if coo is None:
-    p = sparse.dense_preact(x, zeros_d, params["W_enc"], params["b_enc"], pre)
+    p = sparse.dense_preact(x, b_pre, params["W_enc"], params["b_enc"], pre)
     f = jumprelu(p, theta, hyper.bandwidth)
     x_hat = f @ params["W_dec"] + params["b_dec"]
     active = f > 0
     fired = jnp.any(active, axis=0)
     l0 = jnp.sum(active) / b
   else:
-    p = sparse.gather_preact(x, zeros_d, params["W_enc"], params["b_enc"], pre, coo)
+    p = sparse.gather_preact(x, b_pre, params["W_enc"], params["b_enc"], pre, coo)
     f = jumprelu_coo(p, theta, coo, hyper.bandwidth)
     x_hat = sparse.decode(f, params["W_dec"], coo, b) + params["b_dec"]
     active = (f > 0).astype(jnp.float32)
