@@ -337,7 +337,8 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
         if not hyper.b_dec_from_data:
           first = next(batches)
           batches = _chain([first], batches)
-        host.params["threshold"] = _data_thresholds(hyper, host, first[1])
+        local = _data_thresholds(hyper, host, layout, first[1])
+        host.params["threshold"] = layout.gather_local_slots(local)  # every slot, every process
       states = layout.put(host)
       last_log = time.time()
       for step, blocks in batches:
@@ -387,15 +388,17 @@ def train(config, reader: sae_data.RowReader, *, layers: list[int], layer_positi
                      sparse_backend=sparse_backend_name(hyper))
 
 
-def _data_thresholds(hyper, host, blocks) -> np.ndarray:
-  """JumpReLU thresholds from the first batch (config sae.threshold_init_l0), one slot at a time."""
+def _data_thresholds(hyper, host, layout, blocks) -> np.ndarray:
+  """JumpReLU thresholds from the first batch (config sae.threshold_init_l0) for this process's slots
+  (blocks of `layout.local_indices`), one slot at a time."""
   fn = jax.jit(lambda p, x, s: common.data_thresholds(common.preact(hyper, p, s * x.astype(jnp.float32)),
                                                       hyper.threshold_init_l0))
-  x_all = np.concatenate(blocks, axis=0)
+  slots = [s for d in layout.local_indices for s in layout.device_slots(d)]
+  x_local = np.concatenate(blocks, axis=0)
   out = []
-  for i in range(x_all.shape[0]):
-    p = {k: v[i] for k, v in host.params.items()}
-    out.append(np.asarray(fn(p, x_all[i], host.input_scale[i])))
+  for slot, x in zip(slots, x_local):
+    p = {k: v[slot] for k, v in host.params.items()}
+    out.append(np.asarray(fn(p, x, host.input_scale[slot])))
   return np.stack(out).astype(np.float32)
 
 
