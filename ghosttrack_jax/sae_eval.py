@@ -210,7 +210,7 @@ def _check(row: dict) -> dict:
         "dead_fraction": row["dead_fraction"] <= TARGETS["dead_fraction"]}
   if "ce_loss_recovered" in row and np.isfinite(row["ce_loss_recovered"]):
     ok["ce_loss_recovered"] = row["ce_loss_recovered"] >= TARGETS["ce_loss_recovered"]
-  return ok
+  return {k: bool(v) for k, v in ok.items()}  # numpy bools would fail `is False` and JSON
 
 
 def write_tables(directory: str, report: Report, meta: dict) -> None:

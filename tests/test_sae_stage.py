@@ -37,6 +37,10 @@ def test_outputs_and_tables(trained):
   assert any("dead window" in n for n in metrics["notes"])
   md = open(os.path.join(mp.sae_results, "metrics.md"), encoding="utf-8").read()
   assert "| layer | l0 |" in md
+  for row in metrics["layers"]:  # a missed target is marked in the table
+    assert isinstance(row["meets_targets"]["fvu"], bool)
+    mark = "*" if not row["meets_targets"]["l0"] else ""
+    assert f"| {row['layer']} | {row['l0']:.1f}{mark} |" in md
   hist = io_utils.read_json(os.path.join(mp.sae_results, "density_histograms.json"))
   assert len(hist["bins_log10"]) == 41 and sum(hist["counts"]["0"]) == 64
   log_dir = os.path.join(mp.sae_results, "train_log")
