@@ -4,6 +4,8 @@ folded in, the architecture mapping, and (when sae_lens is installed) SAELens's 
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,8 @@ import pytest
 
 from ghosttrack_jax import sae_train
 from ghosttrack_jax.sae import common, export, registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOP_LEVEL = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
              "normalize_activations", "reshape_activations", "metadata")
@@ -79,19 +83,58 @@ def test_folded_weights_give_the_training_codes_on_raw_inputs(tmp_path, arch):
                                common.decode_dense(h, p_train, codes_train) / s, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sae_lens") is None, reason="sae_lens not installed")
-def test_saelens_loads_the_export(tmp_path):  # pragma: no cover - optional dependency
-  import torch  # pylint: disable=import-outside-toplevel
-  from sae_lens import SAE  # pylint: disable=import-outside-toplevel
-  for arch in ("jumprelu", "topk"):
+def _saelens_python():
+  """An interpreter with sae_lens: this one, $GHOSTTRACK_SAELENS_PYTHON, or the benchmark's venv."""
+  if importlib.util.find_spec("sae_lens") is not None:
+    return sys.executable
+  for candidate in (os.environ.get("GHOSTTRACK_SAELENS_PYTHON"),
+                    os.path.join(REPO, ".venv-bench-sae", "bin", "python")):
+    if candidate and os.path.exists(candidate):
+      return candidate
+  return None
+
+
+SAELENS_CHECK = """
+import json, sys, warnings
+import numpy as np, torch
+warnings.simplefilter("ignore")
+from sae_lens import SAE
+out = {}
+for arch in json.loads(sys.argv[2]):
+  d = f"{sys.argv[1]}/{arch}"
+  sae = SAE.load_from_disk(d + "/layer_00", device="cpu")
+  codes = sae.encode(torch.from_numpy(np.load(d + "/x.npy"))).detach()
+  np.save(d + "/theirs.npy", codes.numpy())
+  np.save(d + "/theirs_dec.npy", sae.decode(codes).detach().numpy())
+  out[arch] = type(sae).__name__
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(_saelens_python() is None, reason="no interpreter with sae_lens (optional; see "
+                    "benchmarks/sae_train.py for the .venv-bench-sae environment)")
+def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
+  archs = ["jumprelu", "topk", "batchtopk", "relu_l1"]
+  expected = {}
+  for arch in archs:
     h, final = _final(arch)
     root = str(tmp_path / arch)
     export.write_all(root, h, final, layers=[0, 1], model_name="m", context_size=16)
     folded = common.fold_input_scale(final.params, final.input_scale, h)
     x = np.random.default_rng(0).normal(size=(6, h.d_model)).astype(np.float32)
-    sae = SAE.load_from_disk(export.layer_dir(root, 0), device="cpu")
-    theirs = sae.encode(torch.from_numpy(x)).detach().numpy()
     p = {k: jnp.asarray(v[0]) for k, v in folded.items()}
-    ours = registry.get(arch).encode(h, p, common.preact(h, p, jnp.asarray(x)))
-    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
-    assert json.load(open(os.path.join(export.layer_dir(root, 0), "cfg.json")))["d_sae"] == h.width
+    codes = np.asarray(registry.get(arch).encode(h, p, common.preact(h, p, jnp.asarray(x))))
+    np.save(os.path.join(root, "x.npy"), x)
+    expected[arch] = (codes, codes @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"]))
+  proc = subprocess.run([_saelens_python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  classes = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert classes == {"jumprelu": "JumpReLUSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE",
+                     "relu_l1": "JumpReLUSAE"}
+  for arch in archs:
+    root = str(tmp_path / arch)
+    np.testing.assert_allclose(np.load(os.path.join(root, "theirs.npy")), expected[arch][0], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(np.load(os.path.join(root, "theirs_dec.npy")), expected[arch][1],
+                               rtol=1e-5, atol=1e-5)
