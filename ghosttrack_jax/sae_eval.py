@@ -5,7 +5,8 @@ weights): L0 (mean, std), FVU = sum||x - x_hat||^2 / sum||x - mean(x)||^2 (not a
 cosine similarity, relative reconstruction bias gamma = E||x_hat||^2 / E[x . x_hat], feature density
 rho_i and the histogram of log10(rho_i + 1e-10), very dense latents (rho > 0.1), latents never firing on
 the eval rows, and the dead fraction from the training counters (n_i >= dead_tokens; when the run saw
-fewer tokens than that window nothing can be dead, and the table says so).
+fewer tokens than that window nothing can be dead, and the table says so), and `silent_last_epoch`, the
+share of latents that did not fire during the whole last epoch (the dead test a short run can make).
 
 Fidelity by splicing (`sae_training.eval_ce`), on `sae_training.eval_windows` held-out token windows:
 each layer's reconstruction replaces that block's output at positions 1.. (position 0, the attention
@@ -168,7 +169,7 @@ def splice_metrics(config, hyper, folded: dict, store, layers, window_start: int
 
 
 def evaluate(config, hyper, final, store, *, layers, positions, eval_window_start: int, fired_ago,
-             tokens_trained: int) -> Report:
+             tokens_trained: int, tokens_per_epoch: int = 0) -> Report:
   """All metrics for every layer; `final` is sae_train.FinalSAEs."""
   t = config.sae_training
   rpw = store.rows_per_window
@@ -182,10 +183,14 @@ def evaluate(config, hyper, final, store, *, layers, positions, eval_window_star
   dead = np.mean(fired_ago >= hyper.dead_tokens, axis=1)
   if tokens_trained < hyper.dead_tokens:
     notes.append(f"training saw {tokens_trained} tokens per layer, fewer than the dead window "
-                 f"({hyper.dead_tokens}): no latent can be called dead; see never_fired_eval")
+                 f"({hyper.dead_tokens}): no latent can be called dead; see silent_last_epoch (no "
+                 "firing during the whole last epoch) and never_fired_eval")
+  window = min(tokens_per_epoch or tokens_trained, hyper.dead_cap)
+  silent = np.mean(fired_ago >= window, axis=1) if window > 0 else np.zeros(len(layers))
   for i, layer in enumerate(layers):
     rows[i]["layer"] = int(layer)
     rows[i]["dead_fraction"] = float(dead[i])
+    rows[i]["silent_last_epoch"] = float(silent[i])
     th = np.asarray(final.params["threshold"][i])
     rows[i].update(theta_mean=float(th.mean()), theta_min=float(th.min()), theta_max=float(th.max()))
   if t.get("eval_ce", True):
@@ -217,7 +222,7 @@ def write_tables(directory: str, report: Report, meta: dict) -> None:
   """results/<model>/sae/: metrics.json, metrics.md, density_histograms.json."""
   os.makedirs(directory, exist_ok=True)
   rows = [{**r, "meets_targets": _check(r)} for r in report.rows]
-  keys = ["l0", "fvu", "cosine", "dead_fraction", "never_fired_eval", "delta_lm_loss",
+  keys = ["l0", "fvu", "cosine", "dead_fraction", "silent_last_epoch", "never_fired_eval", "delta_lm_loss",
           "ce_loss_recovered", "kl"]
   summary = {}
   for k in keys:
@@ -230,7 +235,8 @@ def write_tables(directory: str, report: Report, meta: dict) -> None:
   io_utils.atomic_write_json(os.path.join(directory, "density_histograms.json"),
                              {"bins_log10": DENSITY_BINS.tolist(), "counts": report.histograms})
   cols = [("layer", "{:d}"), ("l0", "{:.1f}"), ("l0_std", "{:.1f}"), ("fvu", "{:.3f}"),
-          ("cosine", "{:.3f}"), ("dead_fraction", "{:.3f}"), ("never_fired_eval", "{:.3f}"),
+          ("cosine", "{:.3f}"), ("dead_fraction", "{:.3f}"), ("silent_last_epoch", "{:.3f}"),
+          ("never_fired_eval", "{:.3f}"),
           ("dense_latents", "{:d}"), ("delta_lm_loss", "{:.3f}"), ("ce_loss_recovered", "{:.3f}"),
           ("kl", "{:.3f}"), ("theta_mean", "{:.4f}")]
   cols = [(c, f) for c, f in cols if any(c in r for r in rows)]

@@ -467,7 +467,8 @@ def run(config, workdir: str) -> None:
   final = finalize_params(hyper, result.state)
   report = sae_eval.evaluate(config, hyper, final, store, layers=layers, positions=positions,
                              eval_window_start=n_train_windows, fired_ago=result.state.fired_ago,
-                             tokens_trained=result.tokens_per_layer)
+                             tokens_trained=result.tokens_per_layer,
+                             tokens_per_epoch=result.tokens_per_layer // int(config.sae_training.epochs))
   export.write_all(mp.sae_export, hyper, final, layers=layers, model_name=config.model.name,
                    context_size=int(store.meta.get("seq_len", 0)), sparsity=report.log_density,
                    extra={"training": {"steps": result.steps, "tokens_per_layer":
