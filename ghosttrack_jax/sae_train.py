@@ -521,12 +521,13 @@ class TrainedSAEs:
   """Every layer's trained SAE, stacked (docs/DESIGN.md, "Trained SAEs").
 
   `params` are in export form (the input scale folded in, as in the SAELens files): raw residuals go in,
-  `x_raw @ W_enc + b_enc` equals the training pre-activations of `s * x_raw`, so codes are in
-  scaled-input units (E||s x||^2 = 1) and `decode` returns raw units. `input_scale` [L] is s.
+  `(x_raw - b_dec*) @ W_enc + b_enc` (*: only when `apply_b_dec_to_input`) equals the training
+  pre-activations of `s * x_raw`, so codes are in scaled-input units (E||s x||^2 = 1) and `decode`
+  returns raw units. `input_scale` [L] is s.
   """
 
   def __init__(self, arch: str, layers: list[int], params: dict, input_scale: np.ndarray, k: int,
-               manifest_hash: str = ""):
+               manifest_hash: str = "", apply_b_dec_to_input: bool | None = None):
     self.arch = arch
     self.layers = list(layers)
     self.params = params
@@ -534,9 +535,18 @@ class TrainedSAEs:
     self.k = int(k)
     self.manifest_hash = manifest_hash
     self.hyper = common.Hyper(arch=arch, d_model=int(params["W_enc"].shape[1]),
-                              width=int(params["W_enc"].shape[2]), k=int(k))
+                              width=int(params["W_enc"].shape[2]), k=int(k),
+                              b_dec_to_input=bool(apply_b_dec_to_input) and arch == "jumprelu")
+    if apply_b_dec_to_input is not None and self.hyper.applies_b_dec_to_input != apply_b_dec_to_input:
+      raise ValueError(f"{arch} SAEs with apply_b_dec_to_input={apply_b_dec_to_input} are not supported")
     self._encode = jax.jit(jax.vmap(self._encode_one))
     self._decode = jax.jit(jax.vmap(lambda p, f: f @ p["W_dec"] + p["b_dec"]))
+
+  @property
+  def apply_b_dec_to_input(self) -> bool:
+    """True when codes are computed from x - b_dec (TopK/BatchTopK, and JumpReLU with
+    config.sae.b_dec_to_input): pre = (x_raw - b_dec) @ W_enc + b_enc with these params."""
+    return self.hyper.applies_b_dec_to_input
 
   def _encode_one(self, p, x):
     x = x.astype(jnp.float32)
@@ -574,4 +584,5 @@ def load_trained_saes(config, workdir: str) -> TrainedSAEs:
                       np.float32)
   return TrainedSAEs(arch=gt.get("arch", cfg0["architecture"]), layers=layers, params=params,
                      input_scale=scales, k=int(cfg0.get("k", gt.get("k", 0)) or 0),
-                     manifest_hash=done.get("sha256", ""))
+                     manifest_hash=done.get("sha256", ""),
+                     apply_b_dec_to_input=bool(cfg0["apply_b_dec_to_input"]))

@@ -19,7 +19,9 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("stage"))
   mp = paths.ModelPaths(workdir, "synthetic")
   data = syn.make_store(mp.hidden_states, n_layers=2, n_windows=48, seed=6)
-  config = syn.tiny_config(**{"sae_training.epochs": 3})
+  # The offline default's JumpReLU settings: b_dec subtracted from the input, data-set thresholds.
+  config = syn.tiny_config(**{"sae_training.epochs": 3, "sae.b_dec_to_input": True,
+                              "sae.threshold_init_l0": 12})
   sae_train.run(config, workdir)
   return config, workdir, mp, data
 
@@ -64,7 +66,7 @@ def test_rerun_is_skipped(trained):
 def test_trained_saes_contract(trained):
   config, workdir, mp, data = trained
   saes = sae_train.load_trained_saes(config, workdir)
-  assert saes.arch == "jumprelu" and saes.layers == [0, 1]
+  assert saes.arch == "jumprelu" and saes.layers == [0, 1] and saes.hyper.applies_b_dec_to_input
   assert saes.params["W_enc"].shape == (2, 16, 64) and saes.params["W_dec"].shape == (2, 64, 16)
   assert saes.params["threshold"].shape == (2, 64) and saes.input_scale.shape == (2,)
   store = activation_store.ActivationStore.open(mp.hidden_states)
