@@ -566,6 +566,13 @@ class TrainedSAEs:
   def layer_index(self, layer: int) -> int:
     return self.layers.index(int(layer))
 
+  def subset(self, layers) -> "TrainedSAEs":
+    """The SAEs of `layers` only (same architecture settings), e.g. one layer for exploration."""
+    idx = [self.layer_index(l) for l in layers]
+    return TrainedSAEs(self.arch, [self.layers[i] for i in idx],
+                       {k: np.asarray(v)[idx] for k, v in self.params.items()}, self.input_scale[idx],
+                       self.k, self.manifest_hash, apply_b_dec_to_input=self.apply_b_dec_to_input)
+
 
 def load_trained_saes(config, workdir: str) -> TrainedSAEs:
   """Loads the exported SAEs of a completed train stage; IncompleteStoreError if there are none."""

@@ -86,6 +86,9 @@ def test_trained_saes_contract(trained):
     np.testing.assert_allclose(codes[i], ref, rtol=1e-4, atol=1e-5)
     ref_hat = common.decode_dense(hyper, p_train, ref) / s
     np.testing.assert_allclose(x_hat[i], ref_hat, rtol=1e-4, atol=1e-4)
+  one = saes.subset([1])
+  assert one.layers == [1] and one.apply_b_dec_to_input
+  np.testing.assert_allclose(np.asarray(one.encode(x_raw[1:])), codes[1:], rtol=1e-6, atol=1e-6)
 
 
 def test_missing_outputs_raise(tmp_path):
