@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -m "not slow"
 
 $(PY): requirements.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
-	@touch $(PY)
+	@touch -h $(PY)
 
 venv: $(PY)
 
