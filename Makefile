@@ -5,21 +5,24 @@ CONFIG ?= configs/smollm2_135m.py
 WORKDIR ?= runs/smollm2_135m
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: run test test-all venv bench clean-venv
+.PHONY: run test test-all venv clean-venv
 
-$(PY): requirements.txt scripts/setup_env.sh
+# A stamp file, not .venv/bin/python: that is a symlink, whose target's date make would compare.
+STAMP := .venv/.installed
+
+$(STAMP): requirements.txt scripts/setup_env.sh pyproject.toml
 	bash scripts/setup_env.sh
-	@touch -h $(PY)
+	@touch $(STAMP)
 
-venv: $(PY)
+venv: $(STAMP)
 
-run: $(PY)
+run: $(STAMP)
 	$(PY) -m ghosttrack_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: $(PY)
+test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: $(PY)
+test-all: $(STAMP)
 	$(PY) -m pytest
 
 clean-venv:
