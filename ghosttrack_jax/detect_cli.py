@@ -1,7 +1,8 @@
 """Scores one question (and optionally an answer) with a trained GhostTrack detector.
 
   python -m ghosttrack_jax.detect_cli --config=configs/smollm2_135m.py --workdir=runs/smollm2 \
-      --question="who wrote the origin of species" [--answer="Charles Darwin"] [--classifier=logistic]
+      --question="who wrote the origin of species" [--answer="Charles Darwin"] [--classifier=logistic] \
+      [--dashboard=answer.html]
 
 Without --answer the model answers the question itself (own-answer mode, as in training); with --answer
 the given text is teacher-forced after the same prompt. Prints one JSON object: the probability that the
@@ -24,6 +25,7 @@ _ANSWER = flags.DEFINE_string("answer", None, "An answer to score; omitted = the
 _CLASSIFIER = flags.DEFINE_string("classifier", "logistic", "Which saved detector to use.")
 _DATASET = flags.DEFINE_string("dataset", None, "Detector of this dataset (default config.qa.dataset).")
 _TRACKS = flags.DEFINE_bool("tracks", True, "Include the full track arrays in the output.")
+_DASHBOARD = flags.DEFINE_string("dashboard", None, "Also write the interactive HTML dashboard here.")
 flags.mark_flags_as_required(["config", "workdir", "question"])
 
 
@@ -38,6 +40,10 @@ def main(argv):
   except GhostTrackError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(2)
+  if _DASHBOARD.value:
+    from ghosttrack_jax import dashboard  # pylint: disable=import-outside-toplevel
+    dashboard.write_dashboard(out, _DASHBOARD.value, title=_QUESTION.value)
+    logging.warning("dashboard written to %s", _DASHBOARD.value)
   if not _TRACKS.value:
     out.pop("tracks", None)
   print(json.dumps(out, indent=2))  # the CLI's output

@@ -31,7 +31,7 @@ import subprocess
 import numpy as np
 
 from ghosttrack_jax import evaluate, io_utils, paths
-from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.errors import GhostTrackError, IncompleteStoreError
 
 KIND_ORDER = ("ghosttrack", "ghosttrack_classifier", "reconstruction", "ablation", "sweep", "baseline",
               "probe", "surface", "combined", "other")
@@ -505,8 +505,10 @@ def to_html(rep: dict, plots: dict) -> str:
     if pl.get("cases"):
       out.append("<h3>Case studies: tracks across layers</h3>")
       for c, b64 in pl["cases"]:
+        link = (f' <a href="{e(c["dashboard"])}">interactive dashboard</a>' if c.get("dashboard") else "")
         out.append(f"<p><b>Q:</b> {e(c['question'])}<br><b>A:</b> {e(c['answer'])} "
-                   f"(<i>{'hallucinated' if c['label'] else 'correct'}</i>; gold: {e('; '.join(c['gold'][:3]))})</p>")
+                   f"(<i>{'hallucinated' if c['label'] else 'correct'}</i>; gold: {e('; '.join(c['gold'][:3]))})"
+                   f"{link}</p>")
         out.append(img(b64, f"tracks of {c['id']}"))
   out.append("<h2>SAE quality per layer</h2>")
   t = _sae_table(rep["sae_quality"])
@@ -522,11 +524,30 @@ def to_html(rep: dict, plots: dict) -> str:
   return "\n".join(out)
 
 
+def _write_case_dashboards(config, workdir: str, out_dir: str, rep: dict, plots: dict) -> None:
+  """Writes the interactive per-answer dashboard of every case study and records its relative path."""
+  from ghosttrack_jax import dashboard  # pylint: disable=import-outside-toplevel
+  for name, d in rep["datasets"].items():
+    for case in d["case_studies"]:
+      rel = os.path.join("dashboards", name, f"{case['id']}.html")
+      try:
+        summary = dashboard.summary_from_outputs(config, workdir, case["id"], dataset=name)
+      except (GhostTrackError, OSError, KeyError) as e:  # e.g. the example's tracks were not stored
+        logging.warning("report: no dashboard for case %s: %s", case["id"], e)
+        continue
+      dashboard.write_dashboard(summary, os.path.join(out_dir, rel), title=f"{name}: {case['id']}")
+      case["dashboard"] = rel
+      for c, _ in plots[name].get("cases", []):
+        if c["id"] == case["id"]:
+          c["dashboard"] = rel
+
+
 def run(config, workdir: str) -> str:
   """Writes report.{json,md,html}; returns the HTML path. Always rebuilt (it is cheap)."""
   p = paths.for_config(config, workdir)
   rep, plots = build(config, workdir)
   os.makedirs(p.evaluation, exist_ok=True)
+  _write_case_dashboards(config, workdir, p.evaluation, rep, plots)
   io_utils.atomic_write_json(os.path.join(p.evaluation, "report.json"), rep)
   io_utils.atomic_write_text(os.path.join(p.evaluation, "report.md"), to_markdown(rep))
   html_path = os.path.join(p.evaluation, "report.html")
