@@ -469,6 +469,15 @@ def run(config, workdir: str) -> None:
                              eval_window_start=n_train_windows, fired_ago=result.state.fired_ago,
                              tokens_trained=result.tokens_per_layer,
                              tokens_per_epoch=result.tokens_per_layer // int(config.sae_training.epochs))
+  with writer.MetricWriter(os.path.join(mp.sae_results, "train_log")) as w:  # held-out, final step
+    scalars = {}
+    for row in report.rows:
+      for key, value in row.items():
+        if key != "layer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+          scalars[f"eval/layer_{row['layer']:02d}/{key}"] = value
+    w.write_scalars(result.steps, scalars)
+    for i, layer in enumerate(layers):
+      w.write_histogram(result.steps, f"eval/layer_{layer:02d}/log10_density", report.log_density[i])
   export.write_all(mp.sae_export, hyper, final, layers=layers, model_name=config.model.name,
                    context_size=int(store.meta.get("seq_len", 0)), sparsity=report.log_density,
                    extra={"training": {"steps": result.steps, "tokens_per_layer":
