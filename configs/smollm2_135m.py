@@ -19,7 +19,7 @@ def get_config(arg=None):
   c.extract.batch_size = 8  # sequences per forward pass
   # SAEs: 142k training tokens per layer is ~10^4x less than the JumpReLU recipe assumes, so the
   # recipe's schedule (lr 7e-5, 1k-step warm-ups, lambda warm-up over 10k steps) would barely move in
-  # the ~280 steps that fit in about 20 minutes on 2 cores. Short-run settings: thresholds start at the
+  # the ~260 steps that fit in about 20 minutes on 2 cores. Short-run settings: thresholds start at the
   # per-latent quantile giving L0 64 (so training starts sparse, on the sparse path), a 14x learning
   # rate with short warm-ups and a linear decay over the last 20% of steps. lambda from a sweep on
   # layers 2/15/28/29 (1e-2 -> L0 3-8, 1e-3 -> 13-40, 6e-4 -> 23-76, 4e-4 -> 35-134, 3e-4 -> 47-156).
@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.sae.l0_coefficient = 5e-4  # lambda (normalised units)
   c.sae.l0_warmup_steps = 100  # steps
   c.sae_training.batch_size = 1024  # tokens per step per layer
-  c.sae_training.epochs = 2  # passes over the stored rows (~278 steps)
+  c.sae_training.epochs = 2  # passes over the stored rows (264 steps)
   c.sae_training.lr = 1e-3  # peak learning rate
   c.sae_training.lr_warmup_steps = 50  # steps
   c.sae_training.lr_decay_fraction = 0.2  # last 20% of steps decay linearly to 0
