@@ -145,10 +145,7 @@ def top_activating(config, workdir: str, layer: int, feature: int, k: int = 10, 
   if layer not in store.layers:
     raise ConfigError(f"layer {layer} is not in the store (layers {store.layers})")
   saes = saes or sae_train.load_trained_saes(config, workdir)
-  pos = saes.layers.index(layer)
-  one = sae_train.TrainedSAEs(saes.arch, [layer], {k_: np.asarray(v)[pos:pos + 1] for k_, v in
-                                                   saes.params.items()},
-                              saes.input_scale[pos:pos + 1], saes.k)
+  one = saes.subset([layer])  # keeps the architecture settings (e.g. b_dec subtracted before encoding)
   if not 0 <= feature < one.params["W_enc"].shape[-1]:
     raise ConfigError(f"feature {feature} out of range 0..{one.params['W_enc'].shape[-1] - 1}")
   n = min(store.n_rows, max_rows)
