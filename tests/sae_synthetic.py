@@ -5,7 +5,6 @@ directions with exponential magnitudes, plus a little noise and a per-layer offs
 can find a sparse code and JumpReLU's L0 has somewhere to go.
 """
 
-import importlib.util
 import os
 
 import ml_dtypes
@@ -14,7 +13,10 @@ import numpy as np
 from ghosttrack_jax import activation_store as store_lib
 from ghosttrack_jax import io_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import tiny_pipeline  # as this module is imported: `from tests import ...`, also in children
+
+REPO = tiny_pipeline.REPO
+
 
 
 def sparse_rows(rng, n: int, d: int, n_true: int = 64, active: int = 4, noise: float = 0.02,
@@ -62,10 +64,7 @@ def make_store(path: str, n_layers: int = 3, d: int = 16, n_windows: int = 64, s
 
 def tiny_config(**overrides):
   """configs/tiny.py with SAE settings sized for the synthetic store, then `overrides` ("a.b": v)."""
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = tiny_pipeline.load_config()
   config.model.name = "synthetic"
   config.sae.width = 64
   config.sae.l0_warmup_steps = 20
@@ -82,10 +81,4 @@ def tiny_config(**overrides):
   config.sae_training.sparse_capacity = 32
   config.sae_training.eval_ce = False
   config.sae_training.eval_tokens = 256
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return tiny_pipeline.set_fields(config, overrides)

@@ -1,7 +1,6 @@
 """The extract stage on the tiny config: a valid store, resume after SIGKILL, and clear errors."""
 
 import hashlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,22 +14,9 @@ import pytest
 from ghosttrack_jax import activation_store as store_lib
 from ghosttrack_jax import extract, paths
 from ghosttrack_jax.errors import DataError, StoreMismatchError
+from tiny_pipeline import tiny_config  # pylint: disable=import-error  (tests/ is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def _main(workdir, *args, **kw):

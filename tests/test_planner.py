@@ -23,14 +23,7 @@ def tiny_run(tmp_path_factory):
 
 
 def _config(**overrides):
-  c = tiny_pipeline.load_config()
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return tiny_pipeline.tiny_config(**overrides)
 
 
 def _files_bytes(path: str) -> int:

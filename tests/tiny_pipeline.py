@@ -29,6 +29,22 @@ def load_config():
   return module.get_config()
 
 
+def set_fields(config, overrides: dict):
+  """Sets dotted fields ("a.b": v) of a config; returns it."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def tiny_config(**overrides):
+  """configs/tiny.py with `overrides` ("a.b": v) applied."""
+  return set_fields(load_config(), overrides)
+
+
 def run_pipeline(workdir: str, stages: str | None = None, env: dict | None = None,
                  timeout: float = 900, flags: tuple = ()) -> tuple[float, str]:
   """Runs `python -m ghosttrack_jax.main` on the tiny config; returns (seconds, log). Raises on failure."""
