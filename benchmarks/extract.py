@@ -64,7 +64,7 @@ def ensure_bench_venv() -> str:
 
 
 def token_windows(tokenizer, eos_id, n, seq):
-  from ghosttrack_jax import corpus
+  from ghosttrack_jax.extract import corpus
   docs = corpus.iter_documents("data/corpus/enwiki2019_sample.jsonl.gz", 100)
   enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
   out = []
@@ -78,7 +78,8 @@ def token_windows(tokenizer, eos_id, n, seq):
 def bench_ours(model, ids, batch, storage_dir):
   import jax
   import jax.numpy as jnp
-  from ghosttrack_jax import activation_store, extract
+  from ghosttrack_jax import extract
+  from ghosttrack_jax.extract import store as store_lib
   post = extract._postprocess_fn(jnp.bfloat16)  # pylint: disable=protected-access
   L, T = len(model.layers), ids.shape[1]
 
@@ -95,7 +96,7 @@ def bench_ours(model, ids, batch, storage_dir):
   bare = time.perf_counter() - t0
 
   rows = batch * (T - 1)
-  arr = activation_store.create_array(storage_dir, [L, len(ids) * (T - 1), model.d_model], "bfloat16",
+  arr = store_lib.create_array(storage_dir, [L, len(ids) * (T - 1), model.d_model], "bfloat16",
                                       [1, rows, model.d_model])
   pending = None
   t0 = time.perf_counter()

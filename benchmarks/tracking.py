@@ -28,8 +28,8 @@ import time
 import numpy as np
 from scipy import optimize
 
-from ghosttrack_jax import divergence
-from ghosttrack_jax import tracking
+from ghosttrack_jax.track import divergence
+from ghosttrack_jax.track import tracker
 
 BIRTH, ASSOC, W_SEM, W_ACT = 0.5, 0.5, 0.6, 0.2
 
@@ -188,7 +188,7 @@ def reference(pooled, w_dec, k):
 def ours(pooled, w_unit, cfg, batch):
   out = []
   for s in range(0, pooled.shape[0], batch):
-    _, tr = tracking.track_pooled(pooled[s:s + batch], w_unit, cfg)
+    _, tr = tracker.track_pooled(pooled[s:s + batch], w_unit, cfg)
     out.append(divergence.track_metrics(tr))
   return np.concatenate(out)
 
@@ -222,8 +222,8 @@ def main():
   args = p.parse_args()
 
   pooled, w_dec = make_inputs(args.texts, args.layers, args.width, args.d_model, args.concepts)
-  cfg = tracking.TrackerConfig(top_k=args.top_k)
-  w_unit = np.asarray(tracking.unit_decoder(w_dec))  # host copy: the CPU cost path is numpy
+  cfg = tracker.TrackerConfig(top_k=args.top_k)
+  w_unit = np.asarray(tracker.unit_decoder(w_dec))  # host copy: the CPU cost path is numpy
 
   t0 = time.perf_counter()
   got = ours(pooled, w_unit, cfg, args.batch)  # includes jit compilation
@@ -242,8 +242,8 @@ def main():
   t_ours = float(np.median(times))
 
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  sel = tracking.select_features(pooled, args.top_k, "answer_max")
-  _, tr = tracking.track_pooled(pooled, w_unit, cfg)
+  sel = tracker.select_features(pooled, args.top_k, "answer_max")
+  _, tr = tracker.track_pooled(pooled, w_unit, cfg)
   n = args.texts
   lines = [
       f"shapes: {n} texts, L={args.layers}, h={args.width}, d={args.d_model}, k={args.top_k}, "
@@ -263,13 +263,13 @@ def main():
     try:
       commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=False).stdout.strip()
-      dirty = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks/tracking.py",
-                              "ghosttrack_jax/tracking.py", "ghosttrack_jax/divergence.py"],
+      dirty = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks/tracker.py",
+                              "ghosttrack_jax/tracker.py", "ghosttrack_jax/divergence.py"],
                              capture_output=True, text=True, check=False).stdout.strip()
       commit += " (with uncommitted changes to the benchmarked files)" if dirty else ""
     except OSError:
       commit = "?"
-    entry = (f"\n## tracking + 26 metrics (benchmarks/tracking.py), "
+    entry = (f"\n## tracking + 26 metrics (benchmarks/tracker.py), "
              f"{datetime.date.today().isoformat()}\n\n"
              f"- command: `{cmd}`\n- machine: {machine()}\n- commit: {commit}\n"
              + "".join(f"- {l}\n" for l in lines))

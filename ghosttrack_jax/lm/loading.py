@@ -23,6 +23,7 @@ from absl import logging
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
 from ghosttrack_jax.lm import families, gguf_llama
 from ghosttrack_jax.lm.model import LanguageModel, check_layers
+from transformers import AutoConfig, AutoTokenizer
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 GPT2_TOKENIZER = os.path.join(ASSETS, "gpt2_tokenizer")
@@ -59,7 +60,6 @@ def load_model(model_cfg) -> LanguageModel:
 
 
 def _tokenizer(spec: str):
-  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
 
   try:
     return AutoTokenizer.from_pretrained(spec)
@@ -138,7 +138,6 @@ def _from_pretrained(family, source, hf_config, dtype, **kwargs):
 
 
 def _load_pretrained(family, model_cfg, source, dtype):
-  from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
 
   local = os.path.isdir(os.path.expanduser(source))
   if local:

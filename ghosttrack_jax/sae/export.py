@@ -13,7 +13,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ghosttrack_jax import io_utils
+from ghosttrack_jax.runtime import atomic_io
 from ghosttrack_jax.sae import common, registry
 
 SAE_LENS_VERSION = "6.18.0"  # the v6 format these files follow (SAELens @ 91ca16c)
@@ -66,12 +66,12 @@ def write_layer(directory: str, hyper: common.Hyper, params: dict, cfg: dict,
              for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
   if cfg["architecture"] == "jumprelu":
     tensors["threshold"] = np.ascontiguousarray(np.asarray(params["threshold"], np.float32))
-  with io_utils.atomic_path(os.path.join(directory, WEIGHTS)) as tmp:
+  with atomic_io.atomic_path(os.path.join(directory, WEIGHTS)) as tmp:
     save_file(tensors, tmp)
   if sparsity is not None:
-    with io_utils.atomic_path(os.path.join(directory, SPARSITY)) as tmp:
+    with atomic_io.atomic_path(os.path.join(directory, SPARSITY)) as tmp:
       save_file({"sparsity": np.ascontiguousarray(np.asarray(sparsity, np.float32))}, tmp)
-  io_utils.atomic_write_json(os.path.join(directory, CFG), cfg)
+  atomic_io.atomic_write_json(os.path.join(directory, CFG), cfg)
   del hyper
 
 

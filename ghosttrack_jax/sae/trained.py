@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ghosttrack_jax import io_utils, paths
+from ghosttrack_jax.runtime import atomic_io
+from ghosttrack_jax.runtime import paths
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.sae import common, registry
+from ghosttrack_jax.sae import export
 
 
 class TrainedSAEs:
@@ -72,12 +74,11 @@ class TrainedSAEs:
 
 def load_trained_saes(config, workdir: str) -> TrainedSAEs:
   """Loads the exported SAEs of a completed train stage; IncompleteStoreError if there are none."""
-  from ghosttrack_jax.sae import export  # pylint: disable=import-outside-toplevel
   mp = paths.for_config(config, workdir)
-  if not io_utils.is_done(mp.sae_results) or not io_utils.is_done(mp.sae_export):
+  if not atomic_io.is_done(mp.sae_results) or not atomic_io.is_done(mp.sae_export):
     raise IncompleteStoreError(f"no trained SAEs for model {config.model.name!r} under {workdir} "
                                "(train stage not complete): run --stages=train")
-  done = io_utils.read_json(os.path.join(mp.sae_export, io_utils.DONE))
+  done = atomic_io.read_json(os.path.join(mp.sae_export, atomic_io.DONE))
   layers = [int(l) for l in done["layers"]]
   loaded = [export.read_saelens(os.path.join(mp.sae_export, f"layer_{l:02d}")) for l in layers]
   params = {k: np.stack([p[k] for p, _ in loaded]) for k in common.PARAM_NAMES}

@@ -1,0 +1,251 @@
+"""Stage `answer`: the model answers each question itself; answers are labelled and split into folds.
+
+Own-answer mode (method.md §6.2; datasets `nq_open`, `truthfulqa`):
+  1. Prompt, fixed per model and recorded in the manifest. Few-shot (base models): the instruction line
+     "Answer each question with a short phrase.", 5 fixed exemplars from the NQ-open EfficientQA dev
+     file as "Q: ...\nA: ...\n\n", then "Q: {question}\nA:". Chat (instruct models): the tokenizer's chat
+     template with one user message "Answer with a short phrase only: {question}" and the generation
+     prompt. `config.qa.prompt_style` = "fewshot" | "chat" | "auto" (chat iff the tokenizer has a chat
+     template).
+  2. Greedy generation with a KV cache through `LanguageModel.generate`, `config.qa.max_new_tokens`
+     tokens, `config.qa.batch_size` prompts per call. Each call's raw output is saved under
+     `generations/` and reused, so a killed run resumes without regenerating finished batches.
+  3. Post-processing on token ids (the decoded string is never re-tokenised): leading whitespace-only
+     tokens are moved into the prompt (they are context the model produced, not answer); the answer
+     stops before the first special token (EOS, end-of-turn) and before the first token whose text
+     contains a newline; with `config.qa.cut_first_sentence` it also ends after the token that closes the
+     first sentence (text ending in . ! or ? followed by a token starting with whitespace, or nothing),
+     unless the word before the period is a single letter or a common abbreviation (Mr, Dr, St, ...).
+     Empty answers are excluded and counted.
+  4. Labels against gold aliases (`labelling.py`): `config.qa.label_method` for NQ-open; the TruthfulQA
+     ROUGE-L "diff" rule for TruthfulQA. Every method's label is kept in `labels_all`. 100 random labelled
+     examples go to `audit_sample.jsonl` for the hand audit method.md asks for (`audit_label` left empty).
+
+Given-text mode (method.md §6.4; `truthfulqa_given`, `halueval_given`), clearly labelled `given_text`:
+each distinct (question, reference answer) is appended to the same prompt and teacher-forced (nothing is
+generated); label 1 = the reference is incorrect / hallucinated. References that appear on both sides for
+a question are dropped.
+
+Folds: stratified group K-fold (K = `config.evaluate.n_folds`, shuffled, seed `config.evaluate.seed + r`;
+our own greedy assignment, see `folds.stratified_group_kfold`, because scikit-learn's shuffled
+`StratifiedGroupKFold` stratifies poorly), groups = normalised question text, R = `config.evaluate.n_repeats`
+repeats. When a class has fewer groups than folds, the manifest says the folds are not stratified and a
+warning is logged (detection on a single class is meaningless and is reported as such downstream).
+
+Outputs (schema in docs/DESIGN.md "Examples table"): `cache/<model>/answers/<dataset>/`.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from ghosttrack_jax import lm
+from ghosttrack_jax.answer import datasets, examples as examples_lib, folds as folds_lib, labelling, prompts
+from ghosttrack_jax.errors import DataError
+from ghosttrack_jax.runtime import atomic_io, paths
+
+
+OWN_ANSWER_SETS = ("nq_open", "truthfulqa")
+
+
+GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")
+
+
+# ---- labelling -------------------------------------------------------------------------------
+
+
+def label_own_answer(dataset: str, answer_text: str, item, qa_cfg):
+  """Returns (label, label_method, labels_all, details)."""
+  if dataset == "truthfulqa":
+    kind = qa_cfg.get("truthfulqa_similarity", "rougeL")
+    label, details = labelling.truthfulqa_label(answer_text, item.gold, item.incorrect, kind)
+    labels_all = {f"truthfulqa_{k}_diff": labelling.truthfulqa_label(answer_text, item.gold,
+                                                                      item.incorrect, k)[0]
+                  for k in labelling.TRUTHFULQA_SIMILARITIES}
+    labels_all.update(labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold, item.question))
+    return label, f"truthfulqa_{kind}_diff", labels_all, details
+  method = labelling.canonical_method(qa_cfg.label_method)
+  labels_all = labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold, item.question)
+  return labels_all[method], method, labels_all, {"best_f1": labelling.best_f1(answer_text, item.gold)}
+
+
+def given_text_pairs(items, dataset: str):
+  """(item, reference_text, label, role) per distinct (question, normalised reference)."""
+  out, dropped = [], 0
+  for item in items:
+    refs: dict[str, list] = {}
+    for label, answers in ((0, item.gold), (1, item.incorrect)):
+      for a in answers:
+        refs.setdefault(labelling.normalize_answer(a) or a, []).append((label, a))
+    for _, entries in refs.items():
+      if len({lab for lab, _ in entries}) > 1:
+        dropped += 1
+        continue
+      label, text = entries[0]
+      role = ("right" if label == 0 else "hallucinated") if dataset == "halueval_given" else (
+          "correct" if label == 0 else "incorrect")
+      out.append((item, text, label, role))
+  return out, dropped
+
+
+# ---- stage -----------------------------------------------------------------------------------
+
+
+def _out_dir(config, workdir):
+  return paths.for_config(config, workdir).answers(config.qa.dataset)
+
+
+def _manifest_key(config) -> dict:
+  """Fields that must match for saved generations to be reused."""
+  q = config.qa
+  return {"model": config.model.name, "source": config.model.source, "dataset": q.dataset,
+          "n_questions": q.n_questions, "max_new_tokens": q.max_new_tokens, "batch_size": q.batch_size,
+          "prompt_style": q.get("prompt_style", "auto")}
+
+
+def _generate_all(config, model, prompt_texts, out_dir) -> list:
+  """Raw generated ids per prompt; batches saved as they finish and reused on resume."""
+  gdir = os.path.join(out_dir, "generations")
+  os.makedirs(gdir, exist_ok=True)
+  key_path = os.path.join(gdir, "key.json")
+  key = _manifest_key(config)
+  if os.path.exists(key_path) and atomic_io.read_json(key_path) != key:
+    logging.warning("saved generations in %s were made with other settings; regenerating", gdir)
+    for f in os.listdir(gdir):
+      os.remove(os.path.join(gdir, f))
+  atomic_io.atomic_write_json(key_path, key)
+  bs = config.qa.batch_size
+  results = []
+  n_batches = (len(prompt_texts) + bs - 1) // bs
+  for b in range(n_batches):
+    path = os.path.join(gdir, f"batch_{b:05d}.json")
+    batch = prompt_texts[b * bs:(b + 1) * bs]
+    if os.path.exists(path):
+      saved = atomic_io.read_json(path)
+      if [s["prompt"] for s in saved] == batch:
+        results.extend(saved)
+        continue
+    gens = model.generate(batch, max_new_tokens=config.qa.max_new_tokens, batch_size=bs)
+    saved = [{"prompt": p, "prompt_ids": prompts.generated_prompt_ids(g, model, p), "gen_ids": prompts.generated_ids(g)}
+             for p, g in zip(batch, gens)]
+    atomic_io.atomic_write_json(path, saved)
+    results.extend(saved)
+    logging.info("answer: batch %d/%d generated", b + 1, n_batches)
+  return results
+
+
+def build_examples(config, model, items, out_dir):
+  """Returns (examples, excluded, prompt_format) for the configured dataset (no folds yet)."""
+  dataset = config.qa.dataset
+  exclude = [it.question for it in items] if dataset == "nq_open" else []
+  fmt = prompts.prompt_format(config.qa, model.tokenizer, exclude_questions=exclude)
+  tok = model.tokenizer
+  examples, excluded = [], []
+  if dataset in OWN_ANSWER_SETS:
+    texts = [fmt.render(it.question) for it in items]
+    gens = _generate_all(config, model, texts, out_dir)
+    sids = prompts.stop_ids(model)
+    for it, g in zip(items, gens):
+      moved, ans, flags = prompts.postprocess(g["gen_ids"], tok, sids, config.qa.get("cut_first_sentence", True))
+      text = tok.decode(ans).strip()
+      rec = {"id": f"{it.qid}", "question": it.question, "prompt_ids": list(g["prompt_ids"]) + moved,
+             "answer_ids": ans, "answer_text": text, "raw_generation": tok.decode(g["gen_ids"]),
+             "gold": list(it.gold), "mode": "own_answer", "flags": flags}
+      if "empty" in flags:
+        excluded.append({**rec, "reason": "empty answer"})
+        continue
+      label, method, labels_all, details = label_own_answer(dataset, text, it, config.qa)
+      if details.get("tie"):
+        rec["flags"].append("similarity_tie")
+      rec.update(label=int(label), label_method=method, labels_all=labels_all, label_details=details)
+      examples.append(rec)
+  elif dataset in GIVEN_TEXT_SETS:
+    pairs, dropped = given_text_pairs(items, dataset)
+    if dropped:
+      logging.info("given-text: %d references dropped (listed as both correct and incorrect)", dropped)
+    cap = config.qa.get("given_max_answer_tokens", 64)
+    prompt_cache = {}
+    for n, (it, ref, label, role) in enumerate(pairs):
+      if it.question not in prompt_cache:
+        prompt_cache[it.question] = [int(t) for t in model.encode(fmt.render(it.question))]
+      ans = prompts.encode_continuation(tok, fmt.answer_prefix() + ref)
+      flags = [f"reference_{role}"]
+      if len(ans) > cap:
+        ans, flags = ans[:cap], flags + ["truncated"]
+      rec = {"id": f"{it.qid}-r{n:05d}", "question": it.question, "prompt_ids": prompt_cache[it.question],
+             "answer_ids": ans, "answer_text": ref, "gold": list(it.gold), "mode": "given_text", "flags": flags,
+             "label": int(label), "label_method": "given_reference", "labels_all": {"given_reference": label}}
+      if not ans:
+        excluded.append({**rec, "reason": "empty answer"})
+        continue
+      examples.append(rec)
+  else:
+    raise DataError(f"config.qa.dataset={dataset!r}: use one of {OWN_ANSWER_SETS + GIVEN_TEXT_SETS}")
+  return examples, excluded, fmt
+
+
+def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None) -> dict:
+  """Adds group ids and folds to `examples`, builds the manifest and writes the table (examples.save)."""
+  if not examples:
+    raise DataError(f"no usable examples for {config.qa.dataset} ({len(excluded)} excluded)")
+  groups = folds_lib.group_ids([e["question"] for e in examples])
+  labels = np.array([e["label"] for e in examples], np.int8)
+  folds, fold_info = folds_lib.assign_folds(labels, groups, config.evaluate.n_folds,
+                                            config.evaluate.n_repeats, config.evaluate.seed)
+  for i, e in enumerate(examples):
+    e["group_id"] = int(groups[i])
+    e["fold"] = int(folds[0, i])
+    e["folds"] = [int(f) for f in folds[:, i]]
+  label_rates = {}
+  for m in examples[0]["labels_all"]:
+    vals = [e["labels_all"][m] for e in examples]
+    label_rates[m] = {"n_correct": int(sum(v == 0 for v in vals)), "n_incorrect": int(sum(v == 1 for v in vals)),
+                      "correct_rate": float(np.mean([v == 0 for v in vals]))}
+  n1 = int(labels.sum())
+  minority = min(n1, len(labels) - n1)
+  warnings = []
+  if minority < 100:
+    warnings.append(f"minority class has {minority} examples (< 100): confidence intervals will be wide "
+                    "(docs/method.md §6.2 item 8)")
+  if not fold_info["stratified"]:
+    warnings.append("folds could not be stratified (a class has fewer question groups than folds)")
+  for w in warnings:
+    logging.warning("answer: %s", w)
+  files = datasets.data_files(config.qa.dataset, config.qa)
+  manifest = {
+      "schema_version": examples_lib.SCHEMA_VERSION, "dataset": config.qa.dataset,
+      "mode": "given_text" if config.qa.dataset in GIVEN_TEXT_SETS else "own_answer",
+      "model": {"name": config.model.name, "source": config.model.source, "family": config.model.family},
+      "prompt": fmt.describe(),
+      "generation": {"greedy": True, "max_new_tokens": config.qa.max_new_tokens,
+                     "batch_size": config.qa.batch_size,
+                     "cut_first_sentence": bool(config.qa.cut_first_sentence)},
+      "label_method": examples[0]["label_method"], "label_rates": label_rates,
+      "n_examples": len(examples), "n_excluded": len(excluded),
+      "excluded_reasons": {r: sum(e["reason"] == r for e in excluded) for r in {e["reason"] for e in excluded}},
+      "n_hallucinated": n1, "n_correct": len(labels) - n1, "n_groups": int(len(np.unique(groups))),
+      "folds": fold_info, "data_files": {f: datasets.sha256(f) for f in files},
+      "flags": {f: sum(f in e["flags"] for e in examples) for f in sorted({f for e in examples for f in e["flags"]})},
+      "warnings": warnings, **(extra_manifest or {})}
+  # docs/method.md §6.2 item 4: 100 random labels per (model, dataset) for a hand audit.
+  audit = np.sort(np.random.default_rng(config.evaluate.seed).permutation(len(examples))[:100])
+  examples_lib.save(out_dir, examples, excluded, folds, manifest, audit)
+  return manifest
+
+
+def run(config, workdir: str, model=None) -> None:
+  """Stage entry point. `model` may be passed in (tests, notebooks); otherwise it is loaded."""
+  out_dir = _out_dir(config, workdir)
+  if atomic_io.is_done(out_dir):
+    logging.info("answer: %s is complete; skipping", out_dir)
+    return
+  os.makedirs(out_dir, exist_ok=True)
+  items = datasets.load(config.qa.dataset, config.qa, limit=config.qa.n_questions)
+  if model is None:
+    model = lm.load_model(config.model)
+  examples, excluded, fmt = build_examples(config, model, items, out_dir)
+  m = fold_and_write(config, examples, excluded, fmt, out_dir, {"n_questions": len(items)})
+  logging.info("answer: %s: %d examples (%d correct, %d hallucinated), %d excluded -> %s",
+               config.qa.dataset, m["n_examples"], m["n_correct"], m["n_hallucinated"], m["n_excluded"],
+               out_dir)

@@ -1,0 +1,112 @@
+"""The detect stage's out-of-fold outputs and their one owner (schema: docs/DESIGN.md "Detection outputs").
+
+`results/<model>/detection/<dataset>/` holds:
+  methods/<method>.npz + .json   one finished method (scores [R, N], thresholds [R, K]; choices), for resume
+  scores.npz                     every method's out-of-fold scores: methods, example_id, group_id, label,
+                                 folds [R, N], scores [M, R, N], thresholds [M, R, K]
+  predictions.csv                the same scores, one row per (method, example, repeat)
+  methods.json                   mode, dataset, and per method its description, choices, degenerate folds
+  label_variants.npz + .json     GhostTrack and scalar baselines re-scored under other label methods
+  detector/                      the final detectors (detect.detector)
+  DONE                           written last
+"""
+
+import os
+import re
+
+import numpy as np
+
+from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.runtime import atomic_io, paths
+
+SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON = (
+    "scores.npz", "predictions.csv", "methods.json", "label_variants.npz", "label_variants.json")
+
+
+def directory(config, workdir: str, dataset: str | None = None) -> str:
+  return os.path.join(paths.for_config(config, workdir).detection, dataset or config.qa.dataset)
+
+
+def safe_name(name: str) -> str:
+  """A method or label-method name as a file-name and npz-key component."""
+  return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+# ---- one finished method (resume) ------------------------------------------------------------------
+
+def _part_paths(out_dir: str, method: str) -> tuple[str, str]:
+  base = os.path.join(out_dir, "methods", safe_name(method))
+  return base + ".npz", base + ".json"
+
+
+def load_method(out_dir: str, method: str) -> dict | None:
+  """A method finished by an earlier (interrupted) run, or None."""
+  npz, info = _part_paths(out_dir, method)
+  if not (os.path.exists(npz) and os.path.exists(info)):
+    return None
+  with np.load(npz, allow_pickle=False) as z:
+    return {"scores": z["scores"], "thresholds": z["thresholds"], **atomic_io.read_json(info)}
+
+
+def save_method(out_dir: str, method: str, result: dict) -> None:
+  npz, info = _part_paths(out_dir, method)
+  os.makedirs(os.path.dirname(npz), exist_ok=True)
+  atomic_io.atomic_save_npz(npz, scores=result["scores"], thresholds=result["thresholds"])
+  atomic_io.atomic_write_json(info, {"choices": result["choices"],
+                                     "degenerate_folds": result["degenerate_folds"]})
+
+
+# ---- every method ----------------------------------------------------------------------------------
+
+def save_scores(out_dir: str, methods, results: dict, data, dataset: str) -> None:
+  """scores.npz, predictions.csv and methods.json for `methods` (detect.methods.Method, report order)."""
+  names = [m.name for m in methods]
+  atomic_io.atomic_save_npz(
+      os.path.join(out_dir, SCORES), methods=np.array(names), example_id=data.example_id,
+      group_id=data.group_id, label=data.label.astype(np.int8), folds=data.folds.astype(np.int16),
+      scores=np.stack([results[n]["scores"] for n in names]).astype(np.float64),
+      thresholds=np.stack([results[n]["thresholds"] for n in names]))
+  lines = ["method,example_id,group_id,repeat,fold,split,score,label"]
+  for name in names:
+    s = results[name]["scores"]
+    for r in range(s.shape[0]):
+      for i in range(s.shape[1]):
+        lines.append(f"{name},{data.example_id[i]},{data.group_id[i]},{r},{data.folds[r, i]},test,"
+                     f"{s[r, i]:.6g},{data.label[i]}")
+  atomic_io.atomic_write_text(os.path.join(out_dir, PREDICTIONS), "\n".join(lines) + "\n")
+  atomic_io.atomic_write_json(os.path.join(out_dir, METHODS), {
+      "mode": data.meta.get("mode"), "dataset": dataset,
+      "methods": {m.name: {**m.describe(), "choices": results[m.name]["choices"],
+                           "degenerate_folds": results[m.name]["degenerate_folds"]} for m in methods}})
+
+
+def save_label_variants(out_dir: str, arrays: dict, info: dict) -> None:
+  atomic_io.atomic_save_npz(os.path.join(out_dir, VARIANTS_NPZ), **arrays)
+  atomic_io.atomic_write_json(os.path.join(out_dir, VARIANTS_JSON), info)
+
+
+def _require_done(out_dir: str) -> None:
+  if not atomic_io.is_done(out_dir):
+    raise IncompleteStoreError(f"{out_dir} has no DONE marker: run the 'detect' stage first")
+
+
+def load_scores(out_dir: str) -> dict:
+  """scores.npz of a finished detect stage as a dict of arrays."""
+  _require_done(out_dir)
+  with np.load(os.path.join(out_dir, SCORES), allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def load_methods(out_dir: str) -> dict:
+  _require_done(out_dir)
+  return atomic_io.read_json(os.path.join(out_dir, METHODS))
+
+
+def load_label_variants(out_dir: str) -> tuple[dict, dict] | None:
+  """(info, arrays) of label_variants, or None when the stage wrote none."""
+  _require_done(out_dir)
+  if not os.path.exists(os.path.join(out_dir, VARIANTS_JSON)):
+    return None
+  with np.load(os.path.join(out_dir, VARIANTS_NPZ), allow_pickle=False) as z:
+    arrays = {k: z[k] for k in z.files}
+  return atomic_io.read_json(os.path.join(out_dir, VARIANTS_JSON)), arrays

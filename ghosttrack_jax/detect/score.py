@@ -1,0 +1,84 @@
+"""Scoring a new question: P(hallucinated) from a saved detector, with the tracks behind it."""
+
+import numpy as np
+
+from ghosttrack_jax import lm
+from ghosttrack_jax.answer import prompts
+from ghosttrack_jax.detect.detector import Detector
+from ghosttrack_jax.errors import StoreMismatchError
+from ghosttrack_jax.sae import trained
+from ghosttrack_jax.track import features
+
+
+def score_question(config, workdir: str, question: str, answer: str | None = None,
+                   classifier: str = "logistic", model=None, saes=None, detector: Detector | None = None,
+                   dataset: str | None = None) -> dict:
+  """P(hallucinated) for one question and answer, with the tracks behind it.
+
+  Without `answer`, the model answers the question itself (greedy, the configured prompt and
+  post-processing of the `answer` stage). With `answer`, the text is teacher-forced after the same prompt
+  (given-text scoring). One teacher-forced pass through `track.features.Featurizer` gives the 26 metrics
+  and the tracks; the saved detector (trained on `dataset`, default `config.qa.dataset`) scores them.
+
+  Returns a JSON-ready dict: question, answer, mode, probability, threshold, decision, classifier,
+  metrics (name -> value), per_layer (entropy/competition/dominance/density/list length per layer),
+  tracks (birth, death, act, fid per track), answer_scalars (NLL, entropy), detector provenance.
+  """
+  if model is None:
+    model = lm.load_model(config.model)
+  if saes is None:
+    saes = trained.load_trained_saes(config, workdir)
+  if detector is None:
+    detector = Detector.for_config(config, workdir, classifier, dataset)
+  for key, want in (("n_layers", int(model.n_layers)), ("top_k", int(config.tracking.top_k)),
+                    ("pooling", config.tracking.pooling)):
+    if detector.manifest.get(key) != want:
+      raise StoreMismatchError(f"the detector has {key}={detector.manifest.get(key)!r} but this config "
+                               f"has {want!r}: score with the config the pipeline ran with, or rerun "
+                               "the track and detect stages")
+  sae_hash = features.sae_fingerprint(saes)
+  if detector.manifest.get("sae_manifest_hash") not in (None, sae_hash):
+    raise StoreMismatchError("the detector was trained on features of other SAEs "
+                             f"({detector.manifest.get('sae_manifest_hash')} != {sae_hash}); rerun track/detect")
+  fmt = prompts.prompt_format(config.qa, model.tokenizer)
+  prompt = fmt.render(question)
+  if answer is None:
+    gen = model.generate([prompt], max_new_tokens=config.qa.max_new_tokens, batch_size=1)[0]
+    moved, ans_ids, flags = prompts.postprocess(prompts.generated_ids(gen), model.tokenizer,
+                                                prompts.stop_ids(model), config.qa.cut_first_sentence)
+    prompt_ids = prompts.generated_prompt_ids(gen, model, prompt) + moved
+    mode = "own_answer"
+  else:
+    prompt_ids = [int(t) for t in model.encode(prompt)]
+    ans_ids = prompts.encode_continuation(model.tokenizer, fmt.answer_prefix() + answer.strip())
+    flags, mode = [], "given_text"
+  text = model.tokenizer.decode(ans_ids).strip()
+  if not ans_ids or not text:
+    return {"question": question, "answer": text, "mode": mode, "probability": None, "flags": flags + ["empty"],
+            "note": "empty answer: nothing to score"}
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.evaluate.ablations = False  # only the configured tracker is needed here
+  featurizer = features.Featurizer(model, saes, cfg, birth_thresholds=detector.manifest.get("birth_thresholds"))
+  ex = {"id": "query", "prompt_ids": prompt_ids, "answer_ids": ans_ids}
+  batch = features.make_batch([ex], np.array([0]), 1, model.pad_id, int(model.max_positions))
+  out = featurizer(batch)
+  x = np.asarray(out["X__ghosttrack"][0], np.float64)
+  prob = float(detector.predict_proba(x[None])[0])
+  m = int(out["n_tracks"][0])
+  per_layer = {k: np.asarray(out["layer_" + k][0]).tolist() for k in features.PER_LAYER_STATS}
+  per_layer["list_length"] = np.asarray(out["layer_list_length"][0]).tolist()
+  sc = np.asarray(out["scalars"][0])
+  return {
+      "question": question, "answer": text, "mode": mode, "flags": flags,
+      "probability": prob, "threshold": detector.threshold,
+      "decision": "hallucinated" if prob >= detector.threshold else "correct",
+      "classifier": detector.classifier,
+      "metrics": dict(zip(detector.feature_names, x.tolist())),
+      "per_layer": per_layer, "layers": detector.manifest.get("layers"),
+      "tracks": {"birth": out["trk_birth"][0, :m].tolist(), "death": out["trk_death"][0, :m].tolist(),
+                 "act": np.round(out["trk_act"][0, :m], 5).tolist(), "fid": out["trk_fid"][0, :m].tolist()},
+      "answer_scalars": {"mean_nll": float(sc[0]), "max_nll": float(sc[1]), "mean_entropy": float(sc[2])},
+      "detector": {"dataset": detector.manifest.get("dataset"), "mode": detector.manifest.get("mode"),
+                   "n_train": detector.manifest.get("n_train"), "model": detector.manifest.get("model")},
+  }

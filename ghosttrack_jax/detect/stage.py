@@ -1,0 +1,98 @@
+"""Stage `detect`: cross-validated hallucination detectors on the saved folds (method.md §5.2, §6.3).
+
+Reads the feature table written by `track` (`results/<model>/tracking/<dataset>/features.{npz,json}`,
+schema in docs/DESIGN.md "Feature tables") and the examples/fold file of `answer`. Every method is scored
+out of fold on the same folds; everything a method fits (constant-column drop, scaler, C, probe layer,
+bag-of-words vocabulary, decision threshold) is fit on the training folds only:
+
+  * classifiers (scikit-learn pipelines: drop constant columns -> StandardScaler -> model):
+    `logistic` (L2, class_weight='balanced', C from `config.evaluate.logistic_cs` by grouped inner CV;
+    the primary detector; with more columns than training rows it is fit in the training rows' span,
+    which is exact for an L2 penalty, see `classifiers.RowSpace`), `random_forest` (100 trees,
+    balanced, random_state=42), `gradient_boosting`
+    (100 stages, lr 0.1, depth 3, balanced sample weights), `svm` (RBF, C=1, balanced, probability=True)
+    and `ensemble` (mean probability of RF, GB and LR(C=1)).
+  * GhostTrack (26 metrics) with every classifier in `config.evaluate.classifiers`; the reconstruction
+    family, every ablation and sweep set, and the combined row with logistic regression.
+  * baselines: one-feature logistic regressions on each scalar (answer length in tokens and words, mean
+    and max token NLL, mean predictive entropy; the sign is learned on training folds) and on all of
+    them; raw-residual and pooled-SAE probes, best layer (layer chosen by grouped inner CV at C=1, then
+    C by inner CV) and all layers; a bag-of-words logistic regression on the answer text; in given-text
+    mode also the opener indicator ("No", "Nothing", "Not", "It depends", "There is no", ...).
+  * thresholds: Youden's J on grouped inner cross-validated scores of the training folds
+    (`evaluate.choose_threshold`), stored per (method, repeat, fold).
+
+The final detectors (GhostTrack features, every configured classifier) are fit on all rows and saved
+under `detector/`: `manifest.json` (feature names, schema, L, k, pooling, SAE/examples manifest hashes,
+config, thresholds, importances), `logistic.json` (the primary detector's parameters; no pickle) and
+`<classifier>.joblib` for the others (scikit-learn objects; load only files you made).
+
+`Detector` is the Python API; `detect_cli.py` the command line.
+"""
+
+import logging
+
+import numpy as np
+import threadpoolctl
+
+from ghosttrack_jax import stats
+from ghosttrack_jax.detect import cv, detector, oof
+from ghosttrack_jax.detect.methods import FeatureData, load_feature_data, plan_methods
+from ghosttrack_jax.runtime import atomic_io
+
+
+def run(config, workdir: str) -> None:
+  """Stage entry point. BLAS is held to one thread: the many small eigh/Newton problems of the CV run
+  up to 100x slower with two contending OpenBLAS threads on a shared 2-core machine (measured)."""
+  with threadpoolctl.threadpool_limits(limits=1):
+    _run(config, workdir)
+
+
+def _run(config, workdir: str) -> None:
+  dataset = config.qa.dataset
+  out_dir = oof.directory(config, workdir, dataset)
+  if atomic_io.is_done(out_dir):
+    logging.info("detect: %s is complete; skipping", out_dir)
+    return
+  data = load_feature_data(config, workdir, dataset)
+  methods = plan_methods(data, config)
+  results = {}
+  for spec in methods:
+    res = oof.load_method(out_dir, spec.name)  # resume: finished methods are reused
+    if res is None:
+      res = cv.cross_validate(spec, data, config.evaluate)
+      oof.save_method(out_dir, spec.name, res)
+      logging.info("detect: %-45s pooled OOF AUROC %.3f", spec.name,
+                   float(stats.nanmean([stats.auroc(s, data.label) for s in res["scores"]])))
+    results[spec.name] = res
+  oof.save_scores(out_dir, methods, results, data, dataset)
+  _label_variants(config, data, methods, out_dir)
+  if "ghosttrack" in data.sets:
+    detector.save_final_detectors(config, data, detector.directory(out_dir), workdir)
+  atomic_io.write_done(out_dir, {"n_methods": len(methods)})
+  logging.info("detect: %d methods scored on %d examples -> %s", len(methods), len(data.label), out_dir)
+
+
+LABEL_VARIANT_METHODS = ("ghosttrack/logistic", "baseline/scalar_all", "combined/ghosttrack+scalar_baselines")
+
+
+def _label_variants(config, data: FeatureData, methods, out_dir: str) -> None:
+  """GhostTrack and the scalar baselines re-scored under every other label method (docs/method.md §6.2
+  item 4: results under at least `containment` and `exact`), on the same folds."""
+  specs = [m for m in methods if m.name in LABEL_VARIANT_METHODS]
+  k = int(data.folds.max()) + 1
+  arrays, info = {}, {"primary": data.label_method, "variants": {}}
+  for method, y in sorted(data.label_variants.items()):
+    n1 = int(y.sum())
+    entry = {"n_hallucinated": n1, "n_correct": int(len(y) - n1), "methods": []}
+    info["variants"][method] = entry
+    if min(n1, len(y) - n1) < k:
+      entry["skipped"] = f"a class has fewer than {k} examples"
+      continue
+    for spec in specs:
+      res = cv.cross_validate(spec, data, config.evaluate, labels=y)
+      key = oof.safe_name(f"{method}__{spec.name}")
+      arrays["scores__" + key], arrays["thresholds__" + key] = res["scores"], res["thresholds"]
+      entry["methods"].append({"method": spec.name, "key": key})
+    arrays["label__" + oof.safe_name(method)] = y.astype(np.int8)
+  oof.save_label_variants(out_dir, arrays, info)

@@ -1,0 +1,1 @@
+"""Stage 6, `evaluate`: out-of-fold scores turned into metrics with question-bootstrap intervals."""

