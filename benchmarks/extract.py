@@ -65,6 +65,7 @@ def ensure_bench_venv() -> str:
 
 def token_windows(tokenizer, eos_id, n, seq):
   from ghosttrack_jax.extract import corpus
+
   docs = corpus.iter_documents("data/corpus/enwiki2019_sample.jsonl.gz", 100)
   enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
   out = []
@@ -78,13 +79,15 @@ def token_windows(tokenizer, eos_id, n, seq):
 def bench_ours(model, ids, batch, storage_dir):
   import jax
   import jax.numpy as jnp
+
   from ghosttrack_jax import extract
   from ghosttrack_jax.extract import store as store_lib
+
   post = extract._postprocess_fn(jnp.bfloat16)  # pylint: disable=protected-access
   L, T = len(model.layers), ids.shape[1]
 
   def one(i):
-    x = jnp.asarray(ids[i:i + batch])
+    x = jnp.asarray(ids[i : i + batch])
     acts, stats = post(model.residuals(x, jnp.ones_like(x)), batch)
     jax.device_get(stats)
     return np.asarray(acts)
@@ -96,15 +99,16 @@ def bench_ours(model, ids, batch, storage_dir):
   bare = time.perf_counter() - t0
 
   rows = batch * (T - 1)
-  arr = store_lib.create_array(storage_dir, [L, len(ids) * (T - 1), model.d_model], "bfloat16",
-                                      [1, rows, model.d_model])
+  arr = store_lib.create_array(
+    storage_dir, [L, len(ids) * (T - 1), model.d_model], "bfloat16", [1, rows, model.d_model]
+  )
   pending = None
   t0 = time.perf_counter()
   for k, i in enumerate(range(0, len(ids), batch)):
     acts = one(i)
     if pending is not None:
       pending.result()
-    pending = arr[:, k * rows:(k + 1) * rows].write(acts)
+    pending = arr[:, k * rows : (k + 1) * rows].write(acts)
   pending.result()
   stored = time.perf_counter() - t0
   tokens = ids.size
@@ -112,8 +116,13 @@ def bench_ours(model, ids, batch, storage_dir):
 
 
 def bench_torch(python, spec):
-  out = subprocess.run([python, "-c", TORCH_SCRIPT, json.dumps(spec)], check=True, capture_output=True,
-                       text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+  out = subprocess.run(
+    [python, "-c", TORCH_SCRIPT, json.dumps(spec)],
+    check=True,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
+  )
   result = json.loads(out.stdout.strip().splitlines()[-1])
   return result["tokens"] / result["seconds"]
 
@@ -127,8 +136,8 @@ def main():
   args = ap.parse_args()
   os.chdir(REPO)
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-  import ml_collections
   from ghosttrack_jax import config_lib, lm
+
   python = ensure_bench_venv()
   rows = []
   for name in args.models.split(","):
@@ -146,7 +155,10 @@ def main():
       ours, ours_store = bench_ours(model, ids, args.batch, os.path.join(tmp, "acts"))
       np.save(os.path.join(tmp, "ids.npy"), ids)
       if name == "smollm2":
-        spec = {"kind": "gguf", "path": __import__("ghosttrack_jax.lm.gguf_llama", fromlist=["x"]).smollm2_gguf_path()}
+        spec = {
+          "kind": "gguf",
+          "path": __import__("ghosttrack_jax.lm.gguf_llama", fromlist=["x"]).smollm2_gguf_path(),
+        }
       else:
         spec = {"kind": "gpt2", "config": {"n_layer": 12, "n_embd": 768, "n_head": 12}}
       torch_tps = bench_torch(python, {**spec, "ids": os.path.join(tmp, "ids.npy"), "batch": args.batch})
@@ -154,7 +166,9 @@ def main():
     rows.append((name, L, ours, ours_store, torch_tps, ours / torch_tps, ours / (torch_tps / L)))
     del model
   print(f"\n{args.batches} batches of {args.batch}x{args.seq} tokens, 2 CPU threads\n")
-  print("| model | layers | ours tok/s | ours+store tok/s | torch tok/s | per-pass ratio | all-layers ratio |")
+  print(
+    "| model | layers | ours tok/s | ours+store tok/s | torch tok/s | per-pass ratio | all-layers ratio |"
+  )
   print("|---|---|---|---|---|---|---|")
   for name, L, a, s, t, r1, r2 in rows:
     print(f"| {name} | {L} | {a:,.0f} | {s:,.0f} | {t:,.0f} | {r1:.2f} | {r2:.1f} |")

@@ -47,7 +47,7 @@ REF_PKGS = ["torch==2.13.0", "sae-lens==6.54.12"]
 
 def jax_peak(b, d, m, repeats=8):
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   x = jax.random.normal(jax.random.PRNGKey(0), (b, d))
   w = jax.random.normal(jax.random.PRNGKey(1), (d, m))
   f = jax.jit(lambda a, c: a @ c)
@@ -65,16 +65,36 @@ def _timed(fn):
 def ours(arch, sparse, b, d, m, l0, k, steps, x_np):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from ghosttrack_jax import sae_train  # pylint: disable=import-outside-toplevel
   from ghosttrack_jax.sae import common, kernels  # pylint: disable=import-outside-toplevel
+
   cap = (2 * l0 if arch == "jumprelu" else 2 * k) if sparse else 0
-  h = common.Hyper(arch=arch, d_model=d, width=m, k=k, sparse_capacity=cap, bandwidth=1e-3,
-                   threshold_init=1e-3, l0_coefficient=1e-2, l0_warmup_steps=1)
-  s = sae_train.Settings(lr=7e-5, warmup_steps=10, decay_fraction=0.0, total_steps=10_000,
-                         steps_per_epoch=10_000, epochs=1, grad_clip=1.0, batch_size=b)
+  h = common.Hyper(
+    arch=arch,
+    d_model=d,
+    width=m,
+    k=k,
+    sparse_capacity=cap,
+    bandwidth=1e-3,
+    threshold_init=1e-3,
+    l0_coefficient=1e-2,
+    l0_warmup_steps=1,
+  )
+  s = sae_train.Settings(
+    lr=7e-5,
+    warmup_steps=10,
+    decay_fraction=0.0,
+    total_steps=10_000,
+    steps_per_epoch=10_000,
+    epochs=1,
+    grad_clip=1.0,
+    batch_size=b,
+  )
   tx = sae_train.make_optimizer(h, s)
   state = jax.jit(jax.vmap(lambda key: sae_train.init_state(key, h, tx, 1.0)))(
-      jax.random.split(jax.random.PRNGKey(0), 1))
+    jax.random.split(jax.random.PRNGKey(0), 1)
+  )
   x = jnp.asarray(x_np)[None]
   if arch == "jumprelu":  # thresholds at the (1 - l0/width) quantile of each latent: L0 ~ l0
     pre = x[0] @ state.params["W_enc"][0] + state.params["b_enc"][0]
@@ -93,16 +113,23 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np):
     times.append(time.perf_counter() - t0)
   m_host = jax.device_get(metrics)
   best = min(times)
-  return {"name": f"ours {arch} {'sparse' if sparse else 'dense'}", "arch": arch,
-          "tokens_per_s": b / best, "ms_per_step": 1e3 * best, "median_ms": 1e3 * float(np.median(times)),
-          "first_call_s": first, "l0": float(m_host["l0"][0]),
-          "sparse_path": float(m_host["sparse_path"][0]), "capacity": cap,
-          "backend": kernels.backend() if sparse else "dense"}
+  return {
+    "name": f"ours {arch} {'sparse' if sparse else 'dense'}",
+    "arch": arch,
+    "tokens_per_s": b / best,
+    "ms_per_step": 1e3 * best,
+    "median_ms": 1e3 * float(np.median(times)),
+    "first_call_s": first,
+    "l0": float(m_host["l0"][0]),
+    "sparse_path": float(m_host["sparse_path"][0]),
+    "capacity": cap,
+    "backend": kernels.backend() if sparse else "dense",
+  }
 
 
 # ---- references (PyTorch, SAELens) in their own environment ---------------------------------------
 
-REF_SCRIPT = textwrap.dedent(r'''
+REF_SCRIPT = textwrap.dedent(r"""
 import json, os, sys, time
 import numpy as np
 import torch
@@ -233,7 +260,7 @@ for arch, sparse_acts in (("jumprelu", False), ("topk", False), ("topk", True)):
     out["results"].append({"name": name, "arch": arch, "tokens_per_s": b / best, "ms_per_step": 1e3 * best,
                            "median_ms": 1e3 * med, "l0": state["l0"]})
 print("RESULT_JSON " + json.dumps(out))
-''')
+""")
 
 
 def ensure_ref_python(path: str | None) -> str:
@@ -249,12 +276,17 @@ def ensure_ref_python(path: str | None) -> str:
 
 def references(py, b, d, m, k, l0, steps, x_path):
   cfg = {"b": b, "d": d, "m": m, "k": k, "l0": l0, "steps": steps, "x_path": x_path}
-  proc = subprocess.run([py, "-c", REF_SCRIPT, json.dumps(cfg)], capture_output=True, text=True,
-                        check=False, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+  proc = subprocess.run(
+    [py, "-c", REF_SCRIPT, json.dumps(cfg)],
+    capture_output=True,
+    text=True,
+    check=False,
+    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+  )
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT_JSON ")]
   if proc.returncode or not line:
     raise RuntimeError(f"reference run failed ({proc.returncode}):\n{proc.stderr[:3000]}")
-  return json.loads(line[-1][len("RESULT_JSON "):])
+  return json.loads(line[-1][len("RESULT_JSON ") :])
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -302,24 +334,37 @@ def main():
     extra = f", L0 {r['l0']:.1f}" if "l0" in r else ""
     if r["name"].startswith("ours") and "sparse" in r["name"]:
       executed = r["tokens_per_s"] * (2 * d * m + 8 * d * r["l0"]) / 1e9
-      extra += (f", executed {executed:.0f} GFLOP/s = {executed / peak:.2f} of peak, "
-                f"sparse path {r['sparse_path']:.0f}, {r['backend']}")
-    lines.append(f"- {r['name']:<36} {r['tokens_per_s']:>9,.0f} tokens/s  ({r['ms_per_step']:.0f} ms/step, "
-                 f"median {r['median_ms']:.0f}); dense-equivalent {eq:.0f} GFLOP/s = {eq / peak_ref:.2f} of "
-                 f"peak{extra}  {ratio}")
+      extra += (
+        f", executed {executed:.0f} GFLOP/s = {executed / peak:.2f} of peak, "
+        f"sparse path {r['sparse_path']:.0f}, {r['backend']}"
+      )
+    lines.append(
+      f"- {r['name']:<36} {r['tokens_per_s']:>9,.0f} tokens/s  ({r['ms_per_step']:.0f} ms/step, "
+      f"median {r['median_ms']:.0f}); dense-equivalent {eq:.0f} GFLOP/s = {eq / peak_ref:.2f} of "
+      f"peak{extra}  {ratio}"
+    )
   import jax  # pylint: disable=import-outside-toplevel
-  head = [f"## SAE training step (benchmarks/sae_train.py), {datetime.date.today().isoformat()}", "",
-          f"- command: `python -m benchmarks.sae_train {' '.join(sys.argv[1:])}`".rstrip(),
-          f"- machine: {_cpu()}, {os.cpu_count()} visible cores (shared; load average "
-          f"{load0[0]:.1f} at start, {load1[0]:.1f} at end), jax {jax.__version__} on "
-          f"{jax.default_backend()}" + (f", torch {ref['torch_version']} ({ref['threads']} threads), "
-                                       f"sae_lens {ref['sae_lens_version']}" if ref else ""),
-          f"- commit: {_commit()}",
-          f"- shape: d={d} -> width={m}, batch {b} tokens, fp32; JumpReLU thresholds set for L0~{args.l0}, "
-          f"TopK k={args.k}; best of {args.steps} steps after a warm-up",
-          f"- measured fp32 matmul peak ([{b},{d}]x[{d},{m}]): JAX {peak:.0f} GFLOP/s"
-          + (f", PyTorch {ref['peak_gflops']:.0f} GFLOP/s" if ref else ""),
-          f"- dense step = 12*d*width = {dense_flops / 1e6:.1f} MFLOP/token", ""]
+
+  head = [
+    f"## SAE training step (benchmarks/sae_train.py), {datetime.date.today().isoformat()}",
+    "",
+    f"- command: `python -m benchmarks.sae_train {' '.join(sys.argv[1:])}`".rstrip(),
+    f"- machine: {_cpu()}, {os.cpu_count()} visible cores (shared; load average "
+    f"{load0[0]:.1f} at start, {load1[0]:.1f} at end), jax {jax.__version__} on "
+    f"{jax.default_backend()}"
+    + (
+      f", torch {ref['torch_version']} ({ref['threads']} threads), sae_lens {ref['sae_lens_version']}"
+      if ref
+      else ""
+    ),
+    f"- commit: {_commit()}",
+    f"- shape: d={d} -> width={m}, batch {b} tokens, fp32; JumpReLU thresholds set for L0~{args.l0}, "
+    f"TopK k={args.k}; best of {args.steps} steps after a warm-up",
+    f"- measured fp32 matmul peak ([{b},{d}]x[{d},{m}]): JAX {peak:.0f} GFLOP/s"
+    + (f", PyTorch {ref['peak_gflops']:.0f} GFLOP/s" if ref else ""),
+    f"- dense step = 12*d*width = {dense_flops / 1e6:.1f} MFLOP/token",
+    "",
+  ]
   if ref and ref.get("failed"):
     lines += [f"- not measured: {f}" for f in ref["failed"]]
   text = "\n".join(head + lines) + "\n"
@@ -340,8 +385,9 @@ def _cpu():
 
 def _commit():
   try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 

@@ -28,8 +28,7 @@ import time
 import numpy as np
 from scipy import optimize
 
-from ghosttrack_jax.track import divergence
-from ghosttrack_jax.track import tracker
+from ghosttrack_jax.track import divergence, tracker
 
 BIRTH, ASSOC, W_SEM, W_ACT = 0.5, 0.5, 0.6, 0.2
 
@@ -59,7 +58,6 @@ def make_inputs(n_texts, n_layers, width, d_model, n_concepts, seed=0):
 
 
 class RefTrack:
-
   def __init__(self, track_id, layer, fid, act, emb):
     self.track_id, self.birth, self.death = track_id, layer, None
     self.obs = [(layer, fid, act)]
@@ -168,13 +166,30 @@ def ref_metrics(tracks, max_concurrent, n_layers):
   ent, comp, dom, dens = (np.array(v, float) for v in (ent, comp, dom, dens))
   s = [np.mean(stab), min(stab), sum(1 for v in stab if v < 0.5) / len(stab)] if stab else [0, 0, 0]
   return [
-      ent.mean(), ent.max(), ent.std(), ent[-1],
-      births, deaths, births / n_layers, deaths / n_layers, (births + deaths) / (2 * n_layers),
-      (births - deaths) / births if births else 0.0,
-      comp.mean(), comp.max(), comp.std(), comp[-1], np.sum(comp > 2) / n_layers,
-      *s,
-      dom.mean(), dom.min(), dom[-1], np.sum(dom < 0.5) / n_layers,
-      dens.mean(), dens.max(), dens.std(), max_concurrent,
+    ent.mean(),
+    ent.max(),
+    ent.std(),
+    ent[-1],
+    births,
+    deaths,
+    births / n_layers,
+    deaths / n_layers,
+    (births + deaths) / (2 * n_layers),
+    (births - deaths) / births if births else 0.0,
+    comp.mean(),
+    comp.max(),
+    comp.std(),
+    comp[-1],
+    np.sum(comp > 2) / n_layers,
+    *s,
+    dom.mean(),
+    dom.min(),
+    dom[-1],
+    np.sum(dom < 0.5) / n_layers,
+    dens.mean(),
+    dens.max(),
+    dens.std(),
+    max_concurrent,
   ]
 
 
@@ -188,7 +203,7 @@ def reference(pooled, w_dec, k):
 def ours(pooled, w_unit, cfg, batch):
   out = []
   for s in range(0, pooled.shape[0], batch):
-    _, tr = tracker.track_pooled(pooled[s:s + batch], w_unit, cfg)
+    _, tr = tracker.track_pooled(pooled[s : s + batch], w_unit, cfg)
     out.append(divergence.track_metrics(tr))
   return np.concatenate(out)
 
@@ -202,9 +217,12 @@ def machine() -> str:
   except OSError:
     pass
   import jax
+
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  return (f"{cpu}, {os.cpu_count()} visible cores (shared; load average {load} at the end), "
-          f"jax {jax.__version__} on {jax.default_backend()}, one BLAS thread")
+  return (
+    f"{cpu}, {os.cpu_count()} visible cores (shared; load average {load} at the end), "
+    f"jax {jax.__version__} on {jax.default_backend()}, one BLAS thread"
+  )
 
 
 def main():
@@ -216,8 +234,12 @@ def main():
   p.add_argument("--top-k", type=int, default=50)
   p.add_argument("--concepts", type=int, default=60, help="persistent concepts per text")
   p.add_argument("--batch", type=int, default=16, help="texts per batch in ours")
-  p.add_argument("--repeats", type=int, default=4,
-                 help="timing rounds: ours on all texts (median), the reference on 1/repeats each")
+  p.add_argument(
+    "--repeats",
+    type=int,
+    default=4,
+    help="timing rounds: ours on all texts (median), the reference on 1/repeats each",
+  )
   p.add_argument("--append", action="store_true", help="append the result to benchmarks/RESULTS.md")
   args = p.parse_args()
 
@@ -246,38 +268,54 @@ def main():
   _, tr = tracker.track_pooled(pooled, w_unit, cfg)
   n = args.texts
   lines = [
-      f"shapes: {n} texts, L={args.layers}, h={args.width}, d={args.d_model}, k={args.top_k}, "
-      f"batch {args.batch}; mean list length {sel.n_valid.mean():.1f}, "
-      f"mean tracks/text {tr.n_tracks.mean():.1f}, mean deaths/text {tr.total_deaths.mean():.1f}, "
-      f"mean alive tracks/layer {got[:, divergence.METRIC_NAMES.index('density_mean')].mean():.1f}",
-      f"ours:      {n / t_ours:9.1f} texts/s  ({t_ours * 1e3 / n:.2f} ms/text; median of "
-      f"{args.repeats} interleaved rounds; first call incl. jit {first:.2f} s)",
-      f"reference: {n / t_ref:9.1f} texts/s  ({t_ref * 1e3 / n:.1f} ms/text)",
-      f"speedup:   {t_ref / t_ours:.1f}x  (metrics equal: rtol 1e-5, atol 1e-5)",
+    f"shapes: {n} texts, L={args.layers}, h={args.width}, d={args.d_model}, k={args.top_k}, "
+    f"batch {args.batch}; mean list length {sel.n_valid.mean():.1f}, "
+    f"mean tracks/text {tr.n_tracks.mean():.1f}, mean deaths/text {tr.total_deaths.mean():.1f}, "
+    f"mean alive tracks/layer {got[:, divergence.METRIC_NAMES.index('density_mean')].mean():.1f}",
+    f"ours:      {n / t_ours:9.1f} texts/s  ({t_ours * 1e3 / n:.2f} ms/text; median of "
+    f"{args.repeats} interleaved rounds; first call incl. jit {first:.2f} s)",
+    f"reference: {n / t_ref:9.1f} texts/s  ({t_ref * 1e3 / n:.1f} ms/text)",
+    f"speedup:   {t_ref / t_ours:.1f}x  (metrics equal: rtol 1e-5, atol 1e-5)",
   ]
   print("\n".join(lines))
   if args.append:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
     cmd = "python -m benchmarks.tracking " + " ".join(
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "append")
+      f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "append"
+    )
     try:
-      commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=False).stdout.strip()
-      dirty = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks/tracker.py",
-                              "ghosttrack_jax/tracker.py", "ghosttrack_jax/divergence.py"],
-                             capture_output=True, text=True, check=False).stdout.strip()
+      commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+      ).stdout.strip()
+      dirty = subprocess.run(
+        [
+          "git",
+          "status",
+          "--porcelain",
+          "--",
+          "benchmarks/tracker.py",
+          "ghosttrack_jax/tracker.py",
+          "ghosttrack_jax/divergence.py",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+      ).stdout.strip()
       commit += " (with uncommitted changes to the benchmarked files)" if dirty else ""
     except OSError:
       commit = "?"
-    entry = (f"\n## tracking + 26 metrics (benchmarks/tracker.py), "
-             f"{datetime.date.today().isoformat()}\n\n"
-             f"- command: `{cmd}`\n- machine: {machine()}\n- commit: {commit}\n"
-             + "".join(f"- {l}\n" for l in lines))
+    entry = (
+      f"\n## tracking + 26 metrics (benchmarks/tracker.py), "
+      f"{datetime.date.today().isoformat()}\n\n"
+      f"- command: `{cmd}`\n- machine: {machine()}\n- commit: {commit}\n" + "".join(f"- {l}\n" for l in lines)
+    )
     new = not os.path.exists(path)
     with open(path, "a", encoding="utf-8") as f:
       if new:
-        f.write("# Benchmark results\n\nEach section is owned by its benchmark; entries are "
-                "appended, never edited.\n")
+        f.write(
+          "# Benchmark results\n\nEach section is owned by its benchmark; entries are "
+          "appended, never edited.\n"
+        )
       f.write(entry)
 
 

@@ -1,6 +1,6 @@
 """A 2-block random GPT-2 (d_model 64) for tests and smoke runs; runs end to end in about a minute.
 
-  python -m ghosttrack_jax.main --config=configs/tiny.py --workdir=/tmp/gt_tiny
+python -m ghosttrack_jax.main --config=configs/tiny.py --workdir=/tmp/gt_tiny
 """
 
 from ghosttrack_jax import config_lib

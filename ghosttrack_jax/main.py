@@ -20,27 +20,37 @@ from ghosttrack_jax.runtime import multihost
 from ghosttrack_jax.tools import planner
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/ (its get_config()).", lock_config=True)
+  "config", None, "Path to a config file in configs/ (its get_config()).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (cache/, checkpoints/, results/).")
 _STAGES = flags.DEFINE_list(
-    "stages", None, "Comma-separated stages to run (default: all): "
-    "extract,train,answer,track,detect,evaluate,report.")
+  "stages",
+  None,
+  "Comma-separated stages to run (default: all): extract,train,answer,track,detect,evaluate,report.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", None, "Call jax.distributed.initialize() (default: when run under srun with "
-    "several tasks).")
+  "distributed", None, "Call jax.distributed.initialize() (default: when run under srun with several tasks)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 _PLAN = flags.DEFINE_bool(
-    "plan", False, "Print what the run will need (memory, disk, batch sizes, time) and exit.")
+  "plan", False, "Print what the run will need (memory, disk, batch sizes, time) and exit."
+)
 _PLAN_DEVICES = flags.DEFINE_integer(
-    "plan_devices", None, "--plan: devices the layers are spread over (default: config.sae_training."
-    "devices, else every device of this process; e.g. 4 for a 4-GPU node).")
+  "plan_devices",
+  None,
+  "--plan: devices the layers are spread over (default: config.sae_training."
+  "devices, else every device of this process; e.g. 4 for a 4-GPU node).",
+)
 _PLAN_DEVICE_MEMORY = flags.DEFINE_float(
-    "plan_device_memory_gib", None, "--plan: memory of one device in GiB (default: detected).")
+  "plan_device_memory_gib", None, "--plan: memory of one device in GiB (default: detected)."
+)
 _PLAN_MEASURE = flags.DEFINE_bool(
-    "plan_measure", True, "--plan: time a proxy transformer block and SAE step on this machine's "
-    "first device for the time estimate.")
+  "plan_measure",
+  True,
+  "--plan: time a proxy transformer block and SAE step on this machine's first device for the time estimate.",
+)
 
 
 def _wants_distributed() -> bool:
@@ -50,8 +60,14 @@ def _wants_distributed() -> bool:
 
 
 def _plan(config, workdir: str, stages) -> None:
-  plan = planner.make_plan(config, workdir, stages=stages, n_devices=_PLAN_DEVICES.value,
-                           device_memory_gib=_PLAN_DEVICE_MEMORY.value, measure=_PLAN_MEASURE.value)
+  plan = planner.make_plan(
+    config,
+    workdir,
+    stages=stages,
+    n_devices=_PLAN_DEVICES.value,
+    device_memory_gib=_PLAN_DEVICE_MEMORY.value,
+    measure=_PLAN_MEASURE.value,
+  )
   print(planner.format_plan(plan))  # the CLI's output, not logging
 
 

@@ -25,13 +25,13 @@ from ghosttrack_jax.train import stage as train_stage
 
 # Stage name -> entry point. The order is the execution order.
 STAGES = {
-    "extract": extract_stage.run,
-    "train": train_stage.run,
-    "answer": answer_stage.run,
-    "track": track_stage.run,
-    "detect": detect_stage.run,
-    "evaluate": evaluate_stage.run,
-    "report": report_stage.run,
+  "extract": extract_stage.run,
+  "train": train_stage.run,
+  "answer": answer_stage.run,
+  "track": track_stage.run,
+  "detect": detect_stage.run,
+  "evaluate": evaluate_stage.run,
+  "report": report_stage.run,
 }
 assert tuple(STAGES) == config_lib.STAGES
 

@@ -82,9 +82,17 @@ def threshold_metrics(scores, labels, thresholds) -> dict:
   prec = tp / (tp + fp) if tp + fp else 0.0
   rec = tp / (tp + fn) if tp + fn else 0.0
   spec = tn / (tn + fp) if tn + fp else 0.0
-  return {"accuracy": (tp + tn) / max(len(y), 1), "balanced_accuracy": (rec + spec) / 2,
-          "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-          "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+  return {
+    "accuracy": (tp + tn) / max(len(y), 1),
+    "balanced_accuracy": (rec + spec) / 2,
+    "precision": prec,
+    "recall": rec,
+    "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+    "tp": tp,
+    "fp": fp,
+    "fn": fn,
+    "tn": tn,
+  }
 
 
 def percentile_ci(values) -> list:

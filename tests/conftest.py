@@ -15,4 +15,5 @@ import pytest  # pylint: disable=wrong-import-position
 def tiny_run(tmp_path_factory):
   """(config, workdir) of one full pipeline run on configs/tiny.py, shared by the whole session."""
   import tiny_pipeline  # pylint: disable=import-outside-toplevel
+
   return tiny_pipeline.get(tmp_path_factory)

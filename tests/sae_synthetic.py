@@ -12,15 +12,22 @@ import numpy as np
 
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io
-
 from tests import tiny_pipeline  # as this module is imported: `from tests import ...`, also in children
 
 REPO = tiny_pipeline.REPO
 
 
-
-def sparse_rows(rng, n: int, d: int, n_true: int = 64, active: int = 4, noise: float = 0.02,
-                dirs=None, offset=None, scale: float = 1.0) -> np.ndarray:
+def sparse_rows(
+  rng,
+  n: int,
+  d: int,
+  n_true: int = 64,
+  active: int = 4,
+  noise: float = 0.02,
+  dirs=None,
+  offset=None,
+  scale: float = 1.0,
+) -> np.ndarray:
   if dirs is None:
     dirs = rng.normal(size=(n_true, d))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -32,31 +39,61 @@ def sparse_rows(rng, n: int, d: int, n_true: int = 64, active: int = 4, noise: f
   return (scale * x).astype(np.float32)
 
 
-def make_store(path: str, n_layers: int = 3, d: int = 16, n_windows: int = 64, seq_len: int = 17,
-               chunk_rows: int = 128, seed: int = 0, n_true: int = 64, active: int = 4,
-               model: str = "synthetic") -> np.ndarray:
+def make_store(
+  path: str,
+  n_layers: int = 3,
+  d: int = 16,
+  n_windows: int = 64,
+  seq_len: int = 17,
+  chunk_rows: int = 128,
+  seed: int = 0,
+  n_true: int = 64,
+  active: int = 4,
+  model: str = "synthetic",
+) -> np.ndarray:
   """Writes a complete store; returns the float32 data [L, rows, D] (as stored, bf16-rounded)."""
   rng = np.random.default_rng(seed)
   rows = n_windows * (seq_len - 1)
   dirs = rng.normal(size=(n_true, d))
   dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-  data = np.stack([sparse_rows(rng, rows, d, dirs=dirs, active=active, offset=rng.normal(size=d) * 0.3,
-                               scale=1.0 + 2.0 * l) for l in range(n_layers)])
+  data = np.stack(
+    [
+      sparse_rows(
+        rng, rows, d, dirs=dirs, active=active, offset=rng.normal(size=d) * 0.3, scale=1.0 + 2.0 * l
+      )
+      for l in range(n_layers)
+    ]
+  )
   data = data.astype(ml_dtypes.bfloat16)
-  acts = store_lib.create_array(os.path.join(path, "activations"), [n_layers, rows, d], "bfloat16",
-                                [1, chunk_rows, d])
+  acts = store_lib.create_array(
+    os.path.join(path, "activations"), [n_layers, rows, d], "bfloat16", [1, chunk_rows, d]
+  )
   acts.write(data).result()
   toks = rng.integers(0, 100, size=(n_windows, seq_len), dtype=np.int32)
   for name in ("token_ids", "doc_ids"):
-    arr = store_lib.create_array(os.path.join(path, name), [n_windows, seq_len], "int32",
-                                 [n_windows, seq_len])
+    arr = store_lib.create_array(
+      os.path.join(path, name), [n_windows, seq_len], "int32", [n_windows, seq_len]
+    )
     arr.write(toks).result()
   f32 = data.astype(np.float32)
-  stats = [{"mean_sq_norm": float(np.mean(np.sum(f32[l] ** 2, axis=1))),
-            "mean_norm": float(np.mean(np.linalg.norm(f32[l], axis=1))),
-            "max_norm": float(np.max(np.linalg.norm(f32[l], axis=1)))} for l in range(n_layers)]
-  meta = {"model": model, "layers": list(range(n_layers)), "d_model": d, "dtype": "bfloat16",
-          "seq_len": seq_len, "n_windows": n_windows, "n_rows": rows, "layer_stats": stats}
+  stats = [
+    {
+      "mean_sq_norm": float(np.mean(np.sum(f32[l] ** 2, axis=1))),
+      "mean_norm": float(np.mean(np.linalg.norm(f32[l], axis=1))),
+      "max_norm": float(np.max(np.linalg.norm(f32[l], axis=1))),
+    }
+    for l in range(n_layers)
+  ]
+  meta = {
+    "model": model,
+    "layers": list(range(n_layers)),
+    "d_model": d,
+    "dtype": "bfloat16",
+    "seq_len": seq_len,
+    "n_windows": n_windows,
+    "n_rows": rows,
+    "layer_stats": stats,
+  }
   atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
   atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {})
   return f32

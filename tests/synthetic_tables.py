@@ -1,17 +1,15 @@
 """Synthetic answer-stage and track-stage outputs for detect/evaluate/report tests (no model needed)."""
 
-import json
 import os
 
 import numpy as np
 
 from ghosttrack_jax import config_lib
-from ghosttrack_jax.track import divergence
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.answer import stage as answer_stage
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import prompts
+from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.track import divergence
 
 
 def tiny_config(name="synth", dataset="nq_open"):
@@ -35,12 +33,21 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
   examples = []
   for i in range(n):
     words = ["paris"] if y[i] == 0 else ["the", "moon", "landing"][: 1 + i % 3]
-    examples.append({"id": f"q-{i:04d}", "question": f"question number {i}?", "prompt_ids": [1, 2, 3],
-                     "answer_ids": list(range(len(words))), "answer_text": " ".join(words),
-                     "gold": ["paris"], "label": int(y[i]), "label_method": "containment",
-                     "labels_all": {"containment": int(y[i]), "exact": int(y[i] or i % 5 == 0),
-                                    "f1": int(y[i])},
-                     "mode": "own_answer", "flags": []})
+    examples.append(
+      {
+        "id": f"q-{i:04d}",
+        "question": f"question number {i}?",
+        "prompt_ids": [1, 2, 3],
+        "answer_ids": list(range(len(words))),
+        "answer_text": " ".join(words),
+        "gold": ["paris"],
+        "label": int(y[i]),
+        "label_method": "containment",
+        "labels_all": {"containment": int(y[i]), "exact": int(y[i] or i % 5 == 0), "f1": int(y[i])},
+        "mode": "own_answer",
+        "flags": [],
+      }
+    )
   out_dir = p.answers(config.qa.dataset)
   os.makedirs(out_dir, exist_ok=True)
   fmt = prompts.PromptFormat("fewshot", [("Q?", "A")])
@@ -51,29 +58,66 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
   gt[:, 11] = 8.0  # competition_max constant (saturation)
   abl = rng.normal(size=(n, 26)).astype(np.float32)  # ablation without signal
   rec = rng.normal(size=(n, 8)).astype(np.float32)
-  scal = np.stack([[len(e["answer_ids"]) for e in examples], [len(e["answer_text"].split()) for e in examples],
-                   rng.normal(size=n) + 0.5 * y, rng.normal(size=n), rng.normal(size=n)], 1).astype(np.float32)
+  scal = np.stack(
+    [
+      [len(e["answer_ids"]) for e in examples],
+      [len(e["answer_text"].split()) for e in examples],
+      rng.normal(size=n) + 0.5 * y,
+      rng.normal(size=n),
+      rng.normal(size=n),
+    ],
+    1,
+  ).astype(np.float32)
   raw = rng.normal(size=(n, n_layers, d)).astype(np.float32)
   raw[:, 1, 0] += 2.0 * y
   sae = np.abs(rng.normal(size=(n, n_layers, m))).astype(np.float16)
   tr = os.path.join(p.tracking, config.qa.dataset)
   os.makedirs(tr, exist_ok=True)
-  atomic_io.atomic_save_npz(os.path.join(tr, "features.npz"), example_id=folds["example_id"],
-                           group_id=folds["group_id"], label=folds["label"], folds=folds["folds"],
-                           X__ghosttrack=gt, X__ghosttrack_feature_id=abl, X__reconstruction=rec,
-                           X__scalar_baselines=scal, X__raw_resid=raw, X__sae_pooled=sae)
-  meta = {"schema_version": 1, "dataset": config.qa.dataset, "mode": "own_answer", "n_examples": n,
-          "n_layers": n_layers, "layers": list(range(n_layers)), "top_k": 8, "pooling": "answer_max",
-          "sae_manifest_hash": "abc", "feature_sets": {
-              "ghosttrack": {"columns": list(divergence.METRIC_NAMES), "per_layer": False, "kind": "ghosttrack"},
-              "ghosttrack_feature_id": {"columns": list(divergence.METRIC_NAMES), "per_layer": False,
-                                        "kind": "ablation", "variant": {"association": "feature_id"}},
-              "reconstruction": {"columns": list(divergence.RECONSTRUCTION_NAMES), "per_layer": False,
-                                 "kind": "reconstruction"},
-              "scalar_baselines": {"columns": ["answer_tokens", "answer_words", "mean_nll", "max_nll",
-                                               "mean_entropy"], "per_layer": False, "kind": "baseline"},
-              "raw_resid": {"columns": [f"d{j}" for j in range(d)], "per_layer": True, "kind": "probe"},
-              "sae_pooled": {"columns": [f"f{j}" for j in range(m)], "per_layer": True, "kind": "probe"}}}
+  atomic_io.atomic_save_npz(
+    os.path.join(tr, "features.npz"),
+    example_id=folds["example_id"],
+    group_id=folds["group_id"],
+    label=folds["label"],
+    folds=folds["folds"],
+    X__ghosttrack=gt,
+    X__ghosttrack_feature_id=abl,
+    X__reconstruction=rec,
+    X__scalar_baselines=scal,
+    X__raw_resid=raw,
+    X__sae_pooled=sae,
+  )
+  meta = {
+    "schema_version": 1,
+    "dataset": config.qa.dataset,
+    "mode": "own_answer",
+    "n_examples": n,
+    "n_layers": n_layers,
+    "layers": list(range(n_layers)),
+    "top_k": 8,
+    "pooling": "answer_max",
+    "sae_manifest_hash": "abc",
+    "feature_sets": {
+      "ghosttrack": {"columns": list(divergence.METRIC_NAMES), "per_layer": False, "kind": "ghosttrack"},
+      "ghosttrack_feature_id": {
+        "columns": list(divergence.METRIC_NAMES),
+        "per_layer": False,
+        "kind": "ablation",
+        "variant": {"association": "feature_id"},
+      },
+      "reconstruction": {
+        "columns": list(divergence.RECONSTRUCTION_NAMES),
+        "per_layer": False,
+        "kind": "reconstruction",
+      },
+      "scalar_baselines": {
+        "columns": ["answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy"],
+        "per_layer": False,
+        "kind": "baseline",
+      },
+      "raw_resid": {"columns": [f"d{j}" for j in range(d)], "per_layer": True, "kind": "probe"},
+      "sae_pooled": {"columns": [f"f{j}" for j in range(m)], "per_layer": True, "kind": "probe"},
+    },
+  }
   atomic_io.atomic_write_json(os.path.join(tr, "features.json"), meta)
   if with_tracks:
     k = 6
@@ -90,7 +134,14 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
       fid[t, 0, :] = 3
       fid[t, 1, 0] = 5
       fid[t, 2, 1:] = 7
-    atomic_io.atomic_save_npz(os.path.join(tr, "tracks.npz"), example_id=folds["example_id"][:k],
-                             act=act, fid=fid, birth=birth, death=death, n_tracks=np.full(k, 3, np.int32))
+    atomic_io.atomic_save_npz(
+      os.path.join(tr, "tracks.npz"),
+      example_id=folds["example_id"][:k],
+      act=act,
+      fid=fid,
+      birth=birth,
+      death=death,
+      n_tracks=np.full(k, 3, np.int32),
+    )
   atomic_io.write_done(tr, {})
   return y

@@ -30,7 +30,7 @@ def rank(module: str) -> int:
 
 def module_name(path: str) -> str:
   rel = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
-  return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+  return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
 
 
 def violations(module: str, source: str) -> list[str]:
@@ -59,8 +59,13 @@ def violations(module: str, source: str) -> list[str]:
       if rank(mod) > own:
         out.append(f"{module}:{node.lineno} imports {mod}, which comes later in the pipeline")
   for node in ast.walk(tree):
-    if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-        and isinstance(node.value, ast.Name) and node.value.id in aliases):
+    if (
+      isinstance(node, ast.Attribute)
+      and node.attr.startswith("_")
+      and not node.attr.startswith("__")
+      and isinstance(node.value, ast.Name)
+      and node.value.id in aliases
+    ):
       out.append(f"{module}:{node.lineno} uses the private name {node.value.id}.{node.attr}")
   return out
 
@@ -88,7 +93,10 @@ def test_the_checker_catches_what_it_should():
   assert violations("ghosttrack_jax.detect.stage", backwards)  # detect (5) imports evaluate (6)
   assert violations("ghosttrack_jax.sae.common", "from ghosttrack_jax.train import step\n")  # library
   assert violations("ghosttrack_jax.track.stage", "from ghosttrack_jax.answer.prompts import _helper\n")
-  assert violations("ghosttrack_jax.track.stage",
-                    "from ghosttrack_jax.answer import prompts\nprompts._helper()\n")
-  assert not violations("ghosttrack_jax.evaluate.stage", "from ghosttrack_jax.detect import oof\noof.load()\n")
+  assert violations(
+    "ghosttrack_jax.track.stage", "from ghosttrack_jax.answer import prompts\nprompts._helper()\n"
+  )
+  assert not violations(
+    "ghosttrack_jax.evaluate.stage", "from ghosttrack_jax.detect import oof\noof.load()\n"
+  )
   assert not violations("ghosttrack_jax.detect.cv", "from ghosttrack_jax import stats\n")

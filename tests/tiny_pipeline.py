@@ -45,8 +45,9 @@ def tiny_config(**overrides):
   return set_fields(load_config(), overrides)
 
 
-def run_pipeline(workdir: str, stages: str | None = None, env: dict | None = None,
-                 timeout: float = 900, flags: tuple = ()) -> tuple[float, str]:
+def run_pipeline(
+  workdir: str, stages: str | None = None, env: dict | None = None, timeout: float = 900, flags: tuple = ()
+) -> tuple[float, str]:
   """Runs `python -m ghosttrack_jax.main` on the tiny config; returns (seconds, log). Raises on failure."""
   cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={CONFIG}", f"--workdir={workdir}"]
   if stages:
@@ -54,15 +55,21 @@ def run_pipeline(workdir: str, stages: str | None = None, env: dict | None = Non
   cmd += list(flags)
   # 2 simulated devices, as each task of the SLURM test has: XLA's CPU code (and so the last bits of
   # the results) depends on the device count of the process, and tests compare runs bit for bit.
-  full_env = {**os.environ, "JAX_PLATFORMS": "cpu",
-              "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **(env or {})}
+  full_env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    **(env or {}),
+  }
   t0 = time.time()
-  proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
-                        check=False)
+  proc = subprocess.run(
+    cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+  )
   seconds = time.time() - t0
   if proc.returncode:
-    raise RuntimeError(f"tiny pipeline failed ({proc.returncode}) after {seconds:.0f} s:\n"
-                       f"{proc.stderr[-4000:]}")
+    raise RuntimeError(
+      f"tiny pipeline failed ({proc.returncode}) after {seconds:.0f} s:\n{proc.stderr[-4000:]}"
+    )
   return seconds, proc.stderr
 
 

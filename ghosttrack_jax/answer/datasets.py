@@ -31,8 +31,8 @@ NQ_OPEN_EFFICIENTQA = "data/qa/NQ-open.efficientqa.dev.1.1.jsonl"
 TRUTHFULQA = "data/qa/TruthfulQA.csv"
 TRUTHFULQA_V1 = "data/qa/TruthfulQA_v1_817.csv"
 HALUEVAL = {
-    "one-turn": "data/qa/halueval_qa_one-turn_data.json",
-    "multi-turn": "data/qa/halueval_qa_multi-turn_data.json",
+  "one-turn": "data/qa/halueval_qa_one-turn_data.json",
+  "multi-turn": "data/qa/halueval_qa_multi-turn_data.json",
 }
 
 
@@ -66,8 +66,10 @@ def resolve(path: str) -> str:
   for c in candidates:
     if os.path.isfile(c):
       return c
-  raise DataError(f"QA file {path!r} not found (looked in {candidates}). The QA sets ship in the "
-                  "repository under data/qa/; run from the checkout or give an absolute path.")
+  raise DataError(
+    f"QA file {path!r} not found (looked in {candidates}). The QA sets ship in the "
+    "repository under data/qa/; run from the checkout or give an absolute path."
+  )
 
 
 def sha256(path: str) -> str:
@@ -80,8 +82,9 @@ def _read_text(path: str) -> str:
     with open(full, encoding="utf-8-sig") as f:  # -sig strips the BOM of the 817-row TruthfulQA
       text = f.read()
   except UnicodeDecodeError as e:
-    raise DataError(f"{full} is not UTF-8 text ({e}); re-download it from the source in "
-                    "data/README.md") from e
+    raise DataError(
+      f"{full} is not UTF-8 text ({e}); re-download it from the source in data/README.md"
+    ) from e
   if not text.strip():
     raise DataError(f"{full} is empty; re-download it from the source in data/README.md")
   return text
@@ -95,8 +98,9 @@ def _json_lines(path: str) -> list[dict]:
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      raise DataError(f"{path} line {n}: not valid JSON ({e.msg}); the file must hold one JSON "
-                      "object per line") from e
+      raise DataError(
+        f"{path} line {n}: not valid JSON ({e.msg}); the file must hold one JSON object per line"
+      ) from e
     if not isinstance(obj, dict):
       raise DataError(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
     rows.append(obj)
@@ -142,8 +146,10 @@ def load_truthfulqa(path: str = TRUTHFULQA, limit: int = 0) -> list[QAItem]:
   required = {"Question", "Best Answer", "Correct Answers", "Incorrect Answers"}
   missing = required - set(reader.fieldnames or ())
   if missing:
-    raise DataError(f"{path}: missing TruthfulQA columns {sorted(missing)} (found {reader.fieldnames}); "
-                    "use TruthfulQA.csv or TruthfulQA_v1_817.csv from data/qa/")
+    raise DataError(
+      f"{path}: missing TruthfulQA columns {sorted(missing)} (found {reader.fieldnames}); "
+      "use TruthfulQA.csv or TruthfulQA_v1_817.csv from data/qa/"
+    )
   items = []
   for n, row in enumerate(reader):
     q = " ".join((row.get("Question") or "").split())
@@ -193,8 +199,16 @@ def load_halueval(subset: str = "one-turn", limit: int = 0) -> list[QAItem]:
   items = []
   for i, q in enumerate(order):
     m = merged[q]
-    items.append(QAItem(f"halueval-{i:04d}", q, _clean_list(m["right"]), _clean_list(m["hallu"]), None,
-                        {"knowledge": m["knowledge"], "subsets": m["subsets"]}))
+    items.append(
+      QAItem(
+        f"halueval-{i:04d}",
+        q,
+        _clean_list(m["right"]),
+        _clean_list(m["hallu"]),
+        None,
+        {"knowledge": m["knowledge"], "subsets": m["subsets"]},
+      )
+    )
     if limit and len(items) >= limit:
       break
   return items
@@ -209,8 +223,9 @@ def load(dataset: str, qa_cfg=None, limit: int = 0) -> list[QAItem]:
     return load_truthfulqa(get("truthfulqa_file", TRUTHFULQA), limit)
   if dataset == "halueval_given":
     return load_halueval(get("halueval_subset", "one-turn"), limit)
-  raise DataError(f"unknown QA dataset {dataset!r}: use nq_open, truthfulqa, truthfulqa_given or "
-                  "halueval_given")
+  raise DataError(
+    f"unknown QA dataset {dataset!r}: use nq_open, truthfulqa, truthfulqa_given or halueval_given"
+  )
 
 
 def data_files(dataset: str, qa_cfg=None) -> list[str]:

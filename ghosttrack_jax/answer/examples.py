@@ -12,29 +12,39 @@ import numpy as np
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
-
 SCHEMA_VERSION = 1
-EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT = ("examples.jsonl", "excluded.jsonl", "folds.npz",
-                                             "manifest.json", "audit_sample.jsonl")
+EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT = (
+  "examples.jsonl",
+  "excluded.jsonl",
+  "folds.npz",
+  "manifest.json",
+  "audit_sample.jsonl",
+)
 
 
 def _jsonl(rows) -> str:
   return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def save(out_dir: str, examples: list[dict], excluded: list[dict], folds: np.ndarray, manifest: dict,
-         audit_rows) -> None:
+def save(
+  out_dir: str, examples: list[dict], excluded: list[dict], folds: np.ndarray, manifest: dict, audit_rows
+) -> None:
   """Writes the whole table, then DONE. `examples` carry group_id/fold/folds; `folds` is [R, N] int16;
   `audit_rows` are the rows copied to audit_sample.jsonl for a hand audit (`audit_label` to fill in)."""
   atomic_io.atomic_write_text(os.path.join(out_dir, EXAMPLES), _jsonl(examples))
   atomic_io.atomic_write_text(os.path.join(out_dir, EXCLUDED), _jsonl(excluded))
-  atomic_io.atomic_save_npz(os.path.join(out_dir, FOLDS),
-                            example_id=np.array([e["id"] for e in examples]),
-                            group_id=np.array([e["group_id"] for e in examples], np.int64),
-                            label=np.array([e["label"] for e in examples], np.int8), folds=folds)
+  atomic_io.atomic_save_npz(
+    os.path.join(out_dir, FOLDS),
+    example_id=np.array([e["id"] for e in examples]),
+    group_id=np.array([e["group_id"] for e in examples], np.int64),
+    label=np.array([e["label"] for e in examples], np.int8),
+    folds=folds,
+  )
   keys = ("id", "question", "answer_text", "gold", "label", "label_method")
-  atomic_io.atomic_write_text(os.path.join(out_dir, AUDIT), _jsonl(
-      {**{k: examples[i][k] for k in keys}, "audit_label": None} for i in audit_rows))
+  atomic_io.atomic_write_text(
+    os.path.join(out_dir, AUDIT),
+    _jsonl({**{k: examples[i][k] for k in keys}, "audit_label": None} for i in audit_rows),
+  )
   atomic_io.atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
   atomic_io.write_done(out_dir, {"n_examples": len(examples)})
 
@@ -61,5 +71,7 @@ def load_manifest(config, workdir: str, dataset: str | None = None) -> dict:
   out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
   m = atomic_io.read_json(os.path.join(out_dir, MANIFEST))
   if m["model"]["name"] != config.model.name:
-    raise StoreMismatchError(f"{out_dir} was made for model {m['model']['name']!r}, not {config.model.name!r}")
+    raise StoreMismatchError(
+      f"{out_dir} was made for model {m['model']['name']!r}, not {config.model.name!r}"
+    )
   return m

@@ -50,25 +50,38 @@ def assign_folds(labels, groups, n_folds: int, n_repeats: int = 1, seed: int = 0
   groups = np.asarray(groups)
   n_groups = len(np.unique(groups))
   if n_groups < n_folds:
-    raise DataError(f"{n_groups} question groups cannot fill {n_folds} folds; answer more questions or "
-                    "lower config.evaluate.n_folds")
+    raise DataError(
+      f"{n_groups} question groups cannot fill {n_folds} folds; answer more questions or "
+      "lower config.evaluate.n_folds"
+    )
   per_class_groups = [len(np.unique(groups[labels == c])) for c in (0, 1)]
   stratified = min(per_class_groups) >= n_folds
   if not stratified:
-    logging.warning("class sizes in groups %s < n_folds=%d: folds cannot hold both classes each; "
-                    "detection metrics will be undefined or meaningless", per_class_groups, n_folds)
-  folds = np.stack([stratified_group_kfold(labels, groups, n_folds, seed + r)
-                    for r in range(n_repeats)]).astype(np.int16)
+    logging.warning(
+      "class sizes in groups %s < n_folds=%d: folds cannot hold both classes each; "
+      "detection metrics will be undefined or meaningless",
+      per_class_groups,
+      n_folds,
+    )
+  folds = np.stack(
+    [stratified_group_kfold(labels, groups, n_folds, seed + r) for r in range(n_repeats)]
+  ).astype(np.int16)
   sizes = [np.bincount(f, minlength=n_folds) for f in folds]
   if min(s.min() for s in sizes) == 0:
     raise DataError(f"an empty fold: {n_groups} groups are too unevenly sized for {n_folds} folds")
-  return folds, {"method": "greedy stratified group k-fold (answers.stratified_group_kfold)",
-                 "stratified": bool(stratified), "n_folds": n_folds, "n_repeats": n_repeats,
-                 "seeds": [seed + r for r in range(n_repeats)], "class_groups": per_class_groups}
+  return folds, {
+    "method": "greedy stratified group k-fold (answers.stratified_group_kfold)",
+    "stratified": bool(stratified),
+    "n_folds": n_folds,
+    "n_repeats": n_repeats,
+    "seeds": [seed + r for r in range(n_repeats)],
+    "class_groups": per_class_groups,
+  }
 
 
 def group_ids(questions) -> np.ndarray:
   """Same normalised question text -> same group id (ids in first-seen order)."""
   seen: dict[str, int] = {}
-  return np.array([seen.setdefault(labelling.normalize_answer(q) or q, len(seen)) for q in questions],
-                  np.int64)
+  return np.array(
+    [seen.setdefault(labelling.normalize_answer(q) or q, len(seen)) for q in questions], np.int64
+  )

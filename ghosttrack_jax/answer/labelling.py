@@ -37,8 +37,14 @@ import string
 import numpy as np
 
 LABEL_METHODS = ("containment", "exact", "f1", "containment_noecho")
-_ALIASES = {"contains": "containment", "containment": "containment", "em": "exact", "exact": "exact",
-            "f1": "f1", "containment_noecho": "containment_noecho"}
+_ALIASES = {
+  "contains": "containment",
+  "containment": "containment",
+  "em": "exact",
+  "exact": "exact",
+  "f1": "f1",
+  "containment_noecho": "containment_noecho",
+}
 TRUTHFULQA_SIMILARITIES = ("rougeL", "f1")
 NO_COMMENT = "I have no comment."
 
@@ -99,8 +105,9 @@ def best_f1(answer: str, golds) -> float:
   return max((token_f1(answer, g) for g in golds), default=0.0)
 
 
-def label_against_gold(answer: str, golds, method: str = "containment", f1_threshold: float = 0.5,
-                       question: str = "") -> int:
+def label_against_gold(
+  answer: str, golds, method: str = "containment", f1_threshold: float = 0.5, question: str = ""
+) -> int:
   """1 = incorrect / hallucinated, 0 = correct. `question` is needed by `containment_noecho` only."""
   method = canonical_method(method)
   if method == "containment":
@@ -160,5 +167,9 @@ def truthfulqa_label(answer: str, correct, incorrect, kind: str = "rougeL") -> t
   sc = max(similarity(answer, c, kind) for c in correct)
   si = max((similarity(answer, c, kind) for c in incorrect), default=0.0)
   diff = sc - si
-  return (0 if diff > 0 else 1), {"sim_correct": sc, "sim_incorrect": si, "diff": diff,
-                                  "tie": bool(np.isclose(diff, 0.0))}
+  return (0 if diff > 0 else 1), {
+    "sim_correct": sc,
+    "sim_incorrect": si,
+    "diff": diff,
+    "tie": bool(np.isclose(diff, 0.0)),
+  }

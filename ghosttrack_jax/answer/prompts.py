@@ -20,7 +20,6 @@ import re
 from ghosttrack_jax.answer import datasets, labelling
 from ghosttrack_jax.errors import DataError
 
-
 FEWSHOT_INSTRUCTION = "Answer each question with a short phrase."
 
 
@@ -30,13 +29,46 @@ CHAT_INSTRUCTION = "Answer with a short phrase only: {question}"
 N_EXEMPLARS = 5
 
 
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "no", "mt", "ft", "co", "inc", "ltd",
-                  "gen", "col", "lt", "sgt", "capt", "prof", "rev", "fr", "ave", "jan", "feb", "aug",
-                  "sept", "oct", "nov", "dec", "approx", "est", "etc"}
+_ABBREVIATIONS = {
+  "mr",
+  "mrs",
+  "ms",
+  "dr",
+  "st",
+  "jr",
+  "sr",
+  "vs",
+  "no",
+  "mt",
+  "ft",
+  "co",
+  "inc",
+  "ltd",
+  "gen",
+  "col",
+  "lt",
+  "sgt",
+  "capt",
+  "prof",
+  "rev",
+  "fr",
+  "ave",
+  "jan",
+  "feb",
+  "aug",
+  "sept",
+  "oct",
+  "nov",
+  "dec",
+  "approx",
+  "est",
+  "etc",
+}
 
 
-def fewshot_exemplars(path: str = datasets.NQ_OPEN_EFFICIENTQA, n: int = N_EXEMPLARS,
-                      exclude_questions=()) -> list[tuple[str, str]]:
+def fewshot_exemplars(
+  path: str = datasets.NQ_OPEN_EFFICIENTQA, n: int = N_EXEMPLARS, exclude_questions=()
+) -> list[tuple[str, str]]:
   """The first `n` EfficientQA questions with a short (<= 3 words) first answer, skipping any question
   whose normalised text is in `exclude_questions` (one EfficientQA question duplicates an NQ dev one)."""
   excluded = {labelling.normalize_answer(q) for q in exclude_questions}
@@ -78,8 +110,11 @@ class PromptFormat:
     return " " if self.style == "fewshot" else ""
 
   def describe(self) -> dict:
-    return {"style": self.style, "exemplars": self.exemplars if self.style == "fewshot" else [],
-            "template": self.render("{question}", raw=True)}
+    return {
+      "style": self.style,
+      "exemplars": self.exemplars if self.style == "fewshot" else [],
+      "template": self.render("{question}", raw=True),
+    }
 
 
 def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
@@ -92,8 +127,9 @@ def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
     raise DataError("config.qa.prompt_style='chat' but the tokenizer has no chat template; use 'fewshot'")
   ex = []
   if style == "fewshot":
-    ex = fewshot_exemplars(qa_cfg.get("fewshot_file", datasets.NQ_OPEN_EFFICIENTQA),
-                           exclude_questions=exclude_questions)
+    ex = fewshot_exemplars(
+      qa_cfg.get("fewshot_file", datasets.NQ_OPEN_EFFICIENTQA), exclude_questions=exclude_questions
+    )
   return PromptFormat(style, ex, tokenizer)
 
 

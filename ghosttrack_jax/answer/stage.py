@@ -41,10 +41,11 @@ import os
 import numpy as np
 
 from ghosttrack_jax import lm
-from ghosttrack_jax.answer import datasets, examples as examples_lib, folds as folds_lib, labelling, prompts
+from ghosttrack_jax.answer import datasets, labelling, prompts
+from ghosttrack_jax.answer import examples as examples_lib
+from ghosttrack_jax.answer import folds as folds_lib
 from ghosttrack_jax.errors import DataError
 from ghosttrack_jax.runtime import atomic_io, paths
-
 
 OWN_ANSWER_SETS = ("nq_open", "truthfulqa")
 
@@ -60,9 +61,10 @@ def label_own_answer(dataset: str, answer_text: str, item, qa_cfg):
   if dataset == "truthfulqa":
     kind = qa_cfg.get("truthfulqa_similarity", "rougeL")
     label, details = labelling.truthfulqa_label(answer_text, item.gold, item.incorrect, kind)
-    labels_all = {f"truthfulqa_{k}_diff": labelling.truthfulqa_label(answer_text, item.gold,
-                                                                      item.incorrect, k)[0]
-                  for k in labelling.TRUTHFULQA_SIMILARITIES}
+    labels_all = {
+      f"truthfulqa_{k}_diff": labelling.truthfulqa_label(answer_text, item.gold, item.incorrect, k)[0]
+      for k in labelling.TRUTHFULQA_SIMILARITIES
+    }
     labels_all.update(labelling.all_labels(answer_text, item.gold, qa_cfg.f1_threshold, item.question))
     return label, f"truthfulqa_{kind}_diff", labels_all, details
   method = labelling.canonical_method(qa_cfg.label_method)
@@ -83,8 +85,11 @@ def given_text_pairs(items, dataset: str):
         dropped += 1
         continue
       label, text = entries[0]
-      role = ("right" if label == 0 else "hallucinated") if dataset == "halueval_given" else (
-          "correct" if label == 0 else "incorrect")
+      role = (
+        ("right" if label == 0 else "hallucinated")
+        if dataset == "halueval_given"
+        else ("correct" if label == 0 else "incorrect")
+      )
       out.append((item, text, label, role))
   return out, dropped
 
@@ -99,9 +104,15 @@ def _out_dir(config, workdir):
 def _manifest_key(config) -> dict:
   """Fields that must match for saved generations to be reused."""
   q = config.qa
-  return {"model": config.model.name, "source": config.model.source, "dataset": q.dataset,
-          "n_questions": q.n_questions, "max_new_tokens": q.max_new_tokens, "batch_size": q.batch_size,
-          "prompt_style": q.get("prompt_style", "auto")}
+  return {
+    "model": config.model.name,
+    "source": config.model.source,
+    "dataset": q.dataset,
+    "n_questions": q.n_questions,
+    "max_new_tokens": q.max_new_tokens,
+    "batch_size": q.batch_size,
+    "prompt_style": q.get("prompt_style", "auto"),
+  }
 
 
 def _generate_all(config, model, prompt_texts, out_dir) -> list:
@@ -120,15 +131,21 @@ def _generate_all(config, model, prompt_texts, out_dir) -> list:
   n_batches = (len(prompt_texts) + bs - 1) // bs
   for b in range(n_batches):
     path = os.path.join(gdir, f"batch_{b:05d}.json")
-    batch = prompt_texts[b * bs:(b + 1) * bs]
+    batch = prompt_texts[b * bs : (b + 1) * bs]
     if os.path.exists(path):
       saved = atomic_io.read_json(path)
       if [s["prompt"] for s in saved] == batch:
         results.extend(saved)
         continue
     gens = model.generate(batch, max_new_tokens=config.qa.max_new_tokens, batch_size=bs)
-    saved = [{"prompt": p, "prompt_ids": prompts.generated_prompt_ids(g, model, p), "gen_ids": prompts.generated_ids(g)}
-             for p, g in zip(batch, gens)]
+    saved = [
+      {
+        "prompt": p,
+        "prompt_ids": prompts.generated_prompt_ids(g, model, p),
+        "gen_ids": prompts.generated_ids(g),
+      }
+      for p, g in zip(batch, gens)
+    ]
     atomic_io.atomic_write_json(path, saved)
     results.extend(saved)
     logging.info("answer: batch %d/%d generated", b + 1, n_batches)
@@ -147,11 +164,21 @@ def build_examples(config, model, items, out_dir):
     gens = _generate_all(config, model, texts, out_dir)
     sids = prompts.stop_ids(model)
     for it, g in zip(items, gens):
-      moved, ans, flags = prompts.postprocess(g["gen_ids"], tok, sids, config.qa.get("cut_first_sentence", True))
+      moved, ans, flags = prompts.postprocess(
+        g["gen_ids"], tok, sids, config.qa.get("cut_first_sentence", True)
+      )
       text = tok.decode(ans).strip()
-      rec = {"id": f"{it.qid}", "question": it.question, "prompt_ids": list(g["prompt_ids"]) + moved,
-             "answer_ids": ans, "answer_text": text, "raw_generation": tok.decode(g["gen_ids"]),
-             "gold": list(it.gold), "mode": "own_answer", "flags": flags}
+      rec = {
+        "id": f"{it.qid}",
+        "question": it.question,
+        "prompt_ids": list(g["prompt_ids"]) + moved,
+        "answer_ids": ans,
+        "answer_text": text,
+        "raw_generation": tok.decode(g["gen_ids"]),
+        "gold": list(it.gold),
+        "mode": "own_answer",
+        "flags": flags,
+      }
       if "empty" in flags:
         excluded.append({**rec, "reason": "empty answer"})
         continue
@@ -173,9 +200,19 @@ def build_examples(config, model, items, out_dir):
       flags = [f"reference_{role}"]
       if len(ans) > cap:
         ans, flags = ans[:cap], flags + ["truncated"]
-      rec = {"id": f"{it.qid}-r{n:05d}", "question": it.question, "prompt_ids": prompt_cache[it.question],
-             "answer_ids": ans, "answer_text": ref, "gold": list(it.gold), "mode": "given_text", "flags": flags,
-             "label": int(label), "label_method": "given_reference", "labels_all": {"given_reference": label}}
+      rec = {
+        "id": f"{it.qid}-r{n:05d}",
+        "question": it.question,
+        "prompt_ids": prompt_cache[it.question],
+        "answer_ids": ans,
+        "answer_text": ref,
+        "gold": list(it.gold),
+        "mode": "given_text",
+        "flags": flags,
+        "label": int(label),
+        "label_method": "given_reference",
+        "labels_all": {"given_reference": label},
+      }
       if not ans:
         excluded.append({**rec, "reason": "empty answer"})
         continue
@@ -191,8 +228,9 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
     raise DataError(f"no usable examples for {config.qa.dataset} ({len(excluded)} excluded)")
   groups = folds_lib.group_ids([e["question"] for e in examples])
   labels = np.array([e["label"] for e in examples], np.int8)
-  folds, fold_info = folds_lib.assign_folds(labels, groups, config.evaluate.n_folds,
-                                            config.evaluate.n_repeats, config.evaluate.seed)
+  folds, fold_info = folds_lib.assign_folds(
+    labels, groups, config.evaluate.n_folds, config.evaluate.n_repeats, config.evaluate.seed
+  )
   for i, e in enumerate(examples):
     e["group_id"] = int(groups[i])
     e["fold"] = int(folds[0, i])
@@ -200,34 +238,52 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
   label_rates = {}
   for m in examples[0]["labels_all"]:
     vals = [e["labels_all"][m] for e in examples]
-    label_rates[m] = {"n_correct": int(sum(v == 0 for v in vals)), "n_incorrect": int(sum(v == 1 for v in vals)),
-                      "correct_rate": float(np.mean([v == 0 for v in vals]))}
+    label_rates[m] = {
+      "n_correct": int(sum(v == 0 for v in vals)),
+      "n_incorrect": int(sum(v == 1 for v in vals)),
+      "correct_rate": float(np.mean([v == 0 for v in vals])),
+    }
   n1 = int(labels.sum())
   minority = min(n1, len(labels) - n1)
   warnings = []
   if minority < 100:
-    warnings.append(f"minority class has {minority} examples (< 100): confidence intervals will be wide "
-                    "(docs/method.md §6.2 item 8)")
+    warnings.append(
+      f"minority class has {minority} examples (< 100): confidence intervals will be wide "
+      "(docs/method.md §6.2 item 8)"
+    )
   if not fold_info["stratified"]:
     warnings.append("folds could not be stratified (a class has fewer question groups than folds)")
   for w in warnings:
     logging.warning("answer: %s", w)
   files = datasets.data_files(config.qa.dataset, config.qa)
   manifest = {
-      "schema_version": examples_lib.SCHEMA_VERSION, "dataset": config.qa.dataset,
-      "mode": "given_text" if config.qa.dataset in GIVEN_TEXT_SETS else "own_answer",
-      "model": {"name": config.model.name, "source": config.model.source, "family": config.model.family},
-      "prompt": fmt.describe(),
-      "generation": {"greedy": True, "max_new_tokens": config.qa.max_new_tokens,
-                     "batch_size": config.qa.batch_size,
-                     "cut_first_sentence": bool(config.qa.cut_first_sentence)},
-      "label_method": examples[0]["label_method"], "label_rates": label_rates,
-      "n_examples": len(examples), "n_excluded": len(excluded),
-      "excluded_reasons": {r: sum(e["reason"] == r for e in excluded) for r in {e["reason"] for e in excluded}},
-      "n_hallucinated": n1, "n_correct": len(labels) - n1, "n_groups": int(len(np.unique(groups))),
-      "folds": fold_info, "data_files": {f: datasets.sha256(f) for f in files},
-      "flags": {f: sum(f in e["flags"] for e in examples) for f in sorted({f for e in examples for f in e["flags"]})},
-      "warnings": warnings, **(extra_manifest or {})}
+    "schema_version": examples_lib.SCHEMA_VERSION,
+    "dataset": config.qa.dataset,
+    "mode": "given_text" if config.qa.dataset in GIVEN_TEXT_SETS else "own_answer",
+    "model": {"name": config.model.name, "source": config.model.source, "family": config.model.family},
+    "prompt": fmt.describe(),
+    "generation": {
+      "greedy": True,
+      "max_new_tokens": config.qa.max_new_tokens,
+      "batch_size": config.qa.batch_size,
+      "cut_first_sentence": bool(config.qa.cut_first_sentence),
+    },
+    "label_method": examples[0]["label_method"],
+    "label_rates": label_rates,
+    "n_examples": len(examples),
+    "n_excluded": len(excluded),
+    "excluded_reasons": {r: sum(e["reason"] == r for e in excluded) for r in {e["reason"] for e in excluded}},
+    "n_hallucinated": n1,
+    "n_correct": len(labels) - n1,
+    "n_groups": int(len(np.unique(groups))),
+    "folds": fold_info,
+    "data_files": {f: datasets.sha256(f) for f in files},
+    "flags": {
+      f: sum(f in e["flags"] for e in examples) for f in sorted({f for e in examples for f in e["flags"]})
+    },
+    "warnings": warnings,
+    **(extra_manifest or {}),
+  }
   # docs/method.md §6.2 item 4: 100 random labels per (model, dataset) for a hand audit.
   audit = np.sort(np.random.default_rng(config.evaluate.seed).permutation(len(examples))[:100])
   examples_lib.save(out_dir, examples, excluded, folds, manifest, audit)
@@ -246,6 +302,12 @@ def run(config, workdir: str, model=None) -> None:
     model = lm.load_model(config.model)
   examples, excluded, fmt = build_examples(config, model, items, out_dir)
   m = fold_and_write(config, examples, excluded, fmt, out_dir, {"n_questions": len(items)})
-  logging.info("answer: %s: %d examples (%d correct, %d hallucinated), %d excluded -> %s",
-               config.qa.dataset, m["n_examples"], m["n_correct"], m["n_hallucinated"], m["n_excluded"],
-               out_dir)
+  logging.info(
+    "answer: %s: %d examples (%d correct, %d hallucinated), %d excluded -> %s",
+    config.qa.dataset,
+    m["n_examples"],
+    m["n_correct"],
+    m["n_hallucinated"],
+    m["n_excluded"],
+    out_dir,
+  )

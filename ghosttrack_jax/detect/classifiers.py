@@ -9,10 +9,6 @@ import logging
 
 import numpy as np
 import sklearn.base
-
-from ghosttrack_jax import stats
-from ghosttrack_jax.answer import folds as folds_lib
-import sklearn.base
 import sklearn.ensemble
 import sklearn.feature_selection
 import sklearn.linear_model
@@ -21,6 +17,9 @@ import sklearn.preprocessing
 import sklearn.svm
 import sklearn.utils.class_weight
 
+from ghosttrack_jax import stats
+from ghosttrack_jax.answer import folds as folds_lib
+
 CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
 
 
@@ -28,8 +27,9 @@ class BalancedGradientBoosting:
   """GradientBoostingClassifier fit with 'balanced' sample weights (it has no class_weight)."""
 
   def __init__(self, random_state=42):
-    self.model = sklearn.ensemble.GradientBoostingClassifier(n_estimators=100, learning_rate=0.1, max_depth=3,
-                                                        random_state=random_state)
+    self.model = sklearn.ensemble.GradientBoostingClassifier(
+      n_estimators=100, learning_rate=0.1, max_depth=3, random_state=random_state
+    )
 
   def fit(self, x, y):
     w = sklearn.utils.class_weight.compute_sample_weight("balanced", y)
@@ -49,8 +49,11 @@ class MeanEnsemble:
   """Mean P(y=1) of RF(100), GB(100) and LR(C=1), each in its own scaled pipeline (method.md §5.1)."""
 
   def __init__(self):
-    self.members = [make_classifier("random_forest"), make_classifier("gradient_boosting"),
-                    make_classifier("logistic", c=1.0)]
+    self.members = [
+      make_classifier("random_forest"),
+      make_classifier("gradient_boosting"),
+      make_classifier("logistic", c=1.0),
+    ]
 
   def fit(self, x, y):
     for m in self.members:
@@ -88,15 +91,21 @@ class RowSpace(sklearn.base.TransformerMixin, sklearn.base.BaseEstimator):
 
 def lr_preprocess():
   """The fitted-on-training-rows part of every logistic pipeline."""
-  return sklearn.pipeline.Pipeline([("drop_constant", sklearn.feature_selection.VarianceThreshold(0.0)),
-                               ("scale", sklearn.preprocessing.StandardScaler()), ("rowspace", RowSpace())])
+  return sklearn.pipeline.Pipeline(
+    [
+      ("drop_constant", sklearn.feature_selection.VarianceThreshold(0.0)),
+      ("scale", sklearn.preprocessing.StandardScaler()),
+      ("rowspace", RowSpace()),
+    ]
+  )
 
 
 def lr(c: float):
   # Newton-Cholesky: after the row-space basis there are at most n_train columns, where Newton steps
   # converge in a few iterations (lbfgs needs thousands on nearly separable wide probes). Same optimum.
-  return sklearn.linear_model.LogisticRegression(C=c, class_weight="balanced", solver="newton-cholesky",
-                                               max_iter=500)
+  return sklearn.linear_model.LogisticRegression(
+    C=c, class_weight="balanced", solver="newton-cholesky", max_iter=500
+  )
 
 
 def make_classifier(name: str, c: float = 1.0):
@@ -106,16 +115,22 @@ def make_classifier(name: str, c: float = 1.0):
   if name == "logistic":
     return sklearn.pipeline.Pipeline(lr_preprocess().steps + [("clf", lr(c))])
   elif name == "random_forest":
-    clf = sklearn.ensemble.RandomForestClassifier(n_estimators=100, max_features="sqrt", class_weight="balanced",
-                                             random_state=42, n_jobs=1)
+    clf = sklearn.ensemble.RandomForestClassifier(
+      n_estimators=100, max_features="sqrt", class_weight="balanced", random_state=42, n_jobs=1
+    )
   elif name == "gradient_boosting":
     clf = BalancedGradientBoosting(random_state=42)
   elif name == "svm":
     clf = sklearn.svm.SVC(C=1.0, kernel="rbf", class_weight="balanced", probability=True, random_state=42)
   else:
     raise ValueError(f"unknown classifier {name!r}: use one of {CLASSIFIERS}")
-  return sklearn.pipeline.Pipeline([("drop_constant", sklearn.feature_selection.VarianceThreshold(0.0)),
-                               ("scale", sklearn.preprocessing.StandardScaler()), ("clf", clf)])
+  return sklearn.pipeline.Pipeline(
+    [
+      ("drop_constant", sklearn.feature_selection.VarianceThreshold(0.0)),
+      ("scale", sklearn.preprocessing.StandardScaler()),
+      ("clf", clf),
+    ]
+  )
 
 
 class Constant:
@@ -130,13 +145,19 @@ class Constant:
 
 def fit_or_prior(make, x, y):
   """Fits make() on (x, y); a constant model when that is impossible. Returns (model, degenerate)."""
-  if len(np.unique(y)) < 2 or (x.ndim == 2 and x.shape[1] == 0) or (x.ndim == 2 and not (np.ptp(x, 0) > 0).any()):
+  if (
+    len(np.unique(y)) < 2
+    or (x.ndim == 2 and x.shape[1] == 0)
+    or (x.ndim == 2 and not (np.ptp(x, 0) > 0).any())
+  ):
     return Constant(np.mean(y) if len(y) else 0.5), True
   model = make()
   try:
     model.fit(x, y)
   except ValueError as e:  # e.g. SVC's internal Platt CV with < 5 rows of a class, an empty vocabulary
-    logging.warning("detect: fit failed on %d rows (%s); scoring this fold with the training prior", len(y), e)
+    logging.warning(
+      "detect: fit failed on %d rows (%s); scoring this fold with the training prior", len(y), e
+    )
     return Constant(np.mean(y)), True
   return model, False
 
@@ -146,6 +167,7 @@ def proba(model, x) -> np.ndarray:
 
 
 # ---- inner CV --------------------------------------------------------------------------------
+
 
 def inner_splits(y, groups, n_inner: int, seed: int):
   """Grouped, stratified inner folds on training rows; None when a class has too few groups."""

@@ -31,8 +31,10 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   if spec.layer_select:
     x3 = data.get3(spec.feature_set, train)
     if splits is not None:
-      scores = [classifiers.auc_or_worst(classifiers.lr_inner_oofs(x3[:, l], y, splits, (1.0,))[1.0], y)
-                for l in range(x3.shape[1])]
+      scores = [
+        classifiers.auc_or_worst(classifiers.lr_inner_oofs(x3[:, l], y, splits, (1.0,))[1.0], y)
+        for l in range(x3.shape[1])
+      ]
       layer = int(np.argmax(scores))
     else:
       layer = x3.shape[1] - 1
@@ -42,8 +44,11 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   else:
     x = data.get(spec, train)
   if spec.classifier == "logistic" and splits is not None and spec.search_c:
-    oofs = (_inner_oof_by_c(spec, x, y, splits, cs) if spec.text_features else
-            classifiers.lr_inner_oofs(x, y, splits, cs))
+    oofs = (
+      _inner_oof_by_c(spec, x, y, splits, cs)
+      if spec.text_features
+      else classifiers.lr_inner_oofs(x, y, splits, cs)
+    )
     aucs = {c: classifiers.auc_or_worst(o, y) for c, o in oofs.items()}
     best_c = max(cs, key=lambda c: (aucs[c], -c))  # ties -> stronger regularisation
     choice["C"] = best_c

@@ -33,31 +33,52 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
   rows = np.arange(len(data.label))
   p = paths.for_config(config, workdir)
   manifest = {
-      "schema_version": SCHEMA_VERSION, "feature_set": "ghosttrack", "feature_names": names,
-      "n_layers": data.meta.get("n_layers"), "layers": data.meta.get("layers"),
-      "top_k": data.meta.get("top_k"), "pooling": data.meta.get("pooling"),
-      "sae_manifest_hash": data.meta.get("sae_manifest_hash"),
-      "examples_manifest_sha256": atomic_io.file_sha256(
-          os.path.join(p.answers(config.qa.dataset), examples_lib.MANIFEST)),
-      # The tracker's calibrated birth thresholds (config.tracking.birth_threshold_quantile): scoring a
-      # new answer must use the thresholds these features were computed with.
-      "birth_thresholds": data.meta.get("birth_thresholds"),
-      "dataset": config.qa.dataset, "mode": data.meta.get("mode"), "model": config.model.name,
-      "n_train": int(len(rows)), "n_hallucinated": int(data.label.sum()),
-      "sklearn_version": sklearn.__version__, "config": json.loads(config.to_json_best_effort()),
-      "threshold_rule": "max Youden J on grouped inner-CV scores of all rows", "classifiers": {}}
+    "schema_version": SCHEMA_VERSION,
+    "feature_set": "ghosttrack",
+    "feature_names": names,
+    "n_layers": data.meta.get("n_layers"),
+    "layers": data.meta.get("layers"),
+    "top_k": data.meta.get("top_k"),
+    "pooling": data.meta.get("pooling"),
+    "sae_manifest_hash": data.meta.get("sae_manifest_hash"),
+    "examples_manifest_sha256": atomic_io.file_sha256(
+      os.path.join(p.answers(config.qa.dataset), examples_lib.MANIFEST)
+    ),
+    # The tracker's calibrated birth thresholds (config.tracking.birth_threshold_quantile): scoring a
+    # new answer must use the thresholds these features were computed with.
+    "birth_thresholds": data.meta.get("birth_thresholds"),
+    "dataset": config.qa.dataset,
+    "mode": data.meta.get("mode"),
+    "model": config.model.name,
+    "n_train": int(len(rows)),
+    "n_hallucinated": int(data.label.sum()),
+    "sklearn_version": sklearn.__version__,
+    "config": json.loads(config.to_json_best_effort()),
+    "threshold_rule": "max Youden J on grouped inner-CV scores of all rows",
+    "classifiers": {},
+  }
   os.makedirs(out_dir, exist_ok=True)
   for clf in config.evaluate.classifiers:
     spec = Method(f"ghosttrack/{clf}", "ghosttrack", "", clf, (("ghosttrack", None),))
-    fit = cv.fit_with_selection(spec, data, rows, data.label, data.group_id, config.evaluate, config.evaluate.seed)
-    entry = {"threshold": fit.threshold, "choice": fit.choice, "degenerate": fit.degenerate,
-             "importances": classifiers.importances(fit.model, names)}
+    fit = cv.fit_with_selection(
+      spec, data, rows, data.label, data.group_id, config.evaluate, config.evaluate.seed
+    )
+    entry = {
+      "threshold": fit.threshold,
+      "choice": fit.choice,
+      "degenerate": fit.degenerate,
+      "importances": classifiers.importances(fit.model, names),
+    }
     if clf == "logistic" and not fit.degenerate:
       m = fit.model
-      params = {"kept": m.named_steps["drop_constant"].get_support().tolist(),
-                "mean": m.named_steps["scale"].mean_.tolist(), "scale": m.named_steps["scale"].scale_.tolist(),
-                "coef": classifiers.scaled_coef(m).tolist(),
-                "intercept": float(m.named_steps["clf"].intercept_[0]), "C": fit.choice.get("C")}
+      params = {
+        "kept": m.named_steps["drop_constant"].get_support().tolist(),
+        "mean": m.named_steps["scale"].mean_.tolist(),
+        "scale": m.named_steps["scale"].scale_.tolist(),
+        "coef": classifiers.scaled_coef(m).tolist(),
+        "intercept": float(m.named_steps["clf"].intercept_[0]),
+        "C": fit.choice.get("C"),
+      }
       atomic_io.atomic_write_json(os.path.join(out_dir, "logistic.json"), params)
       entry["file"] = "logistic.json"
     else:
@@ -118,11 +139,14 @@ class Detector:
       x = np.array([[x[n] for n in self.feature_names]], np.float64)
     x = np.atleast_2d(np.asarray(x, np.float64))
     if feature_names is not None and list(feature_names) != self.feature_names:
-      raise StoreMismatchError("feature names differ from the detector's schema "
-                               f"({len(feature_names)} given, {len(self.feature_names)} expected)")
+      raise StoreMismatchError(
+        "feature names differ from the detector's schema "
+        f"({len(feature_names)} given, {len(self.feature_names)} expected)"
+      )
     if x.shape[1] != len(self.feature_names):
-      raise StoreMismatchError(f"{x.shape[1]} features given; the detector expects {len(self.feature_names)}: "
-                               f"{self.feature_names}")
+      raise StoreMismatchError(
+        f"{x.shape[1]} features given; the detector expects {len(self.feature_names)}: {self.feature_names}"
+      )
     return x
 
   def predict_proba(self, x, feature_names=None) -> np.ndarray:

@@ -20,16 +20,28 @@ from ghosttrack_jax.detect import classifiers
 from ghosttrack_jax.errors import StoreMismatchError
 from ghosttrack_jax.track import feature_table
 
-
-OPENER = re.compile(r"^\s*(no|nothing|not|none|never|nobody|it depends|there is no|there are no|"
-                    r"i have no comment)\b", re.IGNORECASE)
+OPENER = re.compile(
+  r"^\s*(no|nothing|not|none|never|nobody|it depends|there is no|there are no|"
+  r"i have no comment)\b",
+  re.IGNORECASE,
+)
 
 
 class FeatureData:
   """The aligned feature table: arrays per set, labels, groups, folds, answer texts."""
 
-  def __init__(self, sets: dict, meta: dict, example_id, label, group_id, folds, texts,
-               label_method: str | None = None, label_variants: dict | None = None):
+  def __init__(
+    self,
+    sets: dict,
+    meta: dict,
+    example_id,
+    label,
+    group_id,
+    folds,
+    texts,
+    label_method: str | None = None,
+    label_variants: dict | None = None,
+  ):
     self.sets = sets
     self.meta = meta
     self.example_id = np.asarray(example_id)
@@ -76,16 +88,23 @@ class Method:
 
   def make(self, c=1.0):
     if self.text_features == "bow":
-      return sklearn.pipeline.Pipeline([
+      return sklearn.pipeline.Pipeline(
+        [
           ("bow", sklearn.feature_extraction.text.CountVectorizer(lowercase=True, binary=True)),
           # lbfgs on the sparse counts: Newton-Cholesky would form a vocabulary x vocabulary Hessian
-          ("clf", sklearn.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000))])
+          ("clf", sklearn.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000)),
+        ]
+      )
     return classifiers.make_classifier(self.classifier, c)
 
   def describe(self) -> dict:
-    return {"kind": self.kind, "label": self.label, "classifier": self.classifier,
-            "features": [[n, c] for n, c in self.parts] if self.parts else self.feature_set or self.text_features,
-            "layer_select": self.layer_select}
+    return {
+      "kind": self.kind,
+      "label": self.label,
+      "classifier": self.classifier,
+      "features": [[n, c] for n, c in self.parts] if self.parts else self.feature_set or self.text_features,
+      "layer_select": self.layer_select,
+    }
 
 
 def plan_methods(data: FeatureData, config) -> list[Method]:
@@ -96,11 +115,19 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
   if "ghosttrack" in fs:
     for clf in classifiers:
       kind = "ghosttrack" if clf == "logistic" else "ghosttrack_classifier"
-      out.append(Method(f"ghosttrack/{clf}", kind, f"GhostTrack 26 metrics, {clf}", clf,
-                        (("ghosttrack", None),)))
+      out.append(
+        Method(f"ghosttrack/{clf}", kind, f"GhostTrack 26 metrics, {clf}", clf, (("ghosttrack", None),))
+      )
   if "reconstruction" in fs:
-    out.append(Method("reconstruction/logistic", "reconstruction", "Reconstruction-error family (8), LR",
-                      "logistic", (("reconstruction", None),)))
+    out.append(
+      Method(
+        "reconstruction/logistic",
+        "reconstruction",
+        "Reconstruction-error family (8), LR",
+        "logistic",
+        (("reconstruction", None),),
+      )
+    )
   if config.evaluate.get("ablations", True):
     for name, info in fs.items():
       if name.startswith("ghosttrack_") and not info.get("per_layer"):
@@ -108,28 +135,73 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
         out.append(Method(f"{name}/logistic", kind, f"{name} (26 metrics), LR", "logistic", ((name, None),)))
   if "scalar_baselines" in fs:
     for col in fs["scalar_baselines"]["columns"]:
-      out.append(Method(f"baseline/{col}", "baseline", f"{col} (1-feature LR)", "logistic",
-                        (("scalar_baselines", [col]),), search_c=False))
-    out.append(Method("baseline/scalar_all", "baseline", "all scalar baselines, LR", "logistic",
-                      (("scalar_baselines", None),)))
+      out.append(
+        Method(
+          f"baseline/{col}",
+          "baseline",
+          f"{col} (1-feature LR)",
+          "logistic",
+          (("scalar_baselines", [col]),),
+          search_c=False,
+        )
+      )
+    out.append(
+      Method(
+        "baseline/scalar_all",
+        "baseline",
+        "all scalar baselines, LR",
+        "logistic",
+        (("scalar_baselines", None),),
+      )
+    )
   for name, label in (("raw_resid", "raw-residual probe"), ("sae_pooled", "pooled SAE-feature probe")):
     if name in fs:
-      out.append(Method(f"probe/{name}_best_layer", "probe", f"{label}, best layer (inner CV)", "logistic",
-                        feature_set=name, layer_select=True))
-      out.append(Method(f"probe/{name}_all_layers", "probe", f"{label}, all layers", "logistic",
-                        ((name, None),)))
-  out.append(Method("surface/bag_of_words", "surface", "bag of words on the answer text, LR",
-                    text_features="bow"))
+      out.append(
+        Method(
+          f"probe/{name}_best_layer",
+          "probe",
+          f"{label}, best layer (inner CV)",
+          "logistic",
+          feature_set=name,
+          layer_select=True,
+        )
+      )
+      out.append(
+        Method(f"probe/{name}_all_layers", "probe", f"{label}, all layers", "logistic", ((name, None),))
+      )
+  out.append(
+    Method("surface/bag_of_words", "surface", "bag of words on the answer text, LR", text_features="bow")
+  )
   if data.meta.get("mode") == "given_text":
-    out.append(Method("surface/opener", "surface", "opener indicator (No/Not/Nothing/It depends...)",
-                      parts=(("opener", None),), search_c=False))
+    out.append(
+      Method(
+        "surface/opener",
+        "surface",
+        "opener indicator (No/Not/Nothing/It depends...)",
+        parts=(("opener", None),),
+        search_c=False,
+      )
+    )
   if "ghosttrack" in fs and "scalar_baselines" in fs:
-    out.append(Method("combined/ghosttrack+scalar_baselines", "combined", "GhostTrack + scalar baselines, LR",
-                      "logistic", (("ghosttrack", None), ("scalar_baselines", None))))
+    out.append(
+      Method(
+        "combined/ghosttrack+scalar_baselines",
+        "combined",
+        "GhostTrack + scalar baselines, LR",
+        "logistic",
+        (("ghosttrack", None), ("scalar_baselines", None)),
+      )
+    )
   if "ghosttrack" in fs and "raw_resid" in fs:
-    out.append(Method("combined/ghosttrack+raw_resid_all_layers", "combined",
-                      "GhostTrack + raw residuals (all layers), LR", "logistic",
-                      (("ghosttrack", None), ("raw_resid", None))))
+    out.append(
+      Method(
+        "combined/ghosttrack+raw_resid_all_layers",
+        "combined",
+        "GhostTrack + raw residuals (all layers), LR",
+        "logistic",
+        (("ghosttrack", None), ("raw_resid", None)),
+      )
+    )
   return out
 
 
@@ -143,8 +215,10 @@ def load_feature_data(config, workdir: str, dataset: str | None = None) -> Featu
   pos = {e: i for i, e in enumerate(folds_file["example_id"].astype(str))}
   missing = [e for e in eid if e not in pos]
   if missing:
-    raise StoreMismatchError(f"{len(missing)} feature rows (e.g. {missing[0]}) are not in the answer "
-                             "stage's examples: rerun 'track' after 'answer'")
+    raise StoreMismatchError(
+      f"{len(missing)} feature rows (e.g. {missing[0]}) are not in the answer "
+      "stage's examples: rerun 'track' after 'answer'"
+    )
   idx = np.array([pos[e] for e in eid])
   folds = folds_file["folds"][:, idx]
   label = folds_file["label"][idx].astype(int)
@@ -157,14 +231,21 @@ def load_feature_data(config, workdir: str, dataset: str | None = None) -> Featu
   meta = json.loads(json.dumps(meta))
   meta.setdefault("mode", examples[eid[0]].get("mode", "own_answer"))
   if "scalar_baselines" not in sets:  # lengths are always available from the examples table
-    sets["scalar_baselines"] = np.array([[len(examples[e]["answer_ids"]), len(examples[e]["answer_text"].split())]
-                                         for e in eid], np.float32)
-    meta["feature_sets"]["scalar_baselines"] = {"columns": ["answer_tokens", "answer_words"],
-                                                "per_layer": False, "kind": "baseline"}
+    sets["scalar_baselines"] = np.array(
+      [[len(examples[e]["answer_ids"]), len(examples[e]["answer_text"].split())] for e in eid], np.float32
+    )
+    meta["feature_sets"]["scalar_baselines"] = {
+      "columns": ["answer_tokens", "answer_words"],
+      "per_layer": False,
+      "kind": "baseline",
+    }
   if meta["mode"] == "given_text":
     sets["opener"] = np.array([[float(bool(OPENER.match(t)))] for t in texts], np.float32)
     meta["feature_sets"]["opener"] = {"columns": ["opener"], "per_layer": False, "kind": "surface"}
   primary = examples[eid[0]].get("label_method")
-  variants = {m: np.array([int(examples[e]["labels_all"][m]) for e in eid])
-              for m in examples[eid[0]].get("labels_all", {}) if m != primary}
+  variants = {
+    m: np.array([int(examples[e]["labels_all"][m]) for e in eid])
+    for m in examples[eid[0]].get("labels_all", {})
+    if m != primary
+  }
   return FeatureData(sets, meta, eid, label, folds_file["group_id"][idx], folds, texts, primary, variants)

@@ -20,7 +20,12 @@ from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.runtime import atomic_io, paths
 
 SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON = (
-    "scores.npz", "predictions.csv", "methods.json", "label_variants.npz", "label_variants.json")
+  "scores.npz",
+  "predictions.csv",
+  "methods.json",
+  "label_variants.npz",
+  "label_variants.json",
+)
 
 
 def directory(config, workdir: str, dataset: str | None = None) -> str:
@@ -33,6 +38,7 @@ def safe_name(name: str) -> str:
 
 
 # ---- one finished method (resume) ------------------------------------------------------------------
+
 
 def _part_paths(out_dir: str, method: str) -> tuple[str, str]:
   base = os.path.join(out_dir, "methods", safe_name(method))
@@ -52,32 +58,52 @@ def save_method(out_dir: str, method: str, result: dict) -> None:
   npz, info = _part_paths(out_dir, method)
   os.makedirs(os.path.dirname(npz), exist_ok=True)
   atomic_io.atomic_save_npz(npz, scores=result["scores"], thresholds=result["thresholds"])
-  atomic_io.atomic_write_json(info, {"choices": result["choices"],
-                                     "degenerate_folds": result["degenerate_folds"]})
+  atomic_io.atomic_write_json(
+    info, {"choices": result["choices"], "degenerate_folds": result["degenerate_folds"]}
+  )
 
 
 # ---- every method ----------------------------------------------------------------------------------
+
 
 def save_scores(out_dir: str, methods, results: dict, data, dataset: str) -> None:
   """scores.npz, predictions.csv and methods.json for `methods` (detect.methods.Method, report order)."""
   names = [m.name for m in methods]
   atomic_io.atomic_save_npz(
-      os.path.join(out_dir, SCORES), methods=np.array(names), example_id=data.example_id,
-      group_id=data.group_id, label=data.label.astype(np.int8), folds=data.folds.astype(np.int16),
-      scores=np.stack([results[n]["scores"] for n in names]).astype(np.float64),
-      thresholds=np.stack([results[n]["thresholds"] for n in names]))
+    os.path.join(out_dir, SCORES),
+    methods=np.array(names),
+    example_id=data.example_id,
+    group_id=data.group_id,
+    label=data.label.astype(np.int8),
+    folds=data.folds.astype(np.int16),
+    scores=np.stack([results[n]["scores"] for n in names]).astype(np.float64),
+    thresholds=np.stack([results[n]["thresholds"] for n in names]),
+  )
   lines = ["method,example_id,group_id,repeat,fold,split,score,label"]
   for name in names:
     s = results[name]["scores"]
     for r in range(s.shape[0]):
       for i in range(s.shape[1]):
-        lines.append(f"{name},{data.example_id[i]},{data.group_id[i]},{r},{data.folds[r, i]},test,"
-                     f"{s[r, i]:.6g},{data.label[i]}")
+        lines.append(
+          f"{name},{data.example_id[i]},{data.group_id[i]},{r},{data.folds[r, i]},test,"
+          f"{s[r, i]:.6g},{data.label[i]}"
+        )
   atomic_io.atomic_write_text(os.path.join(out_dir, PREDICTIONS), "\n".join(lines) + "\n")
-  atomic_io.atomic_write_json(os.path.join(out_dir, METHODS), {
-      "mode": data.meta.get("mode"), "dataset": dataset,
-      "methods": {m.name: {**m.describe(), "choices": results[m.name]["choices"],
-                           "degenerate_folds": results[m.name]["degenerate_folds"]} for m in methods}})
+  atomic_io.atomic_write_json(
+    os.path.join(out_dir, METHODS),
+    {
+      "mode": data.meta.get("mode"),
+      "dataset": dataset,
+      "methods": {
+        m.name: {
+          **m.describe(),
+          "choices": results[m.name]["choices"],
+          "degenerate_folds": results[m.name]["degenerate_folds"],
+        }
+        for m in methods
+      },
+    },
+  )
 
 
 def save_label_variants(out_dir: str, arrays: dict, info: dict) -> None:

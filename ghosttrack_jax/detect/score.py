@@ -10,9 +10,17 @@ from ghosttrack_jax.sae import trained
 from ghosttrack_jax.track import features
 
 
-def score_question(config, workdir: str, question: str, answer: str | None = None,
-                   classifier: str = "logistic", model=None, saes=None, detector: Detector | None = None,
-                   dataset: str | None = None) -> dict:
+def score_question(
+  config,
+  workdir: str,
+  question: str,
+  answer: str | None = None,
+  classifier: str = "logistic",
+  model=None,
+  saes=None,
+  detector: Detector | None = None,
+  dataset: str | None = None,
+) -> dict:
   """P(hallucinated) for one question and answer, with the tracks behind it.
 
   Without `answer`, the model answers the question itself (greedy, the configured prompt and
@@ -30,22 +38,30 @@ def score_question(config, workdir: str, question: str, answer: str | None = Non
     saes = trained.load_trained_saes(config, workdir)
   if detector is None:
     detector = Detector.for_config(config, workdir, classifier, dataset)
-  for key, want in (("n_layers", int(model.n_layers)), ("top_k", int(config.tracking.top_k)),
-                    ("pooling", config.tracking.pooling)):
+  for key, want in (
+    ("n_layers", int(model.n_layers)),
+    ("top_k", int(config.tracking.top_k)),
+    ("pooling", config.tracking.pooling),
+  ):
     if detector.manifest.get(key) != want:
-      raise StoreMismatchError(f"the detector has {key}={detector.manifest.get(key)!r} but this config "
-                               f"has {want!r}: score with the config the pipeline ran with, or rerun "
-                               "the track and detect stages")
+      raise StoreMismatchError(
+        f"the detector has {key}={detector.manifest.get(key)!r} but this config "
+        f"has {want!r}: score with the config the pipeline ran with, or rerun "
+        "the track and detect stages"
+      )
   sae_hash = features.sae_fingerprint(saes)
   if detector.manifest.get("sae_manifest_hash") not in (None, sae_hash):
-    raise StoreMismatchError("the detector was trained on features of other SAEs "
-                             f"({detector.manifest.get('sae_manifest_hash')} != {sae_hash}); rerun track/detect")
+    raise StoreMismatchError(
+      "the detector was trained on features of other SAEs "
+      f"({detector.manifest.get('sae_manifest_hash')} != {sae_hash}); rerun track/detect"
+    )
   fmt = prompts.prompt_format(config.qa, model.tokenizer)
   prompt = fmt.render(question)
   if answer is None:
     gen = model.generate([prompt], max_new_tokens=config.qa.max_new_tokens, batch_size=1)[0]
-    moved, ans_ids, flags = prompts.postprocess(prompts.generated_ids(gen), model.tokenizer,
-                                                prompts.stop_ids(model), config.qa.cut_first_sentence)
+    moved, ans_ids, flags = prompts.postprocess(
+      prompts.generated_ids(gen), model.tokenizer, prompts.stop_ids(model), config.qa.cut_first_sentence
+    )
     prompt_ids = prompts.generated_prompt_ids(gen, model, prompt) + moved
     mode = "own_answer"
   else:
@@ -54,12 +70,20 @@ def score_question(config, workdir: str, question: str, answer: str | None = Non
     flags, mode = [], "given_text"
   text = model.tokenizer.decode(ans_ids).strip()
   if not ans_ids or not text:
-    return {"question": question, "answer": text, "mode": mode, "probability": None, "flags": flags + ["empty"],
-            "note": "empty answer: nothing to score"}
+    return {
+      "question": question,
+      "answer": text,
+      "mode": mode,
+      "probability": None,
+      "flags": flags + ["empty"],
+      "note": "empty answer: nothing to score",
+    }
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.evaluate.ablations = False  # only the configured tracker is needed here
-  featurizer = features.Featurizer(model, saes, cfg, birth_thresholds=detector.manifest.get("birth_thresholds"))
+  featurizer = features.Featurizer(
+    model, saes, cfg, birth_thresholds=detector.manifest.get("birth_thresholds")
+  )
   ex = {"id": "query", "prompt_ids": prompt_ids, "answer_ids": ans_ids}
   batch = features.make_batch([ex], np.array([0]), 1, model.pad_id, int(model.max_positions))
   out = featurizer(batch)
@@ -70,15 +94,28 @@ def score_question(config, workdir: str, question: str, answer: str | None = Non
   per_layer["list_length"] = np.asarray(out["layer_list_length"][0]).tolist()
   sc = np.asarray(out["scalars"][0])
   return {
-      "question": question, "answer": text, "mode": mode, "flags": flags,
-      "probability": prob, "threshold": detector.threshold,
-      "decision": "hallucinated" if prob >= detector.threshold else "correct",
-      "classifier": detector.classifier,
-      "metrics": dict(zip(detector.feature_names, x.tolist())),
-      "per_layer": per_layer, "layers": detector.manifest.get("layers"),
-      "tracks": {"birth": out["trk_birth"][0, :m].tolist(), "death": out["trk_death"][0, :m].tolist(),
-                 "act": np.round(out["trk_act"][0, :m], 5).tolist(), "fid": out["trk_fid"][0, :m].tolist()},
-      "answer_scalars": {"mean_nll": float(sc[0]), "max_nll": float(sc[1]), "mean_entropy": float(sc[2])},
-      "detector": {"dataset": detector.manifest.get("dataset"), "mode": detector.manifest.get("mode"),
-                   "n_train": detector.manifest.get("n_train"), "model": detector.manifest.get("model")},
+    "question": question,
+    "answer": text,
+    "mode": mode,
+    "flags": flags,
+    "probability": prob,
+    "threshold": detector.threshold,
+    "decision": "hallucinated" if prob >= detector.threshold else "correct",
+    "classifier": detector.classifier,
+    "metrics": dict(zip(detector.feature_names, x.tolist())),
+    "per_layer": per_layer,
+    "layers": detector.manifest.get("layers"),
+    "tracks": {
+      "birth": out["trk_birth"][0, :m].tolist(),
+      "death": out["trk_death"][0, :m].tolist(),
+      "act": np.round(out["trk_act"][0, :m], 5).tolist(),
+      "fid": out["trk_fid"][0, :m].tolist(),
+    },
+    "answer_scalars": {"mean_nll": float(sc[0]), "max_nll": float(sc[1]), "mean_entropy": float(sc[2])},
+    "detector": {
+      "dataset": detector.manifest.get("dataset"),
+      "mode": detector.manifest.get("mode"),
+      "n_train": detector.manifest.get("n_train"),
+      "model": detector.manifest.get("model"),
+    },
   }

@@ -62,8 +62,11 @@ def _run(config, workdir: str) -> None:
     if res is None:
       res = cv.cross_validate(spec, data, config.evaluate)
       oof.save_method(out_dir, spec.name, res)
-      logging.info("detect: %-45s pooled OOF AUROC %.3f", spec.name,
-                   float(stats.nanmean([stats.auroc(s, data.label) for s in res["scores"]])))
+      logging.info(
+        "detect: %-45s pooled OOF AUROC %.3f",
+        spec.name,
+        float(stats.nanmean([stats.auroc(s, data.label) for s in res["scores"]])),
+      )
     results[spec.name] = res
   oof.save_scores(out_dir, methods, results, data, dataset)
   _label_variants(config, data, methods, out_dir)

@@ -6,7 +6,6 @@ import numpy as np
 from ghosttrack_jax import stats
 from ghosttrack_jax.detect import oof
 
-
 PRIMARY = "ghosttrack/logistic"
 
 
@@ -23,26 +22,37 @@ def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, n
   aurocs = np.array([stats.auroc(scores[r], labels) for r in range(n_rep)])
   auprcs = np.array([stats.auprc(scores[r], labels) for r in range(n_rep)])
   auprcs_neg = np.array([stats.auprc(-scores[r], 1 - labels) for r in range(n_rep)])
-  boot_auc = stats.nanmean(np.stack([stats.auroc(scores[r], labels, weights) for r in range(n_rep)]), 0) \
-      if weights is not None else np.zeros(0)
-  boot_ap = stats.nanmean(np.stack([stats.auprc(scores[r], labels, weights) for r in range(n_rep)]), 0) \
-      if weights is not None else np.zeros(0)
-  fold_auc = [stats.auroc(scores[r][folds[r] == k], labels[folds[r] == k])
-              for r in range(n_rep) for k in range(n_folds)]
+  boot_auc = (
+    stats.nanmean(np.stack([stats.auroc(scores[r], labels, weights) for r in range(n_rep)]), 0)
+    if weights is not None
+    else np.zeros(0)
+  )
+  boot_ap = (
+    stats.nanmean(np.stack([stats.auprc(scores[r], labels, weights) for r in range(n_rep)]), 0)
+    if weights is not None
+    else np.zeros(0)
+  )
+  fold_auc = [
+    stats.auroc(scores[r][folds[r] == k], labels[folds[r] == k]) for r in range(n_rep) for k in range(n_folds)
+  ]
   thr_rows = np.stack([thresholds[r][folds[r]] for r in range(n_rep)])
   at_thr = [stats.threshold_metrics(scores[r], labels, thr_rows[r]) for r in range(n_rep)]
   at_thr_mean = {k: float(np.mean([m[k] for m in at_thr])) for k in at_thr[0]}
   m = {
-      "auroc": stats.finite_or_none(stats.nanmean(aurocs)),
-      "auroc_ci": stats.percentile_ci(boot_auc),
-      "auprc": stats.finite_or_none(stats.nanmean(auprcs)),
-      "auprc_ci": stats.percentile_ci(boot_ap),
-      "auprc_correct_positive": stats.finite_or_none(stats.nanmean(auprcs_neg)),
-      "per_fold_auroc_mean": stats.finite_or_none(stats.nanmean(fold_auc)),
-      "per_fold_auroc_sd": stats.finite_or_none(np.std(np.asarray(fold_auc)[np.isfinite(fold_auc)])) if np.isfinite(fold_auc).any() else None,
-      "repeat_auroc_sd": stats.finite_or_none(np.std(aurocs[np.isfinite(aurocs)])) if n_rep > 1 and np.isfinite(aurocs).any() else None,
-      "at_threshold": at_thr_mean,
-      "threshold_rule": "max Youden J on inner-CV training-fold scores (detect)",
+    "auroc": stats.finite_or_none(stats.nanmean(aurocs)),
+    "auroc_ci": stats.percentile_ci(boot_auc),
+    "auprc": stats.finite_or_none(stats.nanmean(auprcs)),
+    "auprc_ci": stats.percentile_ci(boot_ap),
+    "auprc_correct_positive": stats.finite_or_none(stats.nanmean(auprcs_neg)),
+    "per_fold_auroc_mean": stats.finite_or_none(stats.nanmean(fold_auc)),
+    "per_fold_auroc_sd": stats.finite_or_none(np.std(np.asarray(fold_auc)[np.isfinite(fold_auc)]))
+    if np.isfinite(fold_auc).any()
+    else None,
+    "repeat_auroc_sd": stats.finite_or_none(np.std(aurocs[np.isfinite(aurocs)]))
+    if n_rep > 1 and np.isfinite(aurocs).any()
+    else None,
+    "at_threshold": at_thr_mean,
+    "threshold_rule": "max Youden J on inner-CV training-fold scores (detect)",
   }
   return m, boot_auc, boot_ap
 
@@ -50,8 +60,11 @@ def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, n
 def _delta(a, b, point_a, point_b) -> dict:
   d = np.asarray(a) - np.asarray(b)
   ci = stats.percentile_ci(d)
-  return {"delta": stats.finite_or_none(point_a - point_b) if point_a is not None and point_b is not None else None,
-          "ci": ci, "excludes_zero": bool(ci[0] is not None and (ci[0] > 0 or ci[1] < 0))}
+  return {
+    "delta": stats.finite_or_none(point_a - point_b) if point_a is not None and point_b is not None else None,
+    "ci": ci,
+    "excludes_zero": bool(ci[0] is not None and (ci[0] > 0 or ci[1] < 0)),
+  }
 
 
 def evaluate_label_variants(info: dict, arr: dict, d: dict, n_bootstrap: int, seed: int) -> dict:
@@ -64,7 +77,9 @@ def evaluate_label_variants(info: dict, arr: dict, d: dict, n_bootstrap: int, se
     e["methods"] = {}
     for m in entry.get("methods", []):
       y = arr["label__" + oof.safe_name(lm)]
-      res, _, _ = evaluate_scores(arr["scores__" + m["key"]], y, folds, arr["thresholds__" + m["key"]], weights)
+      res, _, _ = evaluate_scores(
+        arr["scores__" + m["key"]], y, folds, arr["thresholds__" + m["key"]], weights
+      )
       e["methods"][m["method"]] = {k: res[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci")}
     out["variants"][lm] = e
   return out
@@ -78,11 +93,19 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
   weights = stats.group_bootstrap_weights(d["group_id"], n_bootstrap, seed) if n_bootstrap else None
   n1 = int(labels.sum())
   minority = min(n1, len(labels) - n1)
-  out = {"n_examples": int(len(labels)), "n_hallucinated": n1, "n_correct": int(len(labels) - n1),
-         "n_groups": int(len(np.unique(d["group_id"]))), "prevalence": float(labels.mean()),
-         "n_repeats": int(folds.shape[0]), "n_folds": int(folds.max() + 1),
-         "n_bootstrap": int(n_bootstrap), "bootstrap_unit": "question (group_id)", "warnings": [],
-         "methods": {}}
+  out = {
+    "n_examples": int(len(labels)),
+    "n_hallucinated": n1,
+    "n_correct": int(len(labels) - n1),
+    "n_groups": int(len(np.unique(d["group_id"]))),
+    "prevalence": float(labels.mean()),
+    "n_repeats": int(folds.shape[0]),
+    "n_folds": int(folds.max() + 1),
+    "n_bootstrap": int(n_bootstrap),
+    "bootstrap_unit": "question (group_id)",
+    "warnings": [],
+    "methods": {},
+  }
   if minority < 100:
     out["warnings"].append(f"minority class has {minority} examples (< 100): intervals are wide")
   if minority == 0:
@@ -103,20 +126,32 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
     for name, m in out["methods"].items():
       if name != PRIMARY:
         m["delta_vs_ghosttrack"] = _delta(boots[name][0], boots[PRIMARY][0], m["auroc"], gt["auroc"])
-    base = [(m["auroc"], n) for n, m in out["methods"].items()
-            if m["kind"] in BASELINE_KINDS and m["auroc"] is not None]
+    base = [
+      (m["auroc"], n)
+      for n, m in out["methods"].items()
+      if m["kind"] in BASELINE_KINDS and m["auroc"] is not None
+    ]
     if base:
       best = max(base)[1]
       out["best_baseline"] = best
-      out["ghosttrack_minus_best_baseline"] = _delta(boots[PRIMARY][0], boots[best][0], gt["auroc"],
-                                                     out["methods"][best]["auroc"])
+      out["ghosttrack_minus_best_baseline"] = _delta(
+        boots[PRIMARY][0], boots[best][0], gt["auroc"], out["methods"][best]["auroc"]
+      )
   inc, ref = "combined/ghosttrack+scalar_baselines", "baseline/scalar_all"
   if inc in boots and ref in boots:
-    out["incremental"] = {"with": inc, "without": ref, **_delta(
-        boots[inc][0], boots[ref][0], out["methods"][inc]["auroc"], out["methods"][ref]["auroc"])}
-  claim = out.get("ghosttrack_minus_best_baseline", {}).get("excludes_zero", False) and \
-      out["ghosttrack_minus_best_baseline"]["delta"] > 0
+    out["incremental"] = {
+      "with": inc,
+      "without": ref,
+      **_delta(boots[inc][0], boots[ref][0], out["methods"][inc]["auroc"], out["methods"][ref]["auroc"]),
+    }
+  claim = (
+    out.get("ghosttrack_minus_best_baseline", {}).get("excludes_zero", False)
+    and out["ghosttrack_minus_best_baseline"]["delta"] > 0
+  )
   claim_inc = out.get("incremental", {}).get("excludes_zero", False) and out["incremental"]["delta"] > 0
-  out["claim"] = {"ghosttrack_beats_best_baseline": bool(claim), "incremental_value": bool(claim_inc),
-                  "rule": "method.md §6.3: paired-bootstrap 95% CI of the AUROC difference excludes 0"}
+  out["claim"] = {
+    "ghosttrack_beats_best_baseline": bool(claim),
+    "incremental_value": bool(claim_inc),
+    "rule": "method.md §6.3: paired-bootstrap 95% CI of the AUROC difference excludes 0",
+  }
   return out

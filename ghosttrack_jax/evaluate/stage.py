@@ -51,8 +51,7 @@ def degeneracy(arrays: dict, meta: dict) -> dict:
   """Degeneracy report (divergence.degeneracy_report) of each 26-metric feature set in the table."""
   out = {}
   for name, info in meta.get("feature_sets", {}).items():
-    if info.get("per_layer") or info.get("kind") not in ("ghosttrack", "ablation", "sweep",
-                                                             "reconstruction"):
+    if info.get("per_layer") or info.get("kind") not in ("ghosttrack", "ablation", "sweep", "reconstruction"):
       continue
     x = arrays["X__" + name].astype(np.float64)
     rep = divergence.degeneracy_report(x, names=info["columns"])
@@ -75,18 +74,33 @@ def run(config, workdir: str) -> None:
   if atomic_io.is_done(tr_dir):
     metrics["degeneracy"] = degeneracy(*feature_table.load_features(tr_dir))
   am = examples_lib.load_manifest(config, workdir, dataset)
-  metrics["answers"] = {k: am.get(k) for k in ("mode", "label_method", "label_rates", "n_examples",
-                                               "n_excluded", "excluded_reasons", "n_questions",
-                                               "warnings", "prompt", "data_files", "flags")}
+  metrics["answers"] = {
+    k: am.get(k)
+    for k in (
+      "mode",
+      "label_method",
+      "label_rates",
+      "n_examples",
+      "n_excluded",
+      "excluded_reasons",
+      "n_questions",
+      "warnings",
+      "prompt",
+      "data_files",
+      "flags",
+    )
+  }
   variants = oof.load_label_variants(det_dir)
   if variants is not None:
-    metrics["label_variants"] = metrics_lib.evaluate_label_variants(*variants, d, config.evaluate.n_bootstrap,
-                                                                    config.evaluate.seed)
+    metrics["label_variants"] = metrics_lib.evaluate_label_variants(
+      *variants, d, config.evaluate.n_bootstrap, config.evaluate.seed
+    )
   metrics["dataset"] = dataset
   metrics["model"] = config.model.name
   metrics["mode"] = methods_meta.get("mode", "own_answer")
   atomic_io.atomic_write_json(os.path.join(out_dir, METRICS), metrics)
   atomic_io.write_done(out_dir, {"n_methods": len(metrics["methods"])})
   prim = metrics["methods"].get(metrics_lib.PRIMARY, {})
-  logging.info("evaluate: %s AUROC %s CI %s -> %s", metrics_lib.PRIMARY, prim.get("auroc"), prim.get("auroc_ci"),
-               out_dir)
+  logging.info(
+    "evaluate: %s AUROC %s CI %s -> %s", metrics_lib.PRIMARY, prim.get("auroc"), prim.get("auroc_ci"), out_dir
+  )

@@ -36,7 +36,11 @@ def describe(path: str) -> dict:
   path = resolve_path(path)
   if path.startswith("hf:"):
     return {"source": path}
-  return {"source": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": atomic_io.file_sha256(path)}
+  return {
+    "source": os.path.abspath(path),
+    "bytes": os.path.getsize(path),
+    "sha256": atomic_io.file_sha256(path),
+  }
 
 
 def _iter_jsonl(path: str) -> Iterator[str]:
@@ -49,11 +53,15 @@ def _iter_jsonl(path: str) -> Iterator[str]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no} is not valid JSON ({e}); a .jsonl corpus needs one "
-                        "JSON object per line with a 'text' field") from e
+        raise DataError(
+          f"{path}:{line_no} is not valid JSON ({e}); a .jsonl corpus needs one "
+          "JSON object per line with a 'text' field"
+        ) from e
       if not isinstance(record, dict) or "text" not in record:
-        raise DataError(f"{path}:{line_no} has no 'text' field; each line must be "
-                        '{"text": "..."} (other fields are ignored)')
+        raise DataError(
+          f"{path}:{line_no} has no 'text' field; each line must be "
+          '{"text": "..."} (other fields are ignored)'
+        )
       yield record["text"]
 
 
@@ -78,8 +86,9 @@ def _iter_hf(spec: str) -> Iterator[str]:
     # Optional: the Hugging Face datasets library is not a dependency (hf: corpora need network).
     import datasets  # noqa: PLC0415
   except ImportError as e:
-    raise DataError(f"corpus {spec!r} needs the `datasets` library: pip install datasets, or use a "
-                    "local .jsonl/.txt file") from e
+    raise DataError(
+      f"corpus {spec!r} needs the `datasets` library: pip install datasets, or use a local .jsonl/.txt file"
+    ) from e
   name, split = parts[0], parts[-1]
   config = parts[1] if len(parts) == 3 else None
   for record in datasets.load_dataset(name, config, split=split, streaming=True):
@@ -92,8 +101,10 @@ def iter_documents(path: str, min_chars: int = 0) -> Iterator[str]:
   if path.startswith("hf:"):
     docs = _iter_hf(path)
   elif not os.path.exists(path):
-    raise DataError(f"corpus file {path!r} does not exist: set --config.data.corpus to a .jsonl(.gz) "
-                    "or .txt file (the shipped sample is data/corpus/enwiki2019_sample.jsonl.gz)")
+    raise DataError(
+      f"corpus file {path!r} does not exist: set --config.data.corpus to a .jsonl(.gz) "
+      "or .txt file (the shipped sample is data/corpus/enwiki2019_sample.jsonl.gz)"
+    )
   elif path.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
     docs = _iter_jsonl(path)
   else:
@@ -103,8 +114,9 @@ def iter_documents(path: str, min_chars: int = 0) -> Iterator[str]:
       yield text
 
 
-def iter_windows(documents: Iterator[str], encode_batch: Callable[[list[str]], list[list[int]]],
-                 eos_id: int, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_windows(
+  documents: Iterator[str], encode_batch: Callable[[list[str]], list[list[int]]], eos_id: int, seq_len: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Packs documents into windows; yields (token_ids [seq_len], doc_ids [seq_len]) as int32.
 
   `encode_batch` tokenises a list of texts without special tokens. Memory holds one group of documents
@@ -134,5 +146,5 @@ def iter_windows(documents: Iterator[str], encode_batch: Callable[[list[str]], l
     for w in range(n_full):
       sl = slice(w * seq_len, (w + 1) * seq_len)
       yield np.asarray(tokens[sl], np.int32), np.asarray(docs[sl], np.int32)
-    tokens = tokens[n_full * seq_len:]
-    docs = docs[n_full * seq_len:]
+    tokens = tokens[n_full * seq_len :]
+    docs = docs[n_full * seq_len :]

@@ -23,12 +23,11 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
-from ghosttrack_jax.extract import store as store_lib
-from ghosttrack_jax.extract import corpus
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.errors import DataError, StoreMismatchError
 from ghosttrack_jax import lm
+from ghosttrack_jax.errors import DataError, StoreMismatchError
+from ghosttrack_jax.extract import corpus
+from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.runtime import atomic_io, paths
 
 _NP_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -36,15 +35,15 @@ _NP_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 def expected_meta(config, model) -> dict:
   """The fields that identify a store: a store is reused only when all of them match."""
   return {
-      "model": config.model.name,
-      "model_source": config.model.source,
-      "d_model": int(model.d_model),
-      "layers": [int(l) for l in model.layers],
-      "dtype": config.extract.storage_dtype,
-      "seq_len": int(config.data.seq_len),
-      "n_tokens_requested": int(config.data.n_tokens),
-      "corpus": corpus.describe(config.data.corpus),
-      "token_rule": store_lib.TOKEN_RULE,
+    "model": config.model.name,
+    "model_source": config.model.source,
+    "d_model": int(model.d_model),
+    "layers": [int(l) for l in model.layers],
+    "dtype": config.extract.storage_dtype,
+    "seq_len": int(config.data.seq_len),
+    "n_tokens_requested": int(config.data.n_tokens),
+    "corpus": corpus.describe(config.data.corpus),
+    "token_rule": store_lib.TOKEN_RULE,
   }
 
 
@@ -62,18 +61,21 @@ def _check_existing(path: str, want: dict) -> None:
     problems.append(f"corpus: store was made from {have.get('corpus')}, config reads {want['corpus']}")
   if problems:
     raise StoreMismatchError(
-        f"the activation store at {path} was made for another configuration ({'; '.join(problems)}). "
-        "Nothing was changed. Use another --workdir, or delete that folder to extract again.")
+      f"the activation store at {path} was made for another configuration ({'; '.join(problems)}). "
+      "Nothing was changed. Use another --workdir, or delete that folder to extract again."
+    )
 
 
 def _write_tokens(config, model, path: str) -> int:
   """Phase 1: packs the corpus into windows and writes token_ids/doc_ids. Returns the window count."""
   seq_len = config.data.seq_len
   target = math.ceil(config.data.n_tokens / (seq_len - 1))
-  tok_arr = store_lib.create_array(os.path.join(path, "token_ids"), [target, seq_len], "int32",
-                                   [min(target, 1024), seq_len])
-  doc_arr = store_lib.create_array(os.path.join(path, "doc_ids"), [target, seq_len], "int32",
-                                   [min(target, 1024), seq_len])
+  tok_arr = store_lib.create_array(
+    os.path.join(path, "token_ids"), [target, seq_len], "int32", [min(target, 1024), seq_len]
+  )
+  doc_arr = store_lib.create_array(
+    os.path.join(path, "doc_ids"), [target, seq_len], "int32", [min(target, 1024), seq_len]
+  )
 
   def encode_batch(texts):
     return model.tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -96,11 +98,18 @@ def _write_tokens(config, model, path: str) -> int:
   for f in futures:
     f.result()
   if n == 0:
-    raise DataError(f"corpus {config.data.corpus!r} yields no complete window of {seq_len} tokens: "
-                    "it is empty or too short; point --config.data.corpus at a larger text file")
+    raise DataError(
+      f"corpus {config.data.corpus!r} yields no complete window of {seq_len} tokens: "
+      "it is empty or too short; point --config.data.corpus at a larger text file"
+    )
   if n < target:
-    logging.warning("corpus ran out after %d of %d windows (%d tokens instead of %d)", n, target,
-                    n * (seq_len - 1), config.data.n_tokens)
+    logging.warning(
+      "corpus ran out after %d of %d windows (%d tokens instead of %d)",
+      n,
+      target,
+      n * (seq_len - 1),
+      config.data.n_tokens,
+    )
     tok_arr.resize(exclusive_max=[n, seq_len], shrink_only=True).result()
     doc_arr.resize(exclusive_max=[n, seq_len], shrink_only=True).result()
   return n
@@ -118,10 +127,10 @@ def _postprocess_fn(storage_dtype):
     sq = jnp.sum(xf * xf, axis=-1)  # [L, B, T-1]
     norm = jnp.sqrt(sq)
     stats = {
-        "sum_sq_norm": jnp.sum(jnp.where(valid, sq, 0.0), axis=(1, 2)),
-        "sum_norm": jnp.sum(jnp.where(valid, norm, 0.0), axis=(1, 2)),
-        "max_norm": jnp.max(jnp.where(valid, norm, 0.0), axis=(1, 2)),
-        "non_finite": jnp.sum(jnp.where(valid[..., None], ~jnp.isfinite(xf), False)),
+      "sum_sq_norm": jnp.sum(jnp.where(valid, sq, 0.0), axis=(1, 2)),
+      "sum_norm": jnp.sum(jnp.where(valid, norm, 0.0), axis=(1, 2)),
+      "max_norm": jnp.max(jnp.where(valid, norm, 0.0), axis=(1, 2)),
+      "non_finite": jnp.sum(jnp.where(valid[..., None], ~jnp.isfinite(xf), False)),
     }
     return x.reshape(L, B * (T - 1), D), stats
 
@@ -151,14 +160,16 @@ def run(config, workdir: str) -> None:
     corpus.iter_documents(corpus_path)  # raises the DataError that explains the fix
   if os.path.exists(os.path.join(path, store_lib.COMPLETE)):
     meta = atomic_io.read_json(os.path.join(path, store_lib.META))
-    problems = store_lib.describe_mismatch(meta, {
-        "model": config.model.name, "dtype": config.extract.storage_dtype,
-        "seq_len": config.data.seq_len})
+    problems = store_lib.describe_mismatch(
+      meta,
+      {"model": config.model.name, "dtype": config.extract.storage_dtype, "seq_len": config.data.seq_len},
+    )
     if problems:
       raise StoreMismatchError(
-          f"the activation store at {path} was made for another configuration "
-          f"({'; '.join(problems)}). Nothing was changed. Use another --workdir, or delete that "
-          "folder to extract again.")
+        f"the activation store at {path} was made for another configuration "
+        f"({'; '.join(problems)}). Nothing was changed. Use another --workdir, or delete that "
+        "folder to extract again."
+      )
     logging.info("activation store %s is complete (%d rows); skipping extraction", path, meta["n_rows"])
     return
 
@@ -171,9 +182,14 @@ def run(config, workdir: str) -> None:
     atomic_io.atomic_write_json(os.path.join(path, store_lib.META), {**want, "complete": False})
     _save_progress(path, {"phase": "tokens"})
     n_windows = _write_tokens(config, model, path)
-    progress = {"phase": "activations", "n_windows": n_windows, "batches_done": 0,
-                "batch_size": int(config.extract.batch_size), "chunk_rows": int(config.extract.chunk_rows),
-                "stats": _new_stats(len(model.layers))}
+    progress = {
+      "phase": "activations",
+      "n_windows": n_windows,
+      "batches_done": 0,
+      "batch_size": int(config.extract.batch_size),
+      "chunk_rows": int(config.extract.chunk_rows),
+      "stats": _new_stats(len(model.layers)),
+    }
     _save_progress(path, progress)
   _extract_activations(config, model, path, want, progress)
 
@@ -191,8 +207,12 @@ def _extract_activations(config, model, path: str, want: dict, progress: dict) -
   chunk_rows = batches_per_group * rows_per_batch
   act_path = os.path.join(path, "activations")
   if progress["batches_done"] == 0:
-    acts = store_lib.create_array(act_path, [n_layers, n_rows, d_model], config.extract.storage_dtype,
-                                  [1, min(chunk_rows, n_rows), d_model])
+    acts = store_lib.create_array(
+      act_path,
+      [n_layers, n_rows, d_model],
+      config.extract.storage_dtype,
+      [1, min(chunk_rows, n_rows), d_model],
+    )
   else:
     acts = store_lib.open_array(act_path, read_only=False)
   tokens = store_lib.open_array(os.path.join(path, "token_ids"))
@@ -204,9 +224,10 @@ def _extract_activations(config, model, path: str, want: dict, progress: dict) -
   for key in ("batch_size", "chunk_rows"):
     if start_batch and progress.get(key) != config.extract[key]:
       raise StoreMismatchError(
-          f"the half-written store at {path} was started with extract.{key}={progress.get(key)}; "
-          f"this run has {config.extract[key]}. Rerun with --config.extract.{key}={progress.get(key)} "
-          "to resume, or delete that folder to start over.")
+        f"the half-written store at {path} was started with extract.{key}={progress.get(key)}; "
+        f"this run has {config.extract[key]}. Rerun with --config.extract.{key}={progress.get(key)} "
+        "to resume, or delete that folder to start over."
+      )
   if start_batch:
     logging.info("resuming extraction at batch %d of %d", start_batch, n_batches)
   pending: list = []  # (futures, progress after they land)
@@ -224,11 +245,13 @@ def _extract_activations(config, model, path: str, want: dict, progress: dict) -
     x, stats = post(resid, w1 - w0)
     stats = jax.device_get(stats)
     if stats["non_finite"]:
-      raise DataError(f"batch {b}: {int(stats['non_finite'])} activation values are not finite in "
-                      f"{config.extract.storage_dtype}; use --config.extract.storage_dtype=bfloat16 "
-                      "(float16 overflows above 65504) or check the model weights")
+      raise DataError(
+        f"batch {b}: {int(stats['non_finite'])} activation values are not finite in "
+        f"{config.extract.storage_dtype}; use --config.extract.storage_dtype=bfloat16 "
+        "(float16 overflows above 65504) or check the model weights"
+      )
     n_real = (w1 - w0) * rows_per_window
-    buffer[:, fill:fill + n_real] = np.asarray(x[:, :n_real])
+    buffer[:, fill : fill + n_real] = np.asarray(x[:, :n_real])
     fill += n_real
     _add_stats(progress["stats"], stats)
     tokens_done += n_real
@@ -240,9 +263,13 @@ def _extract_activations(config, model, path: str, want: dict, progress: dict) -
         for f in futures:
           f.result()
         _save_progress(path, done)
-      future = acts[:, group_start_row:group_start_row + fill].write(buffer[:, :fill].copy())
-      pending = [([future], {**progress, "batches_done": b + 1,
-                             "stats": {k: list(v) for k, v in progress["stats"].items()}})]
+      future = acts[:, group_start_row : group_start_row + fill].write(buffer[:, :fill].copy())
+      pending = [
+        (
+          [future],
+          {**progress, "batches_done": b + 1, "stats": {k: list(v) for k, v in progress["stats"].items()}},
+        )
+      ]
       group_start_row += fill
       fill = 0
       rate = tokens_done / max(time.time() - t0, 1e-9)
@@ -253,18 +280,36 @@ def _extract_activations(config, model, path: str, want: dict, progress: dict) -
       f.result()
     _save_progress(path, done)
   elapsed = time.time() - t0
-  logging.info("extracted %d tokens x %d layers in %.1f s (%.0f tokens/s)", tokens_done, n_layers,
-               elapsed, tokens_done / max(elapsed, 1e-9))
+  logging.info(
+    "extracted %d tokens x %d layers in %.1f s (%.0f tokens/s)",
+    tokens_done,
+    n_layers,
+    elapsed,
+    tokens_done / max(elapsed, 1e-9),
+  )
   _finish(path, want, progress, n_windows, n_rows, chunk_rows)
 
 
 def _finish(path: str, want: dict, progress: dict, n_windows: int, n_rows: int, chunk_rows: int):
   s = progress["stats"]
-  layer_stats = [{"layer": layer, "mean_sq_norm": s["sum_sq_norm"][i] / n_rows,
-                  "mean_norm": s["sum_norm"][i] / n_rows, "max_norm": s["max_norm"][i]}
-                 for i, layer in enumerate(want["layers"])]
-  meta = {**want, "complete": True, "n_windows": n_windows, "n_rows": n_rows, "chunk_rows": chunk_rows,
-          "layer_stats": layer_stats, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+  layer_stats = [
+    {
+      "layer": layer,
+      "mean_sq_norm": s["sum_sq_norm"][i] / n_rows,
+      "mean_norm": s["sum_norm"][i] / n_rows,
+      "max_norm": s["max_norm"][i],
+    }
+    for i, layer in enumerate(want["layers"])
+  ]
+  meta = {
+    **want,
+    "complete": True,
+    "n_windows": n_windows,
+    "n_rows": n_rows,
+    "chunk_rows": chunk_rows,
+    "layer_stats": layer_stats,
+    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+  }
   atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
   os.remove(os.path.join(path, store_lib.PROGRESS))
   atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {"n_rows": n_rows})

@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 import tensorstore as ts
 
-from ghosttrack_jax.runtime import atomic_io
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
+from ghosttrack_jax.runtime import atomic_io
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
@@ -36,16 +36,17 @@ TOKEN_RULE = "packed windows; position 0 of each window excluded; no padding"
 CHECKED_FIELDS = ("model", "d_model", "layers", "dtype", "seq_len")
 
 
-def _spec(path: str, shape: Sequence[int] | None, dtype: str, chunks: Sequence[int] | None,
-          create: bool) -> dict:
+def _spec(
+  path: str, shape: Sequence[int] | None, dtype: str, chunks: Sequence[int] | None, create: bool
+) -> dict:
   spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
   if create:
     spec["metadata"] = {
-        "shape": list(shape),
-        "data_type": dtype,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
-        # Raw bytes: residuals barely compress (~8%) and compression slows reads several-fold.
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+      "shape": list(shape),
+      "data_type": dtype,
+      "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+      # Raw bytes: residuals barely compress (~8%) and compression slows reads several-fold.
+      "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
     }
     spec["create"] = True
     spec["delete_existing"] = True
@@ -91,22 +92,28 @@ class ActivationStore:
     """Opens a complete store; `expect` (model, d_model, layers, dtype, seq_len) is checked field by field."""
     if not os.path.exists(os.path.join(path, META)):
       raise IncompleteStoreError(
-          f"no activation store at {path}: run the extract stage first (--stages=extract)")
+        f"no activation store at {path}: run the extract stage first (--stages=extract)"
+      )
     if not os.path.exists(os.path.join(path, COMPLETE)):
       raise IncompleteStoreError(
-          f"activation store {path} is incomplete (no {COMPLETE} marker): rerun the extract stage, "
-          "which resumes where it stopped")
+        f"activation store {path} is incomplete (no {COMPLETE} marker): rerun the extract stage, "
+        "which resumes where it stopped"
+      )
     meta = atomic_io.read_json(os.path.join(path, META))
     if expect:
       problems = describe_mismatch(meta, expect)
       if problems:
         raise StoreMismatchError(
-            f"activation store {path} was made for another configuration ({'; '.join(problems)}). "
-            "Use another --workdir, or delete that folder to extract again.")
-    return cls(path=path, meta=meta,
-               activations=open_array(os.path.join(path, "activations")),
-               token_ids=open_array(os.path.join(path, "token_ids")),
-               doc_ids=open_array(os.path.join(path, "doc_ids")))
+          f"activation store {path} was made for another configuration ({'; '.join(problems)}). "
+          "Use another --workdir, or delete that folder to extract again."
+        )
+    return cls(
+      path=path,
+      meta=meta,
+      activations=open_array(os.path.join(path, "activations")),
+      token_ids=open_array(os.path.join(path, "token_ids")),
+      doc_ids=open_array(os.path.join(path, "doc_ids")),
+    )
 
   @property
   def n_rows(self) -> int:

@@ -74,29 +74,72 @@ class Family:
     return jnp.einsum("...d,dv->...v", hidden, kernel.astype(hidden.dtype))
 
 
-GPT2 = Family(name="gpt2", config_cls=GPT2Config, lm_cls=mfg.FlaxGPT2LMHeadModel,
-              body_cls=mfg.FlaxGPT2Module, block_cls=mfg.FlaxGPT2Block, prefix="transformer",
-              blocks_key="h", embed_key="wte", n_positions_attr="n_positions")
-LLAMA = Family(name="llama", config_cls=LlamaConfig, lm_cls=mfl.FlaxLlamaForCausalLM,
-               body_cls=mfl.FlaxLlamaModule, block_cls=mfl.FlaxLlamaDecoderLayer, prefix="model",
-               blocks_key="layers", embed_key="embed_tokens", n_positions_attr="max_position_embeddings")
+GPT2 = Family(
+  name="gpt2",
+  config_cls=GPT2Config,
+  lm_cls=mfg.FlaxGPT2LMHeadModel,
+  body_cls=mfg.FlaxGPT2Module,
+  block_cls=mfg.FlaxGPT2Block,
+  prefix="transformer",
+  blocks_key="h",
+  embed_key="wte",
+  n_positions_attr="n_positions",
+)
+LLAMA = Family(
+  name="llama",
+  config_cls=LlamaConfig,
+  lm_cls=mfl.FlaxLlamaForCausalLM,
+  body_cls=mfl.FlaxLlamaModule,
+  block_cls=mfl.FlaxLlamaDecoderLayer,
+  prefix="model",
+  blocks_key="layers",
+  embed_key="embed_tokens",
+  n_positions_attr="max_position_embeddings",
+)
 FAMILIES = {"gpt2": GPT2, "llama": LLAMA}
 
 
-def random_config(family: Family, *, n_layer: int, d_model: int, n_head: int, n_positions: int,
-                  vocab_size: int, bos_id: Any, eos_id: int, pad_id: int):
+def random_config(
+  family: Family,
+  *,
+  n_layer: int,
+  d_model: int,
+  n_head: int,
+  n_positions: int,
+  vocab_size: int,
+  bos_id: Any,
+  eos_id: int,
+  pad_id: int,
+):
   """A randomly initialisable config of the given shape.
 
   For Llama the KV heads are halved when the head count is even, so grouped-query attention (as in
   SmolLM2) is exercised by the tiny test models too; the MLP is 4 x d_model wide.
   """
   if family.name == "gpt2":
-    return GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=n_positions,
-                      vocab_size=vocab_size, bos_token_id=bos_id if bos_id is not None else eos_id,
-                      eos_token_id=eos_id, pad_token_id=pad_id)
+    return GPT2Config(
+      n_layer=n_layer,
+      n_embd=d_model,
+      n_head=n_head,
+      n_positions=n_positions,
+      vocab_size=vocab_size,
+      bos_token_id=bos_id if bos_id is not None else eos_id,
+      eos_token_id=eos_id,
+      pad_token_id=pad_id,
+    )
   n_kv = n_head // 2 if n_head % 2 == 0 else n_head
-  return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=4 * d_model,
-                     num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv,
-                     max_position_embeddings=n_positions, rms_norm_eps=1e-5, rope_theta=10000.0,
-                     tie_word_embeddings=False, bos_token_id=bos_id, eos_token_id=eos_id,
-                     pad_token_id=pad_id)
+  return LlamaConfig(
+    vocab_size=vocab_size,
+    hidden_size=d_model,
+    intermediate_size=4 * d_model,
+    num_hidden_layers=n_layer,
+    num_attention_heads=n_head,
+    num_key_value_heads=n_kv,
+    max_position_embeddings=n_positions,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    bos_token_id=bos_id,
+    eos_token_id=eos_id,
+    pad_token_id=pad_id,
+  )

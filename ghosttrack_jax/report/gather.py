@@ -14,18 +14,36 @@ from ghosttrack_jax.runtime import atomic_io, paths
 from ghosttrack_jax.track import feature_table
 from ghosttrack_jax.train import quality
 
-
-SAE_COLUMNS = ("layer", "l0", "fvu", "mse", "cosine", "dead_fraction", "never_fired_eval", "dense_fraction",
-               "dense_latents", "ce_loss_recovered", "delta_lm_loss", "kl", "input_scale")
+SAE_COLUMNS = (
+  "layer",
+  "l0",
+  "fvu",
+  "mse",
+  "cosine",
+  "dead_fraction",
+  "never_fired_eval",
+  "dense_fraction",
+  "dense_latents",
+  "ce_loss_recovered",
+  "delta_lm_loss",
+  "kl",
+  "input_scale",
+)
 
 
 def code_commit() -> dict:
   root = paths.REPO_ROOT
   try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                            timeout=10).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    commit = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=10,
+    ).stdout.strip()
     return {"commit": commit or None, "dirty": bool(dirty)}
   except (OSError, subprocess.SubprocessError):
     return {"commit": None, "dirty": None}
@@ -47,14 +65,21 @@ def read_sae_quality(config, workdir: str) -> dict:
     return {"note": str(e)}
   flat = [{k: v for k, v in r.items() if _scalar(v)} for r in table["layers"]]
   cols = [c for c in SAE_COLUMNS if any(c in r for r in flat)]
-  return {"rows": flat, "columns": cols[:12], "source": quality.METRICS_JSON,
-          "notes": [str(n) for n in table.get("notes", [])], "targets": table.get("targets")}
+  return {
+    "rows": flat,
+    "columns": cols[:12],
+    "source": quality.METRICS_JSON,
+    "notes": [str(n) for n in table.get("notes", [])],
+    "targets": table.get("targets"),
+  }
 
 
 def load_dataset_results(config, workdir: str, dataset: str) -> dict:
   """Everything the report shows about one evaluated dataset, each part read through its owner."""
-  d = {"dataset": dataset,
-       "metrics": evaluate_stage.load_metrics(evaluate_stage.directory(config, workdir, dataset))}
+  d = {
+    "dataset": dataset,
+    "metrics": evaluate_stage.load_metrics(evaluate_stage.directory(config, workdir, dataset)),
+  }
   det_dir = oof.directory(config, workdir, dataset)
   d["scores"] = oof.load_scores(det_dir)
   manifest = detector.load_manifest(detector.directory(det_dir))
@@ -83,13 +108,23 @@ def cross_model(workdir: str) -> list[dict]:
     gt = m["methods"].get(metrics_lib.PRIMARY, {})
     best = m.get("best_baseline")
     bm = m["methods"].get(best, {}) if best else {}
-    rows.append({"model": m.get("model"), "dataset": m.get("dataset"), "mode": m.get("mode"),
-                 "n": m["n_examples"], "n_correct": m["n_correct"], "n_hallucinated": m["n_hallucinated"],
-                 "ghosttrack_auroc": gt.get("auroc"), "ghosttrack_ci": gt.get("auroc_ci"),
-                 "best_baseline": best, "best_baseline_auroc": bm.get("auroc"),
-                 "best_baseline_ci": bm.get("auroc_ci"),
-                 "delta": m.get("ghosttrack_minus_best_baseline", {}).get("delta"),
-                 "delta_ci": m.get("ghosttrack_minus_best_baseline", {}).get("ci")})
+    rows.append(
+      {
+        "model": m.get("model"),
+        "dataset": m.get("dataset"),
+        "mode": m.get("mode"),
+        "n": m["n_examples"],
+        "n_correct": m["n_correct"],
+        "n_hallucinated": m["n_hallucinated"],
+        "ghosttrack_auroc": gt.get("auroc"),
+        "ghosttrack_ci": gt.get("auroc_ci"),
+        "best_baseline": best,
+        "best_baseline_auroc": bm.get("auroc"),
+        "best_baseline_ci": bm.get("auroc_ci"),
+        "delta": m.get("ghosttrack_minus_best_baseline", {}).get("delta"),
+        "delta_ci": m.get("ghosttrack_minus_best_baseline", {}).get("ci"),
+      }
+    )
   return rows
 
 
@@ -109,6 +144,15 @@ def case_studies(ds: dict, n_per_class: int) -> list[dict]:
     e = ex.get(eid)
     if e is None or len(picked[e["label"]]) >= n_per_class:
       continue
-    picked[e["label"]].append({"index": i, "id": eid, "question": e["question"], "answer": e["answer_text"],
-                               "gold": e.get("gold", []), "label": e["label"], "score": oof.get(eid)})
+    picked[e["label"]].append(
+      {
+        "index": i,
+        "id": eid,
+        "question": e["question"],
+        "answer": e["answer_text"],
+        "gold": e.get("gold", []),
+        "label": e["label"],
+        "score": oof.get(eid),
+      }
+    )
   return picked[0] + picked[1]

@@ -13,7 +13,6 @@ from ghosttrack_jax.report.render import fmt, method_rows
 matplotlib.use("Agg")  # before pyplot: reports are written on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-
 MAX_TRACKS_PLOTTED = 40  # case-study plots: the longest (then strongest) tracks only
 
 
@@ -39,14 +38,25 @@ def plot_roc(ds: dict) -> str | None:
     return None
   metrics = ds["metrics"]
   names = [str(n) for n in sc["methods"]]
-  want = [metrics_lib.PRIMARY, "ghosttrack/random_forest", metrics.get("best_baseline"), "baseline/scalar_all",
-          "baseline/mean_nll", "probe/raw_resid_best_layer", "combined/ghosttrack+scalar_baselines"]
+  want = [
+    metrics_lib.PRIMARY,
+    "ghosttrack/random_forest",
+    metrics.get("best_baseline"),
+    "baseline/scalar_all",
+    "baseline/mean_nll",
+    "probe/raw_resid_best_layer",
+    "combined/ghosttrack+scalar_baselines",
+  ]
   want = [w for i, w in enumerate(want) if w and w in names and w not in want[:i]]
   fig, ax = plt.subplots(figsize=(5.2, 5))
   for w in want:
     fpr, tpr = roc_points(sc["scores"][names.index(w)][0], sc["label"])
-    ax.plot(fpr, tpr, lw=2 if w == metrics_lib.PRIMARY else 1.2,
-            label=f"{w} ({fmt(metrics['methods'][w]['auroc'])})")
+    ax.plot(
+      fpr,
+      tpr,
+      lw=2 if w == metrics_lib.PRIMARY else 1.2,
+      label=f"{w} ({fmt(metrics['methods'][w]['auroc'])})",
+    )
   ax.plot([0, 1], [0, 1], "k:", lw=0.8)
   ax.set_xlabel("false-positive rate")
   ax.set_ylabel("true-positive rate (hallucinated = positive)")
@@ -63,7 +73,9 @@ def plot_forest(metrics: dict) -> str | None:
   y = np.arange(len(rows))[::-1]
   for yi, r in zip(y, rows):
     lo, hi = r["auroc_ci"] if r["auroc_ci"][0] is not None else (r["auroc"], r["auroc"])
-    color = "C3" if r["method"] == metrics_lib.PRIMARY else ("C0" if r["kind"].startswith("ghosttrack") else "C7")
+    color = (
+      "C3" if r["method"] == metrics_lib.PRIMARY else ("C0" if r["kind"].startswith("ghosttrack") else "C7")
+    )
     ax.plot([lo, hi], [yi, yi], color=color, lw=2)
     ax.plot(r["auroc"], yi, "o", color=color)
   ax.axvline(0.5, color="k", ls=":", lw=0.8)
@@ -107,6 +119,7 @@ def plot_case(tr: dict, case: dict) -> str:
   ax.set_xlim(-0.5, n_layers - 0.5)
   verdict = "hallucinated" if case["label"] else "correct"
   shown = f"{len(order)} longest of {m} tracks" if m > len(order) else f"{m} tracks"
-  ax.set_title(f"{verdict}; P(halluc.)={fmt(case['score'], 2)}; {shown}; dot = observation, x = death",
-               fontsize=9)
+  ax.set_title(
+    f"{verdict}; P(halluc.)={fmt(case['score'], 2)}; {shown}; dot = observation, x = death", fontsize=9
+  )
   return _png(fig)

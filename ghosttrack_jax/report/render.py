@@ -5,9 +5,18 @@ import json
 
 import numpy as np
 
-
-KIND_ORDER = ("ghosttrack", "ghosttrack_classifier", "reconstruction", "ablation", "sweep", "baseline",
-              "probe", "surface", "combined", "other")
+KIND_ORDER = (
+  "ghosttrack",
+  "ghosttrack_classifier",
+  "reconstruction",
+  "ablation",
+  "sweep",
+  "baseline",
+  "probe",
+  "surface",
+  "combined",
+  "other",
+)
 
 
 def fmt(x, nd=3) -> str:
@@ -24,12 +33,24 @@ def method_rows(metrics: dict) -> list[dict]:
   rows = []
   for name, m in metrics["methods"].items():
     dv = m.get("delta_vs_ghosttrack") or {}
-    rows.append({"method": name, "kind": m.get("kind", "other"), "label": m.get("label", name),
-                 "auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "auprc": m["auprc"], "auprc_ci": m["auprc_ci"],
-                 "auprc_neg": m.get("auprc_correct_positive"),
-                 "balanced_accuracy": m["at_threshold"]["balanced_accuracy"], "f1": m["at_threshold"]["f1"],
-                 "per_fold": (m["per_fold_auroc_mean"], m["per_fold_auroc_sd"]),
-                 "delta": dv.get("delta"), "delta_ci": dv.get("ci"), "delta_sig": dv.get("excludes_zero")})
+    rows.append(
+      {
+        "method": name,
+        "kind": m.get("kind", "other"),
+        "label": m.get("label", name),
+        "auroc": m["auroc"],
+        "auroc_ci": m["auroc_ci"],
+        "auprc": m["auprc"],
+        "auprc_ci": m["auprc_ci"],
+        "auprc_neg": m.get("auprc_correct_positive"),
+        "balanced_accuracy": m["at_threshold"]["balanced_accuracy"],
+        "f1": m["at_threshold"]["f1"],
+        "per_fold": (m["per_fold_auroc_mean"], m["per_fold_auroc_sd"]),
+        "delta": dv.get("delta"),
+        "delta_ci": dv.get("ci"),
+        "delta_sig": dv.get("excludes_zero"),
+      }
+    )
   rows.sort(key=lambda r: (KIND_ORDER.index(r["kind"]) if r["kind"] in KIND_ORDER else 99))
   return rows
 
@@ -46,18 +67,42 @@ def _html_table(header, rows) -> str:
   return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-AUROC_HEADER = ["method", "kind", "AUROC", "95% CI", "AUPRC", "AUPRC CI", "AUPRC (correct = +)", "bal. acc.",
-                "F1", "per-fold AUROC", "Δ vs GhostTrack", "Δ CI"]
+AUROC_HEADER = [
+  "method",
+  "kind",
+  "AUROC",
+  "95% CI",
+  "AUPRC",
+  "AUPRC CI",
+  "AUPRC (correct = +)",
+  "bal. acc.",
+  "F1",
+  "per-fold AUROC",
+  "Δ vs GhostTrack",
+  "Δ CI",
+]
 
 
 def auroc_table(metrics: dict) -> list[list]:
   out = []
   for r in method_rows(metrics):
     pf = r["per_fold"]
-    out.append([r["method"], r["kind"], fmt(r["auroc"]), fmt_ci(r["auroc_ci"]), fmt(r["auprc"]),
-                fmt_ci(r["auprc_ci"]), fmt(r["auprc_neg"]), fmt(r["balanced_accuracy"]), fmt(r["f1"]),
-                f"{fmt(pf[0])} ± {fmt(pf[1])}", fmt(r["delta"]) + (" *" if r["delta_sig"] else ""),
-                fmt_ci(r["delta_ci"])])
+    out.append(
+      [
+        r["method"],
+        r["kind"],
+        fmt(r["auroc"]),
+        fmt_ci(r["auroc_ci"]),
+        fmt(r["auprc"]),
+        fmt_ci(r["auprc_ci"]),
+        fmt(r["auprc_neg"]),
+        fmt(r["balanced_accuracy"]),
+        fmt(r["f1"]),
+        f"{fmt(pf[0])} ± {fmt(pf[1])}",
+        fmt(r["delta"]) + (" *" if r["delta_sig"] else ""),
+        fmt_ci(r["delta_ci"]),
+      ]
+    )
   return out
 
 
@@ -65,19 +110,43 @@ def _sae_table(sq: dict) -> tuple[list, list] | None:
   if "rows" not in sq:
     return None
   cols = sq["columns"]
-  return cols, [[fmt(r.get(c), 4) if isinstance(r.get(c), float) else r.get(c, "") for c in cols]
-                for r in sq["rows"]]
+  return cols, [
+    [fmt(r.get(c), 4) if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in sq["rows"]
+  ]
 
 
-CROSS_HEADER = ["model", "dataset", "mode", "n (correct / halluc.)", "GhostTrack AUROC", "95% CI",
-                "best baseline", "its AUROC", "95% CI", "Δ", "Δ CI"]
+CROSS_HEADER = [
+  "model",
+  "dataset",
+  "mode",
+  "n (correct / halluc.)",
+  "GhostTrack AUROC",
+  "95% CI",
+  "best baseline",
+  "its AUROC",
+  "95% CI",
+  "Δ",
+  "Δ CI",
+]
 
 
 def _cross_rows(rows):
-  return [[r["model"], r["dataset"], r["mode"], f"{r['n']} ({r['n_correct']} / {r['n_hallucinated']})",
-           fmt(r["ghosttrack_auroc"]), fmt_ci(r["ghosttrack_ci"]), r["best_baseline"] or "n/a",
-           fmt(r["best_baseline_auroc"]), fmt_ci(r["best_baseline_ci"]), fmt(r["delta"]), fmt_ci(r["delta_ci"])]
-          for r in rows]
+  return [
+    [
+      r["model"],
+      r["dataset"],
+      r["mode"],
+      f"{r['n']} ({r['n_correct']} / {r['n_hallucinated']})",
+      fmt(r["ghosttrack_auroc"]),
+      fmt_ci(r["ghosttrack_ci"]),
+      r["best_baseline"] or "n/a",
+      fmt(r["best_baseline_auroc"]),
+      fmt_ci(r["best_baseline_ci"]),
+      fmt(r["delta"]),
+      fmt_ci(r["delta_ci"]),
+    ]
+    for r in rows
+  ]
 
 
 LV_HEADER = ["label method", "n (correct / halluc.)", "method", "AUROC", "95% CI"]
@@ -106,26 +175,32 @@ def _claim_text(d: dict) -> str:
       verdict = "GhostTrack is worse than it (CI below 0)"
     else:
       verdict = "no evidence of a difference (CI includes 0)"
-    parts.append(f"Strongest baseline: {d['best_baseline']}. AUROC(GhostTrack) − AUROC(baseline) = "
-                 f"{fmt(g['delta'])} {fmt_ci(g['ci'])}: {verdict}.")
+    parts.append(
+      f"Strongest baseline: {d['best_baseline']}. AUROC(GhostTrack) − AUROC(baseline) = "
+      f"{fmt(g['delta'])} {fmt_ci(g['ci'])}: {verdict}."
+    )
   inc = d.get("incremental")
   if inc and inc["delta"] is None:
     parts.append("Incremental value undefined (AUROC undefined).")
   elif inc:
-    parts.append(f"Incremental: {inc['with']} − {inc['without']} = {fmt(inc['delta'])} {fmt_ci(inc['ci'])}"
-                 + (" (CI excludes 0)." if d["claim"]["incremental_value"] else " (CI includes 0)."))
+    parts.append(
+      f"Incremental: {inc['with']} − {inc['without']} = {fmt(inc['delta'])} {fmt_ci(inc['ci'])}"
+      + (" (CI excludes 0)." if d["claim"]["incremental_value"] else " (CI includes 0).")
+    )
   return " ".join(parts) or "GhostTrack or baselines missing: no comparison possible."
 
 
 def _summary_lines(rep: dict, name: str, d: dict) -> list[str]:
   a = d.get("answers") or {}
-  lines = [f"Mode: **{d['mode_title']}**. Model `{rep['model']}` ({rep['model_source']}), dataset `{name}`, "
-           f"label method `{d['label_method']}`.",
-           f"Examples: {d['n_examples']} ({d['n_correct']} correct, {d['n_hallucinated']} hallucinated; "
-           f"prevalence {fmt(d['prevalence'])} = AUPRC chance level; {fmt(1 - d['prevalence'])} for AUPRC with "
-           f"correct = +), {d['n_groups']} question groups, "
-           f"{d['n_folds']}-fold grouped CV × {d['n_repeats']} repeat(s), {d['n_bootstrap']} question "
-           "resamples for the intervals."]
+  lines = [
+    f"Mode: **{d['mode_title']}**. Model `{rep['model']}` ({rep['model_source']}), dataset `{name}`, "
+    f"label method `{d['label_method']}`.",
+    f"Examples: {d['n_examples']} ({d['n_correct']} correct, {d['n_hallucinated']} hallucinated; "
+    f"prevalence {fmt(d['prevalence'])} = AUPRC chance level; {fmt(1 - d['prevalence'])} for AUPRC with "
+    f"correct = +), {d['n_groups']} question groups, "
+    f"{d['n_folds']}-fold grouped CV × {d['n_repeats']} repeat(s), {d['n_bootstrap']} question "
+    "resamples for the intervals.",
+  ]
   if a.get("label_rates"):
     rates = ", ".join(f"{k}: {v['n_correct']} correct" for k, v in a["label_rates"].items())
     lines.append(f"Label rates under every method: {rates}.")
@@ -135,30 +210,67 @@ def _summary_lines(rep: dict, name: str, d: dict) -> list[str]:
 
 
 def to_markdown(rep: dict) -> str:
-  out = [f"# GhostTrack report: {rep['model']}", "",
-         f"Code commit `{rep['code']['commit']}`" + (" (uncommitted changes)" if rep["code"]["dirty"] else "") + "."]
+  out = [
+    f"# GhostTrack report: {rep['model']}",
+    "",
+    f"Code commit `{rep['code']['commit']}`"
+    + (" (uncommitted changes)" if rep["code"]["dirty"] else "")
+    + ".",
+  ]
   for name, d in rep["datasets"].items():
     out += ["", f"## {name} — {d['mode_title']}", ""] + _summary_lines(rep, name, d)
     out += ["", _claim_text(d), ""]
     for w in d["warnings"]:
       out.append(f"> warning: {w}")
-    out += ["", f"### AUROC table ({d['mode_title']}; positive class = hallucinated)", "",
-            _md_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})),
-            "", "Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / F1 "
-            "were chosen on training folds only.", ""]
+    out += [
+      "",
+      f"### AUROC table ({d['mode_title']}; positive class = hallucinated)",
+      "",
+      _md_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})),
+      "",
+      "Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / F1 "
+      "were chosen on training folds only.",
+      "",
+    ]
     lv = _label_variant_rows(d)
     if lv:
       out += ["### Label-method sensitivity (same folds)", "", _md_table(LV_HEADER, lv), ""]
     if d["degeneracy"]:
       out += ["### Degeneracy", ""]
-      out += [_md_table(["feature set", "constant", "near-constant", "effective rank (99%)"],
-                        [[k, ", ".join(v["constant"]) or "none", ", ".join(v["near_constant"]) or "none",
-                          v["effective_rank_99"]] for k, v in d["degeneracy"].items()]), ""]
+      out += [
+        _md_table(
+          ["feature set", "constant", "near-constant", "effective rank (99%)"],
+          [
+            [
+              k,
+              ", ".join(v["constant"]) or "none",
+              ", ".join(v["near_constant"]) or "none",
+              v["effective_rank_99"],
+            ]
+            for k, v in d["degeneracy"].items()
+          ],
+        ),
+        "",
+      ]
     if d["case_studies"]:
       out += ["### Case studies", ""]
-      out += [_md_table(["id", "label", "P(halluc.)", "question", "answer", "gold"],
-                        [[c["id"], "hallucinated" if c["label"] else "correct", fmt(c["score"], 2), c["question"],
-                          c["answer"], "; ".join(c["gold"][:3])] for c in d["case_studies"]]), ""]
+      out += [
+        _md_table(
+          ["id", "label", "P(halluc.)", "question", "answer", "gold"],
+          [
+            [
+              c["id"],
+              "hallucinated" if c["label"] else "correct",
+              fmt(c["score"], 2),
+              c["question"],
+              c["answer"],
+              "; ".join(c["gold"][:3]),
+            ]
+            for c in d["case_studies"]
+          ],
+        ),
+        "",
+      ]
   out += ["## SAE quality per layer", ""]
   t = _sae_table(rep["sae_quality"])
   out += [_md_table(*t) if t else f"_{rep['sae_quality'].get('note')}_", ""]
@@ -170,17 +282,23 @@ def to_markdown(rep: dict) -> str:
   return "\n".join(out) + "\n"
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "th{background:#eee}.warn{color:#a40}img{max-width:100%}.mode{background:#ffe;padding:4px}")
+_CSS = (
+  "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+  "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+  "th{background:#eee}.warn{color:#a40}img{max-width:100%}.mode{background:#ffe;padding:4px}"
+)
 
 
 def to_html(rep: dict, plots: dict) -> str:
   e = html.escape
-  out = [f"<!doctype html><html><head><meta charset='utf-8'><title>GhostTrack report: {e(rep['model'])}</title>"
-         f"<style>{_CSS}</style></head><body>", f"<h1>GhostTrack report: {e(rep['model'])}</h1>",
-         f"<p>Code commit <code>{e(str(rep['code']['commit']))}</code>"
-         + (" (uncommitted changes)" if rep["code"]["dirty"] else "") + ".</p>"]
+  out = [
+    f"<!doctype html><html><head><meta charset='utf-8'><title>GhostTrack report: {e(rep['model'])}</title>"
+    f"<style>{_CSS}</style></head><body>",
+    f"<h1>GhostTrack report: {e(rep['model'])}</h1>",
+    f"<p>Code commit <code>{e(str(rep['code']['commit']))}</code>"
+    + (" (uncommitted changes)" if rep["code"]["dirty"] else "")
+    + ".</p>",
+  ]
   img = lambda b64, alt: f"<img alt='{e(alt)}' src='data:image/png;base64,{b64}'>" if b64 else ""
   for name, d in rep["datasets"].items():
     pl = plots.get(name, {})
@@ -190,26 +308,44 @@ def to_html(rep: dict, plots: dict) -> str:
     out += [f"<p class='warn'>warning: {e(w)}</p>" for w in d["warnings"]]
     out.append(f"<h3>AUROC table ({e(d['mode_title'])}; positive class = hallucinated)</h3>")
     out.append(_html_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})))
-    out.append("<p>Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / "
-               "F1 were chosen on training folds only.</p>")
+    out.append(
+      "<p>Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / "
+      "F1 were chosen on training folds only.</p>"
+    )
     out.append(img(pl.get("roc"), "ROC curves") + img(pl.get("forest"), "AUROC intervals"))
     if pl.get("importances"):
-      out += ["<h3>Feature importances (final detectors, all rows)</h3>", img(pl["importances"], "importances")]
+      out += [
+        "<h3>Feature importances (final detectors, all rows)</h3>",
+        img(pl["importances"], "importances"),
+      ]
     lv = _label_variant_rows(d)
     if lv:
       out += ["<h3>Label-method sensitivity (same folds)</h3>", _html_table(LV_HEADER, lv)]
     if d["degeneracy"]:
       out.append("<h3>Degeneracy</h3>")
-      out.append(_html_table(["feature set", "constant", "near-constant", "effective rank (99%)"],
-                             [[k, ", ".join(v["constant"]) or "none", ", ".join(v["near_constant"]) or "none",
-                               v["effective_rank_99"]] for k, v in d["degeneracy"].items()]))
+      out.append(
+        _html_table(
+          ["feature set", "constant", "near-constant", "effective rank (99%)"],
+          [
+            [
+              k,
+              ", ".join(v["constant"]) or "none",
+              ", ".join(v["near_constant"]) or "none",
+              v["effective_rank_99"],
+            ]
+            for k, v in d["degeneracy"].items()
+          ],
+        )
+      )
     if pl.get("cases"):
       out.append("<h3>Case studies: tracks across layers</h3>")
       for c, b64 in pl["cases"]:
-        link = (f' <a href="{e(c["dashboard"])}">interactive dashboard</a>' if c.get("dashboard") else "")
-        out.append(f"<p><b>Q:</b> {e(c['question'])}<br><b>A:</b> {e(c['answer'])} "
-                   f"(<i>{'hallucinated' if c['label'] else 'correct'}</i>; gold: {e('; '.join(c['gold'][:3]))})"
-                   f"{link}</p>")
+        link = f' <a href="{e(c["dashboard"])}">interactive dashboard</a>' if c.get("dashboard") else ""
+        out.append(
+          f"<p><b>Q:</b> {e(c['question'])}<br><b>A:</b> {e(c['answer'])} "
+          f"(<i>{'hallucinated' if c['label'] else 'correct'}</i>; gold: {e('; '.join(c['gold'][:3]))})"
+          f"{link}</p>"
+        )
         out.append(img(b64, f"tracks of {c['id']}"))
   out.append("<h2>SAE quality per layer</h2>")
   t = _sae_table(rep["sae_quality"])

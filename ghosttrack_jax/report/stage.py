@@ -33,31 +33,51 @@ def build(config, workdir: str) -> tuple[dict, dict]:
   datasets = gather.evaluated_datasets(p)
   if not datasets:
     raise IncompleteStoreError(f"no finished evaluation under {p.evaluation}: run the 'evaluate' stage first")
-  rep = {"model": config.model.name, "model_source": config.model.source, "code": gather.code_commit(),
-         "config": json.loads(config.to_json_best_effort()), "datasets": {},
-         "sae_quality": gather.read_sae_quality(config, workdir),
-         "cross_model": gather.cross_model(os.path.abspath(workdir))}
+  rep = {
+    "model": config.model.name,
+    "model_source": config.model.source,
+    "code": gather.code_commit(),
+    "config": json.loads(config.to_json_best_effort()),
+    "datasets": {},
+    "sae_quality": gather.read_sae_quality(config, workdir),
+    "cross_model": gather.cross_model(os.path.abspath(workdir)),
+  }
   figures = {}
   for name in datasets:
     ds = gather.load_dataset_results(config, workdir, name)
     m = ds["metrics"]
     cases = gather.case_studies(ds, config.evaluate.n_case_studies)
     rep["datasets"][name] = {
-        "mode": m.get("mode"), "mode_title": "given-text mode" if m.get("mode") == "given_text" else
-        "own-answer mode", "label_method": (m.get("answers") or {}).get("label_method"),
-        "n_examples": m["n_examples"], "n_correct": m["n_correct"], "n_hallucinated": m["n_hallucinated"],
-        "n_groups": m["n_groups"], "prevalence": m["prevalence"], "n_folds": m["n_folds"],
-        "n_repeats": m["n_repeats"], "n_bootstrap": m["n_bootstrap"], "answers": m.get("answers"),
-        "methods": m["methods"], "best_baseline": m.get("best_baseline"),
-        "ghosttrack_minus_best_baseline": m.get("ghosttrack_minus_best_baseline"),
-        "incremental": m.get("incremental"), "claim": m.get("claim"), "warnings": m.get("warnings", []),
-        "label_variants": m.get("label_variants"),
-        "degeneracy": {k: {kk: vv for kk, vv in v.items() if kk != "columns"}
-                       for k, v in (m.get("degeneracy") or {}).items()},
-        "case_studies": [{k: v for k, v in c.items() if k != "index"} for c in cases]}
-    figures[name] = {"roc": plots.plot_roc(ds), "forest": plots.plot_forest(m),
-                     "importances": plots.plot_importances(ds["detector"]) if "detector" in ds else None,
-                     "cases": [(c, plots.plot_case(ds["tracks"], c)) for c in cases]}
+      "mode": m.get("mode"),
+      "mode_title": "given-text mode" if m.get("mode") == "given_text" else "own-answer mode",
+      "label_method": (m.get("answers") or {}).get("label_method"),
+      "n_examples": m["n_examples"],
+      "n_correct": m["n_correct"],
+      "n_hallucinated": m["n_hallucinated"],
+      "n_groups": m["n_groups"],
+      "prevalence": m["prevalence"],
+      "n_folds": m["n_folds"],
+      "n_repeats": m["n_repeats"],
+      "n_bootstrap": m["n_bootstrap"],
+      "answers": m.get("answers"),
+      "methods": m["methods"],
+      "best_baseline": m.get("best_baseline"),
+      "ghosttrack_minus_best_baseline": m.get("ghosttrack_minus_best_baseline"),
+      "incremental": m.get("incremental"),
+      "claim": m.get("claim"),
+      "warnings": m.get("warnings", []),
+      "label_variants": m.get("label_variants"),
+      "degeneracy": {
+        k: {kk: vv for kk, vv in v.items() if kk != "columns"} for k, v in (m.get("degeneracy") or {}).items()
+      },
+      "case_studies": [{k: v for k, v in c.items() if k != "index"} for c in cases],
+    }
+    figures[name] = {
+      "roc": plots.plot_roc(ds),
+      "forest": plots.plot_forest(m),
+      "importances": plots.plot_importances(ds["detector"]) if "detector" in ds else None,
+      "cases": [(c, plots.plot_case(ds["tracks"], c)) for c in cases],
+    }
   return rep, figures
 
 

@@ -52,15 +52,19 @@ class Checkpointer:
     The tree is stored flat ({key path: array}), so any pytree (dataclasses, optax NamedTuples) comes
     back with its own type through `restore(step, like)`.
     """
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_flat(state)),
-                                                     record=ocp.args.JsonSave(record)), force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(_flat(state)), record=ocp.args.JsonSave(record)),
+      force=True,
+    )
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
     """Restores the state (structure, shapes and dtypes of `like`, as host numpy) and the record."""
     flat_like = _flat(like)
     abstract = {k: np.zeros(np.shape(a), np.asarray(a).dtype) for k, a in flat_like.items()}
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+    out = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore())
+    )
     leaves = [np.asarray(out.state[k]) for k in flat_like]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), dict(out.record)
 
@@ -107,8 +111,11 @@ def preemption_guard(signals=(signal.SIGTERM,)) -> Iterator[PreemptionFlag]:
   def handler(signum, frame):
     del frame
     flag.requested, flag.signum = True, signum
-    logging.warning("received signal %d: saving a checkpoint after this step, then exiting with "
-                    "status %d", signum, EXIT_PREEMPTED)
+    logging.warning(
+      "received signal %d: saving a checkpoint after this step, then exiting with status %d",
+      signum,
+      EXIT_PREEMPTED,
+    )
 
   for s in signals:
     signal.signal(s, handler)

@@ -26,10 +26,11 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ghosttrack_jax.errors import ConfigError
-from jax.experimental import multihost_utils
 
 MODES = ("pmap", "shard_map")
 
@@ -97,31 +98,33 @@ class LayerLayout:
     width = max(len(v) for v in by_process.values()) * self.per_device
     local = np.asarray(local)
     padded = np.zeros((width,) + local.shape[1:], local.dtype)
-    padded[:len(local)] = local
+    padded[: len(local)] = local
     gathered = np.asarray(multihost_utils.process_allgather(padded))  # [n_processes, width, ...]
     out = np.zeros((self.n_padded,) + local.shape[1:], local.dtype)
     for p, indices in by_process.items():
       slots = [s for i in indices for s in self.device_slots(i)]
-      out[slots] = gathered[p, :len(slots)]
+      out[slots] = gathered[p, : len(slots)]
     return out
 
   # ---- host <-> device -----------------------------------------------------------------------------
 
   def _mesh(self):
-    return jax.make_mesh((self.n_devices,), ("layer",), axis_types=(AxisType.Auto,),
-                         devices=self.devices)
+    return jax.make_mesh((self.n_devices,), ("layer",), axis_types=(AxisType.Auto,), devices=self.devices)
 
   def put(self, host_tree: Any) -> Any:
     """Host tree with leaves [n_padded, ...] -> the device form this mode's step takes."""
     if self.mode == "pmap":
       return jax.tree_util.tree_map(
-          lambda a: np.asarray(a).reshape((self.n_devices, self.per_device) + np.shape(a)[1:]),
-          host_tree)
+        lambda a: np.asarray(a).reshape((self.n_devices, self.per_device) + np.shape(a)[1:]), host_tree
+      )
     sharding = NamedSharding(self._mesh(), P("layer"))
     if self.multi_process:  # each process places the slices of its own devices
       return jax.tree_util.tree_map(
-          lambda a: jax.make_array_from_callback(np.shape(a), sharding,
-                                                 lambda index, a=a: np.asarray(a)[index]), host_tree)
+        lambda a: jax.make_array_from_callback(
+          np.shape(a), sharding, lambda index, a=a: np.asarray(a)[index]
+        ),
+        host_tree,
+      )
     return jax.device_put(host_tree, sharding)
 
   def put_blocks(self, blocks: Sequence[np.ndarray]) -> Any:
@@ -138,12 +141,10 @@ class LayerLayout:
   def get(self, device_tree: Any) -> Any:
     """Device form -> host numpy tree with leaves [n_padded, ...] (gathered to every process)."""
     if self.multi_process:
-      return jax.tree_util.tree_map(np.asarray,
-                                    multihost_utils.process_allgather(device_tree, tiled=True))
+      return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(device_tree, tiled=True))
     host = jax.device_get(device_tree)
     if self.mode == "pmap":
-      return jax.tree_util.tree_map(lambda a: np.asarray(a).reshape((self.n_padded,) + a.shape[2:]),
-                                    host)
+      return jax.tree_util.tree_map(lambda a: np.asarray(a).reshape((self.n_padded,) + a.shape[2:]), host)
     return jax.tree_util.tree_map(np.asarray, host)
 
   # ---- the step --------------------------------------------------------------------------------------
@@ -165,13 +166,19 @@ class LayerLayout:
       return jax.pmap(block_step, devices=self.devices, donate_argnums=0)
     # check_vma=False: the FFI kernels' outputs carry no varying-manual-axes type; every value in the
     # block program is per-device anyway (no collectives).
-    mapped = jax.shard_map(block_step, mesh=self._mesh(), in_specs=(P("layer"), P("layer")),
-                           out_specs=(P("layer"), P("layer")), check_vma=False)
+    mapped = jax.shard_map(
+      block_step,
+      mesh=self._mesh(),
+      in_specs=(P("layer"), P("layer")),
+      out_specs=(P("layer"), P("layer")),
+      check_vma=False,
+    )
     return jax.jit(mapped, donate_argnums=0)
 
 
-def make_layout(n_layers: int, mode: str = "pmap", n_devices: int = 0, pad: bool = True,
-                devices: Sequence | None = None) -> LayerLayout:
+def make_layout(
+  n_layers: int, mode: str = "pmap", n_devices: int = 0, pad: bool = True, devices: Sequence | None = None
+) -> LayerLayout:
   """Chooses the devices and checks that the layers can be spread over them."""
   if mode not in MODES:
     raise ConfigError(f"config.sae_training.parallel={mode!r}: use one of {MODES}")
@@ -188,22 +195,30 @@ def make_layout(n_layers: int, mode: str = "pmap", n_devices: int = 0, pad: bool
     available = jax.local_devices()
   n = n_devices or len(available)
   if n > len(available):
-    raise ConfigError(f"config.sae_training.devices={n_devices} but only {len(available)} "
-                      "devices exist: lower it, or 0 for all")
+    raise ConfigError(
+      f"config.sae_training.devices={n_devices} but only {len(available)} "
+      "devices exist: lower it, or 0 for all"
+    )
   n = max(1, min(n, n_layers))  # never more devices than layers
   if jax.process_count() > 1 and devices is None:
     if n < jax.process_count():
-      raise ConfigError(f"{n_layers} layer(s) on {n} device(s) cannot occupy all {jax.process_count()} "
-                        f"processes (each needs one): start at most {n} srun tasks, or leave "
-                        "config.sae_training.devices at 0")
+      raise ConfigError(
+        f"{n_layers} layer(s) on {n} device(s) cannot occupy all {jax.process_count()} "
+        f"processes (each needs one): start at most {n} srun tasks, or leave "
+        "config.sae_training.devices at 0"
+      )
     if mode == "pmap":
-      logging.info("%d processes: mapping the layers with shard_map over the global mesh (pmap maps "
-                   "only one process's devices)", jax.process_count())
+      logging.info(
+        "%d processes: mapping the layers with shard_map over the global mesh (pmap maps "
+        "only one process's devices)",
+        jax.process_count(),
+      )
       mode = "shard_map"
   if n_layers % n and not pad:
     divisors = [d for d in range(n, 0, -1) if n_layers % d == 0]
     raise ConfigError(
-        f"{n_layers} layers do not divide over {n} devices: set config.sae_training.devices="
-        f"{divisors[0]} (a divisor of {n_layers}), or config.sae_training.pad_layers=True to pad "
-        f"with {math.ceil(n_layers / n) * n - n_layers} dummy layers")
+      f"{n_layers} layers do not divide over {n} devices: set config.sae_training.devices="
+      f"{divisors[0]} (a divisor of {n_layers}), or config.sae_training.pad_layers=True to pad "
+      f"with {math.ceil(n_layers / n) * n - n_layers} dummy layers"
+    )
   return LayerLayout(n_layers=n_layers, mode=mode, devices=tuple(available[:n]))

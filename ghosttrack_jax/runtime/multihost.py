@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+
 import jax
 from jax._src import distributed  # the coordination-service client (no public API for it)
 
@@ -40,9 +41,14 @@ def initialize() -> None:
   # SAE trainer installs its own handler that checkpoints first (checkpointing.preemption_guard).
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   _initialized = True
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices (%.1f s)",
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
-               time.time() - t0)
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices (%.1f s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    time.time() - t0,
+  )
 
 
 def is_initialized() -> bool:

@@ -15,8 +15,8 @@ import os
 import time
 from typing import Mapping
 
-import numpy as np
 import jax
+import numpy as np
 
 
 def _process_index() -> int:
@@ -42,6 +42,7 @@ class MetricWriter:
       try:
         # Optional: without tensorboardX the metrics still go to metrics.jsonl.
         from tensorboardX import SummaryWriter  # noqa: PLC0415
+
         self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
       except ImportError:
         logging.info("tensorboardX not installed: metrics go to %s/metrics.jsonl only", logdir)

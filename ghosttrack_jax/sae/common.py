@@ -78,17 +78,27 @@ class Hyper:
 def hyper_from_config(config, d_model: int) -> Hyper:
   s, t = config.sae, config.sae_training
   capacity = int(t.get("sparse_capacity", 0)) if t.sparse_backward else 0
-  return Hyper(arch=s.arch, d_model=int(d_model), width=int(s.width), k=int(s.k),
-               l0_coefficient=float(s.l0_coefficient), l0_warmup_steps=int(s.l0_warmup_steps),
-               bandwidth=float(s.bandwidth), threshold_init=float(s.threshold_init),
-               l1_coefficient=float(s.l1_coefficient), legacy_threshold=float(s.legacy_threshold),
-               aux_k_coefficient=float(s.aux_k_coefficient), aux_k=int(s.get("aux_k", 0)),
-               dead_tokens=int(s.dead_tokens),
-               batchtopk_threshold_start=int(s.get("batchtopk_threshold_start", 1000)),
-               batchtopk_threshold_beta=float(s.get("batchtopk_threshold_beta", 0.999)),
-               sparse_capacity=capacity, b_dec_init=str(s.get("b_dec_init", "zeros")),
-               threshold_init_l0=int(s.get("threshold_init_l0", 0)),
-               b_dec_to_input=bool(s.get("b_dec_to_input", False)))
+  return Hyper(
+    arch=s.arch,
+    d_model=int(d_model),
+    width=int(s.width),
+    k=int(s.k),
+    l0_coefficient=float(s.l0_coefficient),
+    l0_warmup_steps=int(s.l0_warmup_steps),
+    bandwidth=float(s.bandwidth),
+    threshold_init=float(s.threshold_init),
+    l1_coefficient=float(s.l1_coefficient),
+    legacy_threshold=float(s.legacy_threshold),
+    aux_k_coefficient=float(s.aux_k_coefficient),
+    aux_k=int(s.get("aux_k", 0)),
+    dead_tokens=int(s.dead_tokens),
+    batchtopk_threshold_start=int(s.get("batchtopk_threshold_start", 1000)),
+    batchtopk_threshold_beta=float(s.get("batchtopk_threshold_beta", 0.999)),
+    sparse_capacity=capacity,
+    b_dec_init=str(s.get("b_dec_init", "zeros")),
+    threshold_init_l0=int(s.get("threshold_init_l0", 0)),
+    b_dec_to_input=bool(s.get("b_dec_to_input", False)),
+  )
 
 
 # ---- parameters: a Flax module applied functionally ---------------------------------------------
@@ -123,13 +133,16 @@ class SparseAutoencoder(nn.Module):
     self.W_dec = self.param("W_dec", dec_init, (m, d))
     if legacy:
       bound = 1 / math.sqrt(d)
-      self.W_enc = self.param("W_enc", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
-                              (d, m))
-      self.b_enc = self.param("b_enc", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
-                              (m,))
+      self.W_enc = self.param(
+        "W_enc", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound), (d, m)
+      )
+      self.b_enc = self.param(
+        "b_enc", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound), (m,)
+      )
       bound_dec = 1 / math.sqrt(m)
       self.b_dec = self.param(
-          "b_dec", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound_dec, bound_dec), (d,))
+        "b_dec", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound_dec, bound_dec), (d,)
+      )
       theta0 = h.legacy_threshold
     else:
       self.W_enc = self.param("W_enc", lambda k: self.W_dec.T)
@@ -217,5 +230,10 @@ def fold_input_scale(params: Params, scale, hyper: Hyper) -> Params:
   s2 = s.reshape(s.shape + (1, 1))
   s1 = s.reshape(s.shape + (1,))
   del hyper
-  return {"W_enc": params["W_enc"] * s2, "b_enc": params["b_enc"], "W_dec": params["W_dec"] / s2,
-          "b_dec": params["b_dec"] / s1, "threshold": params["threshold"]}
+  return {
+    "W_enc": params["W_enc"] * s2,
+    "b_enc": params["b_enc"],
+    "W_dec": params["W_dec"] / s2,
+    "b_dec": params["b_dec"] / s1,
+    "threshold": params["threshold"],
+  }

@@ -26,31 +26,42 @@ def layer_dir(root: str, layer: int) -> str:
   return os.path.join(root, f"layer_{int(layer):02d}")
 
 
-def saelens_cfg(hyper: common.Hyper, layer: int, model_name: str, context_size: int,
-                input_scale: float, extra: dict | None = None) -> dict:
+def saelens_cfg(
+  hyper: common.Hyper,
+  layer: int,
+  model_name: str,
+  context_size: int,
+  input_scale: float,
+  extra: dict | None = None,
+) -> dict:
   arch = registry.get(hyper.arch).export_arch
   cfg = {
-      "architecture": arch,
-      "d_in": hyper.d_model,
-      "d_sae": hyper.width,
-      "dtype": "float32",
-      "device": "cpu",
-      "apply_b_dec_to_input": bool(hyper.applies_b_dec_to_input),
-      "normalize_activations": "none",  # s is folded into the weights
-      "reshape_activations": "none",
-      "metadata": {
-          "sae_lens_version": SAE_LENS_VERSION,
-          "sae_lens_training_version": None,
-          "model_name": model_name,
-          "hook_name": f"blocks.{int(layer)}.hook_resid_post",
-          "hook_head_index": None,
-          "context_size": int(context_size),
-          "prepend_bos": False,  # packed windows; position 0 excluded from training
-          "seqpos_slice": [1, None],
-          "model_from_pretrained_kwargs": {},
-          "ghosttrack": {"arch": hyper.arch, "layer": int(layer), "input_scale": float(input_scale),
-                         "k": hyper.k, **(extra or {})},
+    "architecture": arch,
+    "d_in": hyper.d_model,
+    "d_sae": hyper.width,
+    "dtype": "float32",
+    "device": "cpu",
+    "apply_b_dec_to_input": bool(hyper.applies_b_dec_to_input),
+    "normalize_activations": "none",  # s is folded into the weights
+    "reshape_activations": "none",
+    "metadata": {
+      "sae_lens_version": SAE_LENS_VERSION,
+      "sae_lens_training_version": None,
+      "model_name": model_name,
+      "hook_name": f"blocks.{int(layer)}.hook_resid_post",
+      "hook_head_index": None,
+      "context_size": int(context_size),
+      "prepend_bos": False,  # packed windows; position 0 excluded from training
+      "seqpos_slice": [1, None],
+      "model_from_pretrained_kwargs": {},
+      "ghosttrack": {
+        "arch": hyper.arch,
+        "layer": int(layer),
+        "input_scale": float(input_scale),
+        "k": hyper.k,
+        **(extra or {}),
       },
+    },
   }
   if arch == "topk":
     cfg["k"] = hyper.k
@@ -58,12 +69,14 @@ def saelens_cfg(hyper: common.Hyper, layer: int, model_name: str, context_size: 
   return cfg
 
 
-def write_layer(directory: str, hyper: common.Hyper, params: dict, cfg: dict,
-                sparsity: np.ndarray | None = None) -> None:
+def write_layer(
+  directory: str, hyper: common.Hyper, params: dict, cfg: dict, sparsity: np.ndarray | None = None
+) -> None:
   """Writes one layer's export. `params` are ALREADY folded (raw-unit) numpy arrays."""
   os.makedirs(directory, exist_ok=True)
-  tensors = {k: np.ascontiguousarray(np.asarray(params[k], np.float32))
-             for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
+  tensors = {
+    k: np.ascontiguousarray(np.asarray(params[k], np.float32)) for k in ("W_enc", "W_dec", "b_enc", "b_dec")
+  }
   if cfg["architecture"] == "jumprelu":
     tensors["threshold"] = np.ascontiguousarray(np.asarray(params["threshold"], np.float32))
   with atomic_io.atomic_path(os.path.join(directory, WEIGHTS)) as tmp:
@@ -75,8 +88,16 @@ def write_layer(directory: str, hyper: common.Hyper, params: dict, cfg: dict,
   del hyper
 
 
-def write_all(root: str, hyper: common.Hyper, final, layers, model_name: str, context_size: int,
-              sparsity=None, extra: dict | None = None) -> None:
+def write_all(
+  root: str,
+  hyper: common.Hyper,
+  final,
+  layers,
+  model_name: str,
+  context_size: int,
+  sparsity=None,
+  extra: dict | None = None,
+) -> None:
   """Exports every layer of `final` (sae_train.FinalSAEs: stacked training-unit params + scales)."""
   folded = common.fold_input_scale(final.params, final.input_scale, hyper)
   for i, layer in enumerate(layers):

@@ -163,8 +163,16 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
   sparsity = ctx["lam"] * l0_surrogate
   total = mse + sparsity
   centred = x - jnp.mean(x, axis=0)
-  aux = {"mse": mse, "fvu": sq / jnp.sum(centred * centred), "l0": l0, "sparsity_loss": sparsity,
-         "fired": fired, "window_share": window, "theta_mean": jnp.mean(theta),
-         "theta_min": jnp.min(theta), "theta_max": jnp.max(theta),
-         "min_positive_code": jnp.asarray(jnp.inf, jnp.float32)}
+  aux = {
+    "mse": mse,
+    "fvu": sq / jnp.sum(centred * centred),
+    "l0": l0,
+    "sparsity_loss": sparsity,
+    "fired": fired,
+    "window_share": window,
+    "theta_mean": jnp.mean(theta),
+    "theta_min": jnp.min(theta),
+    "theta_max": jnp.max(theta),
+    "min_positive_code": jnp.asarray(jnp.inf, jnp.float32),
+  }
   return total, aux

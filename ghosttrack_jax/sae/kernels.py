@@ -24,8 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
-_TARGETS = {"compact": "GtCompact", "topk": "GtTopK", "kth_largest": "GtKthLargest",
-            "spmm_rows": "GtSpmmRows", "sddmm": "GtSddmm", "spmm_t": "GtSpmmT", "col_sum": "GtColSum"}
+_TARGETS = {
+  "compact": "GtCompact",
+  "topk": "GtTopK",
+  "kth_largest": "GtKthLargest",
+  "spmm_rows": "GtSpmmRows",
+  "sddmm": "GtSddmm",
+  "spmm_t": "GtSpmmT",
+  "col_sum": "GtColSum",
+}
 _LOCK = threading.Lock()
 _STATE = {"tried": False, "ok": False, "reason": "", "path": ""}
 
@@ -44,10 +51,12 @@ def _build() -> str:
     source = f.read()
   include = jax.ffi.include_dir()
   flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd"]
-  key = hashlib.sha256(source + " ".join(flags).encode() + _cpu_signature().encode() +
-                       jax.__version__.encode()).hexdigest()[:16]
-  cache = os.environ.get("GHOSTTRACK_KERNEL_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "ghosttrack_jax", "kernels"))
+  key = hashlib.sha256(
+    source + " ".join(flags).encode() + _cpu_signature().encode() + jax.__version__.encode()
+  ).hexdigest()[:16]
+  cache = os.environ.get(
+    "GHOSTTRACK_KERNEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ghosttrack_jax", "kernels")
+  )
   os.makedirs(cache, exist_ok=True)
   path = os.path.join(cache, f"gt_sparse_{key}.so")
   if os.path.exists(path):
@@ -58,8 +67,13 @@ def _build() -> str:
   fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so")
   os.close(fd)
   try:
-    subprocess.run([compiler, *flags, f"-I{include}", _SOURCE, "-o", tmp], check=True,
-                   capture_output=True, text=True, timeout=300)
+    subprocess.run(
+      [compiler, *flags, f"-I{include}", _SOURCE, "-o", tmp],
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     os.replace(tmp, path)  # atomic: concurrent builders race harmlessly
   except subprocess.CalledProcessError as e:
     raise RuntimeError(f"compiling {_SOURCE} failed: {e.stderr[-2000:]}") from e
@@ -80,13 +94,15 @@ def available() -> bool:
         path = _build()
         lib = ctypes.CDLL(path)
         for target in _TARGETS.values():
-          jax.ffi.register_ffi_target(f"ghosttrack_{target}", jax.ffi.pycapsule(getattr(lib, target)),
-                                      platform="cpu")
+          jax.ffi.register_ffi_target(
+            f"ghosttrack_{target}", jax.ffi.pycapsule(getattr(lib, target)), platform="cpu"
+          )
         _STATE.update(ok=True, path=path, lib=lib)
       except Exception as e:  # pylint: disable=broad-except
         _STATE.update(ok=False, reason=str(e))
-        logging.warning("sparse C++ kernels unavailable (%s); using the XLA implementation, which is "
-                        "slower on CPU", e)
+        logging.warning(
+          "sparse C++ kernels unavailable (%s); using the XLA implementation, which is slower on CPU", e
+        )
     return _STATE["ok"]
 
 
@@ -97,8 +113,12 @@ def _ffi_fn(name: str, **static):
   def call(*args):
     if name == "compact":
       cap = static["capacity"]
-      out = (jax.ShapeDtypeStruct((cap,), jnp.int32), jax.ShapeDtypeStruct((cap,), jnp.int32),
-             jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+      out = (
+        jax.ShapeDtypeStruct((cap,), jnp.int32),
+        jax.ShapeDtypeStruct((cap,), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+      )
     elif name == "topk":
       n = args[0].shape[0] * static["k"]
       out = (jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.int32))
@@ -116,8 +136,12 @@ def _ffi_fn(name: str, **static):
       out = jax.ShapeDtypeStruct((static["n_cols"],), jnp.float32)
     else:
       raise KeyError(name)
-    args = [jnp.asarray(a, jnp.float32) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
-            else jnp.asarray(a, jnp.int32) for a in args]
+    args = [
+      jnp.asarray(a, jnp.float32)
+      if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+      else jnp.asarray(a, jnp.int32)
+      for a in args
+    ]
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args)
 
   return call
@@ -143,4 +167,3 @@ def numpy_reference_compact(pre: np.ndarray, thr: np.ndarray, capacity: int):
   cols = np.zeros(capacity, np.int32)
   rows[:n], cols[:n] = b[:n], i[:n]
   return rows, cols, n, len(b)
-

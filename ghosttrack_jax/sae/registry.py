@@ -29,14 +29,28 @@ class Architecture:
 
 
 ARCHITECTURES = {
-    "jumprelu": Architecture("jumprelu", jumprelu.loss, jumprelu.encode, jumprelu.coo_threshold,
-                             "jumprelu", dynamic_count=True, has_aux_k=False),
-    "topk": Architecture("topk", topk.loss, topk.encode, None, "topk", dynamic_count=False,
-                         has_aux_k=True),
-    "batchtopk": Architecture("batchtopk", topk.loss, topk.encode, topk.coo_threshold, "jumprelu",
-                              dynamic_count=True, has_aux_k=True),
-    "relu_l1": Architecture("relu_l1", relu_l1.loss, relu_l1.encode, relu_l1.coo_threshold,
-                            "jumprelu", dynamic_count=True, has_aux_k=False),
+  "jumprelu": Architecture(
+    "jumprelu",
+    jumprelu.loss,
+    jumprelu.encode,
+    jumprelu.coo_threshold,
+    "jumprelu",
+    dynamic_count=True,
+    has_aux_k=False,
+  ),
+  "topk": Architecture("topk", topk.loss, topk.encode, None, "topk", dynamic_count=False, has_aux_k=True),
+  "batchtopk": Architecture(
+    "batchtopk", topk.loss, topk.encode, topk.coo_threshold, "jumprelu", dynamic_count=True, has_aux_k=True
+  ),
+  "relu_l1": Architecture(
+    "relu_l1",
+    relu_l1.loss,
+    relu_l1.encode,
+    relu_l1.coo_threshold,
+    "jumprelu",
+    dynamic_count=True,
+    has_aux_k=False,
+  ),
 }
 
 

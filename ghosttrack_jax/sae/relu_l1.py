@@ -54,8 +54,16 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
   l1 = hyper.l1_coefficient * jnp.sum(jnp.abs(f)) / (b * m)
   total = sq / (b * d) + l1
   centred = x - jnp.mean(x, axis=0)
-  aux = {"mse": sq / b, "fvu": sq / jnp.sum(centred * centred), "l0": l0, "sparsity_loss": l1,
-         "fired": fired, "window_share": jnp.zeros((), jnp.float32), "theta_mean": jnp.mean(theta),
-         "theta_min": jnp.min(theta), "theta_max": jnp.max(theta),
-         "min_positive_code": jnp.asarray(jnp.inf, jnp.float32)}
+  aux = {
+    "mse": sq / b,
+    "fvu": sq / jnp.sum(centred * centred),
+    "l0": l0,
+    "sparsity_loss": l1,
+    "fired": fired,
+    "window_share": jnp.zeros((), jnp.float32),
+    "theta_mean": jnp.mean(theta),
+    "theta_min": jnp.min(theta),
+    "theta_max": jnp.max(theta),
+    "min_positive_code": jnp.asarray(jnp.inf, jnp.float32),
+  }
   return total, aux

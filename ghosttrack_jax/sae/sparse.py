@@ -67,8 +67,8 @@ def coo_above(pre: jax.Array, col_threshold: jax.Array, capacity: int) -> tuple[
   pre = jax.lax.stop_gradient(pre)
   col_threshold = jax.lax.stop_gradient(col_threshold).astype(pre.dtype)
   rows, cols, count, total = kernels.dispatch(
-      "compact", functools.partial(_compact_xla, capacity=capacity), pre, col_threshold,
-      capacity=capacity)
+    "compact", functools.partial(_compact_xla, capacity=capacity), pre, col_threshold, capacity=capacity
+  )
   return Coo(rows, cols, count), total
 
 
@@ -148,8 +148,16 @@ def _col_sum_xla(cols, count, vals, *, n_cols):
 
 def spmm_rows(coo: Coo, vals: jax.Array, w: jax.Array, n_rows: int) -> jax.Array:
   """out[r] = sum over entries n with rows[n] = r of vals[n] * w[cols[n]]: [n_rows, D]."""
-  return kernels.dispatch("spmm_rows", functools.partial(_spmm_rows_xla, n_rows=n_rows),
-                          coo.rows, coo.cols, coo.count, vals, w, n_rows=n_rows)
+  return kernels.dispatch(
+    "spmm_rows",
+    functools.partial(_spmm_rows_xla, n_rows=n_rows),
+    coo.rows,
+    coo.cols,
+    coo.count,
+    vals,
+    w,
+    n_rows=n_rows,
+  )
 
 
 def sddmm(coo: Coo, a: jax.Array, w: jax.Array) -> jax.Array:
@@ -159,14 +167,23 @@ def sddmm(coo: Coo, a: jax.Array, w: jax.Array) -> jax.Array:
 
 def spmm_t(coo: Coo, vals: jax.Array, a: jax.Array, n_cols: int) -> jax.Array:
   """out[c] = sum over entries n with cols[n] = c of vals[n] * a[rows[n]]: [n_cols, D]."""
-  return kernels.dispatch("spmm_t", functools.partial(_spmm_t_xla, n_cols=n_cols),
-                          coo.rows, coo.cols, coo.count, vals, a, n_cols=n_cols)
+  return kernels.dispatch(
+    "spmm_t",
+    functools.partial(_spmm_t_xla, n_cols=n_cols),
+    coo.rows,
+    coo.cols,
+    coo.count,
+    vals,
+    a,
+    n_cols=n_cols,
+  )
 
 
 def col_sum(coo: Coo, vals: jax.Array, n_cols: int) -> jax.Array:
   """out[c] = sum over valid entries with cols[n] = c of vals[n]: [n_cols]."""
-  return kernels.dispatch("col_sum", functools.partial(_col_sum_xla, n_cols=n_cols),
-                          coo.cols, coo.count, vals, n_cols=n_cols)
+  return kernels.dispatch(
+    "col_sum", functools.partial(_col_sum_xla, n_cols=n_cols), coo.cols, coo.count, vals, n_cols=n_cols
+  )
 
 
 # ---- differentiable building blocks ----------------------------------------------------------------

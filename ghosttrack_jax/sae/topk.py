@@ -107,8 +107,16 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
     r = e - e_hat
     aux_loss = jnp.where(jnp.any(dead), jnp.sum(r * r) / denom, 0.0)
   total = fvu + hyper.aux_k_coefficient * aux_loss
-  aux = {"mse": sq / b, "fvu": fvu, "l0": l0, "sparsity_loss": hyper.aux_k_coefficient * aux_loss,
-         "fired": fired, "window_share": jnp.zeros((), jnp.float32),
-         "theta_mean": jnp.mean(params["threshold"]), "theta_min": jnp.min(params["threshold"]),
-         "theta_max": jnp.max(params["threshold"]), "min_positive_code": min_pos}
+  aux = {
+    "mse": sq / b,
+    "fvu": fvu,
+    "l0": l0,
+    "sparsity_loss": hyper.aux_k_coefficient * aux_loss,
+    "fired": fired,
+    "window_share": jnp.zeros((), jnp.float32),
+    "theta_mean": jnp.mean(params["threshold"]),
+    "theta_min": jnp.min(params["threshold"]),
+    "theta_max": jnp.max(params["threshold"]),
+    "min_positive_code": min_pos,
+  }
   return total, aux

@@ -8,11 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
 from ghosttrack_jax.errors import IncompleteStoreError
-from ghosttrack_jax.sae import common, registry
-from ghosttrack_jax.sae import export
+from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.sae import common, export, registry
 
 
 class TrainedSAEs:
@@ -24,17 +22,29 @@ class TrainedSAEs:
   returns raw units. `input_scale` [L] is s.
   """
 
-  def __init__(self, arch: str, layers: list[int], params: dict, input_scale: np.ndarray, k: int,
-               manifest_hash: str = "", apply_b_dec_to_input: bool | None = None):
+  def __init__(
+    self,
+    arch: str,
+    layers: list[int],
+    params: dict,
+    input_scale: np.ndarray,
+    k: int,
+    manifest_hash: str = "",
+    apply_b_dec_to_input: bool | None = None,
+  ):
     self.arch = arch
     self.layers = list(layers)
     self.params = params
     self.input_scale = np.asarray(input_scale, np.float32)
     self.k = int(k)
     self.manifest_hash = manifest_hash
-    self.hyper = common.Hyper(arch=arch, d_model=int(params["W_enc"].shape[1]),
-                              width=int(params["W_enc"].shape[2]), k=int(k),
-                              b_dec_to_input=bool(apply_b_dec_to_input) and arch == "jumprelu")
+    self.hyper = common.Hyper(
+      arch=arch,
+      d_model=int(params["W_enc"].shape[1]),
+      width=int(params["W_enc"].shape[2]),
+      k=int(k),
+      b_dec_to_input=bool(apply_b_dec_to_input) and arch == "jumprelu",
+    )
     if apply_b_dec_to_input is not None and self.hyper.applies_b_dec_to_input != apply_b_dec_to_input:
       raise ValueError(f"{arch} SAEs with apply_b_dec_to_input={apply_b_dec_to_input} are not supported")
     self._encode = jax.jit(jax.vmap(self._encode_one))
@@ -67,26 +77,40 @@ class TrainedSAEs:
   def subset(self, layers) -> "TrainedSAEs":
     """The SAEs of `layers` only (same architecture settings), e.g. one layer for exploration."""
     idx = [self.layer_index(l) for l in layers]
-    return TrainedSAEs(self.arch, [self.layers[i] for i in idx],
-                       {k: np.asarray(v)[idx] for k, v in self.params.items()}, self.input_scale[idx],
-                       self.k, self.manifest_hash, apply_b_dec_to_input=self.apply_b_dec_to_input)
+    return TrainedSAEs(
+      self.arch,
+      [self.layers[i] for i in idx],
+      {k: np.asarray(v)[idx] for k, v in self.params.items()},
+      self.input_scale[idx],
+      self.k,
+      self.manifest_hash,
+      apply_b_dec_to_input=self.apply_b_dec_to_input,
+    )
 
 
 def load_trained_saes(config, workdir: str) -> TrainedSAEs:
   """Loads the exported SAEs of a completed train stage; IncompleteStoreError if there are none."""
   mp = paths.for_config(config, workdir)
   if not atomic_io.is_done(mp.sae_results) or not atomic_io.is_done(mp.sae_export):
-    raise IncompleteStoreError(f"no trained SAEs for model {config.model.name!r} under {workdir} "
-                               "(train stage not complete): run --stages=train")
+    raise IncompleteStoreError(
+      f"no trained SAEs for model {config.model.name!r} under {workdir} "
+      "(train stage not complete): run --stages=train"
+    )
   done = atomic_io.read_json(os.path.join(mp.sae_export, atomic_io.DONE))
   layers = [int(l) for l in done["layers"]]
   loaded = [export.read_saelens(os.path.join(mp.sae_export, f"layer_{l:02d}")) for l in layers]
   params = {k: np.stack([p[k] for p, _ in loaded]) for k in common.PARAM_NAMES}
   cfg0 = loaded[0][1]
   gt = cfg0["metadata"].get("ghosttrack", {})
-  scales = np.asarray([c["metadata"].get("ghosttrack", {}).get("input_scale", 1.0) for _, c in loaded],
-                      np.float32)
-  return TrainedSAEs(arch=gt.get("arch", cfg0["architecture"]), layers=layers, params=params,
-                     input_scale=scales, k=int(cfg0.get("k", gt.get("k", 0)) or 0),
-                     manifest_hash=done.get("sha256", ""),
-                     apply_b_dec_to_input=bool(cfg0["apply_b_dec_to_input"]))
+  scales = np.asarray(
+    [c["metadata"].get("ghosttrack", {}).get("input_scale", 1.0) for _, c in loaded], np.float32
+  )
+  return TrainedSAEs(
+    arch=gt.get("arch", cfg0["architecture"]),
+    layers=layers,
+    params=params,
+    input_scale=scales,
+    k=int(cfg0.get("k", gt.get("k", 0)) or 0),
+    manifest_hash=done.get("sha256", ""),
+    apply_b_dec_to_input=bool(cfg0["apply_b_dec_to_input"]),
+  )

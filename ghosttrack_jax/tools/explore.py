@@ -68,8 +68,9 @@ def run_from_env() -> tuple:
   workdir = repo_path(os.environ.get("GHOSTTRACK_WORKDIR", DEFAULT_WORKDIR))
   if not os.path.isdir(workdir):
     raise IncompleteStoreError(
-        f"no run in {workdir}: run the pipeline first (`make run`, or python -m ghosttrack_jax.main "
-        "--config=... --workdir=...), or point GHOSTTRACK_WORKDIR at a finished run")
+      f"no run in {workdir}: run the pipeline first (`make run`, or python -m ghosttrack_jax.main "
+      "--config=... --workdir=...), or point GHOSTTRACK_WORKDIR at a finished run"
+    )
   return config, workdir
 
 
@@ -77,13 +78,15 @@ def status(config, workdir: str) -> list[dict]:
   """Which stages of the run are finished (their DONE/COMPLETE markers)."""
   p = paths.for_config(config, workdir)
   ds = config.qa.dataset
-  marks = [("extract", os.path.join(p.hidden_states, "COMPLETE")),
-           ("train", os.path.join(p.sae_results, atomic_io.DONE)),
-           ("answer", os.path.join(p.answers(ds), atomic_io.DONE)),
-           ("track", os.path.join(p.tracking, ds, atomic_io.DONE)),
-           ("detect", os.path.join(p.detection, ds, atomic_io.DONE)),
-           ("evaluate", os.path.join(p.evaluation, ds, atomic_io.DONE)),
-           ("report", os.path.join(p.evaluation, "report.html"))]
+  marks = [
+    ("extract", os.path.join(p.hidden_states, "COMPLETE")),
+    ("train", os.path.join(p.sae_results, atomic_io.DONE)),
+    ("answer", os.path.join(p.answers(ds), atomic_io.DONE)),
+    ("track", os.path.join(p.tracking, ds, atomic_io.DONE)),
+    ("detect", os.path.join(p.detection, ds, atomic_io.DONE)),
+    ("evaluate", os.path.join(p.evaluation, ds, atomic_io.DONE)),
+    ("report", os.path.join(p.evaluation, "report.html")),
+  ]
   return [{"stage": s, "done": os.path.exists(m), "path": os.path.dirname(m)} for s, m in marks]
 
 
@@ -91,6 +94,7 @@ def table(rows: list[dict], columns: list[str] | None = None, digits: int = 4):
   """Rows of dicts as an HTML table object that notebooks display."""
   # IPython exists only where a notebook kernel runs; the rest of this module works without it.
   from IPython.display import HTML  # noqa: PLC0415
+
   rows = list(rows)
   columns = columns or list(dict.fromkeys(k for r in rows for k in r))
 
@@ -102,8 +106,9 @@ def table(rows: list[dict], columns: list[str] | None = None, digits: int = 4):
     return str(v)
 
   head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-  body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-                 for r in rows)
+  body = "".join(
+    "<tr>" + "".join(f"<td>{html.escape(cell(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
+  )
   return HTML(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
@@ -111,9 +116,11 @@ def show_dashboard(summary: dict, height: int = 900):
   """The answer's dashboard (ghosttrack_jax.report.dashboard) inside the notebook, in an isolated iframe."""
   # IPython exists only where a notebook kernel runs; the rest of this module works without it.
   from IPython.display import HTML  # noqa: PLC0415
+
   page = html.escape(dashboard.render_dashboard(summary), quote=True)
-  return HTML(f'<div><iframe srcdoc="{page}" style="width:100%;height:{height}px;border:1px solid #ccc">'
-              "</iframe></div>")
+  return HTML(
+    f'<div><iframe srcdoc="{page}" style="width:100%;height:{height}px;border:1px solid #ccc"></iframe></div>'
+  )
 
 
 # ---- quickstart --------------------------------------------------------------------------------
@@ -124,12 +131,18 @@ def load_model_and_saes(config, workdir: str) -> tuple:
   return lm.load_model(config.model), trained.load_trained_saes(config, workdir)
 
 
-def ask(config, workdir: str, question: str, answer: str | None = None, model=None, saes=None,
-        classifier: str = "logistic") -> dict:
+def ask(
+  config,
+  workdir: str,
+  question: str,
+  answer: str | None = None,
+  model=None,
+  saes=None,
+  classifier: str = "logistic",
+) -> dict:
   """The model answers `question` (or `answer` is scored), its tracks and the detector's verdict: the
   answer summary of `detect.score.score_question`, ready for `show_dashboard`."""
-  out = score.score_question(config, workdir, question, answer, classifier=classifier, model=model,
-                              saes=saes)
+  out = score.score_question(config, workdir, question, answer, classifier=classifier, model=model, saes=saes)
   return {"model": config.model.name, "dataset": config.qa.dataset, "id": "your question", **out}
 
 
@@ -141,8 +154,18 @@ def sae_quality(config, workdir: str) -> dict:
   return gather.read_sae_quality(config, workdir)
 
 
-def top_activating(config, workdir: str, layer: int, feature: int, k: int = 10, max_rows: int = 200_000,
-                   context: int = 12, saes=None, tokenizer=None, batch_rows: int = 8192) -> list[dict]:
+def top_activating(
+  config,
+  workdir: str,
+  layer: int,
+  feature: int,
+  k: int = 10,
+  max_rows: int = 200_000,
+  context: int = 12,
+  saes=None,
+  tokenizer=None,
+  batch_rows: int = 8192,
+) -> list[dict]:
   """The `k` stored corpus tokens on which SAE latent `feature` of block `layer` fires most, with their
   text around them (the activating token is marked ⟦…⟧). Scans the first `max_rows` store rows.
   `saes` and `tokenizer` (e.g. `model.tokenizer`) are loaded when not given."""
@@ -172,11 +195,21 @@ def top_activating(config, workdir: str, layer: int, feature: int, k: int = 10, 
       break
     window, position = int(row) // per_window, 1 + int(row) % per_window
     ids = store.token_windows(window, window + 1)[0]
-    before, tok, after = ids[max(0, position - context):position], ids[position:position + 1], \
-        ids[position + 1:position + 1 + context // 3]
+    before, tok, after = (
+      ids[max(0, position - context) : position],
+      ids[position : position + 1],
+      ids[position + 1 : position + 1 + context // 3],
+    )
     dec = lambda t: tokenizer.decode([int(i) for i in t])  # noqa: E731
-    rows.append({"activation": float(act), "row": int(row), "window": window, "position": position,
-                 "text": f"{dec(before)}⟦{dec(tok)}⟧{dec(after)}"})
+    rows.append(
+      {
+        "activation": float(act),
+        "row": int(row),
+        "window": window,
+        "position": position,
+        "text": f"{dec(before)}⟦{dec(tok)}⟧{dec(after)}",
+      }
+    )
   return rows
 
 
@@ -252,5 +285,4 @@ def case_study_summaries(config, workdir: str, n_per_class: int = 2, dataset: st
   answers with stored tracks, scored out of fold."""
   results = load_results(config, workdir, dataset)
   cases = gather.case_studies(results, n_per_class)
-  return [dashboard.summary_from_outputs(config, workdir, c["id"], dataset=results["dataset"])
-          for c in cases]
+  return [dashboard.summary_from_outputs(config, workdir, c["id"], dataset=results["dataset"]) for c in cases]

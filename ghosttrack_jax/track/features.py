@@ -18,7 +18,6 @@ import numpy as np
 from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
 from ghosttrack_jax.track import divergence, tracker
 
-
 SCALAR_COLUMNS = ("answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy")
 
 
@@ -58,8 +57,9 @@ def tracked_sets(config) -> list[TrackedSet]:
       out.append(TrackedSet(f"ghosttrack_topk{k}", "sweep", dataclasses.replace(base, top_k=k)))
   for pooling in dict.fromkeys(str(p) for p in config.tracking.sweep_poolings):
     if pooling != base.pooling:
-      out.append(TrackedSet(f"ghosttrack_pool_{pooling}", "sweep",
-                            dataclasses.replace(base, pooling=pooling)))
+      out.append(
+        TrackedSet(f"ghosttrack_pool_{pooling}", "sweep", dataclasses.replace(base, pooling=pooling))
+      )
   return out
 
 
@@ -92,12 +92,15 @@ def _answer_scalars(logits, ids, start, valid):
   entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
   mismatch = jnp.argmax(pred, axis=-1) != target
   n = jnp.maximum(valid.sum(axis=1), 1)
-  return jnp.stack([
+  return jnp.stack(
+    [
       jnp.where(valid, nll, 0.0).sum(1) / n,
       jnp.where(valid, nll, -jnp.inf).max(1),
       jnp.where(valid, entropy, 0.0).sum(1) / n,
       (mismatch & valid).sum(1).astype(jnp.float32),
-  ], axis=1)
+    ],
+    axis=1,
+  )
 
 
 @jax.jit
@@ -148,8 +151,9 @@ class Batch:
   n_truncated: int
 
 
-def make_batch(examples: list[dict], rows: np.ndarray, batch_size: int, pad_id: int,
-               max_positions: int) -> Batch:
+def make_batch(
+  examples: list[dict], rows: np.ndarray, batch_size: int, pad_id: int, max_positions: int
+) -> Batch:
   """Right-padded prompt ⊕ answer ids of `rows`; prompts that would exceed the model's context are
   cut from the left (the answer is always kept whole)."""
   n_real = len(rows)
@@ -161,10 +165,12 @@ def make_batch(examples: list[dict], rows: np.ndarray, batch_size: int, pad_id: 
     if not answer:
       raise DataError(f"example {ex.get('id')} has an empty answer; the answer stage must exclude it")
     if len(answer) >= max_positions:
-      raise DataError(f"example {ex.get('id')}: answer of {len(answer)} tokens does not fit the "
-                      f"model's {max_positions} positions")
+      raise DataError(
+        f"example {ex.get('id')}: answer of {len(answer)} tokens does not fit the "
+        f"model's {max_positions} positions"
+      )
     if len(prompt) + len(answer) > max_positions:
-      prompt = prompt[len(prompt) + len(answer) - max_positions:]
+      prompt = prompt[len(prompt) + len(answer) - max_positions :]
       truncated += int(i < n_real)
     if not prompt:
       raise DataError(f"example {ex.get('id')} has an empty prompt")
@@ -176,8 +182,8 @@ def make_batch(examples: list[dict], rows: np.ndarray, batch_size: int, pad_id: 
   ids = np.full((len(seqs), t), pad_id, np.int32)
   mask = np.zeros((len(seqs), t), np.int32)
   for i, s in enumerate(seqs):
-    ids[i, :len(s)] = s
-    mask[i, :len(s)] = 1
+    ids[i, : len(s)] = s
+    mask[i, : len(s)] = 1
   valid = np.arange(a)[None, :] < np.asarray(lens)[:, None]
   return Batch(rows, n_real, ids, mask, np.asarray(starts, np.int32), valid, truncated)
 
@@ -251,13 +257,14 @@ class Featurizer:
     errors = _reduce_errors(_token_errors(x_a, x_hat, self.normalised), valid, self.last_only)
     raw = _answer_mean(x_a, valid)
     del resid, x_a, x_hat, codes_a
-    host = jax.device_get({"scalars": scalars, "errors": errors, "raw": raw,
-                           "sae_pooled": pooled[self.base.pooling]})
+    host = jax.device_get(
+      {"scalars": scalars, "errors": errors, "raw": raw, "sae_pooled": pooled[self.base.pooling]}
+    )
     out = {
-        "scalars": np.asarray(host["scalars"], np.float64),
-        "errors": np.asarray(host["errors"], np.float64),
-        "raw_resid": np.asarray(host["raw"], np.float32),
-        "sae_pooled": np.asarray(host["sae_pooled"], np.float32),
+      "scalars": np.asarray(host["scalars"], np.float64),
+      "errors": np.asarray(host["errors"], np.float64),
+      "raw_resid": np.asarray(host["raw"], np.float32),
+      "sae_pooled": np.asarray(host["sae_pooled"], np.float32),
     }
     for pooling in self.poolings:
       sel = tracker.select_features(pooled[pooling], self.k_max[pooling], pooling)
@@ -270,8 +277,10 @@ class Featurizer:
     if pooling in self.birth_thresholds:
       return float(self.birth_thresholds[pooling])
     if float(self.config.tracking.get("birth_threshold_quantile", 0.0)) > 0:
-      raise ConfigError("config.tracking.birth_threshold_quantile is set: pass the calibrated "
-                        "birth_thresholds (features.json 'birth_thresholds') to Featurizer")
+      raise ConfigError(
+        "config.tracking.birth_threshold_quantile is set: pass the calibrated "
+        "birth_thresholds (features.json 'birth_thresholds') to Featurizer"
+      )
     return self.base.birth_threshold
 
   def tracker(self, tracked: TrackedSet) -> tracker.TrackerConfig:
@@ -282,8 +291,9 @@ class Featurizer:
     """Phase 2 (host): tracks and metrics of every set from phase-1 selections (any row count)."""
     out = {}
     for pooling in self.poolings:
-      sel = tracker.Selection(selections["sel_fid__" + pooling], selections["sel_act__" + pooling],
-                               selections["sel_n__" + pooling])
+      sel = tracker.Selection(
+        selections["sel_fid__" + pooling], selections["sel_act__" + pooling], selections["sel_n__" + pooling]
+      )
       group = [s for s in self.sets if s.cfg.pooling == pooling]
       costs = None
       if any(s.cfg.needs_costs for s in group):
@@ -307,8 +317,9 @@ class Featurizer:
     return out
 
 
-def calibrate_birth_thresholds(config, sets: list[TrackedSet],
-                               selections: dict[str, np.ndarray]) -> dict[str, float]:
+def calibrate_birth_thresholds(
+  config, sets: list[TrackedSet], selections: dict[str, np.ndarray]
+) -> dict[str, float]:
   """Birth threshold per pooling: `config.tracking.birth_threshold`, or with
   `birth_threshold_quantile` q in (0, 1) the q-quantile of the positive pooled activations in the
   selected lists (configured top_k; every example and layer; labels are never read)."""
@@ -319,7 +330,7 @@ def calibrate_birth_thresholds(config, sets: list[TrackedSet],
     if q <= 0:
       out[pooling] = float(base.birth_threshold)
       continue
-    act = selections["sel_act__" + pooling][..., :base.top_k]
+    act = selections["sel_act__" + pooling][..., : base.top_k]
     pos = act[act > 0]
     out[pooling] = float(np.quantile(pos, q)) if pos.size else float(base.birth_threshold)
   return out
@@ -329,12 +340,15 @@ def check_saes(model, saes) -> None:
   """The SAEs must be one per tracked model layer, for this model's width."""
   layers = [int(l) for l in getattr(saes, "layers", range(saes.params["W_dec"].shape[0]))]
   if layers != [int(l) for l in model.layers]:
-    raise StoreMismatchError(f"SAEs cover layers {layers}, the model tracks {list(model.layers)}: "
-                             "train SAEs for config.model.layers (stage 'train')")
+    raise StoreMismatchError(
+      f"SAEs cover layers {layers}, the model tracks {list(model.layers)}: "
+      "train SAEs for config.model.layers (stage 'train')"
+    )
   shape = tuple(saes.params["W_dec"].shape)
   if shape[0] != model.n_layers or shape[2] != model.d_model:
-    raise StoreMismatchError(f"SAE decoders have shape {shape}; the model needs "
-                             f"[{model.n_layers}, M, {model.d_model}]")
+    raise StoreMismatchError(
+      f"SAE decoders have shape {shape}; the model needs [{model.n_layers}, M, {model.d_model}]"
+    )
 
 
 def hash_json(obj) -> str:

@@ -46,7 +46,7 @@ def _track_subset(labels: np.ndarray, n: int) -> np.ndarray:
   per = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
   take = []
   for c, rows in per.items():
-    take.extend(rows[:max(n // max(len(per), 1), 1)].tolist())
+    take.extend(rows[: max(n // max(len(per), 1), 1)].tolist())
   return np.sort(np.asarray(take[:n], np.int64))
 
 
@@ -69,14 +69,22 @@ def run(config, workdir: str, model=None, saes=None) -> None:
     saes = trained.load_trained_saes(config, workdir)
   t0 = time.time()
   result = compute(config, model, saes, examples, out_dir, examples_hash)
-  write_outputs(config, out_dir, dataset, examples, folds, result, examples_hash,
-                features.sae_fingerprint(saes), model)
-  logging.info("track: %d examples, %d layers, %d feature sets in %.1f s -> %s", len(examples),
-               model.n_layers, len(result["sets"]), time.time() - t0, out_dir)
+  write_outputs(
+    config, out_dir, dataset, examples, folds, result, examples_hash, features.sae_fingerprint(saes), model
+  )
+  logging.info(
+    "track: %d examples, %d layers, %d feature sets in %.1f s -> %s",
+    len(examples),
+    model.n_layers,
+    len(result["sets"]),
+    time.time() - t0,
+    out_dir,
+  )
 
 
-def compute(config, model, saes, examples: list[dict], out_dir: str,
-            examples_hash: str = "") -> dict[str, Any]:
+def compute(
+  config, model, saes, examples: list[dict], out_dir: str, examples_hash: str = ""
+) -> dict[str, Any]:
   """Every per-example array of the stage, in example order.
 
   Phase 1 (model, SAEs, selections) runs per length-sorted batch and is cached under partial/;
@@ -87,9 +95,13 @@ def compute(config, model, saes, examples: list[dict], out_dir: str,
   batch_size = int(config.tracking.batch_size)
   lengths = np.array([len(e["prompt_ids"]) + len(e["answer_ids"]) for e in examples])
   order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: less padding
-  key = {"config": {k: config[k].to_dict() for k in ("model", "sae", "tracking", "qa")},
-         "ablations": bool(config.evaluate.ablations), "examples": examples_hash,
-         "ids": features.hash_json([e["id"] for e in examples]), "sae": features.sae_fingerprint(saes)}
+  key = {
+    "config": {k: config[k].to_dict() for k in ("model", "sae", "tracking", "qa")},
+    "ablations": bool(config.evaluate.ablations),
+    "examples": examples_hash,
+    "ids": features.hash_json([e["id"] for e in examples]),
+    "sae": features.sae_fingerprint(saes),
+  }
   key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from key.json
   partial = os.path.join(out_dir, "partial")
   key_path = os.path.join(partial, "key.json")
@@ -102,7 +114,7 @@ def compute(config, model, saes, examples: list[dict], out_dir: str,
   parts, truncated = [], 0
   n_batches = -(-n // batch_size)
   for i in range(n_batches):
-    rows = order[i * batch_size:(i + 1) * batch_size]
+    rows = order[i * batch_size : (i + 1) * batch_size]
     path = os.path.join(partial, f"batch_{i:05d}.npz")
     if os.path.exists(path):
       with np.load(path, allow_pickle=False) as z:
@@ -122,14 +134,18 @@ def compute(config, model, saes, examples: list[dict], out_dir: str,
   featurizer.birth_thresholds = out["birth_thresholds"]
   tracked = []
   for s in range(0, n, batch_size):  # phase 2, in example order
-    chunk = {k: v[s:s + batch_size] for k, v in out.items() if k.startswith("sel_")}
+    chunk = {k: v[s : s + batch_size] for k, v in out.items() if k.startswith("sel_")}
     tracked.append(featurizer.track(chunk))
   m = max(t["trk_birth"].shape[1] for t in tracked)
   for key in tracked[0]:
     if key.startswith("trk_"):
       fill = 0 if key == "trk_act" else -1
-      tracked_key = [np.pad(t[key], [(0, 0), (0, m - t[key].shape[1])] + [(0, 0)] * (t[key].ndim - 2),
-                            constant_values=fill) for t in tracked]
+      tracked_key = [
+        np.pad(
+          t[key], [(0, 0), (0, m - t[key].shape[1])] + [(0, 0)] * (t[key].ndim - 2), constant_values=fill
+        )
+        for t in tracked
+      ]
       out[key] = np.concatenate(tracked_key)
     else:
       out[key] = np.concatenate([t[key] for t in tracked])
@@ -152,8 +168,17 @@ def _scatter(parts: list[dict], n: int) -> dict[str, np.ndarray]:
   return out
 
 
-def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], folds: dict,
-                  result: dict, examples_hash: str, sae_hash: str, model) -> None:
+def write_outputs(
+  config,
+  out_dir: str,
+  dataset: str,
+  examples: list[dict],
+  folds: dict,
+  result: dict,
+  examples_hash: str,
+  sae_hash: str,
+  model,
+) -> None:
   """features.npz/json, summaries.npz, tracks.npz, degeneracy.json, then DONE."""
   base = result["sets"][0].cfg
   births = result["birth_thresholds"]
@@ -169,38 +194,59 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
   tokens = np.array([len(e["answer_ids"]) for e in examples], np.float64)
   sc = result["scalars"]
   arrays = {
-      "example_id": eid,
-      "group_id": np.array([int(e["group_id"]) for e in examples], np.int64),
-      "label": labels,
-      "folds": np.asarray(folds["folds"])[:, idx].astype(np.int16),
-      "X__scalar_baselines": np.stack([tokens, words, sc[:, 0], sc[:, 1], sc[:, 2]], 1).astype(np.float32),
-      "X__reconstruction": divergence.reconstruction_metrics(result["errors"]).astype(np.float32),
-      "X__raw_resid": result["raw_resid"].astype(np.float32),
-      "X__sae_pooled": result["sae_pooled"].astype(np.float16),
-      "X__greedy_mismatch": sc[:, 3:4].astype(np.float32),
+    "example_id": eid,
+    "group_id": np.array([int(e["group_id"]) for e in examples], np.int64),
+    "label": labels,
+    "folds": np.asarray(folds["folds"])[:, idx].astype(np.int16),
+    "X__scalar_baselines": np.stack([tokens, words, sc[:, 0], sc[:, 1], sc[:, 2]], 1).astype(np.float32),
+    "X__reconstruction": divergence.reconstruction_metrics(result["errors"]).astype(np.float32),
+    "X__raw_resid": result["raw_resid"].astype(np.float32),
+    "X__sae_pooled": result["sae_pooled"].astype(np.float16),
+    "X__greedy_mismatch": sc[:, 3:4].astype(np.float32),
   }
   n_layers = int(model.n_layers)
   d_model, width = result["raw_resid"].shape[-1], result["sae_pooled"].shape[-1]
   feature_sets = {}
   for s in result["sets"]:
     arrays["X__" + s.name] = result["X__" + s.name].astype(np.float32)
-    feature_sets[s.name] = {"columns": list(divergence.METRIC_NAMES), "per_layer": False,
-                            "kind": s.kind, "variant": {"association": s.cfg.association,
-                                                        "top_k": s.cfg.top_k,
-                                                        "pooling": s.cfg.pooling,
-                                                        "birth_threshold": births[s.cfg.pooling]}}
+    feature_sets[s.name] = {
+      "columns": list(divergence.METRIC_NAMES),
+      "per_layer": False,
+      "kind": s.kind,
+      "variant": {
+        "association": s.cfg.association,
+        "top_k": s.cfg.top_k,
+        "pooling": s.cfg.pooling,
+        "birth_threshold": births[s.cfg.pooling],
+      },
+    }
   feature_sets["reconstruction"] = {
-      "columns": list(divergence.RECONSTRUCTION_NAMES), "per_layer": False, "kind": "reconstruction",
-      "variant": {"error": "relative" if config.tracking.reconstruction_normalised else "mse",
-                  "positions": "last_token" if base.pooling == "last_token" else "answer_mean"}}
-  feature_sets["scalar_baselines"] = {"columns": list(features.SCALAR_COLUMNS), "per_layer": False,
-                                      "kind": "baseline"}
-  feature_sets["raw_resid"] = {"columns": [f"d{i}" for i in range(d_model)], "per_layer": True,
-                               "kind": "probe", "variant": {"pooling": "answer_mean"}}
-  feature_sets["sae_pooled"] = {"columns": [f"f{i}" for i in range(width)], "per_layer": True,
-                                "kind": "probe", "variant": {"pooling": base.pooling}}
-  feature_sets["greedy_mismatch"] = {"columns": ["greedy_mismatch"], "per_layer": False,
-                                     "kind": "diagnostic"}
+    "columns": list(divergence.RECONSTRUCTION_NAMES),
+    "per_layer": False,
+    "kind": "reconstruction",
+    "variant": {
+      "error": "relative" if config.tracking.reconstruction_normalised else "mse",
+      "positions": "last_token" if base.pooling == "last_token" else "answer_mean",
+    },
+  }
+  feature_sets["scalar_baselines"] = {
+    "columns": list(features.SCALAR_COLUMNS),
+    "per_layer": False,
+    "kind": "baseline",
+  }
+  feature_sets["raw_resid"] = {
+    "columns": [f"d{i}" for i in range(d_model)],
+    "per_layer": True,
+    "kind": "probe",
+    "variant": {"pooling": "answer_mean"},
+  }
+  feature_sets["sae_pooled"] = {
+    "columns": [f"f{i}" for i in range(width)],
+    "per_layer": True,
+    "kind": "probe",
+    "variant": {"pooling": base.pooling},
+  }
+  feature_sets["greedy_mismatch"] = {"columns": ["greedy_mismatch"], "per_layer": False, "kind": "diagnostic"}
   for name, info in feature_sets.items():
     shape = arrays["X__" + name].shape
     want = (n, n_layers, len(info["columns"])) if info["per_layer"] else (n, len(info["columns"]))
@@ -208,53 +254,75 @@ def write_outputs(config, out_dir: str, dataset: str, examples: list[dict], fold
       raise AssertionError(f"feature set {name}: shape {shape}, expected {want}")
   mode = str(examples[0].get("mode", "own_answer"))
   meta = {
-      "schema_version": feature_table.SCHEMA_VERSION, "dataset": dataset, "mode": mode, "n_examples": n,
-      "n_layers": n_layers, "layers": [int(l) for l in model.layers], "top_k": base.top_k,
-      "pooling": base.pooling, "association": base.association,
-      "tracker": dataclasses.asdict(base),
-      "birth_thresholds": births,
-      "birth_threshold_quantile": float(config.tracking.birth_threshold_quantile),
-      "activation_units": "SAE codes in scaled-input units (saes.encode, E||s x||^2 = 1)",
-      "nll_units": "nats", "sae_manifest_hash": sae_hash, "examples_manifest_hash": examples_hash,
-      "n_truncated_prompts": int(result["n_truncated"]),
-      "greedy_mismatch_total": int(sc[:, 3].sum()),
-      "feature_sets": feature_sets,
+    "schema_version": feature_table.SCHEMA_VERSION,
+    "dataset": dataset,
+    "mode": mode,
+    "n_examples": n,
+    "n_layers": n_layers,
+    "layers": [int(l) for l in model.layers],
+    "top_k": base.top_k,
+    "pooling": base.pooling,
+    "association": base.association,
+    "tracker": dataclasses.asdict(base),
+    "birth_thresholds": births,
+    "birth_threshold_quantile": float(config.tracking.birth_threshold_quantile),
+    "activation_units": "SAE codes in scaled-input units (saes.encode, E||s x||^2 = 1)",
+    "nll_units": "nats",
+    "sae_manifest_hash": sae_hash,
+    "examples_manifest_hash": examples_hash,
+    "n_truncated_prompts": int(result["n_truncated"]),
+    "greedy_mismatch_total": int(sc[:, 3].sum()),
+    "feature_sets": feature_sets,
   }
 
-  summaries = {"example_id": eid, "label": labels,
-               "n_tracks": result["n_tracks"].astype(np.int32),
-               "total_deaths": result["total_deaths"].astype(np.int32),
-               "max_concurrent": result["max_concurrent"].astype(np.int32),
-               "layer_list_length": result["layer_list_length"].astype(np.int32),
-               "layer_reconstruction_error": result["errors"].astype(np.float32)}
+  summaries = {
+    "example_id": eid,
+    "label": labels,
+    "n_tracks": result["n_tracks"].astype(np.int32),
+    "total_deaths": result["total_deaths"].astype(np.int32),
+    "max_concurrent": result["max_concurrent"].astype(np.int32),
+    "layer_list_length": result["layer_list_length"].astype(np.int32),
+    "layer_reconstruction_error": result["errors"].astype(np.float32),
+  }
   for key in features.PER_LAYER_STATS:
     summaries["layer_" + key] = result["layer_" + key].astype(np.float32)
 
   keep = _track_subset(labels, int(config.tracking.n_track_examples))
   m = int(result["n_tracks"][keep].max(initial=0))
-  tracks = {"example_id": eid[keep], "label": labels[keep],
-            "n_tracks": result["n_tracks"][keep].astype(np.int32),
-            "birth": result["trk_birth"][keep, :m], "death": result["trk_death"][keep, :m],
-            "act": result["trk_act"][keep, :m], "fid": result["trk_fid"][keep, :m]}
+  tracks = {
+    "example_id": eid[keep],
+    "label": labels[keep],
+    "n_tracks": result["n_tracks"][keep].astype(np.int32),
+    "birth": result["trk_birth"][keep, :m],
+    "death": result["trk_death"][keep, :m],
+    "act": result["trk_act"][keep, :m],
+    "fid": result["trk_fid"][keep, :m],
+  }
 
-  sel_act = result["sel_act__" + base.pooling][..., :base.top_k]
+  sel_act = result["sel_act__" + base.pooling][..., : base.top_k]
   report = {"sets": {}}
   for s in result["sets"]:
     x = arrays["X__" + s.name]
     if s.name == "ghosttrack":
       report["sets"][s.name] = divergence.degeneracy_report(
-          x, density=result["layer_density"], top_k=base.top_k,
-          list_lengths=result["layer_list_length"])
+        x, density=result["layer_density"], top_k=base.top_k, list_lengths=result["layer_list_length"]
+      )
     else:
-      report["sets"][s.name] = {"constant": divergence.constant_metrics(x),
-                                "near_constant": divergence.constant_metrics(x, near=True)}
+      report["sets"][s.name] = {
+        "constant": divergence.constant_metrics(x),
+        "near_constant": divergence.constant_metrics(x, near=True),
+      }
   quantiles = (0.1, 0.5, 0.9, 0.99)
   per_layer = []
   for layer in range(n_layers):
     v = sel_act[:, layer][sel_act[:, layer] > 0]
-    per_layer.append({"n": int(v.size), **{f"q{q}": float(np.quantile(v, q)) if v.size else 0.0
-                                           for q in quantiles},
-                      "share_above_birth": float(np.mean(v > births[base.pooling])) if v.size else 0.0})
+    per_layer.append(
+      {
+        "n": int(v.size),
+        **{f"q{q}": float(np.quantile(v, q)) if v.size else 0.0 for q in quantiles},
+        "share_above_birth": float(np.mean(v > births[base.pooling])) if v.size else 0.0,
+      }
+    )
   report["pooled_activation_per_layer"] = per_layer
   report["units"] = meta["activation_units"]
   report["birth_thresholds"] = births

@@ -66,12 +66,16 @@ class TrackerConfig:
   @classmethod
   def from_config(cls, tracking_cfg: Any) -> "TrackerConfig":
     """Builds the tracker settings from `config.tracking`."""
-    return cls(top_k=int(tracking_cfg.top_k), pooling=str(tracking_cfg.pooling),
-               association=str(tracking_cfg.association),
-               birth_threshold=float(tracking_cfg.birth_threshold),
-               association_threshold=float(tracking_cfg.association_threshold),
-               w_sem=float(tracking_cfg.w_sem), w_act=float(tracking_cfg.w_act),
-               w_pos=float(tracking_cfg.w_pos))
+    return cls(
+      top_k=int(tracking_cfg.top_k),
+      pooling=str(tracking_cfg.pooling),
+      association=str(tracking_cfg.association),
+      birth_threshold=float(tracking_cfg.birth_threshold),
+      association_threshold=float(tracking_cfg.association_threshold),
+      w_sem=float(tracking_cfg.w_sem),
+      w_act=float(tracking_cfg.w_act),
+      w_pos=float(tracking_cfg.w_pos),
+    )
 
   def variant(self, name: str) -> "TrackerConfig":
     """This config with the §3.6 ablation `name` applied (`hungarian` = the default rule)."""
@@ -131,8 +135,12 @@ class Tracks:
   def text(self, i: int) -> dict[str, np.ndarray]:
     """Text i's arrays, trimmed to its own tracks."""
     m = int(self.n_tracks[i])
-    return {"birth": self.birth[i, :m], "death": self.death[i, :m], "act": self.act[i, :m],
-            "fid": self.fid[i, :m]}
+    return {
+      "birth": self.birth[i, :m],
+      "death": self.death[i, :m],
+      "act": self.act[i, :m],
+      "fid": self.fid[i, :m],
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,8 +186,11 @@ def _select(pooled, k: int, zeros_allowed: bool):
   act, fid = jax.lax.top_k(pooled, k)  # ties: lower index first (XLA TopK is stable)
   valid = jnp.ones_like(act, bool) if zeros_allowed else act > 0
   # Descending order makes "positive" a prefix: stopping at the first non-positive value is the same.
-  return (jnp.where(valid, fid, -1).astype(jnp.int32), jnp.where(valid, act, 0.0),
-          valid.sum(axis=-1).astype(jnp.int32))
+  return (
+    jnp.where(valid, fid, -1).astype(jnp.int32),
+    jnp.where(valid, act, 0.0),
+    valid.sum(axis=-1).astype(jnp.int32),
+  )
 
 
 def select_features(pooled, top_k: int, pooling: str) -> Selection:
@@ -225,8 +236,7 @@ def _cost_formula(xp, cos, act, w_sem, w_act):
 def _costs_jax(w_unit, fid, act, w_sem, w_act):
   layer = jnp.arange(w_unit.shape[0])[None, :, None]
   emb = w_unit[layer, jnp.maximum(fid, 0)]  # [B, L, k, D]: this layer's decoder row per list entry
-  cos = jnp.einsum("blpd,blqd->blpq", emb[:, :-1], emb[:, 1:],
-                   precision=jax.lax.Precision.HIGHEST)
+  cos = jnp.einsum("blpd,blqd->blpq", emb[:, :-1], emb[:, 1:], precision=jax.lax.Precision.HIGHEST)
   return _cost_formula(jnp, cos, act, w_sem, w_act)
 
 
@@ -259,8 +269,7 @@ def _costs_numpy(w_unit, fid, act, w_sem, w_act):
   return cost
 
 
-def association_costs(w_unit, sel: Selection, cfg: TrackerConfig,
-                      backend: str | None = None) -> np.ndarray:
+def association_costs(w_unit, sel: Selection, cfg: TrackerConfig, backend: str | None = None) -> np.ndarray:
   """All association costs of a batch (§3.4), from one batched matmul, copied to host.
 
   Args:
@@ -290,8 +299,13 @@ def association_costs(w_unit, sel: Selection, cfg: TrackerConfig,
   if backend == "numpy":
     w_host = w_unit if isinstance(w_unit, np.ndarray) else jax.device_get(w_unit)
     return _costs_numpy(np.asarray(w_host, np.float32), fid, act, cfg.w_sem, cfg.w_act)
-  out = _costs_jax(_on_device(w_unit), jax.device_put(np.ascontiguousarray(fid)),
-                   jax.device_put(np.ascontiguousarray(act)), float(cfg.w_sem), float(cfg.w_act))
+  out = _costs_jax(
+    _on_device(w_unit),
+    jax.device_put(np.ascontiguousarray(fid)),
+    jax.device_put(np.ascontiguousarray(act)),
+    float(cfg.w_sem),
+    float(cfg.w_act),
+  )
   return np.asarray(jax.device_get(out))
 
 
@@ -317,8 +331,9 @@ def assign(cost: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
   return rows[keep], cols[keep]
 
 
-def assign_greedy(cost: np.ndarray, latest_act: np.ndarray,
-                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def assign_greedy(
+  cost: np.ndarray, latest_act: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Greedy association (§3.6): tracks by latest activation, descending (ties: creation order);
   each takes the remaining column of lowest cost (ties: lower column), kept if cost < threshold.
   A track whose best remaining cost is too high stays unmatched and takes nothing.
@@ -356,8 +371,9 @@ def assign_feature_id(prev_fid: np.ndarray, cur_fid: np.ndarray) -> tuple[np.nda
 _EMPTY = np.zeros(0, np.intp)
 
 
-def _track_text(fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.ndarray | None,
-                cfg: TrackerConfig) -> dict[str, Any]:
+def _track_text(
+  fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.ndarray | None, cfg: TrackerConfig
+) -> dict[str, Any]:
   """Runs the §3.3 lifecycle for one text. fid/act [L, k], n_valid [L], cost [L−1, k', k'] or None.
 
   Kept lean on purpose (a handful of numpy calls per layer): this is the only per-text host loop.
@@ -366,7 +382,7 @@ def _track_text(fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.
   nv = n_valid.tolist()
   strong = act > cfg.birth_threshold  # [L, k]: may start a track
   # Layer 0: every selected feature above the birth threshold starts a track.
-  alive_cols = np.flatnonzero(strong[0, :nv[0]])
+  alive_cols = np.flatnonzero(strong[0, : nv[0]])
   alive_ids = np.arange(alive_cols.size)
   n_born = [alive_cols.size]  # births per layer; ids are given in creation order
   dead_ids, n_dead = [], []  # per layer ℓ ≥ 1: the ids that died at ℓ − 1
@@ -381,8 +397,9 @@ def _track_text(fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.
       if rule == "hungarian":
         rows, cols = assign(cost[layer - 1][alive_cols, :n], cfg.association_threshold)
       elif rule == "greedy":
-        rows, cols = assign_greedy(cost[layer - 1][alive_cols, :n], act[layer - 1, alive_cols],
-                                   cfg.association_threshold)
+        rows, cols = assign_greedy(
+          cost[layer - 1][alive_cols, :n], act[layer - 1, alive_cols], cfg.association_threshold
+        )
       else:  # feature_id
         rows, cols = assign_feature_id(fid[layer - 1, alive_cols], fid[layer, :n])
     else:
@@ -409,15 +426,20 @@ def _track_text(fid: np.ndarray, act: np.ndarray, n_valid: np.ndarray, cost: np.
   death = np.full(next_id, NO_DEATH, np.int32)
   if dead_ids:
     death[np.concatenate(dead_ids)] = np.repeat(layers[:-1], n_dead)
-  return {"birth": np.repeat(layers, n_born).astype(np.int32), "death": death,
-          "obs_ids": np.concatenate(obs_ids),
-          "obs_layer": np.repeat(layers, [o.size for o in obs_ids]),
-          "obs_cols": np.concatenate(obs_cols).astype(np.intp),
-          "max_concurrent": max_concurrent, "n_deaths": int(sum(n_dead))}
+  return {
+    "birth": np.repeat(layers, n_born).astype(np.int32),
+    "death": death,
+    "obs_ids": np.concatenate(obs_ids),
+    "obs_layer": np.repeat(layers, [o.size for o in obs_ids]),
+    "obs_cols": np.concatenate(obs_cols).astype(np.intp),
+    "max_concurrent": max_concurrent,
+    "n_deaths": int(sum(n_dead)),
+  }
 
 
-def track_selection(sel: Selection, costs: np.ndarray | None, cfg: TrackerConfig,
-                    pad_to: int | None = None) -> Tracks:
+def track_selection(
+  sel: Selection, costs: np.ndarray | None, cfg: TrackerConfig, pad_to: int | None = None
+) -> Tracks:
   """Links each text's selected features into tracks (§3.3–3.6).
 
   Args:
@@ -433,8 +455,8 @@ def track_selection(sel: Selection, costs: np.ndarray | None, cfg: TrackerConfig
     raise ValueError(f"association {cfg.association!r} needs association costs")
   n_texts, n_layers, _ = sel.fid.shape
   per_text = [
-      _track_text(sel.fid[b], sel.act[b], sel.n_valid[b],
-                  None if costs is None else costs[b], cfg) for b in range(n_texts)
+    _track_text(sel.fid[b], sel.act[b], sel.n_valid[b], None if costs is None else costs[b], cfg)
+    for b in range(n_texts)
   ]
   n_tracks = np.array([t["birth"].size for t in per_text], np.int32)
   m = int(n_tracks.max(initial=0)) if pad_to is None else int(pad_to)
@@ -445,14 +467,20 @@ def track_selection(sel: Selection, costs: np.ndarray | None, cfg: TrackerConfig
   act = np.zeros((n_texts, m, n_layers), np.float32)
   fid = np.full((n_texts, m, n_layers), -1, np.int32)
   for b, t in enumerate(per_text):
-    birth[b, :n_tracks[b]] = t["birth"]
-    death[b, :n_tracks[b]] = t["death"]
+    birth[b, : n_tracks[b]] = t["birth"]
+    death[b, : n_tracks[b]] = t["death"]
     act[b, t["obs_ids"], t["obs_layer"]] = sel.act[b, t["obs_layer"], t["obs_cols"]]
     fid[b, t["obs_ids"], t["obs_layer"]] = sel.fid[b, t["obs_layer"], t["obs_cols"]]
-  return Tracks(birth=birth, death=death, act=act, fid=fid, n_tracks=n_tracks,
-                total_births=n_tracks.copy(),
-                total_deaths=np.array([t["n_deaths"] for t in per_text], np.int32),
-                max_concurrent=np.array([t["max_concurrent"] for t in per_text], np.int32))
+  return Tracks(
+    birth=birth,
+    death=death,
+    act=act,
+    fid=fid,
+    n_tracks=n_tracks,
+    total_births=n_tracks.copy(),
+    total_deaths=np.array([t["n_deaths"] for t in per_text], np.int32),
+    max_concurrent=np.array([t["max_concurrent"] for t in per_text], np.int32),
+  )
 
 
 def track_pooled(pooled, w_unit, cfg: TrackerConfig) -> tuple[Selection, Tracks]:

@@ -71,7 +71,7 @@ class DataPlan:
       if self.rows_per_epoch and total >= self.rows_per_epoch:
         break
     k = self.shuffle_windows
-    return [tuple(chosen[i:i + k]) for i in range(0, len(chosen), k)]
+    return [tuple(chosen[i : i + k]) for i in range(0, len(chosen), k)]
 
   def schedule(self) -> list[BufferPlan]:
     plans, step = [], 0
@@ -112,8 +112,9 @@ def read_block(reader: RowReader, sources: Sequence[int], windows) -> np.ndarray
   return block
 
 
-def iterate_batches(plan: DataPlan, reader: RowReader, device_sources: Sequence[Sequence[int]],
-                    start_step: int = 0) -> Iterator[tuple[int, list[np.ndarray]]]:
+def iterate_batches(
+  plan: DataPlan, reader: RowReader, device_sources: Sequence[Sequence[int]], start_step: int = 0
+) -> Iterator[tuple[int, list[np.ndarray]]]:
   """Yields (step, [per-device block [l_d, batch_size, D]]) from `start_step` on (no thread)."""
   for buf in plan.schedule():
     if buf.first_step + buf.n_batches <= start_step or buf.n_batches == 0:
@@ -122,7 +123,7 @@ def iterate_batches(plan: DataPlan, reader: RowReader, device_sources: Sequence[
     perm = plan.row_permutation(buf)
     first = max(0, start_step - buf.first_step)
     for i in range(first, buf.n_batches):
-      idx = np.sort(perm[i * plan.batch_size:(i + 1) * plan.batch_size])
+      idx = np.sort(perm[i * plan.batch_size : (i + 1) * plan.batch_size])
       # Rows are sorted within the batch (a batch is a set; sorting makes the gather sequential).
       yield buf.first_step + i, [blk[:, idx] for blk in blocks]
     del blocks
@@ -133,13 +134,12 @@ class Prefetcher:
 
   _END = object()
 
-  def __init__(self, plan: DataPlan, reader: RowReader, device_sources, start_step: int = 0,
-               depth: int = 2):
+  def __init__(self, plan: DataPlan, reader: RowReader, device_sources, start_step: int = 0, depth: int = 2):
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._thread = threading.Thread(
-        target=self._run, args=(plan, reader, device_sources, start_step), daemon=True,
-        name="sae-data-prefetch")
+      target=self._run, args=(plan, reader, device_sources, start_step), daemon=True, name="sae-data-prefetch"
+    )
     self._thread.start()
 
   def _run(self, plan, reader, device_sources, start_step):

@@ -25,19 +25,41 @@ from ghosttrack_jax.train import step as train_step
 
 def settings_for(config, hyper, plan: train_data.DataPlan) -> train_step.Settings:
   t = config.sae_training
-  return train_step.Settings(lr=train_step.peak_lr(config, hyper), warmup_steps=int(t.lr_warmup_steps),
-                  decay_fraction=float(t.get("lr_decay_fraction", 0.0)), total_steps=plan.total_steps,
-                  steps_per_epoch=plan.steps_per_epoch, epochs=int(t.epochs),
-                  grad_clip=float(t.grad_clip), batch_size=int(t.batch_size))
+  return train_step.Settings(
+    lr=train_step.peak_lr(config, hyper),
+    warmup_steps=int(t.lr_warmup_steps),
+    decay_fraction=float(t.get("lr_decay_fraction", 0.0)),
+    total_steps=plan.total_steps,
+    steps_per_epoch=plan.steps_per_epoch,
+    epochs=int(t.epochs),
+    grad_clip=float(t.grad_clip),
+    batch_size=int(t.batch_size),
+  )
 
 
 def fingerprint(config, d_model: int, layers) -> dict:
   """The settings a checkpoint must share with the config to be resumed."""
-  skip = {"parallel", "devices", "checkpoint_every", "log_every", "sparse_backward", "sparse_capacity",
-          "eval_fraction", "eval_windows", "eval_tokens", "pad_layers", "keep_checkpoints"}
+  skip = {
+    "parallel",
+    "devices",
+    "checkpoint_every",
+    "log_every",
+    "sparse_backward",
+    "sparse_capacity",
+    "eval_fraction",
+    "eval_windows",
+    "eval_tokens",
+    "pad_layers",
+    "keep_checkpoints",
+  }
   t = {k: v for k, v in config.sae_training.to_dict().items() if k not in skip}
-  return {"sae": config.sae.to_dict(), "sae_training": t, "seed": int(config.seed),
-          "d_model": int(d_model), "layers": [int(l) for l in layers]}
+  return {
+    "sae": config.sae.to_dict(),
+    "sae_training": t,
+    "seed": int(config.seed),
+    "d_model": int(d_model),
+    "layers": [int(l) for l in layers],
+  }
 
 
 def jsonable(d):
@@ -58,15 +80,30 @@ class TrainResult:
 
 def data_plan(config, n_train_rows: int, window_rows: int) -> train_data.DataPlan:
   t = config.sae_training
-  return train_data.DataPlan(n_train_rows=n_train_rows, batch_size=int(t.batch_size),
-                           window_rows=int(window_rows), shuffle_windows=int(t.shuffle_windows),
-                           epochs=int(t.epochs), rows_per_epoch=int(t.tokens_per_layer),
-                           seed=int(config.seed))
+  return train_data.DataPlan(
+    n_train_rows=n_train_rows,
+    batch_size=int(t.batch_size),
+    window_rows=int(window_rows),
+    shuffle_windows=int(t.shuffle_windows),
+    epochs=int(t.epochs),
+    rows_per_epoch=int(t.tokens_per_layer),
+    seed=int(config.seed),
+  )
 
 
-def train(config, reader: train_data.RowReader, *, layers: list[int], layer_positions: list[int],
-          n_train_rows: int, window_rows: int, mean_sq_norms, ckpt_dir: str, log_dir: str,
-          devices=None) -> TrainResult:
+def train(
+  config,
+  reader: train_data.RowReader,
+  *,
+  layers: list[int],
+  layer_positions: list[int],
+  n_train_rows: int,
+  window_rows: int,
+  mean_sq_norms,
+  ckpt_dir: str,
+  log_dir: str,
+  devices=None,
+) -> TrainResult:
   """Trains (or resumes) the SAEs of `layers` (store positions `layer_positions`) on rows
   [0, n_train_rows) of `reader`. Returns the final state of the real layers."""
   t = config.sae_training
@@ -75,12 +112,16 @@ def train(config, reader: train_data.RowReader, *, layers: list[int], layer_posi
   plan = data_plan(config, n_train_rows, window_rows)
   settings = settings_for(config, hyper, plan)
   tx = train_step.make_optimizer(hyper, settings)
-  layout = layer_parallel.make_layout(len(layers), t.parallel, int(t.devices),
-                                      pad=bool(t.get("pad_layers", True)), devices=devices)
+  layout = layer_parallel.make_layout(
+    len(layers), t.parallel, int(t.devices), pad=bool(t.get("pad_layers", True)), devices=devices
+  )
   n_pad = layout.n_padded
   valid = layout.valid
-  scales = (np.asarray(common.input_scale(np.asarray(mean_sq_norms, np.float64)), np.float32)
-            if hyper.scales_inputs else np.ones(len(layers), np.float32))
+  scales = (
+    np.asarray(common.input_scale(np.asarray(mean_sq_norms, np.float64)), np.float32)
+    if hyper.scales_inputs
+    else np.ones(len(layers), np.float32)
+  )
   scales_pad = np.asarray([scales[layout.source(i)] for i in range(n_pad)], np.float32)
   root = jax.random.PRNGKey(int(config.seed))
   sae_root = jax.random.fold_in(root, 0x5AE)
@@ -89,32 +130,37 @@ def train(config, reader: train_data.RowReader, *, layers: list[int], layer_posi
   # it reads (same key, same rows), so it never changes a per-device decision of the step.
   ids = [int(layers[layout.source(i)]) for i in range(n_pad)]
   keys = jnp.stack([jax.random.fold_in(sae_root, l) for l in ids])
-  host = jax.device_get(jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, hyper, tx, sc)))(
-      keys, jnp.asarray(scales_pad)))
+  host = jax.device_get(
+    jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, hyper, tx, sc)))(keys, jnp.asarray(scales_pad))
+  )
   fp = jsonable(fingerprint(config, d_model, layers))
 
   ckpt = checkpointing.Checkpointer(ckpt_dir, max_to_keep=int(t.get("keep_checkpoints", 2)))
   start_step = 0
   latest = ckpt.latest_step()
   if latest is not None:
-    real = jax.tree_util.tree_map(lambda a: a[:len(layers)], host)
+    real = jax.tree_util.tree_map(lambda a: a[: len(layers)], host)
     restored, record = ckpt.restore(latest, real)
     if record.get("fingerprint") != fp:
       ckpt.close()
       raise StoreMismatchError(
-          f"the checkpoint in {ckpt_dir} was made with other SAE settings than this config "
-          f"(checkpoint: {record.get('fingerprint')}; config: {fp}). Delete {ckpt_dir} and "
-          f"{os.path.dirname(log_dir)} to retrain, or use another --workdir.")
+        f"the checkpoint in {ckpt_dir} was made with other SAE settings than this config "
+        f"(checkpoint: {record.get('fingerprint')}; config: {fp}). Delete {ckpt_dir} and "
+        f"{os.path.dirname(log_dir)} to retrain, or use another --workdir."
+      )
     # Padding slots are clones of their source layer (see above), so they are restored as such.
     src = np.asarray([layout.source(i) for i in range(n_pad)])
     host = jax.tree_util.tree_map(lambda r: np.asarray(r)[src], restored)
     start_step = int(record["step"])
-    logging.info("resuming SAE training from step %d of %d (%s)", start_step, plan.total_steps,
-                 record.get("data_position"))
+    logging.info(
+      "resuming SAE training from step %d of %d (%s)",
+      start_step,
+      plan.total_steps,
+      record.get("data_position"),
+    )
 
   # With several processes each reads only its own devices' layers (layer_parallel.local_indices).
-  device_sources = [[layer_positions[s] for s in layout.device_sources(d)]
-                    for d in layout.local_indices]
+  device_sources = [[layer_positions[s] for s in layout.device_sources(d)] for d in layout.local_indices]
   block_step = train_step.make_block_step(hyper, settings, tx)
   step_fn = layout.map_step(block_step)
   metric_writer = writer.MetricWriter(log_dir)
@@ -148,9 +194,10 @@ def train(config, reader: train_data.RowReader, *, layers: list[int], layer_posi
           bad = [layers[i] for i in np.nonzero(~np.isfinite(m["loss"]) & valid)[0]]
           ckpt.wait()
           raise NonFiniteLossError(
-              f"SAE loss became NaN/Inf at step {step} for layer(s) {bad}. The last good checkpoint "
-              f"(step {ckpt.latest_step()}) in {ckpt_dir} is kept. Lower config.sae_training.lr, check "
-              "the activation store for non-finite rows, or lower the L0/L1 coefficient.")
+            f"SAE loss became NaN/Inf at step {step} for layer(s) {bad}. The last good checkpoint "
+            f"(step {ckpt.latest_step()}) in {ckpt_dir} is kept. Lower config.sae_training.lr, check "
+            "the activation store for non-finite rows, or lower the L0/L1 coefficient."
+          )
         done = step + 1
         # Every process must stop at the same step: the checkpoint save below is collective.
         stop = layout.any_process(bool(preempted)) if layout.multi_process else bool(preempted)
@@ -158,14 +205,21 @@ def train(config, reader: train_data.RowReader, *, layers: list[int], layer_posi
         if done % int(t.log_every) == 0 or done == plan.total_steps or done == start_step + 1:
           now = time.time()
           scalars = _layer_scalars(m, layers, valid)
-          scalars["tokens_per_sec_per_layer"] = (settings.batch_size * int(t.log_every) /
-                                                max(now - last_log, 1e-9))
+          scalars["tokens_per_sec_per_layer"] = (
+            settings.batch_size * int(t.log_every) / max(now - last_log, 1e-9)
+          )
           last_log = now
           metric_writer.write_scalars(done, scalars)
-          logging.info("step %d/%d  loss %.4f  fvu %.3f  l0 %.1f  dead %.3f  sparse %.2f", done,
-                       plan.total_steps, float(np.mean(loss)), float(np.mean(m["fvu"][valid])),
-                       float(np.mean(m["l0"][valid])), float(np.mean(m["dead_fraction"][valid])),
-                       float(np.mean(m["sparse_path"][valid])))
+          logging.info(
+            "step %d/%d  loss %.4f  fvu %.3f  l0 %.1f  dead %.3f  sparse %.2f",
+            done,
+            plan.total_steps,
+            float(np.mean(loss)),
+            float(np.mean(m["fvu"][valid])),
+            float(np.mean(m["l0"][valid])),
+            float(np.mean(m["dead_fraction"][valid])),
+            float(np.mean(m["sparse_path"][valid])),
+          )
         if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or stop:
           _save(ckpt, layout, states, done, plan, fp, layers, config)
         if stop:
@@ -179,19 +233,26 @@ def train(config, reader: train_data.RowReader, *, layers: list[int], layer_posi
   if plan.total_steps > start_step:
     ckpt.wait()
   ckpt.close()
-  real = jax.tree_util.tree_map(lambda a: np.asarray(a)[:len(layers)], final)
-  return TrainResult(state=real, steps=plan.total_steps,
-                     tokens_per_layer=plan.total_steps * settings.batch_size,
-                     seconds=time.time() - t_start, layout=f"{layout.mode} x{layout.n_devices} "
-                     f"({layout.per_device} layers/device, {n_pad - len(layers)} padding)",
-                     sparse_backend=sparse_backend_name(hyper))
+  real = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(layers)], final)
+  return TrainResult(
+    state=real,
+    steps=plan.total_steps,
+    tokens_per_layer=plan.total_steps * settings.batch_size,
+    seconds=time.time() - t_start,
+    layout=f"{layout.mode} x{layout.n_devices} "
+    f"({layout.per_device} layers/device, {n_pad - len(layers)} padding)",
+    sparse_backend=sparse_backend_name(hyper),
+  )
 
 
 def _data_thresholds(hyper, host, layout, blocks) -> np.ndarray:
   """JumpReLU thresholds from the first batch (config sae.threshold_init_l0) for this process's slots
   (blocks of `layout.local_indices`), one slot at a time."""
-  fn = jax.jit(lambda p, x, s: common.data_thresholds(common.preact(hyper, p, s * x.astype(jnp.float32)),
-                                                      hyper.threshold_init_l0))
+  fn = jax.jit(
+    lambda p, x, s: common.data_thresholds(
+      common.preact(hyper, p, s * x.astype(jnp.float32)), hyper.threshold_init_l0
+    )
+  )
   slots = [s for d in layout.local_indices for s in layout.device_slots(d)]
   x_local = np.concatenate(blocks, axis=0)
   out = []
@@ -214,10 +275,15 @@ def sparse_backend_name(hyper) -> str:
 
 def _save(ckpt, layout, states, step, plan, fp, layers, config):
   host = layout.get(states)
-  real = jax.tree_util.tree_map(lambda a: np.asarray(a)[:len(layers)], host)
-  record = {"step": int(step), "data_position": plan.position(step), "fingerprint": fp,
-            "layers": [int(l) for l in layers], "total_steps": plan.total_steps,
-            "rng": {"seed": int(config.seed), "sae_key_fold": 0x5AE}}
+  real = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(layers)], host)
+  record = {
+    "step": int(step),
+    "data_position": plan.position(step),
+    "fingerprint": fp,
+    "layers": [int(l) for l in layers],
+    "total_steps": plan.total_steps,
+    "rng": {"seed": int(config.seed), "sae_key_fold": 0x5AE},
+  }
   ckpt.save(step, real, record)
 
 

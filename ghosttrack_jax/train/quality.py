@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ghosttrack_jax import lm
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.runtime import atomic_io
 from ghosttrack_jax.sae import common, registry
-from ghosttrack_jax import lm
 
 DENSITY_BINS = np.linspace(-10.0, 0.0, 41)  # log10(rho + 1e-10)
 DENSE_LATENT = 0.1  # rho above this counts as a very dense latent
@@ -70,16 +70,24 @@ def _chunk_stats(hyper):
     nx = jnp.linalg.norm(x, axis=1)
     nh = jnp.linalg.norm(x_hat, axis=1)
     cos = jnp.sum(x * x_hat, axis=1) / jnp.maximum(nx * nh, 1e-12)
-    return {"sq_err": jnp.sum(err * err), "sum_x": jnp.sum(x, axis=0), "sum_sq_x": jnp.sum(x * x),
-            "l0": jnp.sum(l0), "l0_sq": jnp.sum(l0 * l0), "cos": jnp.sum(cos),
-            "sq_hat": jnp.sum(x_hat * x_hat), "dot": jnp.sum(x * x_hat),
-            "fired": jnp.sum(active, axis=0).astype(jnp.float32)}
+    return {
+      "sq_err": jnp.sum(err * err),
+      "sum_x": jnp.sum(x, axis=0),
+      "sum_sq_x": jnp.sum(x * x),
+      "l0": jnp.sum(l0),
+      "l0_sq": jnp.sum(l0 * l0),
+      "cos": jnp.sum(cos),
+      "sq_hat": jnp.sum(x_hat * x_hat),
+      "dot": jnp.sum(x * x_hat),
+      "fired": jnp.sum(active, axis=0).astype(jnp.float32),
+    }
 
   return stats
 
 
-def reconstruction_metrics(hyper, folded: dict, store, positions, row_start: int, n_rows: int,
-                           chunk: int = 2048) -> tuple[list, np.ndarray]:
+def reconstruction_metrics(
+  hyper, folded: dict, store, positions, row_start: int, n_rows: int, chunk: int = 2048
+) -> tuple[list, np.ndarray]:
   """Per-layer reconstruction metrics over rows [row_start, row_start + n_rows) of the store."""
   stats = _chunk_stats(hyper)
   n_layers = len(positions)
@@ -100,9 +108,11 @@ def reconstruction_metrics(hyper, folded: dict, store, positions, row_start: int
     total_var = a["sum_sq_x"] - n * float(mean_x @ mean_x)
     rho = a["fired"] / n
     l0 = a["l0"] / n
-    rows.append({
+    rows.append(
+      {
         "eval_tokens": int(n_rows),
-        "l0": l0, "l0_std": float(np.sqrt(max(a["l0_sq"] / n - l0 * l0, 0.0))),
+        "l0": l0,
+        "l0_std": float(np.sqrt(max(a["l0_sq"] / n - l0 * l0, 0.0))),
         "fvu": float(a["sq_err"] / max(total_var, 1e-30)),
         "explained_variance": float(1 - a["sq_err"] / max(total_var, 1e-30)),
         "cosine": float(a["cos"] / n),
@@ -110,13 +120,15 @@ def reconstruction_metrics(hyper, folded: dict, store, positions, row_start: int
         "mse_per_token": float(a["sq_err"] / n),
         "dense_latents": int(np.sum(rho > DENSE_LATENT)),
         "never_fired_eval": float(np.mean(rho == 0)),
-    })
+      }
+    )
     log_density.append(np.log10(rho + 1e-10))
   return rows, np.stack(log_density).astype(np.float32)
 
 
-def splice_metrics(config, hyper, folded: dict, store, layers, window_start: int, n_windows: int,
-                   batch: int = 8) -> list:
+def splice_metrics(
+  config, hyper, folded: dict, store, layers, window_start: int, n_windows: int, batch: int = 8
+) -> list:
   """Per-layer delta LM loss, CE-loss recovered, KL by splicing reconstructions into the model."""
   model = lm.load_model(config.model)
   if list(model.layers) != list(layers):
@@ -147,7 +159,7 @@ def splice_metrics(config, hyper, folded: dict, store, layers, window_start: int
   count = 0
   ids_all = store.token_windows(window_start, window_start + n_windows)
   for s in range(0, len(ids_all), batch):
-    ids = jnp.asarray(ids_all[s:s + batch], jnp.int32)
+    ids = jnp.asarray(ids_all[s : s + batch], jnp.int32)
     mask = jnp.ones_like(ids)
     logits, resid = model.logits_and_residuals(ids, mask)
     for i, layer in enumerate(layers):
@@ -162,30 +174,53 @@ def splice_metrics(config, hyper, folded: dict, store, layers, window_start: int
   rows = []
   for i in range(n_layers):
     ce_o, ce_s, ce_z, kl_s, kl_z = sums[i] / max(count, 1)
-    rows.append({"ce_tokens": count, "lm_loss": ce_o, "lm_loss_spliced": ce_s, "lm_loss_zero": ce_z,
-                 "delta_lm_loss": ce_s - ce_o,
-                 "ce_loss_recovered": (ce_z - ce_s) / (ce_z - ce_o) if ce_z != ce_o else float("nan"),
-                 "kl": kl_s, "kl_zero": kl_z, "kl_score": (kl_z - kl_s) / kl_z if kl_z else float("nan")})
+    rows.append(
+      {
+        "ce_tokens": count,
+        "lm_loss": ce_o,
+        "lm_loss_spliced": ce_s,
+        "lm_loss_zero": ce_z,
+        "delta_lm_loss": ce_s - ce_o,
+        "ce_loss_recovered": (ce_z - ce_s) / (ce_z - ce_o) if ce_z != ce_o else float("nan"),
+        "kl": kl_s,
+        "kl_zero": kl_z,
+        "kl_score": (kl_z - kl_s) / kl_z if kl_z else float("nan"),
+      }
+    )
   return rows
 
 
-def evaluate(config, hyper, final, store, *, layers, positions, eval_window_start: int, fired_ago,
-             tokens_trained: int, tokens_per_epoch: int = 0) -> Report:
+def evaluate(
+  config,
+  hyper,
+  final,
+  store,
+  *,
+  layers,
+  positions,
+  eval_window_start: int,
+  fired_ago,
+  tokens_trained: int,
+  tokens_per_epoch: int = 0,
+) -> Report:
   """All metrics for every layer; `final` is sae_train.FinalSAEs."""
   t = config.sae_training
   rpw = store.rows_per_window
   row_start = eval_window_start * rpw
   n_rows = min(store.n_rows - row_start, int(t.get("eval_tokens", 32768)))
-  folded = {k: np.asarray(v) for k, v in
-            common.fold_input_scale(final.params, final.input_scale, hyper).items()}
+  folded = {
+    k: np.asarray(v) for k, v in common.fold_input_scale(final.params, final.input_scale, hyper).items()
+  }
   rows, log_density = reconstruction_metrics(hyper, folded, store, positions, row_start, n_rows)
   notes = [f"{n_rows} held-out evaluation tokens per layer (rows {row_start}..{row_start + n_rows - 1})"]
   fired_ago = np.asarray(fired_ago)
   dead = np.mean(fired_ago >= hyper.dead_tokens, axis=1)
   if tokens_trained < hyper.dead_tokens:
-    notes.append(f"training saw {tokens_trained} tokens per layer, fewer than the dead window "
-                 f"({hyper.dead_tokens}): no latent can be called dead; see silent_last_epoch (no "
-                 "firing during the whole last epoch) and never_fired_eval")
+    notes.append(
+      f"training saw {tokens_trained} tokens per layer, fewer than the dead window "
+      f"({hyper.dead_tokens}): no latent can be called dead; see silent_last_epoch (no "
+      "firing during the whole last epoch) and never_fired_eval"
+    )
   window = min(tokens_per_epoch or tokens_trained, hyper.dead_cap)
   silent = np.mean(fired_ago >= window, axis=1) if window > 0 else np.zeros(len(layers))
   for i, layer in enumerate(layers):
@@ -197,23 +232,37 @@ def evaluate(config, hyper, final, store, *, layers, positions, eval_window_star
   if t.get("eval_ce", True):
     n_windows = min(int(t.eval_windows), store.n_windows - eval_window_start)
     try:
-      ce_rows = splice_metrics(config, hyper, folded, store, layers, eval_window_start, n_windows,
-                               batch=int(config.extract.batch_size))
+      ce_rows = splice_metrics(
+        config,
+        hyper,
+        folded,
+        store,
+        layers,
+        eval_window_start,
+        n_windows,
+        batch=int(config.extract.batch_size),
+      )
       for r, c in zip(rows, ce_rows):
         r.update(c)
-      notes.append(f"splicing metrics on {n_windows} held-out windows ({ce_rows[0]['ce_tokens']} "
-                   "predictions per layer)")
+      notes.append(
+        f"splicing metrics on {n_windows} held-out windows ({ce_rows[0]['ce_tokens']} predictions per layer)"
+      )
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("CE-loss evaluation failed (%s); the table omits it", e)
       notes.append(f"splicing metrics not computed: {e}")
-  hist = {int(layer): np.histogram(np.clip(log_density[i], -10, 0), bins=DENSITY_BINS)[0].tolist()
-          for i, layer in enumerate(layers)}
+  hist = {
+    int(layer): np.histogram(np.clip(log_density[i], -10, 0), bins=DENSITY_BINS)[0].tolist()
+    for i, layer in enumerate(layers)
+  }
   return Report(rows=rows, log_density=log_density, histograms=hist, notes=notes)
 
 
 def _check(row: dict) -> dict:
-  ok = {"l0": TARGETS["l0"][0] <= row["l0"] <= TARGETS["l0"][1], "fvu": row["fvu"] <= TARGETS["fvu"],
-        "dead_fraction": row["dead_fraction"] <= TARGETS["dead_fraction"]}
+  ok = {
+    "l0": TARGETS["l0"][0] <= row["l0"] <= TARGETS["l0"][1],
+    "fvu": row["fvu"] <= TARGETS["fvu"],
+    "dead_fraction": row["dead_fraction"] <= TARGETS["dead_fraction"],
+  }
   if "ce_loss_recovered" in row and np.isfinite(row["ce_loss_recovered"]):
     ok["ce_loss_recovered"] = row["ce_loss_recovered"] >= TARGETS["ce_loss_recovered"]
   return {k: bool(v) for k, v in ok.items()}  # numpy bools would fail `is False` and JSON
@@ -226,8 +275,9 @@ def load_table(directory: str) -> dict:
   """metrics.json of a completed train stage (this module is its one owner): meta, targets, notes,
   summary and the per-layer rows under "layers"."""
   if not atomic_io.is_done(directory):
-    raise IncompleteStoreError(f"no SAE quality report found in {directory} (train stage not complete): "
-                               "run --stages=train")
+    raise IncompleteStoreError(
+      f"no SAE quality report found in {directory} (train stage not complete): run --stages=train"
+    )
   return atomic_io.read_json(os.path.join(directory, METRICS_JSON))
 
 
@@ -235,30 +285,61 @@ def write_tables(directory: str, report: Report, meta: dict) -> None:
   """results/<model>/sae/: metrics.json, metrics.md, density_histograms.json."""
   os.makedirs(directory, exist_ok=True)
   rows = [{**r, "meets_targets": _check(r)} for r in report.rows]
-  keys = ["l0", "fvu", "cosine", "dead_fraction", "silent_last_epoch", "never_fired_eval", "delta_lm_loss",
-          "ce_loss_recovered", "kl"]
+  keys = [
+    "l0",
+    "fvu",
+    "cosine",
+    "dead_fraction",
+    "silent_last_epoch",
+    "never_fired_eval",
+    "delta_lm_loss",
+    "ce_loss_recovered",
+    "kl",
+  ]
   summary = {}
   for k in keys:
     vals = np.asarray([r[k] for r in rows if k in r], np.float64)
     if len(vals):
       summary[k] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals))}
-  atomic_io.atomic_write_json(os.path.join(directory, METRICS_JSON), json.loads(json.dumps(
-      {**meta, "targets": TARGETS, "notes": report.notes, "summary": summary, "layers": rows},
-      default=float)))
-  atomic_io.atomic_write_json(os.path.join(directory, HISTOGRAMS),
-                             {"bins_log10": DENSITY_BINS.tolist(), "counts": report.histograms})
-  cols = [("layer", "{:d}"), ("l0", "{:.1f}"), ("l0_std", "{:.1f}"), ("fvu", "{:.3f}"),
-          ("cosine", "{:.3f}"), ("dead_fraction", "{:.3f}"), ("silent_last_epoch", "{:.3f}"),
-          ("never_fired_eval", "{:.3f}"),
-          ("dense_latents", "{:d}"), ("delta_lm_loss", "{:.3f}"), ("ce_loss_recovered", "{:.3f}"),
-          ("kl", "{:.3f}"), ("theta_mean", "{:.4f}")]
+  atomic_io.atomic_write_json(
+    os.path.join(directory, METRICS_JSON),
+    json.loads(
+      json.dumps(
+        {**meta, "targets": TARGETS, "notes": report.notes, "summary": summary, "layers": rows}, default=float
+      )
+    ),
+  )
+  atomic_io.atomic_write_json(
+    os.path.join(directory, HISTOGRAMS), {"bins_log10": DENSITY_BINS.tolist(), "counts": report.histograms}
+  )
+  cols = [
+    ("layer", "{:d}"),
+    ("l0", "{:.1f}"),
+    ("l0_std", "{:.1f}"),
+    ("fvu", "{:.3f}"),
+    ("cosine", "{:.3f}"),
+    ("dead_fraction", "{:.3f}"),
+    ("silent_last_epoch", "{:.3f}"),
+    ("never_fired_eval", "{:.3f}"),
+    ("dense_latents", "{:d}"),
+    ("delta_lm_loss", "{:.3f}"),
+    ("ce_loss_recovered", "{:.3f}"),
+    ("kl", "{:.3f}"),
+    ("theta_mean", "{:.4f}"),
+  ]
   cols = [(c, f) for c, f in cols if any(c in r for r in rows)]
   lines = [f"# SAE quality: {meta.get('model')} ({meta.get('arch')}, width {meta.get('width')})", ""]
-  lines += [f"- {k}: {meta[k]}" for k in ("steps", "tokens_per_layer", "train_seconds", "batch_size",
-                                           "lr", "layout", "backward") if k in meta]
+  lines += [
+    f"- {k}: {meta[k]}"
+    for k in ("steps", "tokens_per_layer", "train_seconds", "batch_size", "lr", "layout", "backward")
+    if k in meta
+  ]
   lines += [f"- {n}" for n in report.notes]
-  lines += ["- targets: L0 in [16, 128], FVU <= 0.25, dead <= 10%, CE-loss recovered >= 0.8 "
-            "(a cell marked * misses its target)", ""]
+  lines += [
+    "- targets: L0 in [16, 128], FVU <= 0.25, dead <= 10%, CE-loss recovered >= 0.8 "
+    "(a cell marked * misses its target)",
+    "",
+  ]
   lines.append("| " + " | ".join(c for c, _ in cols) + " |")
   lines.append("|" + "---|" * len(cols))
   for r in rows:

@@ -37,22 +37,39 @@ def run(config, workdir: str) -> None:
   n_eval_windows = max(1, int(round(config.sae_training.eval_fraction * store.n_windows)))
   n_train_windows = store.n_windows - n_eval_windows
   if n_train_windows <= 0:
-    raise IncompleteStoreError(f"the store at {mp.hidden_states} has {store.n_windows} windows, too few "
-                               "to hold out evaluation windows: extract more tokens")
+    raise IncompleteStoreError(
+      f"the store at {mp.hidden_states} has {store.n_windows} windows, too few "
+      "to hold out evaluation windows: extract more tokens"
+    )
   n_train_rows = n_train_windows * rows_per_window
   chunk_rows = int(store.activations.chunk_layout.read_chunk.shape[1])
-  result = loop.train(config, store, layers=layers, layer_positions=positions, n_train_rows=n_train_rows,
-                 window_rows=chunk_rows, mean_sq_norms=store.mean_sq_norm(),
-                 ckpt_dir=os.path.join(mp.checkpoints, "train_state"),
-                 log_dir=os.path.join(mp.sae_results, "train_log"))
+  result = loop.train(
+    config,
+    store,
+    layers=layers,
+    layer_positions=positions,
+    n_train_rows=n_train_rows,
+    window_rows=chunk_rows,
+    mean_sq_norms=store.mean_sq_norm(),
+    ckpt_dir=os.path.join(mp.checkpoints, "train_state"),
+    log_dir=os.path.join(mp.sae_results, "train_log"),
+  )
   if jax.process_index() != 0:  # several processes: process 0 alone evaluates and writes the outputs
     return
   hyper = common.hyper_from_config(config, store.d_model)
   final = finalize_params(hyper, result.state)
-  report = quality.evaluate(config, hyper, final, store, layers=layers, positions=positions,
-                             eval_window_start=n_train_windows, fired_ago=result.state.fired_ago,
-                             tokens_trained=result.tokens_per_layer,
-                             tokens_per_epoch=result.tokens_per_layer // int(config.sae_training.epochs))
+  report = quality.evaluate(
+    config,
+    hyper,
+    final,
+    store,
+    layers=layers,
+    positions=positions,
+    eval_window_start=n_train_windows,
+    fired_ago=result.state.fired_ago,
+    tokens_trained=result.tokens_per_layer,
+    tokens_per_epoch=result.tokens_per_layer // int(config.sae_training.epochs),
+  )
   with writer.MetricWriter(os.path.join(mp.sae_results, "train_log")) as w:  # held-out, final step
     scalars = {}
     for row in report.rows:
@@ -62,17 +79,42 @@ def run(config, workdir: str) -> None:
     w.write_scalars(result.steps, scalars)
     for i, layer in enumerate(layers):
       w.write_histogram(result.steps, f"eval/layer_{layer:02d}/log10_density", report.log_density[i])
-  export.write_all(mp.sae_export, hyper, final, layers=layers, model_name=config.model.name,
-                   context_size=int(store.meta.get("seq_len", 0)), sparsity=report.log_density,
-                   extra={"training": {"steps": result.steps, "tokens_per_layer":
-                                       result.tokens_per_layer, "seconds": round(result.seconds, 1),
-                                       "layout": result.layout, "backward": result.sparse_backend}})
-  quality.write_tables(mp.sae_results, report, meta={
-      "model": config.model.name, "arch": hyper.arch, "width": hyper.width, "d_model": hyper.d_model,
-      "steps": result.steps, "tokens_per_layer": result.tokens_per_layer,
-      "train_seconds": round(result.seconds, 1), "layout": result.layout,
-      "backward": result.sparse_backend, "batch_size": int(config.sae_training.batch_size),
-      "lr": train_step.peak_lr(config, hyper), "config": loop.jsonable(loop.fingerprint(config, hyper.d_model, layers))})
+  export.write_all(
+    mp.sae_export,
+    hyper,
+    final,
+    layers=layers,
+    model_name=config.model.name,
+    context_size=int(store.meta.get("seq_len", 0)),
+    sparsity=report.log_density,
+    extra={
+      "training": {
+        "steps": result.steps,
+        "tokens_per_layer": result.tokens_per_layer,
+        "seconds": round(result.seconds, 1),
+        "layout": result.layout,
+        "backward": result.sparse_backend,
+      }
+    },
+  )
+  quality.write_tables(
+    mp.sae_results,
+    report,
+    meta={
+      "model": config.model.name,
+      "arch": hyper.arch,
+      "width": hyper.width,
+      "d_model": hyper.d_model,
+      "steps": result.steps,
+      "tokens_per_layer": result.tokens_per_layer,
+      "train_seconds": round(result.seconds, 1),
+      "layout": result.layout,
+      "backward": result.sparse_backend,
+      "batch_size": int(config.sae_training.batch_size),
+      "lr": train_step.peak_lr(config, hyper),
+      "config": loop.jsonable(loop.fingerprint(config, hyper.d_model, layers)),
+    },
+  )
   digest = manifest_hash(mp.sae_export, layers)
   atomic_io.write_done(mp.sae_export, {"layers": layers, "sha256": digest})
   atomic_io.write_done(mp.sae_results, {"layers": layers, "arch": hyper.arch, "sae_manifest_hash": digest})
@@ -100,5 +142,10 @@ def finalize_params(hyper: common.Hyper, state: train_step.TrainState) -> FinalS
 
 def manifest_hash(export_dir: str, layers) -> str:
   """SHA-256 over every exported layer's cfg.json and weights: identifies the SAEs later stages used."""
-  return atomic_io.files_sha256([os.path.join(export.layer_dir(export_dir, layer), name)
-                                 for layer in layers for name in (export.CFG, export.WEIGHTS)])
+  return atomic_io.files_sha256(
+    [
+      os.path.join(export.layer_dir(export_dir, layer), name)
+      for layer in layers
+      for name in (export.CFG, export.WEIGHTS)
+    ]
+  )

@@ -24,7 +24,6 @@ import optax
 from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.sae import common, registry, relu_l1, sparse
 
-
 # ---- state and settings -------------------------------------------------------------------------
 
 
@@ -106,17 +105,32 @@ def make_optimizer(hyper: common.Hyper, s: Settings) -> optax.GradientTransforma
 
 def init_state(key: jax.Array, hyper: common.Hyper, tx, scale) -> TrainState:
   params = common.init_params(key, hyper)
-  return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-                    fired_ago=jnp.zeros((hyper.width,), jnp.int32),
-                    batch_threshold=jnp.asarray(-1.0, jnp.float32),
-                    input_scale=jnp.asarray(scale, jnp.float32))
+  return TrainState(
+    params=params,
+    opt_state=tx.init(params),
+    step=jnp.zeros((), jnp.int32),
+    fired_ago=jnp.zeros((hyper.width,), jnp.int32),
+    batch_threshold=jnp.asarray(-1.0, jnp.float32),
+    input_scale=jnp.asarray(scale, jnp.float32),
+  )
 
 
 # ---- the step -------------------------------------------------------------------------------------
 
 
-def layer_update(hyper: common.Hyper, s: Settings, tx, state: TrainState, x, pre, thr, coo, *,
-                 use_sparse: bool, use_aux: bool):
+def layer_update(
+  hyper: common.Hyper,
+  s: Settings,
+  tx,
+  state: TrainState,
+  x,
+  pre,
+  thr,
+  coo,
+  *,
+  use_sparse: bool,
+  use_aux: bool,
+):
   """One optimizer step for ONE layer. x [B, D] scaled inputs, pre [B, M], thr [M] COO threshold,
   coo: the COO list of the entries above thr (threshold architectures; None for TopK)."""
   arch = registry.get(hyper.arch)
@@ -152,16 +166,24 @@ def layer_update(hyper: common.Hyper, s: Settings, tx, state: TrainState, x, pre
   bt = state.batch_threshold
   if hyper.arch == "batchtopk":
     mp = aux["min_positive_code"]
-    seeded = jnp.where(bt < 0, mp, hyper.batchtopk_threshold_beta * bt +
-                       (1 - hyper.batchtopk_threshold_beta) * mp)
+    seeded = jnp.where(
+      bt < 0, mp, hyper.batchtopk_threshold_beta * bt + (1 - hyper.batchtopk_threshold_beta) * mp
+    )
     bt = jnp.where((state.step >= hyper.batchtopk_threshold_start) & jnp.isfinite(mp), seeded, bt)
   metrics = {k: v for k, v in aux.items() if k not in ("fired", "min_positive_code")}
-  metrics.update(loss=loss, grad_norm=grad_norm, lr=lr_schedule(hyper, s)(state.step), lam=lam,
-                 dead_fraction=jnp.mean(fired_ago >= hyper.dead_tokens),
-                 batch_threshold=bt, sparse_path=jnp.asarray(float(use_sparse), jnp.float32),
-                 aux_active=jnp.asarray(float(use_aux), jnp.float32))
-  new_state = state.replace(params=new, opt_state=opt_state, step=state.step + 1, fired_ago=fired_ago,
-                            batch_threshold=bt)
+  metrics.update(
+    loss=loss,
+    grad_norm=grad_norm,
+    lr=lr_schedule(hyper, s)(state.step),
+    lam=lam,
+    dead_fraction=jnp.mean(fired_ago >= hyper.dead_tokens),
+    batch_threshold=bt,
+    sparse_path=jnp.asarray(float(use_sparse), jnp.float32),
+    aux_active=jnp.asarray(float(use_aux), jnp.float32),
+  )
+  new_state = state.replace(
+    params=new, opt_state=opt_state, step=state.step + 1, fired_ago=fired_ago, batch_threshold=bt
+  )
   return new_state, metrics
 
 
@@ -189,8 +211,9 @@ def make_block_step(hyper: common.Hyper, s: Settings, tx) -> Callable:
       fits = jnp.all(total <= x.shape[1] * cap)
 
     def run_variant(use_sparse, use_aux):
-      fn = lambda st, xx, pr, th, c: layer_update(hyper, s, tx, st, xx, pr, th, c,
-                                                  use_sparse=use_sparse, use_aux=use_aux)
+      fn = lambda st, xx, pr, th, c: layer_update(
+        hyper, s, tx, st, xx, pr, th, c, use_sparse=use_sparse, use_aux=use_aux
+      )
       return jax.vmap(fn)(states, x, pre, thr, coo)
 
     if len(variants) == 1:

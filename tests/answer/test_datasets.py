@@ -69,5 +69,6 @@ def test_missing_and_malformed(tmp_path):
 
 def test_hashes_match_data_readme():
   assert datasets.sha256(datasets.NQ_OPEN_DEV) == (
-      "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616")
+    "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616"
+  )
   assert os.path.isabs(datasets.resolve(datasets.TRUTHFULQA))

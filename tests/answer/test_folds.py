@@ -8,12 +8,11 @@ import pytest
 import transformers
 
 from ghosttrack_jax import config_lib
-from ghosttrack_jax.answer import datasets
-from ghosttrack_jax.errors import DataError
-from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.answer import datasets, prompts
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
-from ghosttrack_jax.answer import prompts
+from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.errors import DataError
 
 TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(datasets.__file__)), "assets", "gpt2_tokenizer")
 
@@ -122,8 +121,22 @@ def test_answer_stage_end_to_end(tmp_path):
   assert len(ex) + man["n_excluded"] == 40
   assert sum(e["label"] == 0 for e in ex) == 14  # every third question answered with its gold alias
   e0 = ex[0]
-  assert set(e0) >= {"id", "group_id", "question", "prompt_ids", "answer_ids", "answer_text", "gold",
-                     "label", "label_method", "fold", "folds", "labels_all", "mode", "flags"}
+  assert set(e0) >= {
+    "id",
+    "group_id",
+    "question",
+    "prompt_ids",
+    "answer_ids",
+    "answer_text",
+    "gold",
+    "label",
+    "label_method",
+    "fold",
+    "folds",
+    "labels_all",
+    "mode",
+    "flags",
+  }
   tok = model.tokenizer
   assert tok.decode(e0["prompt_ids"]).endswith("A:")
   assert tok.decode(e0["prompt_ids"]).startswith(prompts.FEWSHOT_INSTRUCTION)

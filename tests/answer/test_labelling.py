@@ -49,7 +49,8 @@ def test_rouge_l():
   assert lab.rouge_l("a b c d", "a b c d") == 1.0
   # LCS("seeds pass through", "the seeds pass through your system") = 3 -> P=1, R=3/5
   assert lab.rouge_l("seeds pass through", "the seeds pass through your system") == pytest.approx(
-      2 * 1 * 0.6 / 1.6)
+    2 * 1 * 0.6 / 1.6
+  )
   assert lab.rouge_l("", "x") == 0.0
 
 

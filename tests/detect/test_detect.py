@@ -4,18 +4,14 @@ import os
 
 import numpy as np
 import pytest
-
-from ghosttrack_jax.detect import classifiers
-from ghosttrack_jax.track import divergence
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.errors import StoreMismatchError
 from synthetic_tables import tiny_config, write_synthetic
-from ghosttrack_jax.detect import cv
-from ghosttrack_jax.detect import stage as detect_stage
-from ghosttrack_jax.detect import detector
-from ghosttrack_jax.detect import methods
+
 from ghosttrack_jax import stats
+from ghosttrack_jax.detect import classifiers, cv, detector, methods
+from ghosttrack_jax.detect import stage as detect_stage
+from ghosttrack_jax.errors import StoreMismatchError
+from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.track import divergence
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +28,21 @@ def test_outputs_and_scores(detected):
   d = os.path.join(paths.for_config(c, wd).detection, "nq_open")
   with np.load(os.path.join(d, "scores.npz"), allow_pickle=False) as z:
     names = list(z["methods"])
-    scores, folds, thr = z["scores"], z["folds"], z["thresholds"]
+    scores, thr = z["scores"], z["thresholds"]
     assert np.array_equal(z["label"], y)
-  for m in ("ghosttrack/logistic", "ghosttrack/random_forest", "reconstruction/logistic",
-            "ghosttrack_feature_id/logistic", "baseline/answer_tokens", "baseline/scalar_all",
-            "probe/raw_resid_best_layer", "probe/raw_resid_all_layers", "probe/sae_pooled_best_layer",
-            "surface/bag_of_words", "combined/ghosttrack+scalar_baselines"):
+  for m in (
+    "ghosttrack/logistic",
+    "ghosttrack/random_forest",
+    "reconstruction/logistic",
+    "ghosttrack_feature_id/logistic",
+    "baseline/answer_tokens",
+    "baseline/scalar_all",
+    "probe/raw_resid_best_layer",
+    "probe/raw_resid_all_layers",
+    "probe/sae_pooled_best_layer",
+    "surface/bag_of_words",
+    "combined/ghosttrack+scalar_baselines",
+  ):
     assert m in names, m
   assert scores.shape == (len(names), 1, len(y)) and thr.shape == (len(names), 1, 3)
   auc = {n: stats.auroc(scores[i, 0], y) for i, n in enumerate(names)}
@@ -77,8 +82,9 @@ def test_final_detector_round_trip(detected):
   assert p.shape == (5,) and ((p > 0) & (p < 1)).all()
   # the JSON parameters reproduce the scikit-learn pipeline fit the same way
   spec = methods.Method("g", "ghosttrack", "", "logistic", (("ghosttrack", None),))
-  fit = cv.fit_with_selection(spec, data, np.arange(len(data.label)), data.label, data.group_id,
-                                  c.evaluate, c.evaluate.seed)
+  fit = cv.fit_with_selection(
+    spec, data, np.arange(len(data.label)), data.label, data.group_id, c.evaluate, c.evaluate.seed
+  )
   np.testing.assert_allclose(p, classifiers.proba(fit.model, x), rtol=1e-6)
   rf = detector.Detector.for_config(c, wd, classifier="random_forest")
   assert rf.predict_proba(x).shape == (5,)
@@ -97,7 +103,9 @@ def test_final_detector_round_trip(detected):
 
 def test_single_class_fold_is_degenerate_not_crash():
   x = np.zeros((4, 3))
-  model, degenerate = classifiers.fit_or_prior(lambda: classifiers.make_classifier("logistic"), x, np.ones(4, int))
+  model, degenerate = classifiers.fit_or_prior(
+    lambda: classifiers.make_classifier("logistic"), x, np.ones(4, int)
+  )
   assert degenerate and np.allclose(classifiers.proba(model, x), 1.0)
 
 
@@ -105,12 +113,17 @@ def test_rowspace_logistic_is_exact():
   from sklearn.linear_model import LogisticRegression
   from sklearn.pipeline import Pipeline
   from sklearn.preprocessing import StandardScaler
+
   rng = np.random.default_rng(0)
   x = rng.normal(size=(40, 300))
   y = (x[:, 0] + 0.5 * rng.normal(size=40) > 0).astype(int)
   xt = rng.normal(size=(10, 300))
-  wide = Pipeline([("s", StandardScaler()), ("c", LogisticRegression(C=0.1, class_weight="balanced",
-                                                                       tol=1e-10, max_iter=10000))]).fit(x, y)
+  wide = Pipeline(
+    [
+      ("s", StandardScaler()),
+      ("c", LogisticRegression(C=0.1, class_weight="balanced", tol=1e-10, max_iter=10000)),
+    ]
+  ).fit(x, y)
   ours = classifiers.make_classifier("logistic", 0.1)
   ours.named_steps["clf"].set_params(tol=1e-10)
   ours.fit(x, y)

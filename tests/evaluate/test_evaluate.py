@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
-
-from ghosttrack_jax.runtime import paths
 from synthetic_tables import tiny_config, write_synthetic
-from ghosttrack_jax.detect import stage as detect_stage
-from ghosttrack_jax.evaluate import stage as evaluate_stage
-from ghosttrack_jax.evaluate import metrics
+
 from ghosttrack_jax import stats
+from ghosttrack_jax.detect import stage as detect_stage
+from ghosttrack_jax.evaluate import metrics
+from ghosttrack_jax.evaluate import stage as evaluate_stage
+from ghosttrack_jax.runtime import paths
 
 
 def test_known_auroc():
@@ -32,8 +32,9 @@ def test_matches_sklearn_with_weights_and_ties():
   assert stats.auroc(s, y) == pytest.approx(roc_auc_score(y, s))
   assert stats.auprc(s, y) == pytest.approx(average_precision_score(y, s))
   np.testing.assert_allclose(stats.auroc(s, y, w), [roc_auc_score(y, s, sample_weight=wi) for wi in w])
-  np.testing.assert_allclose(stats.auprc(s, y, w),
-                             [average_precision_score(y, s, sample_weight=wi) for wi in w])
+  np.testing.assert_allclose(
+    stats.auprc(s, y, w), [average_precision_score(y, s, sample_weight=wi) for wi in w]
+  )
 
 
 def test_bootstrap_resamples_groups_not_rows():
@@ -79,7 +80,9 @@ def test_evaluate_stage_on_synthetic(tmp_path):
   m = json.load(open(path))
   gt = m["methods"]["ghosttrack/logistic"]
   assert gt["auroc_ci"][0] <= gt["auroc"] <= gt["auroc_ci"][1]
-  assert m["best_baseline"] in m["methods"] and m["methods"][m["best_baseline"]]["kind"] in metrics.BASELINE_KINDS
+  assert (
+    m["best_baseline"] in m["methods"] and m["methods"][m["best_baseline"]]["kind"] in metrics.BASELINE_KINDS
+  )
   assert "incremental" in m and m["n_bootstrap"] == 200
   assert "competition_max" in m["degeneracy"]["ghosttrack"]["constant"]
   assert all("delta_vs_ghosttrack" in v for k, v in m["methods"].items() if k != "ghosttrack/logistic")

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from ghosttrack_jax.extract import corpus
 from ghosttrack_jax.errors import DataError
+from ghosttrack_jax.extract import corpus
 
 
 def _encode(texts):
@@ -17,10 +17,12 @@ def _encode(texts):
 def test_packing_keeps_every_token_in_order_with_eos_between_documents(tmp_path):
   docs = ["abcde", "fg", "hijklmnop"]
   windows = list(corpus.iter_windows(iter(docs), _encode, eos_id=0, seq_len=4))
-  stream = [ord(c) for c in "abcde"] + [0] + [ord(c) for c in "fg"] + [0] + [ord(c) for c in "hijklmnop"] + [0]
+  stream = (
+    [ord(c) for c in "abcde"] + [0] + [ord(c) for c in "fg"] + [0] + [ord(c) for c in "hijklmnop"] + [0]
+  )
   assert len(windows) == len(stream) // 4
   flat = np.concatenate([w for w, _ in windows])
-  np.testing.assert_array_equal(flat, stream[:len(flat)])
+  np.testing.assert_array_equal(flat, stream[: len(flat)])
   doc_flat = np.concatenate([d for _, d in windows])
   assert doc_flat[0] == 0 and doc_flat[6] == 1 and doc_flat[9] == 2
   assert all(w.dtype == np.int32 and w.shape == (4,) for w, _ in windows)

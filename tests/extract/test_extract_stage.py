@@ -10,22 +10,30 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_pipeline import tiny_config  # pylint: disable=import-error  (tests/ is on sys.path)
 
+from ghosttrack_jax.errors import DataError, StoreMismatchError
+from ghosttrack_jax.extract import stage as extract
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.errors import DataError, StoreMismatchError
-from tiny_pipeline import tiny_config  # pylint: disable=import-error  (tests/ is on sys.path)
-from ghosttrack_jax.extract import stage as extract
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _main(workdir, *args, **kw):
-  cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={REPO}/configs/tiny.py",
-         f"--workdir={workdir}", "--stages=extract", *args]
+  cmd = [
+    sys.executable,
+    "-m",
+    "ghosttrack_jax.main",
+    f"--config={REPO}/configs/tiny.py",
+    f"--workdir={workdir}",
+    "--stages=extract",
+    *args,
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, **kw)
+  return subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+  )
 
 
 def _tree_digest(path):
@@ -47,9 +55,12 @@ def tiny_store(tmp_path_factory):
 
 def test_store_rows_are_the_models_block_outputs(tiny_store):
   from ghosttrack_jax import lm
+
   config, workdir = tiny_store
-  store = store_lib.ActivationStore.open(paths.for_config(config, workdir).hidden_states,
-                                         expect={"model": "tiny_gpt2", "d_model": 64, "layers": [0, 1]})
+  store = store_lib.ActivationStore.open(
+    paths.for_config(config, workdir).hidden_states,
+    expect={"model": "tiny_gpt2", "d_model": 64, "layers": [0, 1]},
+  )
   T = config.data.seq_len
   assert store.n_windows == -(-config.data.n_tokens // (T - 1))
   assert store.n_rows == store.n_windows * (T - 1)
@@ -127,8 +138,9 @@ def test_sigkill_mid_extraction_then_resume_equals_uninterrupted(tmp_path):
   a = store_lib.ActivationStore.open(str(store))
   b = store_lib.ActivationStore.open(str(clean / "cache" / "tiny_gpt2" / "hidden_states"))
   assert a.n_rows == b.n_rows
-  np.testing.assert_array_equal(a.read(slice(0, 2), 0, a.n_rows).view(np.uint16),
-                                b.read(slice(0, 2), 0, b.n_rows).view(np.uint16))
+  np.testing.assert_array_equal(
+    a.read(slice(0, 2), 0, a.n_rows).view(np.uint16), b.read(slice(0, 2), 0, b.n_rows).view(np.uint16)
+  )
   np.testing.assert_array_equal(a.token_windows(0, a.n_windows), b.token_windows(0, b.n_windows))
   for key in ("layer_stats", "n_rows", "n_windows"):
     assert a.meta[key] == b.meta[key]
@@ -141,11 +153,19 @@ def test_resume_with_another_batch_size_is_refused(tmp_path):
   # Turn the finished store back into a half-written one, as a kill after batch 2 would leave it.
   os.remove(os.path.join(path, store_lib.COMPLETE))
   from ghosttrack_jax.runtime import atomic_io
+
   meta = atomic_io.read_json(os.path.join(path, store_lib.META))
-  atomic_io.atomic_write_json(os.path.join(path, store_lib.PROGRESS), {
-      "phase": "activations", "n_windows": meta["n_windows"], "batches_done": 2, "batch_size": 8,
-      "chunk_rows": config.extract.chunk_rows, "stats": {"sum_sq_norm": [0.0, 0.0],
-                                                         "sum_norm": [0.0, 0.0], "max_norm": [0.0, 0.0]}})
+  atomic_io.atomic_write_json(
+    os.path.join(path, store_lib.PROGRESS),
+    {
+      "phase": "activations",
+      "n_windows": meta["n_windows"],
+      "batches_done": 2,
+      "batch_size": 8,
+      "chunk_rows": config.extract.chunk_rows,
+      "stats": {"sum_sq_norm": [0.0, 0.0], "sum_norm": [0.0, 0.0], "max_norm": [0.0, 0.0]},
+    },
+  )
   with pytest.raises(StoreMismatchError, match="extract.batch_size=8"):
     extract.run(tiny_config(**{"extract.batch_size": 4}), str(tmp_path))
   extract.run(config, str(tmp_path))  # the original geometry resumes and completes

@@ -6,9 +6,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 
 
 def _make_store(path, complete=True):
@@ -19,8 +19,16 @@ def _make_store(path, complete=True):
   for name in ("token_ids", "doc_ids"):
     arr = store_lib.create_array(os.path.join(path, name), [10, T], "int32", [10, T])
     arr.write(np.arange(50, dtype=np.int32).reshape(10, T)).result()
-  meta = {"model": "m", "d_model": D, "layers": [0, 1, 2], "dtype": "bfloat16", "seq_len": T,
-          "n_rows": N, "n_windows": 10, "layer_stats": [{"mean_sq_norm": 1.0 + i} for i in range(L)]}
+  meta = {
+    "model": "m",
+    "d_model": D,
+    "layers": [0, 1, 2],
+    "dtype": "bfloat16",
+    "seq_len": T,
+    "n_rows": N,
+    "n_windows": 10,
+    "layer_stats": [{"mean_sq_norm": 1.0 + i} for i in range(L)],
+  }
   atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
   if complete:
     atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {})

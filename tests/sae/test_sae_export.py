@@ -18,22 +18,47 @@ from ghosttrack_jax.train import step as train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TOP_LEVEL = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
-             "normalize_activations", "reshape_activations", "metadata")
-METADATA = ("sae_lens_version", "sae_lens_training_version", "model_name", "hook_name", "hook_head_index",
-            "context_size", "prepend_bos", "seqpos_slice", "model_from_pretrained_kwargs")
+TOP_LEVEL = (
+  "architecture",
+  "d_in",
+  "d_sae",
+  "dtype",
+  "device",
+  "apply_b_dec_to_input",
+  "normalize_activations",
+  "reshape_activations",
+  "metadata",
+)
+METADATA = (
+  "sae_lens_version",
+  "sae_lens_training_version",
+  "model_name",
+  "hook_name",
+  "hook_head_index",
+  "context_size",
+  "prepend_bos",
+  "seqpos_slice",
+  "model_from_pretrained_kwargs",
+)
 
 
 def _final(arch, n_layers=2, d=8, m=24, seed=0):
   h = common.Hyper(arch=arch, d_model=d, width=m, k=3)
   keys = jax.random.split(jax.random.PRNGKey(seed), n_layers)
   params = jax.vmap(lambda k: common.init_params(k, h))(keys)
-  params = {k: np.asarray(v) + 0.01 * np.random.default_rng(seed).normal(size=v.shape).astype(np.float32)
-            for k, v in params.items()}
+  params = {
+    k: np.asarray(v) + 0.01 * np.random.default_rng(seed).normal(size=v.shape).astype(np.float32)
+    for k, v in params.items()
+  }
   params["threshold"] = np.abs(params["threshold"]) + 0.02
-  state = train_step.TrainState(params=params, opt_state=None, step=None, fired_ago=None,
-                               batch_threshold=np.full((n_layers,), 0.3, np.float32),
-                               input_scale=np.asarray([0.5, 2.0][:n_layers], np.float32))
+  state = train_step.TrainState(
+    params=params,
+    opt_state=None,
+    step=None,
+    fired_ago=None,
+    batch_threshold=np.full((n_layers,), 0.3, np.float32),
+    input_scale=np.asarray([0.5, 2.0][:n_layers], np.float32),
+  )
   return h, train_stage.finalize_params(h, state)
 
 
@@ -41,8 +66,15 @@ def _final(arch, n_layers=2, d=8, m=24, seed=0):
 def test_export_reads_back_identically_with_saelens_fields(tmp_path, arch):
   h, final = _final(arch)
   root = str(tmp_path / "saelens")
-  export.write_all(root, h, final, layers=[3, 7], model_name="m", context_size=128,
-                   sparsity=np.full((2, h.width), -3.0, np.float32))
+  export.write_all(
+    root,
+    h,
+    final,
+    layers=[3, 7],
+    model_name="m",
+    context_size=128,
+    sparsity=np.full((2, h.width), -3.0, np.float32),
+  )
   folded = common.fold_input_scale(final.params, final.input_scale, h)
   for i, layer in enumerate([3, 7]):
     d = export.layer_dir(root, layer)
@@ -80,16 +112,22 @@ def test_folded_weights_give_the_training_codes_on_raw_inputs(tmp_path, arch):
     codes_fold = enc(h, p_fold, common.preact(h, p_fold, x_raw))
     np.testing.assert_allclose(codes_fold, codes_train, rtol=1e-4, atol=1e-5)
     # decode returns raw units: decode_fold(codes) = decode_train(codes) / s
-    np.testing.assert_allclose(common.decode_dense(h, p_fold, codes_fold),
-                               common.decode_dense(h, p_train, codes_train) / s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+      common.decode_dense(h, p_fold, codes_fold),
+      common.decode_dense(h, p_train, codes_train) / s,
+      rtol=1e-4,
+      atol=1e-5,
+    )
 
 
 def _saelens_python():
   """An interpreter with sae_lens: this one, $GHOSTTRACK_SAELENS_PYTHON, or the benchmark's venv."""
   if importlib.util.find_spec("sae_lens") is not None:
     return sys.executable
-  for candidate in (os.environ.get("GHOSTTRACK_SAELENS_PYTHON"),
-                    os.path.join(REPO, ".venv-bench-sae", "bin", "python")):
+  for candidate in (
+    os.environ.get("GHOSTTRACK_SAELENS_PYTHON"),
+    os.path.join(REPO, ".venv-bench-sae", "bin", "python"),
+  ):
     if candidate and os.path.exists(candidate):
       return candidate
   return None
@@ -112,8 +150,11 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(_saelens_python() is None, reason="no interpreter with sae_lens (optional; see "
-                    "benchmarks/sae_train.py for the .venv-bench-sae environment)")
+@pytest.mark.skipif(
+  _saelens_python() is None,
+  reason="no interpreter with sae_lens (optional; see "
+  "benchmarks/sae_train.py for the .venv-bench-sae environment)",
+)
 def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
   archs = ["jumprelu", "topk", "batchtopk", "relu_l1"]
   expected = {}
@@ -127,15 +168,26 @@ def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
     codes = np.asarray(registry.get(arch).encode(h, p, common.preact(h, p, jnp.asarray(x))))
     np.save(os.path.join(root, "x.npy"), x)
     expected[arch] = (codes, codes @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"]))
-  proc = subprocess.run([_saelens_python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
-                        capture_output=True, text=True, timeout=600, check=False)
+  proc = subprocess.run(
+    [_saelens_python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   classes = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert classes == {"jumprelu": "JumpReLUSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE",
-                     "relu_l1": "JumpReLUSAE"}
+  assert classes == {
+    "jumprelu": "JumpReLUSAE",
+    "topk": "TopKSAE",
+    "batchtopk": "JumpReLUSAE",
+    "relu_l1": "JumpReLUSAE",
+  }
   for arch in archs:
     root = str(tmp_path / arch)
-    np.testing.assert_allclose(np.load(os.path.join(root, "theirs.npy")), expected[arch][0], rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(np.load(os.path.join(root, "theirs_dec.npy")), expected[arch][1],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      np.load(os.path.join(root, "theirs.npy")), expected[arch][0], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+      np.load(os.path.join(root, "theirs_dec.npy")), expected[arch][1], rtol=1e-5, atol=1e-5
+    )

@@ -10,10 +10,10 @@ import pytest
 
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.sae import common, registry, relu_l1, topk
-from tests import sae_synthetic as syn
 from ghosttrack_jax.train import loop as train_loop
 from ghosttrack_jax.train import stage as train_stage
 from ghosttrack_jax.train import step as train_step
+from tests import sae_synthetic as syn
 
 
 def _train_synthetic(tmp_path, overrides, n_layers=1, d=32, n_true=128):
@@ -21,10 +21,17 @@ def _train_synthetic(tmp_path, overrides, n_layers=1, d=32, n_true=128):
   syn.make_store(store_dir, n_layers=n_layers, d=d, n_windows=64, n_true=n_true, active=4, seed=5)
   store = store_lib.ActivationStore.open(store_dir)
   config = syn.tiny_config(**overrides)
-  result = train_loop.train(config, store, layers=list(range(n_layers)),
-                           layer_positions=list(range(n_layers)), n_train_rows=store.n_rows - 128,
-                           window_rows=128, mean_sq_norms=store.mean_sq_norm(),
-                           ckpt_dir=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "log"))
+  result = train_loop.train(
+    config,
+    store,
+    layers=list(range(n_layers)),
+    layer_positions=list(range(n_layers)),
+    n_train_rows=store.n_rows - 128,
+    window_rows=128,
+    mean_sq_norms=store.mean_sq_norm(),
+    ckpt_dir=str(tmp_path / "ckpt"),
+    log_dir=str(tmp_path / "log"),
+  )
   with open(tmp_path / "log" / "metrics.jsonl", encoding="utf-8") as f:
     log = [json.loads(line) for line in f]
   return result, log
@@ -32,11 +39,21 @@ def _train_synthetic(tmp_path, overrides, n_layers=1, d=32, n_true=128):
 
 def test_jumprelu_l0_falls_within_a_few_hundred_steps(tmp_path):
   # Recipe constants in normalised units (eps = theta_0 = 1e-3); a short-run learning rate.
-  result, log = _train_synthetic(tmp_path, {
-      "sae.width": 128, "sae.bandwidth": 1e-3, "sae.threshold_init": 1e-3, "sae.l0_coefficient": 0.1,
-      "sae.l0_warmup_steps": 50, "sae_training.lr": 1e-3, "sae_training.epochs": 20,
-      "sae_training.log_every": 25, "sae_training.checkpoint_every": 1000,
-      "sae_training.sparse_capacity": 128})
+  result, log = _train_synthetic(
+    tmp_path,
+    {
+      "sae.width": 128,
+      "sae.bandwidth": 1e-3,
+      "sae.threshold_init": 1e-3,
+      "sae.l0_coefficient": 0.1,
+      "sae.l0_warmup_steps": 50,
+      "sae_training.lr": 1e-3,
+      "sae_training.epochs": 20,
+      "sae_training.log_every": 25,
+      "sae_training.checkpoint_every": 1000,
+      "sae_training.sparse_capacity": 128,
+    },
+  )
   assert 200 <= result.steps <= 400
   first, last = log[0], log[-1]
   assert first["mean/l0"] > 40  # about half the 128 latents fire at theta_0
@@ -47,8 +64,10 @@ def test_jumprelu_l0_falls_within_a_few_hundred_steps(tmp_path):
 
 
 def test_data_dependent_threshold_init_sets_the_starting_l0(tmp_path):
-  _, log = _train_synthetic(tmp_path, {"sae.width": 128, "sae.threshold_init_l0": 8,
-                                       "sae_training.epochs": 1, "sae_training.log_every": 1})
+  _, log = _train_synthetic(
+    tmp_path,
+    {"sae.width": 128, "sae.threshold_init_l0": 8, "sae_training.epochs": 1, "sae_training.log_every": 1},
+  )
   assert log[0]["mean/l0"] == pytest.approx(8.0, abs=1.5)  # instead of ~64 with theta_0 = 1e-3
   assert log[0]["mean/sparse_path"] == 1.0
 
@@ -93,10 +112,19 @@ def test_decoder_gradient_projection_and_renormalisation():
 
 
 def test_a_training_step_keeps_unit_rows_and_nonnegative_thresholds():
-  h = common.Hyper(arch="jumprelu", d_model=8, width=32, bandwidth=0.05, threshold_init=0.05,
-                   sparse_capacity=32)
-  s = train_step.Settings(lr=0.05, warmup_steps=1, decay_fraction=0.0, total_steps=10, steps_per_epoch=10,
-                         epochs=1, grad_clip=1.0, batch_size=16)
+  h = common.Hyper(
+    arch="jumprelu", d_model=8, width=32, bandwidth=0.05, threshold_init=0.05, sparse_capacity=32
+  )
+  s = train_step.Settings(
+    lr=0.05,
+    warmup_steps=1,
+    decay_fraction=0.0,
+    total_steps=10,
+    steps_per_epoch=10,
+    epochs=1,
+    grad_clip=1.0,
+    batch_size=16,
+  )
   tx = train_step.make_optimizer(h, s)
   state = jax.vmap(lambda k: train_step.init_state(k, h, tx, 1.0))(jax.random.split(jax.random.PRNGKey(0), 2))
   step = jax.jit(train_step.make_block_step(h, s, tx))
@@ -132,28 +160,45 @@ def test_auxk_reaches_dead_latents_only_when_some_are_dead():
 
 
 def test_batchtopk_inference_threshold(tmp_path):
-  result, log = _train_synthetic(tmp_path, {
-      "sae.arch": "batchtopk", "sae.k": 4, "sae.batchtopk_threshold_start": 20,
-      "sae_training.epochs": 6, "sae_training.checkpoint_every": 1000})
+  result, log = _train_synthetic(
+    tmp_path,
+    {
+      "sae.arch": "batchtopk",
+      "sae.k": 4,
+      "sae.batchtopk_threshold_start": 20,
+      "sae_training.epochs": 6,
+      "sae_training.checkpoint_every": 1000,
+    },
+  )
   assert log[0]["mean/batch_threshold"] == -1.0  # not seeded before the start step
   theta = float(np.asarray(result.state.batch_threshold)[0])
   assert theta > 0
-  final = train_stage.finalize_params(common.hyper_from_config(syn.tiny_config(**{"sae.arch": "batchtopk"}),
-                                                             32), result.state)
+  final = train_stage.finalize_params(
+    common.hyper_from_config(syn.tiny_config(**{"sae.arch": "batchtopk"}), 32), result.state
+  )
   assert np.all(final.params["threshold"] == np.float32(theta))
   assert all(r["mean/l0"] == pytest.approx(4.0, abs=0.5) for r in log)  # mean L0 = k in training
 
 
 def test_lr_schedules():
-  s = train_step.Settings(lr=1.0, warmup_steps=10, decay_fraction=0.2, total_steps=100, steps_per_epoch=25,
-                         epochs=4, grad_clip=1.0, batch_size=8)
+  s = train_step.Settings(
+    lr=1.0,
+    warmup_steps=10,
+    decay_fraction=0.2,
+    total_steps=100,
+    steps_per_epoch=25,
+    epochs=4,
+    grad_clip=1.0,
+    batch_size=8,
+  )
   sched = train_step.lr_schedule(common.Hyper(arch="jumprelu", d_model=4, width=8), s)
   vals = [float(sched(jnp.asarray(t))) for t in (0, 5, 10, 50, 80, 90, 100)]
   np.testing.assert_allclose(vals, [0.1, 0.55, 1.0, 1.0, 1.0, 0.5, 0.0], atol=1e-6)
   legacy = train_step.lr_schedule(common.Hyper(arch="relu_l1", d_model=4, width=8), s)
   vals = [float(legacy(jnp.asarray(t))) for t in (0, 24, 25, 50, 99)]
-  np.testing.assert_allclose(vals, [1.0, 1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    vals, [1.0, 1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))], atol=1e-6
+  )
   config = syn.tiny_config(**{"sae.arch": "topk", "sae.width": 2**16})
   assert train_step.peak_lr(config, common.hyper_from_config(config, 8)) == pytest.approx(1e-4)
 

@@ -57,16 +57,15 @@ def test_primitive_ops_match_dense(backend):
   vals = sparse.gather(pre, coo)
   dense = np.asarray(jnp.where(pre > thr, pre, 0.0))
   np.testing.assert_allclose(sparse.densify(coo, vals, b, m), dense, rtol=0, atol=0)
-  np.testing.assert_allclose(sparse.spmm_rows(coo, vals, w, b), dense @ np.asarray(w), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(sparse.spmm_rows(coo, vals, w, b), dense @ np.asarray(w), rtol=1e-5, atol=1e-5)
   g = np.asarray(a) @ np.asarray(w).T  # [B, M]
   got = np.asarray(sparse.sddmm(coo, a, w))
   n = int(coo.count)
-  np.testing.assert_allclose(got[:n], g[np.asarray(coo.rows)[:n], np.asarray(coo.cols)[:n]], rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    got[:n], g[np.asarray(coo.rows)[:n], np.asarray(coo.cols)[:n]], rtol=1e-5, atol=1e-5
+  )
   assert np.all(got[n:] == 0)
-  np.testing.assert_allclose(sparse.spmm_t(coo, vals, a, m), dense.T @ np.asarray(a), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(sparse.spmm_t(coo, vals, a, m), dense.T @ np.asarray(a), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(sparse.col_sum(coo, vals, m), dense.sum(0), rtol=1e-5, atol=1e-5)
 
 
@@ -142,15 +141,23 @@ def test_batch_threshold_is_the_exact_kth_value(backend):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_sparse_loss_and_grads_equal_dense(arch, backend):
-  h = common.Hyper(arch=arch, d_model=16, width=64, k=4, bandwidth=0.05, threshold_init=0.05,
-                   dead_tokens=10, sparse_capacity=64)
+  h = common.Hyper(
+    arch=arch,
+    d_model=16,
+    width=64,
+    k=4,
+    bandwidth=0.05,
+    threshold_init=0.05,
+    dead_tokens=10,
+    sparse_capacity=64,
+  )
   a = registry.get(arch)
   p = common.init_params(jax.random.PRNGKey(0), h)
   p = {**p, "b_dec": p["b_dec"] + 0.1, "b_enc": p["b_enc"] - 0.02}
   x = jax.random.normal(jax.random.PRNGKey(1), (32, 16)) * 0.3
   pre = common.preact(h, p, x)
   dead = jnp.arange(64) % 3 == 0
-  for use_aux in ([False, True] if a.has_aux_k else [False]):
+  for use_aux in [False, True] if a.has_aux_k else [False]:
     thr = a.coo_threshold(h, p, pre) if a.coo_threshold else None
     ctx = {"lam": 0.1, "dead": dead, "use_aux": use_aux, "threshold": thr}
     if a.coo_threshold is None:
@@ -171,8 +178,9 @@ def test_sparse_loss_and_grads_equal_dense(arch, backend):
     np.testing.assert_allclose(aux_s["sparsity_loss"], aux_d["sparsity_loss"], rtol=1e-5)
     for name in common.PARAM_NAMES:
       scale = float(jnp.max(jnp.abs(g_dense[name]))) + 1e-12
-      np.testing.assert_allclose(g_sparse[name], g_dense[name], rtol=0, atol=1e-5 * scale,
-                                 err_msg=f"{arch} aux={use_aux} {name}")
+      np.testing.assert_allclose(
+        g_sparse[name], g_dense[name], rtol=0, atol=1e-5 * scale, err_msg=f"{arch} aux={use_aux} {name}"
+      )
     if arch == "jumprelu":
       assert float(jnp.max(jnp.abs(g_dense["threshold"]))) > 0  # the STE reaches theta
 

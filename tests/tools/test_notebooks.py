@@ -6,7 +6,6 @@ import os
 
 import nbformat
 import pytest
-
 import tiny_pipeline  # tests/ is on sys.path under pytest
 
 NOTEBOOK_DIR = os.path.join(tiny_pipeline.REPO, "notebooks")
@@ -33,8 +32,9 @@ def test_stored_without_outputs_and_thin(name):
     assert cell.outputs == [] and cell.execution_count is None, f"{name}: stored with outputs"
     tree = ast.parse(cell.source)
     for node in ast.walk(tree):
-      assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda)), \
-          f"{name}: logic defined in the notebook; put it in ghosttrack_jax.tools.explore"
+      assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda)), (
+        f"{name}: logic defined in the notebook; put it in ghosttrack_jax.tools.explore"
+      )
       if isinstance(node, ast.Import):
         assert {a.name.split(".")[0] for a in node.names} <= ALLOWED_IMPORTS, ast.unparse(node)
       if isinstance(node, ast.ImportFrom):
@@ -44,14 +44,16 @@ def test_stored_without_outputs_and_thin(name):
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_on_the_tiny_run(name, tiny_run, monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+
   _, workdir = tiny_run
   monkeypatch.setenv("GHOSTTRACK_CONFIG", tiny_pipeline.CONFIG)
   monkeypatch.setenv("GHOSTTRACK_WORKDIR", workdir)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   nb = _read(name)
-  client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": NOTEBOOK_DIR}})
+  client = NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK_DIR}}
+  )
   client.execute()  # raises CellExecutionError with the failing cell and its traceback
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
   errors = [o for o in outputs if o.output_type == "error"]

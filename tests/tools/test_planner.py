@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_pipeline  # tests/ is on sys.path under pytest
 
 from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.tools import planner
-import tiny_pipeline  # tests/ is on sys.path under pytest
-from ghosttrack_jax.train import step as train_step
 from ghosttrack_jax.sae import trained
+from ghosttrack_jax.tools import planner
+from ghosttrack_jax.train import step as train_step
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +49,15 @@ def test_known_architectures_and_parameter_counts():
 @functools.lru_cache(maxsize=None)
 def _load(family="gpt2", n_layer=2, d=64, h=4):
   from ghosttrack_jax import lm  # pylint: disable=import-outside-toplevel
-  c = _config(**{"model.family": family, "model.random.n_layer": n_layer, "model.random.d_model": d,
-                 "model.random.n_head": h})
+
+  c = _config(
+    **{
+      "model.family": family,
+      "model.random.n_layer": n_layer,
+      "model.random.d_model": d,
+      "model.random.n_head": h,
+    }
+  )
   return c, lm.load_model(c.model)
 
 
@@ -80,10 +87,19 @@ def test_extract_peak_against_xla(shape):
 def _train_step_bytes(config, d_model, layers_per_device):
   """XLA bytes of the trainer's real per-device program (donated state) at the config's shapes."""
   from ghosttrack_jax.sae import common  # pylint: disable=import-outside-toplevel
+
   hyper = common.hyper_from_config(config, d_model)
   t = config.sae_training
-  settings = train_step.Settings(lr=1e-4, warmup_steps=10, decay_fraction=0.0, total_steps=100,
-                                steps_per_epoch=100, epochs=1, grad_clip=1.0, batch_size=t.batch_size)
+  settings = train_step.Settings(
+    lr=1e-4,
+    warmup_steps=10,
+    decay_fraction=0.0,
+    total_steps=100,
+    steps_per_epoch=100,
+    epochs=1,
+    grad_clip=1.0,
+    batch_size=t.batch_size,
+  )
   tx = train_step.make_optimizer(hyper, settings)
   keys = jax.random.split(jax.random.PRNGKey(0), layers_per_device)
   state = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)), keys)
@@ -92,8 +108,9 @@ def _train_step_bytes(config, d_model, layers_per_device):
   return _xla_bytes(step.lower(state, x).compile())
 
 
-@pytest.mark.parametrize("d_model,width,batch,lpd", [(64, 256, 256, 1), (768, 4096, 256, 3),
-                                                     (1024, 5120, 128, 2)])
+@pytest.mark.parametrize(
+  "d_model,width,batch,lpd", [(64, 256, 256, 1), (768, 4096, 256, 3), (1024, 5120, 128, 2)]
+)
 def test_train_peak_against_xla(d_model, width, batch, lpd):
   c = _config(**{"sae.width": width, "sae_training.batch_size": batch})
   actual = _train_step_bytes(c, d_model, lpd)
@@ -102,8 +119,9 @@ def test_train_peak_against_xla(d_model, width, batch, lpd):
 
 
 def _stage_seconds(log: str) -> dict:
-  return {m.group(1): float(m.group(2))
-          for m in re.finditer(r"=== stage (\w+) finished in ([\d.]+) s ===", log)}
+  return {
+    m.group(1): float(m.group(2)) for m in re.finditer(r"=== stage (\w+) finished in ([\d.]+) s ===", log)
+  }
 
 
 def test_figures_match_a_tiny_run(tiny_run):
@@ -119,8 +137,11 @@ def test_figures_match_a_tiny_run(tiny_run):
   acts = _files_bytes(os.path.join(mp.hidden_states, "activations"))
   zarr_json = os.path.getsize(os.path.join(mp.hidden_states, "activations", "zarr.json"))
   assert store["bytes_activations"] == acts - zarr_json
-  tokens = sum(_files_bytes(os.path.join(mp.hidden_states, n)) -
-               os.path.getsize(os.path.join(mp.hidden_states, n, "zarr.json")) for n in ("token_ids", "doc_ids"))
+  tokens = sum(
+    _files_bytes(os.path.join(mp.hidden_states, n))
+    - os.path.getsize(os.path.join(mp.hidden_states, n, "zarr.json"))
+    for n in ("token_ids", "doc_ids")
+  )
   assert store["bytes_tokens"] == tokens
 
   saes = trained.load_trained_saes(config, workdir)
@@ -141,14 +162,24 @@ def test_figures_match_a_tiny_run(tiny_run):
 
 def tiny_pipeline_meta(directory: str, name: str = "meta.json") -> dict:
   import json  # pylint: disable=import-outside-toplevel
+
   with open(os.path.join(directory, name), encoding="utf-8") as fh:
     return json.load(fh)
 
 
 def test_warnings_and_proposals_fit(tmp_path, monkeypatch):
-  c = _config(**{"model.source": "gpt2-medium", "data.seq_len": 512, "data.n_tokens": 10_000_000,
-                 "extract.batch_size": 64, "sae.width": 5120, "sae_training.batch_size": 8192,
-                 "qa.batch_size": 64, "tracking.batch_size": 64})
+  c = _config(
+    **{
+      "model.source": "gpt2-medium",
+      "data.seq_len": 512,
+      "data.n_tokens": 10_000_000,
+      "extract.batch_size": 64,
+      "sae.width": 5120,
+      "sae_training.batch_size": 8192,
+      "qa.batch_size": 64,
+      "tracking.batch_size": 64,
+    }
+  )
   monkeypatch.setattr(planner, "_free_disk", lambda _: 100 * planner.GiB)
   plan = planner.make_plan(c, str(tmp_path), n_devices=4, device_memory_gib=8, measure=False)
   text = planner.format_plan(plan)
@@ -172,14 +203,36 @@ def test_warnings_and_proposals_fit(tmp_path, monkeypatch):
 def test_plan_flag_prints_and_starts_nothing(tmp_path):
   workdir = tmp_path / "never_created"
   proc = subprocess.run(
-      [sys.executable, "-m", "ghosttrack_jax.main", f"--config={tiny_pipeline.CONFIG}",
-       f"--workdir={workdir}", "--plan", "--plan_devices=2", "--plan_device_memory_gib=1"],
-      cwd=tiny_pipeline.REPO, capture_output=True, text=True, timeout=300, check=False,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    [
+      sys.executable,
+      "-m",
+      "ghosttrack_jax.main",
+      f"--config={tiny_pipeline.CONFIG}",
+      f"--workdir={workdir}",
+      "--plan",
+      "--plan_devices=2",
+      "--plan_device_memory_gib=1",
+    ],
+    cwd=tiny_pipeline.REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = proc.stdout
-  for needle in ("model parameters", "SAE parameters", "Activation store", "per layer",
-                 "Peak device memory per device", "extract", "train", "Time (measured", "Disk"):
+  for needle in (
+    "model parameters",
+    "SAE parameters",
+    "Activation store",
+    "per layer",
+    "Peak device memory per device",
+    "extract",
+    "train",
+    "Time (measured",
+    "Disk",
+  ):
     assert needle in out, out
   assert "1 layer(s) per device" in out
   assert not workdir.exists()

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from ghosttrack_jax import config_lib, lm  # noqa: F401
+from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.detect import score
 from ghosttrack_jax.detect import stage as detect_stage
 from ghosttrack_jax.evaluate import stage as evaluate_stage
-from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.report import stage as report_stage
-from ghosttrack_jax.detect import score
 from ghosttrack_jax.track import stage as track_stage
 
 
@@ -25,9 +25,18 @@ class FakeSAEs:
     w = jax.random.normal(k1, (n_layers, d, m)) / np.sqrt(d)
     dec = jax.random.normal(k2, (n_layers, m, d))
     dec = dec / jnp.linalg.norm(dec, axis=-1, keepdims=True)
-    self.arch, self.layers, self.input_scale = "relu_test", list(range(n_layers)), np.ones(n_layers, np.float32)
-    self.params = {"W_enc": w, "b_enc": jnp.zeros((n_layers, m)), "W_dec": dec, "b_dec": jnp.zeros((n_layers, d)),
-                   "threshold": jnp.zeros((n_layers, m))}
+    self.arch, self.layers, self.input_scale = (
+      "relu_test",
+      list(range(n_layers)),
+      np.ones(n_layers, np.float32),
+    )
+    self.params = {
+      "W_enc": w,
+      "b_enc": jnp.zeros((n_layers, m)),
+      "W_dec": dec,
+      "b_dec": jnp.zeros((n_layers, d)),
+      "threshold": jnp.zeros((n_layers, m)),
+    }
 
   def encode(self, x):
     return jax.nn.relu(jnp.einsum("lnd,ldm->lnm", x, self.params["W_enc"]) * 4.0)
@@ -53,8 +62,9 @@ def test_score_question_end_to_end(tmp_path):
   detect_stage.run(c, wd)
   evaluate_stage.run(c, wd)
   report_stage.run(c, wd)
-  out = score.score_question(c, wd, "Which magazine was started first?", "Arthur's Magazine",
-                              model=model, saes=saes)
+  out = score.score_question(
+    c, wd, "Which magazine was started first?", "Arthur's Magazine", model=model, saes=saes
+  )
   assert 0 <= out["probability"] <= 1 and out["decision"] in ("correct", "hallucinated")
   assert out["mode"] == "given_text" and out["answer"] == "Arthur's Magazine"
   assert len(out["metrics"]) == 26 and len(out["per_layer"]["entropy"]) == model.n_layers

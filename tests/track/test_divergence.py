@@ -3,14 +3,39 @@ the exact relations of §4, the reconstruction family and the degeneracy report.
 
 import numpy as np
 import pytest
+from test_tracker import synthetic, worked_example  # this folder is on sys.path under pytest
 
 from ghosttrack_jax.track import divergence as D
 from ghosttrack_jax.track import tracker as T
-from test_tracker import synthetic, worked_example  # this folder is on sys.path under pytest
 
 WORKED_EXAMPLE_METRICS = [
-    0.332264, 0.996792, 0.469892, 0, 3, 2, 1, 0.666667, 0.833333, 0.333333, 1.333333, 2, 0.471405,
-    1, 0, 0.997506, 0.997506, 0, 0.844444, 0.533333, 1, 0, 1.333333, 2, 0.471405, 2]
+  0.332264,
+  0.996792,
+  0.469892,
+  0,
+  3,
+  2,
+  1,
+  0.666667,
+  0.833333,
+  0.333333,
+  1.333333,
+  2,
+  0.471405,
+  1,
+  0,
+  0.997506,
+  0.997506,
+  0,
+  0.844444,
+  0.533333,
+  1,
+  0,
+  1.333333,
+  2,
+  0.471405,
+  2,
+]
 
 
 def build(n_layers, tracks, max_concurrent=None):
@@ -23,8 +48,8 @@ def build(n_layers, tracks, max_concurrent=None):
   fid = np.full((1, m, n_layers), -1, np.int32)
   for i, (b, acts, died) in enumerate(tracks):
     birth[0, i] = b
-    act[0, i, b:b + len(acts)] = acts
-    fid[0, i, b:b + len(acts)] = i
+    act[0, i, b : b + len(acts)] = acts
+    fid[0, i, b : b + len(acts)] = i
     if died:
       death[0, i] = b + len(acts) - 1
     else:
@@ -40,8 +65,14 @@ def metric(inputs, name):
 
 def test_schema_is_pinned():
   assert len(D.METRIC_NAMES) == 26 and len(set(D.METRIC_NAMES)) == 26
-  assert D.METRIC_NAMES[:6] == ("entropy_mean", "entropy_max", "entropy_std", "entropy_final",
-                                "total_births", "total_deaths")
+  assert D.METRIC_NAMES[:6] == (
+    "entropy_mean",
+    "entropy_max",
+    "entropy_std",
+    "entropy_final",
+    "total_births",
+    "total_deaths",
+  )
   assert D.METRIC_NAMES[-1] == "max_concurrent_tracks"
   assert sum(len(v) for v in D.FAMILIES.values()) == 26
   assert len(D.RECONSTRUCTION_NAMES) == 8
@@ -164,8 +195,7 @@ def test_degeneracy_report():
   x[:, 3] = 7.0  # constant
   x[:, 5] = np.where(np.arange(100) < 97, 1.0, 2.0)  # near-constant (97 %)
   x[:, 7] = 2 * x[:, 8]  # collinear: one dimension
-  rep = D.degeneracy_report(x, density=np.full((100, 4), 5), top_k=5,
-                            list_lengths=np.full((100, 4), 5))
+  rep = D.degeneracy_report(x, density=np.full((100, 4), 5), top_k=5, list_lengths=np.full((100, 4), 5))
   assert rep["constant"] == [D.METRIC_NAMES[3]]
   assert rep["near_constant"] == [D.METRIC_NAMES[5]]
   assert rep["columns"][D.METRIC_NAMES[5]]["n_distinct"] == 2

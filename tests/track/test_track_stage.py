@@ -3,7 +3,6 @@ outputs and schema, per-example agreement with a direct unbatched computation, t
 count, resume after an interruption, and refusal of mismatched SAEs."""
 
 import functools
-import json
 import os
 
 import jax
@@ -12,17 +11,15 @@ import numpy as np
 import pytest
 
 from ghosttrack_jax import config_lib, lm
-from ghosttrack_jax.track import divergence
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.track import tracker as T
-from ghosttrack_jax.errors import ConfigError, StoreMismatchError
-from ghosttrack_jax.answer import stage as answer_stage
 from ghosttrack_jax.answer import examples as examples_lib
-from ghosttrack_jax.track import features
-from ghosttrack_jax.detect import methods
 from ghosttrack_jax.answer import prompts
+from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.detect import methods
+from ghosttrack_jax.errors import ConfigError, StoreMismatchError
+from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.track import divergence, features
 from ghosttrack_jax.track import stage as track_stage
+from ghosttrack_jax.track import tracker as T
 
 
 class StandInSAEs:
@@ -36,9 +33,13 @@ class StandInSAEs:
     w_dec /= np.linalg.norm(w_dec, axis=-1, keepdims=True)
     self.arch, self.layers = "jumprelu", list(layers)
     self.input_scale = np.asarray(scale, np.float32)
-    self.params = {"W_enc": jnp.asarray(np.swapaxes(w_dec, 1, 2) * 3.0, jnp.float32),
-                   "b_enc": jnp.zeros((n, width)), "W_dec": jnp.asarray(w_dec, jnp.float32),
-                   "b_dec": jnp.zeros((n, d_model)), "threshold": jnp.full((n, width), 0.05)}
+    self.params = {
+      "W_enc": jnp.asarray(np.swapaxes(w_dec, 1, 2) * 3.0, jnp.float32),
+      "b_enc": jnp.zeros((n, width)),
+      "W_dec": jnp.asarray(w_dec, jnp.float32),
+      "b_dec": jnp.zeros((n, d_model)),
+      "threshold": jnp.full((n, width), 0.05),
+    }
 
   def encode(self, x):
     s = jnp.asarray(self.input_scale)[:, None, None]
@@ -74,13 +75,22 @@ def model_for(n_layer, layers):
 def saes_for(model, width=96, seed=0):
   ids, mask = model.encode_batch(["Some text to calibrate the input scale of the stand-in SAEs."])
   x = np.asarray(jax.device_get(model.residuals(ids, mask)))[:, 0, 1:]
-  scale = 1.0 / np.sqrt((x ** 2).sum(-1).mean(-1))
+  scale = 1.0 / np.sqrt((x**2).sum(-1).mean(-1))
   return StandInSAEs(model.layers, model.d_model, width, scale, seed)
 
 
-QUESTIONS = ["who wrote hamlet", "capital of france", "largest planet", "boiling point of water",
-             "first man on the moon", "speed of light", "author of war and peace", "tallest mountain",
-             "year the war ended", "inventor of the telephone"]
+QUESTIONS = [
+  "who wrote hamlet",
+  "capital of france",
+  "largest planet",
+  "boiling point of water",
+  "first man on the moon",
+  "speed of light",
+  "author of war and peace",
+  "tallest mountain",
+  "year the war ended",
+  "inventor of the telephone",
+]
 
 
 def write_examples(config, workdir, model):
@@ -88,10 +98,21 @@ def write_examples(config, workdir, model):
   for i, q in enumerate(QUESTIONS):
     prompt = model.encode(f"Q: {q}?\nA:")
     answer = model.encode(" " + " ".join(["yes", "maybe", "no idea at all"][: 1 + i % 3]))
-    examples.append({"id": f"nq-{i:03d}", "question": q, "prompt_ids": prompt, "answer_ids": answer,
-                     "answer_text": model.tokenizer.decode(answer), "gold": ["x"], "label": i % 2,
-                     "label_method": "containment", "labels_all": {"containment": i % 2},
-                     "mode": "own_answer", "flags": []})
+    examples.append(
+      {
+        "id": f"nq-{i:03d}",
+        "question": q,
+        "prompt_ids": prompt,
+        "answer_ids": answer,
+        "answer_text": model.tokenizer.decode(answer),
+        "gold": ["x"],
+        "label": i % 2,
+        "label_method": "containment",
+        "labels_all": {"containment": i % 2},
+        "mode": "own_answer",
+        "flags": [],
+      }
+    )
   out_dir = paths.for_config(config, workdir).answers(config.qa.dataset)
   os.makedirs(out_dir, exist_ok=True)
   answer_stage.fold_and_write(config, examples, [], prompts.PromptFormat("fewshot", [("Q?", "A")]), out_dir)
@@ -114,11 +135,11 @@ def direct_row(model, saes, example, cfg):
   ids = np.array([example["prompt_ids"] + example["answer_ids"]], np.int32)
   logits, resid = jax.device_get(model.logits_and_residuals(ids, np.ones_like(ids)))
   p, a = len(example["prompt_ids"]), len(example["answer_ids"])
-  x = resid[:, 0, p:p + a]  # [L, A, D]
+  x = resid[:, 0, p : p + a]  # [L, A, D]
   codes = np.asarray(saes.encode(jnp.asarray(x)))
   pooled = codes.max(axis=1)[None]  # answer_max
   _, tr = T.track_pooled(pooled, T.unit_decoder(saes.params["W_dec"]), cfg)
-  logp = jax.nn.log_softmax(jnp.asarray(logits[0, p - 1:p + a - 1]), axis=-1)
+  logp = jax.nn.log_softmax(jnp.asarray(logits[0, p - 1 : p + a - 1]), axis=-1)
   logp = np.asarray(logp, np.float64)
   nll = -logp[np.arange(a), example["answer_ids"]]
   ent = -(np.exp(logp) * logp).sum(-1)
@@ -138,11 +159,23 @@ def test_stage_outputs_and_agreement(tmp_path):
   assert meta["n_layers"] == model.n_layers == 3 and meta["layers"] == [0, 1, 2]
   assert meta["schema_version"] == 1 and meta["top_k"] == 6 and meta["pooling"] == "answer_max"
   names = set(meta["feature_sets"])
-  want = {"ghosttrack", "reconstruction", "scalar_baselines", "raw_resid", "sae_pooled",
-          "ghosttrack_greedy", "ghosttrack_feature_id", "ghosttrack_no_association",
-          "ghosttrack_single_hypothesis", "ghosttrack_topk3", "ghosttrack_topk12",
-          "ghosttrack_pool_answer_mean", "ghosttrack_pool_last_token", "ghosttrack_pool_max_all",
-          "greedy_mismatch"}
+  want = {
+    "ghosttrack",
+    "reconstruction",
+    "scalar_baselines",
+    "raw_resid",
+    "sae_pooled",
+    "ghosttrack_greedy",
+    "ghosttrack_feature_id",
+    "ghosttrack_no_association",
+    "ghosttrack_single_hypothesis",
+    "ghosttrack_topk3",
+    "ghosttrack_topk12",
+    "ghosttrack_pool_answer_mean",
+    "ghosttrack_pool_last_token",
+    "ghosttrack_pool_max_all",
+    "greedy_mismatch",
+  }
   assert want == names
   assert meta["feature_sets"]["ghosttrack"]["columns"] == list(divergence.METRIC_NAMES)
   assert arrays["X__ghosttrack"].shape == (n, 26)
@@ -191,8 +224,14 @@ def test_uses_the_models_layer_subset_and_checks_saes(tmp_path):
   track_stage.run(config, str(tmp_path), model=model, saes=saes)
   arrays, meta = load(config, tmp_path)
   assert meta["n_layers"] == 2 and meta["layers"] == [0, 2]
-  assert set(meta["feature_sets"]) == {"ghosttrack", "reconstruction", "scalar_baselines", "raw_resid",
-                                       "sae_pooled", "greedy_mismatch"}
+  assert set(meta["feature_sets"]) == {
+    "ghosttrack",
+    "reconstruction",
+    "scalar_baselines",
+    "raw_resid",
+    "sae_pooled",
+    "greedy_mismatch",
+  }
   assert arrays["X__raw_resid"].shape[1] == 2
   # SAEs for other layers are refused
   bad = saes_for(model_for(3, ()))
@@ -258,10 +297,11 @@ def test_birth_threshold_quantile(tmp_path):
   assert meta["feature_sets"]["ghosttrack"]["variant"]["birth_threshold"] == thr
   # the threshold is the median of the positive selected activations, over all examples and layers
   ex = features.Featurizer(model, saes, config, birth_thresholds={"answer_max": thr})
-  batch = features.make_batch(examples, np.arange(len(examples)), len(examples), model.pad_id,
-                       int(model.max_positions))
+  batch = features.make_batch(
+    examples, np.arange(len(examples)), len(examples), model.pad_id, int(model.max_positions)
+  )
   feats = ex.features(batch)
-  act = feats["sel_act__answer_max"][..., :config.tracking.top_k]
+  act = feats["sel_act__answer_max"][..., : config.tracking.top_k]
   assert thr == pytest.approx(np.quantile(act[act > 0], 0.5))
   np.testing.assert_allclose(ex.track(feats)["X__ghosttrack"], arrays["X__ghosttrack"], atol=1e-5)
   assert arrays["X__ghosttrack"][:, 4].min() > 0  # every text has tracks at this threshold

@@ -8,9 +8,9 @@ import pytest
 from scipy import optimize
 
 from ghosttrack_jax import config_lib
+from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.track import divergence
 from ghosttrack_jax.track import tracker as T
-from ghosttrack_jax.errors import ConfigError
 
 
 def worked_example():
@@ -75,11 +75,9 @@ def test_worked_example_costs():
   sel = T.select_features(pooled, cfg.top_k, cfg.pooling)
   costs = T.association_costs(T.unit_decoder(w), sel, cfg)
   assert costs.shape == (1, 2, 2, 2)
-  np.testing.assert_allclose(costs[0, 0, 0], [0.6 * 0.1 + 0.2 * 0.1 / 1.7, 0.6 + 0.2 * 0.2 / 1.6],
-                             rtol=1e-6)
+  np.testing.assert_allclose(costs[0, 0, 0], [0.6 * 0.1 + 0.2 * 0.1 / 1.7, 0.6 + 0.2 * 0.2 / 1.6], rtol=1e-6)
   # layer 2: track 1 (C, 0.8) and track 2 (D, 0.7) against E (0.6)
-  np.testing.assert_allclose(costs[0, 1, :, 0], [0.6 + 0.2 * 0.2 / 1.4, 0.6 + 0.2 * 0.1 / 1.3],
-                             rtol=1e-6)
+  np.testing.assert_allclose(costs[0, 1, :, 0], [0.6 + 0.2 * 0.2 / 1.4, 0.6 + 0.2 * 0.1 / 1.3], rtol=1e-6)
 
 
 # ---- selection -----------------------------------------------------------------------------
@@ -123,7 +121,7 @@ def test_selection_ties_random_against_numpy():
   for b, l in itertools.product(range(3), range(5)):
     order = np.lexsort((np.arange(40), -pooled[b, l]))[:10]
     order = order[pooled[b, l, order] > 0]
-    np.testing.assert_array_equal(sel.fid[b, l, :order.size], order)
+    np.testing.assert_array_equal(sel.fid[b, l, : order.size], order)
     assert sel.n_valid[b, l] == order.size
 
 
@@ -243,19 +241,19 @@ def test_lifecycle_invariants(variant, pooling):
     t = tr.text(b)
     observed = t["fid"] >= 0
     # observations cover exactly [birth, death or L-1]: matched at every layer or dead (no revival)
-    np.testing.assert_array_equal(observed, alive[b, :tr.n_tracks[b]])
+    np.testing.assert_array_equal(observed, alive[b, : tr.n_tracks[b]])
     assert np.all(np.diff(t["birth"]) >= 0)  # ids in creation order
     assert np.all((t["death"] == T.NO_DEATH) | (t["death"] >= t["birth"]))
     for l in range(n_layers):
       ids = t["fid"][observed[:, l], l]
       assert len(set(ids)) == ids.size  # a feature feeds at most one track
-      assert set(ids) <= set(sel.fid[b, l, :sel.n_valid[b, l]])
+      assert set(ids) <= set(sel.fid[b, l, : sel.n_valid[b, l]])
       # a track is born only above the birth threshold
       born = t["birth"] == l
       assert np.all(t["act"][born, l] > cfg.birth_threshold)
     # every selected feature above the birth threshold is on some track
     for l in range(n_layers):
-      strong = sel.fid[b, l, :sel.n_valid[b, l]][sel.act[b, l, :sel.n_valid[b, l]] > 0.5]
+      strong = sel.fid[b, l, : sel.n_valid[b, l]][sel.act[b, l, : sel.n_valid[b, l]] > 0.5]
       assert set(strong) <= set(t["fid"][:, l])
     if variant == "no_association":
       assert np.all(observed.sum(1) == 1)
@@ -273,8 +271,12 @@ def test_every_variant_changes_the_tracks():
   assert (ref.total_deaths < ref.total_births).all()  # the default really links features
   for name in T.VARIANTS[1:]:
     tr = out[name]
-    same = (tr.act.shape == ref.act.shape and np.array_equal(tr.fid, ref.fid)
-            and np.array_equal(tr.birth, ref.birth) and np.array_equal(tr.death, ref.death))
+    same = (
+      tr.act.shape == ref.act.shape
+      and np.array_equal(tr.fid, ref.fid)
+      and np.array_equal(tr.birth, ref.birth)
+      and np.array_equal(tr.death, ref.death)
+    )
     assert not same, f"variant {name} produced the default tracks"
   m = {k: divergence.track_metrics(v) for k, v in out.items()}
   for name in T.VARIANTS[1:]:
@@ -285,8 +287,9 @@ def test_pad_and_single_layer():
   pooled, w = synthetic(n_texts=3)
   cfg = T.TrackerConfig(top_k=5)
   sel, tr = T.track_pooled(pooled, T.unit_decoder(w), cfg)
-  padded = T.track_selection(sel, T.association_costs(T.unit_decoder(w), sel, cfg), cfg,
-                             pad_to=tr.birth.shape[1] + 4)
+  padded = T.track_selection(
+    sel, T.association_costs(T.unit_decoder(w), sel, cfg), cfg, pad_to=tr.birth.shape[1] + 4
+  )
   np.testing.assert_array_equal(divergence.track_metrics(padded), divergence.track_metrics(tr))
   with pytest.raises(ValueError):
     T.track_selection(sel, None, cfg)
@@ -317,5 +320,6 @@ def test_host_and_device_cost_paths_agree(pooling):
   k = sel.n_valid.max()
   assert host.shape == dev.shape == (pooled.shape[0], pooled.shape[1] - 1, k, k)
   valid = (np.arange(k)[None, None, :, None] < sel.n_valid[:, :-1, None, None]) & (
-      np.arange(k)[None, None, None, :] < sel.n_valid[:, 1:, None, None])
+    np.arange(k)[None, None, None, :] < sel.n_valid[:, 1:, None, None]
+  )
   np.testing.assert_allclose(host[valid], dev[valid], rtol=1e-5, atol=1e-6)

@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
+from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import layer_parallel
-from ghosttrack_jax.errors import ConfigError
-from tests import sae_synthetic as syn
 from ghosttrack_jax.train import loop as train_loop
+from tests import sae_synthetic as syn
 
 N_LAYERS = 6  # 6 layers on 4 devices: 2 per device, 2 padding slots
 
@@ -22,10 +22,18 @@ def store(tmp_path_factory):
 
 
 def _train(store, tmp, config, layers, devices=None):
-  return train_loop.train(config, store, layers=layers, layer_positions=layers,
-                         n_train_rows=store.n_rows - 64, window_rows=128,
-                         mean_sq_norms=store.mean_sq_norm()[layers], ckpt_dir=str(tmp / "ckpt"),
-                         log_dir=str(tmp / "log"), devices=devices)
+  return train_loop.train(
+    config,
+    store,
+    layers=layers,
+    layer_positions=layers,
+    n_train_rows=store.n_rows - 64,
+    window_rows=128,
+    mean_sq_norms=store.mean_sq_norm()[layers],
+    ckpt_dir=str(tmp / "ckpt"),
+    log_dir=str(tmp / "log"),
+    devices=devices,
+  )
 
 
 def _params(result):
@@ -38,8 +46,9 @@ def test_four_devices_are_simulated():
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
 def test_pmap_and_shard_map_identical_and_equal_to_each_layer_alone(store, tmp_path, arch):
-  config = syn.tiny_config(**{"sae.arch": arch, "sae.k": 8, "sae_training.epochs": 2,
-                              "sae_training.sparse_capacity": 64})
+  config = syn.tiny_config(
+    **{"sae.arch": arch, "sae.k": 8, "sae_training.epochs": 2, "sae_training.sparse_capacity": 64}
+  )
   layers = list(range(N_LAYERS))
   config.sae_training.parallel = "pmap"
   by_pmap = _train(store, tmp_path / "pmap", config, layers)
@@ -60,8 +69,9 @@ def test_pmap_and_shard_map_identical_and_equal_to_each_layer_alone(store, tmp_p
     pa = _params(alone)
     assert alone.steps == by_pmap.steps
     for name in p1:
-      np.testing.assert_allclose(pa[name][0], p1[name][layer], rtol=1e-5, atol=1e-6,
-                                 err_msg=f"layer {layer} {name}")
+      np.testing.assert_allclose(
+        pa[name][0], p1[name][layer], rtol=1e-5, atol=1e-6, err_msg=f"layer {layer} {name}"
+      )
 
 
 def test_layout_padding_and_divisibility_error():

@@ -13,13 +13,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from ghosttrack_jax.errors import NonFiniteLossError
 from ghosttrack_jax.extract import store as store_lib
-from ghosttrack_jax.runtime import checkpointing
-from ghosttrack_jax.runtime import paths
+from ghosttrack_jax.runtime import checkpointing, paths
+from ghosttrack_jax.sae import export
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import loop as train_loop
-from ghosttrack_jax.errors import NonFiniteLossError
-from ghosttrack_jax.sae import export
 from tests import sae_synthetic as syn
 
 REPO = syn.REPO
@@ -43,8 +42,14 @@ def _workdir(tmp_path, name):
 
 def _start(workdir, overrides):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-  return subprocess.Popen([sys.executable, "-c", RUNNER.format(repo=REPO), workdir, json.dumps(overrides)],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-c", RUNNER.format(repo=REPO), workdir, json.dumps(overrides)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _steps(workdir) -> list[int]:
@@ -61,8 +66,9 @@ def _wait_for_step(proc, workdir, at_least, timeout=240):
     if steps and steps[-1] >= at_least:
       return steps[-1]
     if proc.poll() is not None:
-      pytest.fail(f"training ended (status {proc.returncode}) before step {at_least}:\n"
-                  f"{proc.stdout.read()[-3000:]}")
+      pytest.fail(
+        f"training ended (status {proc.returncode}) before step {at_least}:\n{proc.stdout.read()[-3000:]}"
+      )
     time.sleep(0.05)
   proc.kill()
   pytest.fail(f"no checkpoint at step >= {at_least} after {timeout} s")
@@ -99,9 +105,11 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
   killed_at = _wait_for_step(proc, run_dir, at_least=100)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  total = int(json.load(open(os.path.join(paths.ModelPaths(ref_dir, "synthetic").sae_export,
-                                          "layer_00", "cfg.json")))["metadata"]["ghosttrack"]
-              ["training"]["steps"])
+  total = int(
+    json.load(open(os.path.join(paths.ModelPaths(ref_dir, "synthetic").sae_export, "layer_00", "cfg.json")))[
+      "metadata"
+    ]["ghosttrack"]["training"]["steps"]
+  )
   assert killed_at < total, "the run finished before it could be killed; make LONG longer"
   code, out = _finish(_start(run_dir, LONG))
   assert code == 0, out[-3000:]
@@ -139,9 +147,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
   arr[1, start:stop].write(np.full((stop - start, store.d_model), np.inf, ml_dtypes.bfloat16)).result()
   ckpt_dir = str(tmp_path / "ckpt")
   with pytest.raises(NonFiniteLossError, match=rf"NaN/Inf at step {bad.first_step} for layer\(s\) \[1\]"):
-    train_loop.train(config, store, layers=[0, 1], layer_positions=[0, 1], n_train_rows=n_train,
-                    window_rows=128, mean_sq_norms=store.mean_sq_norm(), ckpt_dir=ckpt_dir,
-                    log_dir=str(tmp_path / "log"))
+    train_loop.train(
+      config,
+      store,
+      layers=[0, 1],
+      layer_positions=[0, 1],
+      n_train_rows=n_train,
+      window_rows=128,
+      mean_sq_norms=store.mean_sq_norm(),
+      ckpt_dir=ckpt_dir,
+      log_dir=str(tmp_path / "log"),
+    )
   ckpt = checkpointing.Checkpointer(ckpt_dir)
   last = ckpt.latest_step()
   assert last is not None and last <= bad.first_step
@@ -157,9 +173,17 @@ def test_data_position_is_recorded(tmp_path):
   store = store_lib.ActivationStore.open(store_dir)
   config = syn.tiny_config(**{"sae_training.epochs": 3, "sae_training.checkpoint_every": 4})
   ckpt_dir = str(tmp_path / "ckpt")
-  result = train_loop.train(config, store, layers=[0], layer_positions=[0], n_train_rows=store.n_rows - 64,
-                           window_rows=128, mean_sq_norms=store.mean_sq_norm(), ckpt_dir=ckpt_dir,
-                           log_dir=str(tmp_path / "log"))
+  result = train_loop.train(
+    config,
+    store,
+    layers=[0],
+    layer_positions=[0],
+    n_train_rows=store.n_rows - 64,
+    window_rows=128,
+    mean_sq_norms=store.mean_sq_norm(),
+    ckpt_dir=ckpt_dir,
+    log_dir=str(tmp_path / "log"),
+  )
   ckpt = checkpointing.Checkpointer(ckpt_dir)
   record = ckpt._manager.restore(ckpt.latest_step()).record
   ckpt.close()

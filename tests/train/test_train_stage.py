@@ -8,16 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ghosttrack_jax.extract import store as store_lib
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.train import data as train_data
-from ghosttrack_jax.runtime import writer
 from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.runtime import atomic_io, paths, writer
 from ghosttrack_jax.sae import common, export, registry
-from tests import sae_synthetic as syn
-from ghosttrack_jax.train import stage as train_stage
 from ghosttrack_jax.sae import trained as trained_lib
+from ghosttrack_jax.train import data as train_data
+from ghosttrack_jax.train import stage as train_stage
+from tests import sae_synthetic as syn
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +24,9 @@ def trained(tmp_path_factory):
   mp = paths.ModelPaths(workdir, "synthetic")
   data = syn.make_store(mp.hidden_states, n_layers=2, n_windows=48, seed=6)
   # The offline default's JumpReLU settings: b_dec subtracted from the input, data-set thresholds.
-  config = syn.tiny_config(**{"sae_training.epochs": 3, "sae.b_dec_to_input": True,
-                              "sae.threshold_init_l0": 12})
+  config = syn.tiny_config(
+    **{"sae_training.epochs": 3, "sae.b_dec_to_input": True, "sae.threshold_init_l0": 12}
+  )
   train_stage.run(config, workdir)
   return config, workdir, mp, data
 
@@ -38,8 +37,20 @@ def test_outputs_and_tables(trained):
   metrics = atomic_io.read_json(os.path.join(mp.sae_results, "metrics.json"))
   assert [r["layer"] for r in metrics["layers"]] == [0, 1]
   for row in metrics["layers"]:
-    for key in ("l0", "l0_std", "fvu", "explained_variance", "cosine", "rel_recon_bias", "dead_fraction",
-                "never_fired_eval", "dense_latents", "eval_tokens", "theta_mean", "meets_targets"):
+    for key in (
+      "l0",
+      "l0_std",
+      "fvu",
+      "explained_variance",
+      "cosine",
+      "rel_recon_bias",
+      "dead_fraction",
+      "never_fired_eval",
+      "dense_latents",
+      "eval_tokens",
+      "theta_mean",
+      "meets_targets",
+    ):
       assert key in row, key
     assert 0 < row["l0"] < 64 and np.isfinite(row["fvu"])  # 30 steps: far from converged
   assert any("dead window" in n for n in metrics["notes"])
@@ -88,8 +99,13 @@ def test_trained_saes_contract(trained):
   for i in range(2):  # codes are the training-unit codes of s * x; decode is in raw units
     p = {k: jnp.asarray(v[i]) for k, v in saes.params.items()}
     s = float(saes.input_scale[i])
-    p_train = {"W_enc": p["W_enc"] / s, "b_enc": p["b_enc"], "W_dec": p["W_dec"] * s,
-               "b_dec": p["b_dec"] * s, "threshold": p["threshold"]}
+    p_train = {
+      "W_enc": p["W_enc"] / s,
+      "b_enc": p["b_enc"],
+      "W_dec": p["W_dec"] * s,
+      "b_dec": p["b_dec"] * s,
+      "threshold": p["threshold"],
+    }
     ref = arch.encode(hyper, p_train, common.preact(hyper, p_train, s * jnp.asarray(x_raw[i])))
     np.testing.assert_allclose(codes[i], ref, rtol=1e-4, atol=1e-5)
     ref_hat = common.decode_dense(hyper, p_train, ref) / s
@@ -110,12 +126,13 @@ def test_missing_outputs_raise(tmp_path):
 def test_data_order_is_deterministic_and_per_device(tmp_path):
   data = syn.make_store(str(tmp_path / "s"), n_layers=3, n_windows=20, seed=7)
   store = store_lib.ActivationStore.open(str(tmp_path / "s"))
-  plan = train_data.DataPlan(n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2, epochs=2,
-                           seed=3)
+  plan = train_data.DataPlan(
+    n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2, epochs=2, seed=3
+  )
   sources = [[0, 1], [2, 2]]  # device 1 holds layer 2 and a padding clone of it
   batches = list(train_data.iterate_batches(plan, store, sources))
   assert [s for s, _ in batches] == list(range(plan.total_steps))
-  seen = np.concatenate([b[0][0] for _, b in batches[:plan.total_steps // 2]])
+  seen = np.concatenate([b[0][0] for _, b in batches[: plan.total_steps // 2]])
   assert len(seen) == len({tuple(r) for r in seen})  # no row twice within an epoch
   for step, blocks in batches[:3]:
     assert blocks[0].shape == (2, 32, 16) and blocks[1].shape == (2, 32, 16)
@@ -130,6 +147,7 @@ def test_data_order_is_deterministic_and_per_device(tmp_path):
   prefetched = list(train_data.Prefetcher(plan, store, sources, start_step=5))
   assert [s for s, _ in prefetched] == [s for s, _ in resumed]
   assert plan.position(5)["step"] == 5 and json.dumps(plan.position(5))
-  capped = train_data.DataPlan(n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2,
-                             epochs=1, rows_per_epoch=100, seed=3)
+  capped = train_data.DataPlan(
+    n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2, epochs=1, rows_per_epoch=100, seed=3
+  )
   assert capped.total_steps == sum(sum(b - a for a, b in w) // 32 for w in capped.epoch_buffers(0)) <= 3
