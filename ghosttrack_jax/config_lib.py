@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tracking.birth_threshold = 0.5  # activation units (scaled inputs)
   # 0 = use birth_threshold. q in (0, 1): per pooling, the birth threshold is the q-quantile of the
   # positive pooled activations in the selected lists of every example and layer (label-free,
-  # computed on the whole dataset, recorded in features.json; method.md §3.3 scale caveat).
+  # computed on the whole dataset, recorded in features.json; docs/method.md §3.3 scale caveat).
   c.tracking.birth_threshold_quantile = 0.0
   c.tracking.association_threshold = 0.5  # cost units; pairs with cost >= this are rejected
   c.tracking.w_sem = 0.6  # weight of 1 - cos(decoder directions)
@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sweeps, run beside the configured tracker when evaluate.ablations is on (one feature set each):
   c.tracking.sweep_top_k = (10, 25, 100)  # features per layer per text; values != top_k are run
   c.tracking.sweep_poolings = ("answer_mean", "last_token", "max_all")  # values != pooling are run
-  # Reconstruction family (method.md §4.1): False = mean over d of (x_hat - x)^2 in raw units;
+  # Reconstruction family (docs/method.md §4.1): False = mean over d of (x_hat - x)^2 in raw units;
   # True = ||x - x_hat||^2 / ||x||^2 (unitless; raw MSE grows with depth).
   c.tracking.reconstruction_normalised = False
   c.tracking.n_track_examples = 64  # examples whose full track tables go to tracks.npz; -1 = all

@@ -1,4 +1,4 @@
-"""Loaders for the question-answer sets shipped in `data/qa/` (method.md §6.5).
+"""Loaders for the question-answer sets shipped in `data/qa/` (docs/method.md §6.5).
 
 Each loader returns a list of `QAItem`: the question, its gold (correct) answers and, where the set has
 them, incorrect reference answers. Files are found relative to the working directory first and then

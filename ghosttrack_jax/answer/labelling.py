@@ -1,10 +1,10 @@
 """Labels a model answer as correct (0) or hallucinated/incorrect (1) against reference answers.
 
-Gold-alias sets (NQ-open, method.md §6.2 item 4). Both sides are normalised SQuAD-style: lower-case,
+Gold-alias sets (NQ-open, docs/method.md §6.2 item 4). Both sides are normalised SQuAD-style: lower-case,
 punctuation removed, the articles a/an/the dropped, whitespace collapsed. Methods (the name is
 recorded with every label):
 
-  * `containment` (default; method.md calls it `contains`): correct if some normalised alias occurs in
+  * `containment` (default; docs/method.md calls it `contains`): correct if some normalised alias occurs in
     the normalised answer as a contiguous sequence of whole words ("1" does not match "1972").
   * `exact` (`em`): correct if the normalised answer equals some normalised alias.
   * `f1`: correct if the SQuAD token-F1 against the best alias is >= `f1_threshold` (0.5).
@@ -12,7 +12,7 @@ recorded with every label):
   * `containment_noecho`: containment, ignoring aliases that already occur (as whole words) in the
     question. Chat models often restate the question ("The last time army won the army navy game was in
     2022." contains the alias "Army"); on SmolLM2-135M-Instruct's first 400 NQ-open answers about a third
-    of the containment matches were such echoes. Not in method.md; computed beside the others so its
+    of the containment matches were such echoes. Not in docs/method.md; computed beside the others so its
     label rate (and GhostTrack's AUROC under it) can be reported.
 
 An alias that normalises to the empty string (e.g. "The") can never match and is ignored.

@@ -118,7 +118,7 @@ class PromptFormat:
 
 
 def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
-  style = qa_cfg.get("prompt_style", "auto")
+  style = qa_cfg.prompt_style
   if style == "auto":
     style = "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
   if style not in ("fewshot", "chat"):
@@ -128,7 +128,7 @@ def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
   ex = []
   if style == "fewshot":
     ex = fewshot_exemplars(
-      qa_cfg.get("fewshot_file", datasets.NQ_OPEN_EFFICIENTQA), exclude_questions=exclude_questions
+      qa_cfg.fewshot_file, exclude_questions=exclude_questions
     )
   return PromptFormat(style, ex, tokenizer)
 

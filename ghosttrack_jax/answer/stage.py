@@ -1,6 +1,6 @@
 """Stage `answer`: the model answers each question itself; answers are labelled and split into folds.
 
-Own-answer mode (method.md §6.2; datasets `nq_open`, `truthfulqa`):
+Own-answer mode (docs/method.md §6.2; datasets `nq_open`, `truthfulqa`):
   1. Prompt, fixed per model and recorded in the manifest. Few-shot (base models): the instruction line
      "Answer each question with a short phrase.", 5 fixed exemplars from the NQ-open EfficientQA dev
      file as "Q: ...\nA: ...\n\n", then "Q: {question}\nA:". Chat (instruct models): the tokenizer's chat
@@ -19,9 +19,9 @@ Own-answer mode (method.md §6.2; datasets `nq_open`, `truthfulqa`):
      Empty answers are excluded and counted.
   4. Labels against gold aliases (`labelling.py`): `config.qa.label_method` for NQ-open; the TruthfulQA
      ROUGE-L "diff" rule for TruthfulQA. Every method's label is kept in `labels_all`. 100 random labelled
-     examples go to `audit_sample.jsonl` for the hand audit method.md asks for (`audit_label` left empty).
+     examples go to `audit_sample.jsonl` for the hand audit docs/method.md asks for (`audit_label` left empty).
 
-Given-text mode (method.md §6.4; `truthfulqa_given`, `halueval_given`), clearly labelled `given_text`:
+Given-text mode (docs/method.md §6.4; `truthfulqa_given`, `halueval_given`), clearly labelled `given_text`:
 each distinct (question, reference answer) is appended to the same prompt and teacher-forced (nothing is
 generated); label 1 = the reference is incorrect / hallucinated. References that appear on both sides for
 a question are dropped.
@@ -59,7 +59,7 @@ GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")
 def label_own_answer(dataset: str, answer_text: str, item, qa_cfg):
   """Returns (label, label_method, labels_all, details)."""
   if dataset == "truthfulqa":
-    kind = qa_cfg.get("truthfulqa_similarity", "rougeL")
+    kind = qa_cfg.truthfulqa_similarity
     label, details = labelling.truthfulqa_label(answer_text, item.gold, item.incorrect, kind)
     labels_all = {
       f"truthfulqa_{k}_diff": labelling.truthfulqa_label(answer_text, item.gold, item.incorrect, k)[0]
@@ -111,7 +111,7 @@ def _manifest_key(config) -> dict:
     "n_questions": q.n_questions,
     "max_new_tokens": q.max_new_tokens,
     "batch_size": q.batch_size,
-    "prompt_style": q.get("prompt_style", "auto"),
+    "prompt_style": q.prompt_style,
   }
 
 
@@ -165,7 +165,7 @@ def build_examples(config, model, items, out_dir):
     sids = prompts.stop_ids(model)
     for it, g in zip(items, gens):
       moved, ans, flags = prompts.postprocess(
-        g["gen_ids"], tok, sids, config.qa.get("cut_first_sentence", True)
+        g["gen_ids"], tok, sids, config.qa.cut_first_sentence
       )
       text = tok.decode(ans).strip()
       rec = {
@@ -191,7 +191,7 @@ def build_examples(config, model, items, out_dir):
     pairs, dropped = given_text_pairs(items, dataset)
     if dropped:
       logging.info("given-text: %d references dropped (listed as both correct and incorrect)", dropped)
-    cap = config.qa.get("given_max_answer_tokens", 64)
+    cap = config.qa.given_max_answer_tokens
     prompt_cache = {}
     for n, (it, ref, label, role) in enumerate(pairs):
       if it.question not in prompt_cache:

@@ -46,7 +46,7 @@ class BalancedGradientBoosting:
 
 
 class MeanEnsemble:
-  """Mean P(y=1) of RF(100), GB(100) and LR(C=1), each in its own scaled pipeline (method.md §5.1)."""
+  """Mean P(y=1) of RF(100), GB(100) and LR(C=1), each in its own scaled pipeline (docs/method.md §5.1)."""
 
   def __init__(self):
     self.members = [

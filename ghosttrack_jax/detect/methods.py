@@ -128,7 +128,7 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
         (("reconstruction", None),),
       )
     )
-  if config.evaluate.get("ablations", True):
+  if config.evaluate.ablations:
     for name, info in fs.items():
       if name.startswith("ghosttrack_") and not info.get("per_layer"):
         kind = info.get("kind") or ("sweep" if ("topk" in name or "pool" in name) else "ablation")

@@ -1,4 +1,4 @@
-"""Stage `detect`: cross-validated hallucination detectors on the saved folds (method.md §5.2, §6.3).
+"""Stage `detect`: cross-validated hallucination detectors on the saved folds (docs/method.md §5.2, §6.3).
 
 Reads the feature table written by `track` (`results/<model>/tracking/<dataset>/features.{npz,json}`,
 schema in docs/DESIGN.md "Feature tables") and the examples/fold file of `answer`. Every method is scored

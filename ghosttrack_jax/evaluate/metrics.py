@@ -152,6 +152,6 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
   out["claim"] = {
     "ghosttrack_beats_best_baseline": bool(claim),
     "incremental_value": bool(claim_inc),
-    "rule": "method.md §6.3: paired-bootstrap 95% CI of the AUROC difference excludes 0",
+    "rule": "docs/method.md §6.3: paired-bootstrap 95% CI of the AUROC difference excludes 0",
   }
   return out

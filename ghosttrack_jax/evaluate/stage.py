@@ -1,4 +1,4 @@
-"""Stage `evaluate`: out-of-fold scores -> metrics with question-level bootstrap CIs (method.md §6.2-6.3).
+"""Stage `evaluate`: out-of-fold scores -> metrics with question-level bootstrap CIs (docs/method.md §6.2-6.3).
 
 For every method scored by `detect` (GhostTrack, its other classifiers, the reconstruction family, the
 ablations and sweeps, every baseline and probe, the combined rows), all on the same saved folds:

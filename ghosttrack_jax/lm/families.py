@@ -7,7 +7,7 @@ final-normed hidden state.
 Importing this module also fixes transformers' FlaxLlama rotary table, which hard-codes a rope base of
 10000 and ignores `config.rope_theta` (SmolLM2 needs 100000): the rotary module's `setup` is replaced by
 one that reads the config, so every Llama config gets its own theta and configs with the default 10000
-are unchanged (environment.md section 3.4).
+are unchanged (docs/environment.md section 3.4).
 """
 
 import dataclasses

@@ -1,6 +1,6 @@
 """Llama weights and tokenizer from a llama.cpp GGUF file, for transformers' FlaxLlamaForCausalLM.
 
-The recipe is environment.md section 3.4: dequantize each tensor to float32, undo llama.cpp's rotary
+The recipe is docs/environment.md section 3.4: dequantize each tensor to float32, undo llama.cpp's rotary
 permutation of `attn_q` (with the attention head count) and `attn_k` (with the KV head count), transpose
 the projections into Flax `Dense` kernels, map the names, and give FlaxLlama an explicit `lm_head`
 (it does not tie it to the embeddings). The rope base comes from the file; `families` makes FlaxLlama
@@ -166,7 +166,7 @@ def _torch_check_disabled():
 
 
 def convert_gguf_tokenizer(path: str):
-  """HF fast tokenizer from a GGUF file, with the three fixes of environment.md section 3.5.
+  """HF fast tokenizer from a GGUF file, with the three fixes of docs/environment.md section 3.5.
 
   transformers' converter needs the torch check disabled (fix 1), sets eos to the BOS token and leaves
   no pad token (fix 2: both are taken from the GGUF metadata instead), and turns `add_bos_token` on

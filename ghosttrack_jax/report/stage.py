@@ -2,7 +2,7 @@
 
 The report states the mode (own-answer / given-text), model, dataset, label method, n per class, code
 commit and data hashes; every AUROC is printed with its question-bootstrap 95 % interval and beside the
-baselines (method.md §6, "no number without its CI and its baselines"). Given-text sections are titled
+baselines (docs/method.md §6, "no number without its CI and its baselines"). Given-text sections are titled
 "given-text mode". Contents:
 
   * the AUROC table (GhostTrack, its classifiers, reconstruction family, ablations and sweeps, every

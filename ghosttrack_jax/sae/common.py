@@ -62,7 +62,7 @@ class Hyper:
   @property
   def b_dec_from_data(self) -> bool:
     """b_dec starts at the first training batch's mean (scaled units): always for TopK/BatchTopK
-    (recipes §3.1 allow the mean for the geometric median), for JumpReLU when b_dec_init="mean"."""
+    (docs/sae_recipes.md §3.1 allow the mean for the geometric median), for JumpReLU when b_dec_init="mean"."""
     return self.arch in ("topk", "batchtopk") or (self.arch == "jumprelu" and self.b_dec_init == "mean")
 
   @property
@@ -77,7 +77,7 @@ class Hyper:
 
 def hyper_from_config(config, d_model: int) -> Hyper:
   s, t = config.sae, config.sae_training
-  capacity = int(t.get("sparse_capacity", 0)) if t.sparse_backward else 0
+  capacity = int(t.sparse_capacity) if t.sparse_backward else 0
   return Hyper(
     arch=s.arch,
     d_model=int(d_model),
@@ -90,14 +90,14 @@ def hyper_from_config(config, d_model: int) -> Hyper:
     l1_coefficient=float(s.l1_coefficient),
     legacy_threshold=float(s.legacy_threshold),
     aux_k_coefficient=float(s.aux_k_coefficient),
-    aux_k=int(s.get("aux_k", 0)),
+    aux_k=int(s.aux_k),
     dead_tokens=int(s.dead_tokens),
-    batchtopk_threshold_start=int(s.get("batchtopk_threshold_start", 1000)),
-    batchtopk_threshold_beta=float(s.get("batchtopk_threshold_beta", 0.999)),
+    batchtopk_threshold_start=int(s.batchtopk_threshold_start),
+    batchtopk_threshold_beta=float(s.batchtopk_threshold_beta),
     sparse_capacity=capacity,
-    b_dec_init=str(s.get("b_dec_init", "zeros")),
-    threshold_init_l0=int(s.get("threshold_init_l0", 0)),
-    b_dec_to_input=bool(s.get("b_dec_to_input", False)),
+    b_dec_init=str(s.b_dec_init),
+    threshold_init_l0=int(s.threshold_init_l0),
+    b_dec_to_input=bool(s.b_dec_to_input),
   )
 
 
@@ -111,8 +111,8 @@ def _unit_rows(w: jax.Array) -> jax.Array:
 class SparseAutoencoder(nn.Module):
   """Owns one layer's SAE parameters and the dense encode/decode; the losses live in the arch modules.
 
-  Tied initialisation (JumpReLU, TopK, BatchTopK; recipes §1.3): W_dec Kaiming-uniform with unit rows,
-  W_enc = W_dec^T, zero biases. Legacy initialisation (recipes §4): PyTorch `Linear` defaults
+  Tied initialisation (JumpReLU, TopK, BatchTopK; docs/sae_recipes.md §1.3): W_dec Kaiming-uniform with unit rows,
+  W_enc = W_dec^T, zero biases. Legacy initialisation (docs/sae_recipes.md §4): PyTorch `Linear` defaults
   (U(+-1/sqrt(fan_in)) for weights and biases), untied encoder, unit decoder rows.
   """
 
@@ -193,7 +193,7 @@ def decode_dense(hyper: Hyper, params: Params, f: jax.Array) -> jax.Array:
   return apply_method(hyper, params, "decode", f)
 
 
-# ---- decoder constraint (recipes §1.2) -------------------------------------------------------------
+# ---- decoder constraint (docs/sae_recipes.md §1.2) -------------------------------------------------------------
 
 
 def project_decoder_grads() -> optax.GradientTransformation:
@@ -217,12 +217,12 @@ def renormalise_decoder(params: Params) -> Params:
 
 
 def input_scale(mean_sq_norm: Any) -> Any:
-  """s = 1/sqrt(E||x||^2), so that E||s x||^2 = 1 (recipes §1.1)."""
+  """s = 1/sqrt(E||x||^2), so that E||s x||^2 = 1 (docs/sae_recipes.md §1.1)."""
   return 1.0 / jnp.sqrt(jnp.maximum(jnp.asarray(mean_sq_norm, jnp.float32), 1e-12))
 
 
 def fold_input_scale(params: Params, scale, hyper: Hyper) -> Params:
-  """Export form (recipes §1.1): W_enc*s, W_dec/s, b_dec/s; b_enc and theta unchanged.
+  """Export form (docs/sae_recipes.md §1.1): W_enc*s, W_dec/s, b_dec/s; b_enc and theta unchanged.
 
   Works on one layer or a stack (scale [L] broadcast over the trailing axes).
   """

@@ -1,4 +1,4 @@
-"""SAELens v6 export (recipes §6.1): one folder per layer with `sae_weights.safetensors` + `cfg.json`
+"""SAELens v6 export (docs/sae_recipes.md §6.1): one folder per layer with `sae_weights.safetensors` + `cfg.json`
 (+ `sparsity.safetensors`), and a reader that loads it back bit-identically.
 
 The input scale s is folded into the weights (W_enc*s, W_dec/s, b_dec/s; b_enc and theta unchanged), so

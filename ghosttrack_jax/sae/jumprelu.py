@@ -1,5 +1,5 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024; Gemma Scope): per-latent thresholds learned through a
-straight-through estimator with a rectangle kernel, and an L0 penalty (recipes §2).
+straight-through estimator with a rectangle kernel, and an L0 penalty (docs/sae_recipes.md §2).
 
   f_i = pi_i * H(pi_i - theta_i),     L = ||x - x_hat||^2 + lambda_t * sum_i H(pi_i - theta_i)
 

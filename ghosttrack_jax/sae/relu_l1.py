@@ -1,4 +1,4 @@
-"""Legacy ReLU + L1 SAE: the original GhostTrack formulation, kept as a comparison mode (recipes §4).
+"""Legacy ReLU + L1 SAE: the original GhostTrack formulation, kept as a comparison mode (docs/sae_recipes.md §4).
 
   pi = x W_enc + b_enc  (raw activations: no input scaling, no b_dec subtraction)
   f  = pi * 1[pi > theta]        one scalar theta for all latents, never trained

@@ -1,4 +1,4 @@
-"""TopK (Gao et al. 2024) and BatchTopK (Bussmann et al. 2024) SAEs with the AuxK loss (recipes §3).
+"""TopK (Gao et al. 2024) and BatchTopK (Bussmann et al. 2024) SAEs with the AuxK loss (docs/sae_recipes.md §3).
 
   pi = (x - b_dec) W_enc + b_enc
   TopK:      f = TopK_k(ReLU(pi)) per token

@@ -1,4 +1,4 @@
-"""Divergence metrics of tracks (method.md §4): the 26 GhostTrack metrics, the reconstruction family
+"""Divergence metrics of tracks (docs/method.md §4): the 26 GhostTrack metrics, the reconstruction family
 (§4.1) and the degeneracy report (§4.2). Pure vectorised numpy over dense, padded track arrays.
 
 Inputs follow `tracking.Tracks`: `birth [B, M]` (−1 = padding), `death [B, M]` (−1 = alive at the end),
@@ -118,7 +118,7 @@ def _stability(fid, act) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def metrics(birth, death, act, fid, max_concurrent) -> np.ndarray:
-  """The 26 metrics of method.md §4, in `METRIC_NAMES` order.
+  """The 26 metrics of docs/method.md §4, in `METRIC_NAMES` order.
 
   Args:
     birth, death: [..., M] int; act: [..., M, L] float; fid: [..., M, L] int (see module docstring).

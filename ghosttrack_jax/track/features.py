@@ -276,7 +276,7 @@ class Featurizer:
   def birth_threshold(self, pooling: str) -> float:
     if pooling in self.birth_thresholds:
       return float(self.birth_thresholds[pooling])
-    if float(self.config.tracking.get("birth_threshold_quantile", 0.0)) > 0:
+    if float(self.config.tracking.birth_threshold_quantile) > 0:
       raise ConfigError(
         "config.tracking.birth_threshold_quantile is set: pass the calibrated "
         "birth_thresholds (features.json 'birth_thresholds') to Featurizer"
@@ -323,7 +323,7 @@ def calibrate_birth_thresholds(
   """Birth threshold per pooling: `config.tracking.birth_threshold`, or with
   `birth_threshold_quantile` q in (0, 1) the q-quantile of the positive pooled activations in the
   selected lists (configured top_k; every example and layer; labels are never read)."""
-  q = float(config.tracking.get("birth_threshold_quantile", 0.0))
+  q = float(config.tracking.birth_threshold_quantile)
   base = sets[0].cfg
   out = {}
   for pooling in dict.fromkeys(s.cfg.pooling for s in sets):

@@ -2,7 +2,7 @@
 
 For each answered, labelled example of the `answer` stage (`cache/<model>/answers/<dataset>/`), one
 forward pass over `prompt_ids ⊕ answer_ids` gives all L layers' raw residuals and the logits
-(method.md §6.2 step 5). From that pass, at the answer positions (the inputs of the answer tokens):
+(docs/method.md §6.2 step 5). From that pass, at the answer positions (the inputs of the answer tokens):
 
   * GhostTrack: SAE codes (scaled-input units, `saes.encode`) pooled per layer → top-k → tracks → the
     26 metrics (`tracking`, `divergence`), for the configured tracker and, with

@@ -1,4 +1,4 @@
-"""Per-text tracking of SAE features across layers (method.md §3): selection, association, lifecycle.
+"""Per-text tracking of SAE features across layers (docs/method.md §3): selection, association, lifecycle.
 
 The layer index is the "time" axis. For every text and layer the SAE code is pooled to one vector
 `a_ℓ` (§3.1), up to k features are selected from it, and the features are linked across layers into
@@ -44,7 +44,7 @@ _ACT_NEW = 0.1  # §3.4: with a ~zero track activation, a candidate above this c
 
 @dataclasses.dataclass(frozen=True)
 class TrackerConfig:
-  """Tracker settings (method.md §3.3 defaults). Activations are in the SAE code units."""
+  """Tracker settings (docs/method.md §3.3 defaults). Activations are in the SAE code units."""
 
   top_k: int = 50  # features kept per layer per text
   pooling: str = "answer_max"  # one of POOLINGS
@@ -148,7 +148,7 @@ class Tracks:
 
 
 def pool_codes(codes, token_mask, answer_mask, pooling: str):
-  """Reduces each text's SAE codes at each layer to one vector `a_ℓ` (method.md §3.1).
+  """Reduces each text's SAE codes at each layer to one vector `a_ℓ` (docs/method.md §3.1).
 
   Args:
     codes: [L, B, T, h] SAE codes.

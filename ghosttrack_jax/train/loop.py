@@ -28,7 +28,7 @@ def settings_for(config, hyper, plan: train_data.DataPlan) -> train_step.Setting
   return train_step.Settings(
     lr=train_step.peak_lr(config, hyper),
     warmup_steps=int(t.lr_warmup_steps),
-    decay_fraction=float(t.get("lr_decay_fraction", 0.0)),
+    decay_fraction=float(t.lr_decay_fraction),
     total_steps=plan.total_steps,
     steps_per_epoch=plan.steps_per_epoch,
     epochs=int(t.epochs),
@@ -113,7 +113,7 @@ def train(
   settings = settings_for(config, hyper, plan)
   tx = train_step.make_optimizer(hyper, settings)
   layout = layer_parallel.make_layout(
-    len(layers), t.parallel, int(t.devices), pad=bool(t.get("pad_layers", True)), devices=devices
+    len(layers), t.parallel, int(t.devices), pad=bool(t.pad_layers), devices=devices
   )
   n_pad = layout.n_padded
   valid = layout.valid
@@ -135,7 +135,7 @@ def train(
   )
   fp = jsonable(fingerprint(config, d_model, layers))
 
-  ckpt = checkpointing.Checkpointer(ckpt_dir, max_to_keep=int(t.get("keep_checkpoints", 2)))
+  ckpt = checkpointing.Checkpointer(ckpt_dir, max_to_keep=int(t.keep_checkpoints))
   start_step = 0
   latest = ckpt.latest_step()
   if latest is not None:

@@ -1,4 +1,4 @@
-"""Per-layer SAE quality on held-out rows (recipes §5), and the per-layer table in results/<model>/sae/.
+"""Per-layer SAE quality on held-out rows (docs/sae_recipes.md §5), and the per-layer table in results/<model>/sae/.
 
 Reconstruction metrics, from up to `sae_training.eval_tokens` held-out rows per layer (raw units, folded
 weights): L0 (mean, std), FVU = sum||x - x_hat||^2 / sum||x - mean(x)||^2 (not a per-token ratio),
@@ -207,7 +207,7 @@ def evaluate(
   t = config.sae_training
   rpw = store.rows_per_window
   row_start = eval_window_start * rpw
-  n_rows = min(store.n_rows - row_start, int(t.get("eval_tokens", 32768)))
+  n_rows = min(store.n_rows - row_start, int(t.eval_tokens))
   folded = {
     k: np.asarray(v) for k, v in common.fold_input_scale(final.params, final.input_scale, hyper).items()
   }
@@ -229,7 +229,7 @@ def evaluate(
     rows[i]["silent_last_epoch"] = float(silent[i])
     th = np.asarray(final.params["threshold"][i])
     rows[i].update(theta_mean=float(th.mean()), theta_min=float(th.min()), theta_max=float(th.max()))
-  if t.get("eval_ce", True):
+  if t.eval_ce:
     n_windows = min(int(t.eval_windows), store.n_windows - eval_window_start)
     try:
       ce_rows = splice_metrics(

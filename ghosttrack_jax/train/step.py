@@ -56,7 +56,7 @@ class Settings:
 def peak_lr(config, hyper: common.Hyper) -> float:
   """`lr_rule="recipe"`: jumprelu uses sae_training.lr, topk/batchtopk 2e-4/sqrt(M/2^14) (sparsify),
   relu_l1 1e-4 (the original); `"config"`: sae_training.lr for every architecture."""
-  rule = config.sae_training.get("lr_rule", "recipe")
+  rule = config.sae_training.lr_rule
   if rule == "config" or hyper.arch == "jumprelu":
     return float(config.sae_training.lr)
   if rule != "recipe":

@@ -1,5 +1,5 @@
 """Tracker tests: selection rules, association costs, Hungarian "solve then reject", lifecycle
-invariants, the method.md §3.7 worked example and the effect of every ablation variant."""
+invariants, the docs/method.md §3.7 worked example and the effect of every ablation variant."""
 
 import itertools
 
@@ -14,7 +14,7 @@ from ghosttrack_jax.track import tracker as T
 
 
 def worked_example():
-  """method.md §3.7: L = 3; A(0.9) B(0.4) | C(0.8) D(0.7) | E(0.6); cos(A, C) = 0.9, others 0."""
+  """docs/method.md §3.7: L = 3; A(0.9) B(0.4) | C(0.8) D(0.7) | E(0.6); cos(A, C) = 0.9, others 0."""
   w = np.zeros((3, 2, 8), np.float32)
   w[0, 0, 0] = 1  # A
   w[0, 1, 1] = 1  # B
