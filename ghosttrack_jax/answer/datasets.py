@@ -21,6 +21,7 @@ import io
 import json
 import os
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import DataError
 from ghosttrack_jax.runtime import atomic_io, paths
 
@@ -30,10 +31,7 @@ NQ_OPEN_DEV = "data/qa/NQ-open.dev.jsonl"
 NQ_OPEN_EFFICIENTQA = "data/qa/NQ-open.efficientqa.dev.1.1.jsonl"
 TRUTHFULQA = "data/qa/TruthfulQA.csv"
 TRUTHFULQA_V1 = "data/qa/TruthfulQA_v1_817.csv"
-HALUEVAL = {
-  "one-turn": "data/qa/halueval_qa_one-turn_data.json",
-  "multi-turn": "data/qa/halueval_qa_multi-turn_data.json",
-}
+HALUEVAL = config_lib.HALUEVAL_FILES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +176,8 @@ def load_halueval(subset: str = "one-turn", limit: int = 0) -> list[QAItem]:
   With "both", the two files share all 500 questions and right answers (only the hallucinated answers
   differ), so they are merged per question: one item with both hallucinated answers.
   """
-  if subset not in ("one-turn", "multi-turn", "both"):
-    raise DataError(f"HaluEval subset {subset!r}: use 'one-turn', 'multi-turn' or 'both'")
+  if subset not in config_lib.HALUEVAL_SUBSETS:
+    raise DataError(f"HaluEval subset {subset!r}: use one of {config_lib.HALUEVAL_SUBSETS}")
   subsets = ("one-turn", "multi-turn") if subset == "both" else (subset,)
   merged: dict[str, dict] = {}
   order = []

@@ -36,16 +36,12 @@ import string
 
 import numpy as np
 
-LABEL_METHODS = ("containment", "exact", "f1", "containment_noecho")
-_ALIASES = {
-  "contains": "containment",
-  "containment": "containment",
-  "em": "exact",
-  "exact": "exact",
-  "f1": "f1",
-  "containment_noecho": "containment_noecho",
-}
-TRUTHFULQA_SIMILARITIES = ("rougeL", "f1")
+from ghosttrack_jax import config_lib
+from ghosttrack_jax.errors import ConfigError
+
+# The value sets live in config_lib (validated before any stage runs).
+LABEL_METHODS = config_lib.LABEL_METHODS
+TRUTHFULQA_SIMILARITIES = config_lib.TRUTHFULQA_SIMILARITIES
 NO_COMMENT = "I have no comment."
 
 _PUNCT = set(string.punctuation)
@@ -53,10 +49,11 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def canonical_method(method: str) -> str:
-  try:
-    return _ALIASES[method]
-  except KeyError:
-    raise ValueError(f"unknown label method {method!r}: use one of {LABEL_METHODS}") from None
+  """The label method behind a name or one of its aliases (config_lib.LABEL_METHOD_ALIASES)."""
+  method = config_lib.LABEL_METHOD_ALIASES.get(method, method)
+  if method not in LABEL_METHODS:
+    raise ConfigError(f"unknown label method {method!r}: use one of {LABEL_METHODS}")
+  return method
 
 
 def normalize_answer(s: str) -> str:

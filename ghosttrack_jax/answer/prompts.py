@@ -17,6 +17,7 @@ single letter or a common abbreviation (Mr, Dr, St, ...).
 import dataclasses
 import re
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.answer import datasets, labelling
 from ghosttrack_jax.errors import DataError
 
@@ -121,15 +122,13 @@ def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
   style = qa_cfg.prompt_style
   if style == "auto":
     style = "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
-  if style not in ("fewshot", "chat"):
-    raise DataError(f"config.qa.prompt_style={style!r}: use 'fewshot', 'chat' or 'auto'")
+  if style not in config_lib.PROMPT_STYLES:
+    raise DataError(f"config.qa.prompt_style={style!r}: use one of {config_lib.PROMPT_STYLES}")
   if style == "chat" and not getattr(tokenizer, "chat_template", None):
     raise DataError("config.qa.prompt_style='chat' but the tokenizer has no chat template; use 'fewshot'")
   ex = []
   if style == "fewshot":
-    ex = fewshot_exemplars(
-      qa_cfg.fewshot_file, exclude_questions=exclude_questions
-    )
+    ex = fewshot_exemplars(qa_cfg.fewshot_file, exclude_questions=exclude_questions)
   return PromptFormat(style, ex, tokenizer)
 
 

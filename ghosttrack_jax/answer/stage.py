@@ -40,17 +40,15 @@ import os
 
 import numpy as np
 
-from ghosttrack_jax import lm
+from ghosttrack_jax import config_lib, lm
 from ghosttrack_jax.answer import datasets, labelling, prompts
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
 from ghosttrack_jax.errors import DataError
 from ghosttrack_jax.runtime import atomic_io, paths
 
-OWN_ANSWER_SETS = ("nq_open", "truthfulqa")
-
-
-GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")
+OWN_ANSWER_SETS = config_lib.OWN_ANSWER_SETS  # the value sets live in config_lib
+GIVEN_TEXT_SETS = config_lib.GIVEN_TEXT_SETS
 
 
 # ---- labelling -------------------------------------------------------------------------------
@@ -164,9 +162,7 @@ def build_examples(config, model, items, out_dir):
     gens = _generate_all(config, model, texts, out_dir)
     sids = prompts.stop_ids(model)
     for it, g in zip(items, gens):
-      moved, ans, flags = prompts.postprocess(
-        g["gen_ids"], tok, sids, config.qa.cut_first_sentence
-      )
+      moved, ans, flags = prompts.postprocess(g["gen_ids"], tok, sids, config.qa.cut_first_sentence)
       text = tok.decode(ans).strip()
       rec = {
         "id": f"{it.qid}",

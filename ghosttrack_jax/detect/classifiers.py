@@ -17,10 +17,10 @@ import sklearn.preprocessing
 import sklearn.svm
 import sklearn.utils.class_weight
 
-from ghosttrack_jax import stats
+from ghosttrack_jax import config_lib, stats
 from ghosttrack_jax.answer import folds as folds_lib
 
-CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")
+CLASSIFIERS = config_lib.CLASSIFIERS  # the value set lives in config_lib
 
 
 class BalancedGradientBoosting:

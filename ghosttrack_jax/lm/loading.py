@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 from transformers import AutoConfig, AutoTokenizer
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
 from ghosttrack_jax.lm import families, gguf_llama
 from ghosttrack_jax.lm.model import LanguageModel, check_layers
@@ -28,7 +29,7 @@ from ghosttrack_jax.lm.model import LanguageModel, check_layers
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 GPT2_TOKENIZER = os.path.join(ASSETS, "gpt2_tokenizer")
 SMOLLM2_TOKENIZER = os.path.join(ASSETS, "smollm2_tokenizer")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = {name: jnp.dtype(name) for name in config_lib.MODEL_DTYPES}
 
 
 def load_model(model_cfg) -> LanguageModel:

@@ -30,9 +30,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError
 
-MODES = ("pmap", "shard_map")
+MODES = config_lib.PARALLEL_MODES  # the value set lives in config_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ghosttrack_jax import lm, stats
+from ghosttrack_jax import config_lib, lm, stats
 from ghosttrack_jax.detect import score
 from ghosttrack_jax.errors import ConfigError, IncompleteStoreError
 from ghosttrack_jax.evaluate import metrics as metrics_lib
@@ -59,6 +59,7 @@ def load_config(path: str, overrides: dict | None = None):
     if leaf not in node:
       raise ConfigError(f"config has no field {key!r}")
     node[leaf] = value
+  config_lib.validate(config, stages=())  # values and ranges; the run's inputs were checked by its run
   return config
 
 

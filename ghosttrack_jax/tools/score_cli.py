@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.detect import score
 from ghosttrack_jax.errors import GhostTrackError
 from ghosttrack_jax.report import dashboard
@@ -38,6 +39,7 @@ def main(argv):
   del argv
   logging.getLogger().setLevel(logging.WARNING)
   try:
+    config_lib.validate(_CONFIG.value, stages=("answer", "track"))  # the prompt, the model and the SAEs
     out = score.score_question(
       _CONFIG.value,
       _WORKDIR.value,

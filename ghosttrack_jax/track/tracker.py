@@ -31,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError
 
-POOLINGS = ("answer_max", "answer_mean", "last_token", "max_all")
-ASSOCIATIONS = ("hungarian", "greedy", "feature_id", "no_association")
+# The value sets live in config_lib (validated there before any stage runs); re-exported for callers.
+POOLINGS = config_lib.POOLINGS
+ASSOCIATIONS = config_lib.ASSOCIATIONS
 # Ablation variants of §3.6: an association rule, or `single_hypothesis` (= hungarian with top_k 1).
 VARIANTS = ASSOCIATIONS + ("single_hypothesis",)
 NO_DEATH = -1  # death layer of a track that is alive at the last layer
@@ -44,16 +46,17 @@ _ACT_NEW = 0.1  # §3.4: with a ~zero track activation, a candidate above this c
 
 @dataclasses.dataclass(frozen=True)
 class TrackerConfig:
-  """Tracker settings (docs/method.md §3.3 defaults). Activations are in the SAE code units."""
+  """Tracker settings; activations are in the SAE code units. No defaults here: build it with
+  `from_config(config.tracking)`, whose defaults are config_lib.base_config's (docs/method.md §3.3)."""
 
-  top_k: int = 50  # features kept per layer per text
-  pooling: str = "answer_max"  # one of POOLINGS
-  association: str = "hungarian"  # one of ASSOCIATIONS
-  birth_threshold: float = 0.5  # a feature with pooled activation > this may start a track
-  association_threshold: float = 0.5  # assigned pairs with cost >= this are rejected
-  w_sem: float = 0.6  # weight of 1 - cos(decoder rows)
-  w_act: float = 0.2  # weight of the activation-ratio cost
-  w_pos: float = 0.2  # weight of the position cost, which is always 0 (kept for parity)
+  top_k: int  # features kept per layer per text
+  pooling: str  # one of POOLINGS
+  association: str  # one of ASSOCIATIONS
+  birth_threshold: float  # a feature with pooled activation > this may start a track
+  association_threshold: float  # assigned pairs with cost >= this are rejected
+  w_sem: float  # weight of 1 - cos(decoder rows)
+  w_act: float  # weight of the activation-ratio cost
+  w_pos: float  # weight of the position cost, which is always 0 (kept for parity)
 
   def __post_init__(self):
     if self.pooling not in POOLINGS:
@@ -64,18 +67,20 @@ class TrackerConfig:
       raise ConfigError(f"tracking top_k={self.top_k}: must be >= 1")
 
   @classmethod
-  def from_config(cls, tracking_cfg: Any) -> "TrackerConfig":
-    """Builds the tracker settings from `config.tracking`."""
-    return cls(
-      top_k=int(tracking_cfg.top_k),
-      pooling=str(tracking_cfg.pooling),
-      association=str(tracking_cfg.association),
-      birth_threshold=float(tracking_cfg.birth_threshold),
-      association_threshold=float(tracking_cfg.association_threshold),
-      w_sem=float(tracking_cfg.w_sem),
-      w_act=float(tracking_cfg.w_act),
-      w_pos=float(tracking_cfg.w_pos),
+  def from_config(cls, tracking_cfg: Any = None, **overrides) -> "TrackerConfig":
+    """The tracker settings of `config.tracking` (None: base_config's), with `overrides` (field=value)."""
+    t = config_lib.base_config().tracking if tracking_cfg is None else tracking_cfg
+    cfg = cls(
+      top_k=int(t.top_k),
+      pooling=str(t.pooling),
+      association=str(t.association),
+      birth_threshold=float(t.birth_threshold),
+      association_threshold=float(t.association_threshold),
+      w_sem=float(t.w_sem),
+      w_act=float(t.w_act),
+      w_pos=float(t.w_pos),
     )
+    return dataclasses.replace(cfg, **overrides)
 
   def variant(self, name: str) -> "TrackerConfig":
     """This config with the §3.6 ablation `name` applied (`hungarian` = the default rule)."""

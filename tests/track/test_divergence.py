@@ -80,7 +80,7 @@ def test_schema_is_pinned():
 
 def test_worked_example_26_numbers():
   pooled, w = worked_example()
-  _, tr = T.track_pooled(pooled, T.unit_decoder(w), T.TrackerConfig())
+  _, tr = T.track_pooled(pooled, T.unit_decoder(w), T.TrackerConfig.from_config())
   np.testing.assert_allclose(D.track_metrics(tr)[0], WORKED_EXAMPLE_METRICS, atol=1e-6)
 
 
@@ -160,7 +160,7 @@ def test_metrics_use_the_tracked_layer_count():
 @pytest.mark.parametrize("variant", T.VARIANTS)
 def test_exact_relations(variant):
   pooled, w = synthetic(seed=5, n_texts=8)
-  cfg = T.TrackerConfig(top_k=6).variant(variant)
+  cfg = T.TrackerConfig.from_config(top_k=6).variant(variant)
   _, tr = T.track_pooled(pooled, T.unit_decoder(w), cfg)
   m = dict(zip(D.METRIC_NAMES, D.track_metrics(tr).T))
   n_layers = pooled.shape[1]

@@ -1,6 +1,7 @@
 """Tracker tests: selection rules, association costs, Hungarian "solve then reject", lifecycle
 invariants, the docs/method.md §3.7 worked example and the effect of every ablation variant."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -49,7 +50,7 @@ def synthetic(n_texts=6, n_layers=6, h=64, d=32, n_concepts=12, seed=0):
 
 
 def run(pooled, w, **kw):
-  cfg = T.TrackerConfig(**kw)
+  cfg = T.TrackerConfig.from_config(**kw)
   return T.track_pooled(pooled, T.unit_decoder(w), cfg)
 
 
@@ -71,7 +72,7 @@ def test_worked_example_tracks():
 
 def test_worked_example_costs():
   pooled, w = worked_example()
-  cfg = T.TrackerConfig()
+  cfg = T.TrackerConfig.from_config()
   sel = T.select_features(pooled, cfg.top_k, cfg.pooling)
   costs = T.association_costs(T.unit_decoder(w), sel, cfg)
   assert costs.shape == (1, 2, 2, 2)
@@ -145,7 +146,7 @@ def test_costs_match_formula_and_edge_cases():
   pooled[0, 0, [0, 1, 2]] = [2.0, 0.5e-6, 1.0]
   pooled[0, 1, [3, 4, 5]] = [1.5, 0.05, 0.8]
   pooled[0, 2, [6, 7]] = [0.3, 0.2]
-  cfg = T.TrackerConfig(top_k=3, pooling="max_all")  # zeros allowed: exercises b = 0 candidates
+  cfg = T.TrackerConfig.from_config(top_k=3, pooling="max_all")  # zeros allowed: exercises b = 0 candidates
   sel = T.select_features(pooled, cfg.top_k, cfg.pooling)
   costs = T.association_costs(T.unit_decoder(w), sel, cfg)
   for l, p, j in itertools.product(range(2), range(3), range(3)):
@@ -226,7 +227,7 @@ def test_feature_id_rule():
 @pytest.mark.parametrize("pooling", ["answer_max", "max_all"])
 def test_lifecycle_invariants(variant, pooling):
   pooled, w = synthetic(seed=3)
-  cfg = T.TrackerConfig(top_k=8, pooling=pooling).variant(variant)
+  cfg = T.TrackerConfig.from_config(top_k=8, pooling=pooling).variant(variant)
   sel, tr = T.track_pooled(pooled, T.unit_decoder(w), cfg)
   n_layers = pooled.shape[1]
   assert tr.n_layers == n_layers
@@ -262,7 +263,7 @@ def test_lifecycle_invariants(variant, pooling):
 def test_every_variant_changes_the_tracks():
   pooled, w = synthetic(seed=4)
   w_unit = T.unit_decoder(w)
-  base = T.TrackerConfig(top_k=8)
+  base = T.TrackerConfig.from_config(top_k=8)
   out = {}
   for name in T.VARIANTS:
     _, tr = T.track_pooled(pooled, w_unit, base.variant(name))
@@ -285,7 +286,7 @@ def test_every_variant_changes_the_tracks():
 
 def test_pad_and_single_layer():
   pooled, w = synthetic(n_texts=3)
-  cfg = T.TrackerConfig(top_k=5)
+  cfg = T.TrackerConfig.from_config(top_k=5)
   sel, tr = T.track_pooled(pooled, T.unit_decoder(w), cfg)
   padded = T.track_selection(
     sel, T.association_costs(T.unit_decoder(w), sel, cfg), cfg, pad_to=tr.birth.shape[1] + 4
@@ -299,20 +300,25 @@ def test_pad_and_single_layer():
 
 def test_config_and_variants():
   c = config_lib.base_config()
+  c.tracking.top_k, c.tracking.pooling, c.tracking.w_act = 7, "last_token", 0.3
   cfg = T.TrackerConfig.from_config(c.tracking)
-  assert cfg == T.TrackerConfig()
+  assert (cfg.top_k, cfg.pooling, cfg.w_act) == (7, "last_token", 0.3)
+  # the defaults are base_config's: the dataclass holds none of its own
+  assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(T.TrackerConfig))
+  assert T.TrackerConfig.from_config() == T.TrackerConfig.from_config(config_lib.base_config().tracking)
+  assert T.TrackerConfig.from_config(top_k=3).top_k == 3
   assert cfg.variant("single_hypothesis").top_k == 1
   assert cfg.variant("greedy").association == "greedy"
   with pytest.raises(ConfigError):
     cfg.variant("random")
   with pytest.raises(ConfigError):
-    T.TrackerConfig(pooling="sum")
+    T.TrackerConfig.from_config(pooling="sum")
 
 
 @pytest.mark.parametrize("pooling", ["answer_max", "max_all"])
 def test_host_and_device_cost_paths_agree(pooling):
   pooled, w = synthetic(seed=6)
-  cfg = T.TrackerConfig(top_k=10, pooling=pooling)
+  cfg = T.TrackerConfig.from_config(top_k=10, pooling=pooling)
   sel = T.select_features(pooled, cfg.top_k, cfg.pooling)
   w_unit = T.unit_decoder(w)
   host = T.association_costs(np.asarray(w_unit), sel, cfg, backend="numpy")
