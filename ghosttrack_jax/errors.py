@@ -21,6 +21,11 @@ class IncompleteStoreError(GhostTrackError):
   """A stage output exists but was never completed (no completion marker)."""
 
 
+class DamagedOutputError(GhostTrackError):
+  """A finished output's file is missing, truncated or changed since its stage wrote it (its checksum in
+  the folder's DONE record differs)."""
+
+
 class StoreMismatchError(GhostTrackError):
   """A stored artefact was made for another model/config than the one requested."""
 

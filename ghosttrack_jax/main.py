@@ -1,12 +1,13 @@
 """Command-line entry point: runs the pipeline stages for one config.
 
   python -m ghosttrack_jax.main --config=configs/smollm2_135m.py --workdir=runs/smollm2 \
-      [--config.sae.width=4608 ...] [--stages=extract,train] [--plan]
+      [--config.sae.width=4608 ...] [--stages=extract,train] [--plan] [--verify]
 
 Every stage skips itself when its outputs are complete and resumes when they are half written, so
 rerunning the same command after a kill or a preemption continues where it stopped.
 """
 
+import errno
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from ml_collections import config_flags
 from ghosttrack_jax import config_lib, pipeline
 from ghosttrack_jax.errors import GhostTrackError
 from ghosttrack_jax.runtime import multihost
-from ghosttrack_jax.tools import planner
+from ghosttrack_jax.tools import planner, verify
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file in configs/ (its get_config()).", lock_config=True
@@ -34,6 +35,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+_VERIFY = flags.DEFINE_bool(
+  "verify",
+  False,
+  "Check every finished output of the run against the checksums its stage recorded, run nothing, and exit "
+  "with status 2 when one is damaged.",
+)
 _PLAN = flags.DEFINE_bool(
   "plan", False, "Print what the run will need (memory, disk, batch sizes, time) and exit."
 )
@@ -51,6 +58,10 @@ _PLAN_MEASURE = flags.DEFINE_bool(
   True,
   "--plan: time a proxy transformer block and SAE step on this machine's first device for the time estimate.",
 )
+
+
+# Write errors that mean "no space": the device is full, a quota is reached, or the file-size limit.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _wants_distributed() -> bool:
@@ -96,11 +107,29 @@ def main(argv):
     if _PLAN.value:
       _plan(config, _WORKDIR.value, stages)
       return
+    if _VERIFY.value:
+      findings = verify.verify_all(config, _WORKDIR.value)
+      print(verify.format_findings(findings))  # the CLI's output
+      if any(f.status == verify.DAMAGED for f in findings):
+        sys.exit(2)
+      return
     if _wants_distributed():
       multihost.initialize()
     pipeline.run(config, _WORKDIR.value, stages)
   except GhostTrackError as e:
     logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(2)
+  except OSError as e:
+    if e.errno not in _DISK_FULL:
+      raise
+    # Writes are atomic (runtime.atomic_io): the file being written was discarded, the previous complete
+    # outputs are untouched and nothing half-written is marked complete.
+    logging.error(
+      "disk full (%s): outputs finished before are kept and nothing half-written is used; free space "
+      "under %s and rerun the same command",
+      e,
+      _WORKDIR.value,
+    )
     sys.exit(2)
 
 

@@ -1,7 +1,8 @@
 """The examples table of the `answer` stage and its one owner (schema: docs/DESIGN.md "Examples table").
 
 `cache/<model>/answers/<dataset>/` holds examples.jsonl, excluded.jsonl, folds.npz, manifest.json,
-audit_sample.jsonl, and DONE, written last. Every other module reads them through `load_*` here.
+audit_sample.jsonl, and DONE, written last with the SHA-256 of each of them. Every other module reads them
+through `load_*` here, which checks the file against its checksum first (DamagedOutputError otherwise).
 """
 
 import json
@@ -46,30 +47,50 @@ def save(
     _jsonl({**{k: examples[i][k] for k in keys}, "audit_label": None} for i in audit_rows),
   )
   atomic_io.atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
-  atomic_io.write_done(out_dir, {"n_examples": len(examples)})
+  atomic_io.write_done(out_dir, {"n_examples": len(examples)}, files=FILES)
+
+
+FILES = (EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT)  # every file of the table, checksummed in DONE
+
+
+def _fix(out_dir: str) -> str:
+  return f"delete {out_dir} and rerun the 'answer' stage (--stages=answer and the stages after it)"
+
+
+def verify(out_dir: str, names=FILES) -> None:
+  """Checks a finished table's files against the checksums in its DONE (DamagedOutputError otherwise)."""
+  if not atomic_io.is_done(out_dir):
+    raise IncompleteStoreError(f"{out_dir} has no DONE marker: run the 'answer' stage first")
+  atomic_io.verify_done(out_dir, names, _fix(out_dir))
+
+
+def _checked(config, workdir: str, dataset: str | None, name: str) -> str:
+  """The path of `name` in a finished, undamaged table."""
+  out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
+  verify(out_dir, (name,))
+  return os.path.join(out_dir, name)
 
 
 def load_examples(config, workdir: str, dataset: str | None = None) -> list[dict]:
   """The examples table of a finished `answer` stage (IncompleteStoreError otherwise)."""
-  out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
-  if not atomic_io.is_done(out_dir):
-    raise IncompleteStoreError(f"{out_dir} has no DONE marker: run the 'answer' stage first")
-  with open(os.path.join(out_dir, EXAMPLES), encoding="utf-8") as f:
+  with open(_checked(config, workdir, dataset, EXAMPLES), encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
 def load_folds(config, workdir: str, dataset: str | None = None) -> dict:
   """folds.npz of a finished `answer` stage as a dict of arrays."""
-  out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
-  if not atomic_io.is_done(out_dir):
-    raise IncompleteStoreError(f"{out_dir} has no DONE marker: run the 'answer' stage first")
-  with np.load(os.path.join(out_dir, FOLDS), allow_pickle=False) as z:
+  with np.load(_checked(config, workdir, dataset, FOLDS), allow_pickle=False) as z:
     return {k: z[k] for k in z.files}
+
+
+def manifest_sha256(config, workdir: str, dataset: str | None = None) -> str:
+  """SHA-256 of a finished table's manifest.json (the provenance later stages record)."""
+  return atomic_io.file_sha256(_checked(config, workdir, dataset, MANIFEST))
 
 
 def load_manifest(config, workdir: str, dataset: str | None = None) -> dict:
   out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
-  m = atomic_io.read_json(os.path.join(out_dir, MANIFEST))
+  m = atomic_io.read_json(_checked(config, workdir, dataset, MANIFEST))
   if m["model"]["name"] != config.model.name:
     raise StoreMismatchError(
       f"{out_dir} was made for model {m['model']['name']!r}, not {config.model.name!r}"

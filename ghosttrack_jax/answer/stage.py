@@ -130,8 +130,8 @@ def _generate_all(config, model, prompt_texts, out_dir) -> list:
   for b in range(n_batches):
     path = os.path.join(gdir, f"batch_{b:05d}.json")
     batch = prompt_texts[b * bs : (b + 1) * bs]
-    if os.path.exists(path):
-      saved = atomic_io.read_json(path)
+    saved = _read_batch(path) if os.path.exists(path) else None
+    if saved is not None:
       if [s["prompt"] for s in saved] == batch:
         results.extend(saved)
         continue
@@ -148,6 +148,16 @@ def _generate_all(config, model, prompt_texts, out_dir) -> list:
     results.extend(saved)
     logging.info("answer: batch %d/%d generated", b + 1, n_batches)
   return results
+
+
+def _read_batch(path: str) -> list | None:
+  """A generation batch saved by an interrupted run, or None when it cannot be read (regenerated)."""
+  try:
+    saved = atomic_io.read_json(path)
+    return saved if isinstance(saved, list) and all("prompt" in s for s in saved) else None
+  except (OSError, ValueError, TypeError) as e:
+    logging.warning("answer: the saved generations %s cannot be read (%s); regenerating them", path, e)
+    return None
 
 
 def build_examples(config, model, items, out_dir):

@@ -2,11 +2,13 @@
 
 `detector/manifest.json` (feature names, schema, L, k, pooling, SAE/examples manifest hashes, config,
 thresholds, importances), `logistic.json` (the primary detector's parameters; no pickle) and
-`<classifier>.joblib` for the others (scikit-learn objects; load only files you made). This module is the
-one owner of that folder.
+`<classifier>.joblib` for the others (scikit-learn objects; load only files you made), and `DONE` last with
+the SHA-256 of each file, checked by every load (DamagedOutputError). This module is the one owner of that
+folder.
 """
 
 import json
+import logging
 import os
 
 import joblib
@@ -31,7 +33,6 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
   """Fits every configured classifier on all rows of the GhostTrack set and saves it with a manifest."""
   names = list(data.columns("ghosttrack"))
   rows = np.arange(len(data.label))
-  p = paths.for_config(config, workdir)
   manifest = {
     "schema_version": SCHEMA_VERSION,
     "feature_set": "ghosttrack",
@@ -41,9 +42,7 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
     "top_k": data.meta.get("top_k"),
     "pooling": data.meta.get("pooling"),
     "sae_manifest_hash": data.meta.get("sae_manifest_hash"),
-    "examples_manifest_sha256": atomic_io.file_sha256(
-      os.path.join(p.answers(config.qa.dataset), examples_lib.MANIFEST)
-    ),
+    "examples_manifest_sha256": examples_lib.manifest_sha256(config, workdir),
     # The tracker's calibrated birth thresholds (config.tracking.birth_threshold_quantile): scoring a
     # new answer must use the thresholds these features were computed with.
     "birth_thresholds": data.meta.get("birth_thresholds"),
@@ -58,6 +57,7 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
     "classifiers": {},
   }
   os.makedirs(out_dir, exist_ok=True)
+  atomic_io.clear_done(out_dir)  # a refit replaces the folder's files: it is incomplete until DONE
   for clf in config.evaluate.classifiers:
     spec = Method(f"ghosttrack/{clf}", "ghosttrack", "", clf, (("ghosttrack", None),))
     fit = cv.fit_with_selection(
@@ -86,14 +86,36 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
         joblib.dump(fit.model, tmp)
       entry["file"] = f"{clf}.joblib"
     manifest["classifiers"][clf] = entry
-  atomic_io.atomic_write_json(os.path.join(out_dir, "manifest.json"), manifest)
+  atomic_io.atomic_write_json(os.path.join(out_dir, MANIFEST), manifest)
+  files = [MANIFEST] + [e["file"] for e in manifest["classifiers"].values()]
+  atomic_io.write_done(out_dir, {"classifiers": list(manifest["classifiers"])}, files=files)
   return manifest
+
+
+MANIFEST = "manifest.json"
+
+
+def _fix(directory: str) -> str:
+  return f"delete {os.path.dirname(directory)} and rerun the 'detect' stage (and the stages after it)"
+
+
+def verify(directory: str, names=None) -> None:
+  """Checks the saved detectors' files (all, or `names`) against the checksums in the folder's DONE."""
+  if not atomic_io.is_done(directory):
+    if atomic_io.is_done(os.path.dirname(directory)):  # finished before detectors had their own DONE
+      logging.warning("%s was written before checksums were recorded: not verified", directory)
+      return
+    raise IncompleteStoreError(f"{directory} has no DONE marker: run the 'detect' stage first")
+  names = atomic_io.recorded_files(directory, _fix(directory)) if names is None else names
+  atomic_io.verify_done(directory, names, _fix(directory))
 
 
 def load_manifest(directory: str) -> dict | None:
   """detector/manifest.json, or None when the detect stage fitted no final detector."""
-  path = os.path.join(directory, "manifest.json")
-  return atomic_io.read_json(path) if os.path.exists(path) else None
+  if not os.path.exists(os.path.join(directory, MANIFEST)):
+    return None
+  verify(directory, (MANIFEST,))
+  return atomic_io.read_json(os.path.join(directory, MANIFEST))
 
 
 class Detector:
@@ -116,9 +138,10 @@ class Detector:
   @classmethod
   def load(cls, directory: str, classifier: str = "logistic", expect: dict | None = None) -> "Detector":
     """Loads and checks a detector; `expect` fields (n_layers, top_k, pooling, ...) must match."""
-    path = os.path.join(directory, "manifest.json")
+    path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
       raise IncompleteStoreError(f"{path} not found: run the 'detect' stage first")
+    verify(directory, (MANIFEST,))
     manifest = atomic_io.read_json(path)
     if manifest.get("schema_version") != SCHEMA_VERSION:
       raise StoreMismatchError(f"{path}: schema_version {manifest.get('schema_version')} != {SCHEMA_VERSION}")
@@ -127,6 +150,7 @@ class Detector:
     for k, v in (expect or {}).items():
       if manifest.get(k) != v:
         raise StoreMismatchError(f"detector in {directory} has {k}={manifest.get(k)!r}, expected {v!r}")
+    verify(directory, (manifest["classifiers"][classifier]["file"],))
     return cls(manifest, classifier, directory)
 
   @classmethod

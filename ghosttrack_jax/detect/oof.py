@@ -8,17 +8,21 @@
   methods.json                   mode, dataset, and per method its description, choices, degenerate folds
   label_variants.npz + .json     GhostTrack and scalar baselines re-scored under other label methods
   detector/                      the final detectors (detect.detector)
-  DONE                           written last
+  DONE                           written last (`mark_done`), with the SHA-256 of each file above
+The loads check each file against its checksum first (DamagedOutputError naming the file and the fix).
 """
 
+import logging
 import os
 import re
+import zipfile
 
 import numpy as np
 
-from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
+SCHEMA_VERSION = 1  # of methods.json (scores.npz's arrays are fixed with it); absent = 1 (written before)
 SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON = (
   "scores.npz",
   "predictions.csv",
@@ -46,12 +50,17 @@ def _part_paths(out_dir: str, method: str) -> tuple[str, str]:
 
 
 def load_method(out_dir: str, method: str) -> dict | None:
-  """A method finished by an earlier (interrupted) run, or None."""
+  """A method finished by an earlier (interrupted) run, or None (also when its files cannot be read:
+  a damaged part is logged and recomputed, never reused)."""
   npz, info = _part_paths(out_dir, method)
   if not (os.path.exists(npz) and os.path.exists(info)):
     return None
-  with np.load(npz, allow_pickle=False) as z:
-    return {"scores": z["scores"], "thresholds": z["thresholds"], **atomic_io.read_json(info)}
+  try:
+    with np.load(npz, allow_pickle=False) as z:
+      return {"scores": z["scores"], "thresholds": z["thresholds"], **atomic_io.read_json(info)}
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    logging.warning("detect: the saved part of %s cannot be read (%s); recomputing it", method, e)
+    return None
 
 
 def save_method(out_dir: str, method: str, result: dict) -> None:
@@ -92,6 +101,7 @@ def save_scores(out_dir: str, methods, results: dict, data, dataset: str) -> Non
   atomic_io.atomic_write_json(
     os.path.join(out_dir, METHODS),
     {
+      "schema_version": SCHEMA_VERSION,
       "mode": data.meta.get("mode"),
       "dataset": dataset,
       "methods": {
@@ -111,6 +121,25 @@ def save_label_variants(out_dir: str, arrays: dict, info: dict) -> None:
   atomic_io.atomic_write_json(os.path.join(out_dir, VARIANTS_JSON), info)
 
 
+FILES = (SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON)
+
+
+def mark_done(out_dir: str, n_methods: int) -> None:
+  """Completes the folder: DONE with the checksum of every file above (call after everything is written)."""
+  files = [f for f in FILES if os.path.exists(os.path.join(out_dir, f))]
+  atomic_io.write_done(out_dir, {"n_methods": int(n_methods)}, files=files)
+
+
+def _fix(out_dir: str) -> str:
+  return f"delete {out_dir} and rerun the 'detect' stage (--stages=detect and the stages after it)"
+
+
+def verify(out_dir: str, names=FILES) -> None:
+  """Checks a finished folder's files against the checksums in its DONE (DamagedOutputError otherwise)."""
+  _require_done(out_dir)
+  atomic_io.verify_done(out_dir, names, _fix(out_dir))
+
+
 def _require_done(out_dir: str) -> None:
   if not atomic_io.is_done(out_dir):
     raise IncompleteStoreError(f"{out_dir} has no DONE marker: run the 'detect' stage first")
@@ -118,19 +147,26 @@ def _require_done(out_dir: str) -> None:
 
 def load_scores(out_dir: str) -> dict:
   """scores.npz of a finished detect stage as a dict of arrays."""
-  _require_done(out_dir)
+  verify(out_dir, (SCORES,))
   with np.load(os.path.join(out_dir, SCORES), allow_pickle=False) as z:
     return {k: z[k] for k in z.files}
 
 
 def load_methods(out_dir: str) -> dict:
-  _require_done(out_dir)
-  return atomic_io.read_json(os.path.join(out_dir, METHODS))
+  """methods.json of a finished detect stage, checksum- and schema-checked."""
+  verify(out_dir, (METHODS,))
+  m = atomic_io.read_json(os.path.join(out_dir, METHODS))
+  if m.get("schema_version", 1) != SCHEMA_VERSION:
+    raise StoreMismatchError(
+      f"{out_dir}/{METHODS} schema_version={m.get('schema_version')}, expected {SCHEMA_VERSION}: "
+      "rerun the 'detect' stage"
+    )
+  return m
 
 
 def load_label_variants(out_dir: str) -> tuple[dict, dict] | None:
   """(info, arrays) of label_variants, or None when the stage wrote none."""
-  _require_done(out_dir)
+  verify(out_dir, (VARIANTS_NPZ, VARIANTS_JSON))
   if not os.path.exists(os.path.join(out_dir, VARIANTS_JSON)):
     return None
   with np.load(os.path.join(out_dir, VARIANTS_NPZ), allow_pickle=False) as z:

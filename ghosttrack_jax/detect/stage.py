@@ -72,7 +72,7 @@ def _run(config, workdir: str) -> None:
   _label_variants(config, data, methods, out_dir)
   if "ghosttrack" in data.sets:
     detector.save_final_detectors(config, data, detector.directory(out_dir), workdir)
-  atomic_io.write_done(out_dir, {"n_methods": len(methods)})
+  oof.mark_done(out_dir, len(methods))
   logging.info("detect: %d methods scored on %d examples -> %s", len(methods), len(data.label), out_dir)
 
 

@@ -18,7 +18,8 @@ ablations and sweeps, every baseline and probe, the combined rows), all on the s
 
 With R > 1 repeats, a metric is the mean over repeats of the pooled metric, also inside each resample.
 
-Writes `results/<model>/evaluation/<dataset>/metrics.json` and `DONE`.
+Writes `results/<model>/evaluation/<dataset>/metrics.json` and `DONE` (with its SHA-256, checked by
+`load_metrics`).
 """
 
 import logging
@@ -28,23 +29,37 @@ import numpy as np
 
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.detect import oof
-from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.evaluate import metrics as metrics_lib
 from ghosttrack_jax.runtime import atomic_io, paths
 from ghosttrack_jax.track import divergence, feature_table
 
 METRICS = "metrics.json"
+SCHEMA_VERSION = 1  # of metrics.json; absent = 1 (written before the field existed)
 
 
 def directory(config, workdir: str, dataset: str | None = None) -> str:
   return os.path.join(paths.for_config(config, workdir).evaluation, dataset or config.qa.dataset)
 
 
-def load_metrics(out_dir: str) -> dict:
-  """metrics.json of a finished evaluate stage (this module is its one owner)."""
+def verify(out_dir: str) -> None:
+  """Checks metrics.json against the checksum in its folder's DONE (DamagedOutputError otherwise)."""
   if not atomic_io.is_done(out_dir):
     raise IncompleteStoreError(f"{out_dir} has no DONE marker: run the 'evaluate' stage first")
-  return atomic_io.read_json(os.path.join(out_dir, METRICS))
+  fix = f"delete {out_dir} and rerun the 'evaluate' stage (--stages=evaluate,report)"
+  atomic_io.verify_done(out_dir, (METRICS,), fix)
+
+
+def load_metrics(out_dir: str) -> dict:
+  """metrics.json of a finished evaluate stage (this module is its one owner), checksum-checked."""
+  verify(out_dir)
+  m = atomic_io.read_json(os.path.join(out_dir, METRICS))
+  if m.get("schema_version", 1) != SCHEMA_VERSION:
+    raise StoreMismatchError(
+      f"{out_dir}/{METRICS} schema_version={m.get('schema_version')}, expected {SCHEMA_VERSION}: "
+      "rerun the 'evaluate' stage"
+    )
+  return m
 
 
 def degeneracy(arrays: dict, meta: dict) -> dict:
@@ -95,11 +110,12 @@ def run(config, workdir: str) -> None:
     metrics["label_variants"] = metrics_lib.evaluate_label_variants(
       *variants, d, config.evaluate.n_bootstrap, config.evaluate.seed
     )
+  metrics["schema_version"] = SCHEMA_VERSION
   metrics["dataset"] = dataset
   metrics["model"] = config.model.name
   metrics["mode"] = methods_meta.get("mode", "own_answer")
   atomic_io.atomic_write_json(os.path.join(out_dir, METRICS), metrics)
-  atomic_io.write_done(out_dir, {"n_methods": len(metrics["methods"])})
+  atomic_io.write_done(out_dir, {"n_methods": len(metrics["methods"])}, files=(METRICS,))
   prim = metrics["methods"].get(metrics_lib.PRIMARY, {})
   logging.info(
     "evaluate: %s AUROC %s CI %s -> %s", metrics_lib.PRIMARY, prim.get("auroc"), prim.get("auroc_ci"), out_dir

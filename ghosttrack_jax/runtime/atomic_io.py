@@ -8,11 +8,14 @@ markers are written last.
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from typing import Any, Iterator
 
 import numpy as np
+
+from ghosttrack_jax.errors import DamagedOutputError
 
 
 def _json_default(obj: Any) -> Any:
@@ -70,15 +73,65 @@ def read_json(path: str) -> Any:
 
 
 DONE = "DONE"
+DONE_FILES = "files_sha256"  # the DONE record's map: file (relative to the folder) -> SHA-256 hex digest
+_UNVERIFIED: set[str] = set()  # folders without checksums already warned about
 
 
-def write_done(directory: str, info: dict | None = None) -> None:
-  """Marks `directory` complete. Call only after everything else in it is written."""
-  atomic_write_json(os.path.join(directory, DONE), info or {})
+def write_done(directory: str, info: dict | None = None, files=()) -> None:
+  """Marks `directory` complete. Call only after everything else in it is written. The SHA-256 of each
+  of `files` (paths relative to `directory`) is recorded, so `verify_done` can tell a damaged file."""
+  record = dict(info or {})
+  if files:
+    record[DONE_FILES] = {name: file_sha256(os.path.join(directory, name)) for name in files}
+  atomic_write_json(os.path.join(directory, DONE), record)
 
 
 def is_done(directory: str) -> bool:
   return os.path.exists(os.path.join(directory, DONE))
+
+
+def read_done(directory: str, fix: str) -> dict:
+  """The DONE record of a finished folder; DamagedOutputError (with `fix`) when it is unreadable."""
+  path = os.path.join(directory, DONE)
+  try:
+    record = read_json(path)
+  except (OSError, ValueError) as e:
+    raise DamagedOutputError(f"{path} cannot be read ({e}): {fix}") from None
+  if not isinstance(record, dict):
+    raise DamagedOutputError(f"{path} is not a completion record: {fix}")
+  return record
+
+
+def verify_done(directory: str, names, fix: str) -> None:
+  """Checks that each of `names` (relative to `directory`) still has the bytes its DONE recorded.
+
+  Raises DamagedOutputError naming the first file that is missing, truncated or changed since the stage
+  finished, with `fix` (what to rerun). A name the record does not list (an optional output the stage did
+  not write, or a folder finished before checksums were recorded) is not checked.
+  """
+  record = read_done(directory, fix)
+  if DONE_FILES not in record:
+    if directory not in _UNVERIFIED:
+      _UNVERIFIED.add(directory)
+      logging.warning("%s was finished before checksums were recorded: its files are not verified", directory)
+    return
+  recorded = record[DONE_FILES]
+  for name in names:
+    if name not in recorded:
+      continue
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+      raise DamagedOutputError(f"{path} is missing from a finished output folder: {fix}")
+    if file_sha256(path) != recorded[name]:
+      raise DamagedOutputError(
+        f"{path} is damaged: its bytes differ from the SHA-256 recorded when it was written "
+        f"(truncated or modified since): {fix}"
+      )
+
+
+def recorded_files(directory: str, fix: str) -> list[str]:
+  """The files whose checksums the DONE record of `directory` holds."""
+  return sorted(read_done(directory, fix).get(DONE_FILES, {}))
 
 
 def clear_done(directory: str) -> None:
@@ -86,13 +139,22 @@ def clear_done(directory: str) -> None:
     os.remove(os.path.join(directory, DONE))
 
 
+# (path, inode, size, mtime) -> digest: a file read several times in one process is hashed once; any
+# rewrite (a new inode or mtime) or truncation (a new size) misses the memo.
+_SHA_MEMO: dict[tuple, str] = {}
+
+
 def file_sha256(path: str) -> str:
   """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks): the one file-hash helper."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+  st = os.stat(path)
+  key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+  if key not in _SHA_MEMO:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    _SHA_MEMO[key] = h.hexdigest()
+  return _SHA_MEMO[key]
 
 
 def files_sha256(paths) -> str:

@@ -5,8 +5,9 @@
   summaries.npz                  per-example, per-layer track statistics (dashboards)
   tracks.npz                     full tracks of a subset of examples (case studies)
   degeneracy.json                constant / near-constant metrics and pooled-activation quantiles
-  DONE                           written last
-Every other module reads these files through the `load_*` functions here.
+  DONE                           written last, with the SHA-256 of each file above
+Every other module reads these files through the `load_*` functions here, which check each file against
+its checksum first (DamagedOutputError naming the file and the fix).
 """
 
 import os
@@ -50,6 +51,9 @@ def save(out_dir: str, features: dict, meta: dict, summaries: dict, tracks: dict
   atomic_io.atomic_write_json(os.path.join(out_dir, DEGENERACY), degeneracy)
 
 
+FILES = (FEATURES, META, SUMMARIES, TRACKS, DEGENERACY)
+
+
 def mark_done(out_dir: str, meta: dict) -> None:
   atomic_io.write_done(
     out_dir,
@@ -58,7 +62,18 @@ def mark_done(out_dir: str, meta: dict) -> None:
       "n_layers": int(meta["n_layers"]),
       "feature_sets": list(meta["feature_sets"]),
     },
+    files=[f for f in FILES if os.path.exists(os.path.join(out_dir, f))],
   )
+
+
+def _fix(out_dir: str) -> str:
+  return f"delete {out_dir} and rerun the 'track' stage (--stages=track and the stages after it)"
+
+
+def verify(out_dir: str, names=FILES) -> None:
+  """Checks a finished folder's files against the checksums in its DONE (DamagedOutputError otherwise)."""
+  _require_done(out_dir)
+  atomic_io.verify_done(out_dir, names, _fix(out_dir))
 
 
 def _require_done(out_dir: str) -> None:
@@ -68,7 +83,7 @@ def _require_done(out_dir: str) -> None:
 
 def load_meta(out_dir: str) -> dict:
   """features.json of a finished track stage, schema-checked."""
-  _require_done(out_dir)
+  verify(out_dir, (META,))
   meta = atomic_io.read_json(os.path.join(out_dir, META))
   if meta.get("schema_version") != SCHEMA_VERSION:
     raise StoreMismatchError(
@@ -81,6 +96,7 @@ def load_meta(out_dir: str) -> dict:
 def load_features(out_dir: str) -> tuple[dict, dict]:
   """(arrays of features.npz, features.json) of a finished track stage."""
   meta = load_meta(out_dir)
+  verify(out_dir, (FEATURES,))
   arrays = _load_npz(os.path.join(out_dir, FEATURES))
   for name in meta["feature_sets"]:
     if "X__" + name not in arrays:
@@ -90,13 +106,13 @@ def load_features(out_dir: str) -> tuple[dict, dict]:
 
 def load_summaries(out_dir: str) -> dict | None:
   """summaries.npz, or None when the stage did not write it."""
-  _require_done(out_dir)
+  verify(out_dir, (SUMMARIES,))
   path = os.path.join(out_dir, SUMMARIES)
   return _load_npz(path) if os.path.exists(path) else None
 
 
 def load_tracks(out_dir: str) -> dict | None:
   """tracks.npz (the tracked subset), or None when absent."""
-  _require_done(out_dir)
+  verify(out_dir, (TRACKS,))
   path = os.path.join(out_dir, TRACKS)
   return _load_npz(path) if os.path.exists(path) else None

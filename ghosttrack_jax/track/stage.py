@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import numpy as np
 from ghosttrack_jax import lm
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
-from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.runtime import atomic_io
 from ghosttrack_jax.sae import trained
 from ghosttrack_jax.track import divergence, feature_table, features
 
@@ -61,8 +62,7 @@ def run(config, workdir: str, model=None, saes=None) -> None:
   folds = examples_lib.load_folds(config, workdir, dataset)
   if not examples:
     raise DataError(f"the answer stage wrote no usable examples for {dataset!r}")
-  answers_dir = paths.for_config(config, workdir).answers(dataset)
-  examples_hash = atomic_io.file_sha256(os.path.join(answers_dir, examples_lib.MANIFEST))[:16]
+  examples_hash = examples_lib.manifest_sha256(config, workdir, dataset)[:16]
   if model is None:
     model = lm.load_model(config.model)
   if saes is None:
@@ -116,10 +116,8 @@ def compute(
   for i in range(n_batches):
     rows = order[i * batch_size : (i + 1) * batch_size]
     path = os.path.join(partial, f"batch_{i:05d}.npz")
-    if os.path.exists(path):
-      with np.load(path, allow_pickle=False) as z:
-        part = {k: z[k] for k in z.files}
-    else:
+    part = _load_part(path) if os.path.exists(path) else None
+    if part is None:
       batch = features.make_batch(examples, rows, batch_size, model.pad_id, int(model.max_positions))
       part = featurizer.features(batch)
       part["rows"] = rows
@@ -150,6 +148,16 @@ def compute(
     else:
       out[key] = np.concatenate([t[key] for t in tracked])
   return out
+
+
+def _load_part(path: str) -> dict | None:
+  """A batch saved by an interrupted run, or None when it cannot be read (recomputed, never reused)."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    logging.warning("track: the saved batch %s cannot be read (%s); recomputing it", path, e)
+    return None
 
 
 def _scatter(parts: list[dict], n: int) -> dict[str, np.ndarray]:

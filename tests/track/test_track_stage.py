@@ -273,6 +273,36 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed[k], fresh[k])
 
 
+def test_a_damaged_saved_batch_is_recomputed_not_reused(tmp_path, monkeypatch, caplog):
+  config = make_config(ablations=False)
+  model = model_for(3, ())
+  saes = saes_for(model)
+  write_examples(config, tmp_path, model)
+  track_stage.run(config, str(tmp_path), model=model, saes=saes)
+  fresh, _ = load(config, tmp_path)
+  atomic_io.clear_done(out_dir(config, tmp_path))
+  real, calls = features.Featurizer.features, []
+
+  def interrupted(self, batch):
+    calls.append(1)
+    if len(calls) == 2:
+      raise RuntimeError("simulated interruption")
+    return real(self, batch)
+
+  monkeypatch.setattr(features.Featurizer, "features", interrupted)
+  with pytest.raises(RuntimeError, match="simulated"):
+    track_stage.run(config, str(tmp_path), model=model, saes=saes)
+  saved = os.path.join(out_dir(config, tmp_path), "partial", "batch_00000.npz")
+  with open(saved, "r+b") as f:  # a truncated batch file, as a full disk or a crash of the disk leaves
+    f.truncate(os.path.getsize(saved) // 2)
+  monkeypatch.setattr(features.Featurizer, "features", real)
+  track_stage.run(config, str(tmp_path), model=model, saes=saes)
+  assert "batch_00000.npz cannot be read" in caplog.text
+  resumed, _ = load(config, tmp_path)
+  for k in ("X__ghosttrack", "X__reconstruction", "X__scalar_baselines"):
+    np.testing.assert_array_equal(resumed[k], fresh[k])
+
+
 def test_tracked_sets_plan():
   c = make_config()
   names = [s.name for s in features.tracked_sets(c)]
