@@ -18,6 +18,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny.py")
+# The environment of every tiny run: 2 simulated devices, as each task of the SLURM test has. XLA's CPU
+# code (and so the last bits of the results) depends on the device count of the process, and tests
+# compare runs bit for bit.
+ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 _cache: dict = {}
 
 
@@ -53,14 +57,7 @@ def run_pipeline(
   if stages:
     cmd.append(f"--stages={stages}")
   cmd += list(flags)
-  # 2 simulated devices, as each task of the SLURM test has: XLA's CPU code (and so the last bits of
-  # the results) depends on the device count of the process, and tests compare runs bit for bit.
-  full_env = {
-    **os.environ,
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-    **(env or {}),
-  }
+  full_env = {**os.environ, **ENV, **(env or {})}
   t0 = time.time()
   proc = subprocess.run(
     cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False

@@ -87,11 +87,12 @@ def run(config, workdir: str) -> None:
     model_name=config.model.name,
     context_size=int(store.meta.get("seq_len", 0)),
     sparsity=report.log_density,
+    # No wall time in the export: its files are hashed into the SAE manifest hash that every later output
+    # records, which must be the same for the same SAEs (the time is in results/<model>/sae/metrics.json).
     extra={
       "training": {
         "steps": result.steps,
         "tokens_per_layer": result.tokens_per_layer,
-        "seconds": round(result.seconds, 1),
         "layout": result.layout,
         "backward": result.sparse_backend,
       }
