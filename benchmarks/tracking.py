@@ -293,9 +293,9 @@ def main():
           "status",
           "--porcelain",
           "--",
-          "benchmarks/tracker.py",
-          "ghosttrack_jax/tracker.py",
-          "ghosttrack_jax/divergence.py",
+          "benchmarks/tracking.py",
+          "ghosttrack_jax/track/tracker.py",
+          "ghosttrack_jax/track/divergence.py",
         ],
         capture_output=True,
         text=True,
@@ -305,7 +305,7 @@ def main():
     except OSError:
       commit = "?"
     entry = (
-      f"\n## tracking + 26 metrics (benchmarks/tracker.py), "
+      f"\n## tracking + 26 metrics (benchmarks/tracking.py), "
       f"{datetime.date.today().isoformat()}\n\n"
       f"- command: `{cmd}`\n- machine: {machine()}\n- commit: {commit}\n" + "".join(f"- {l}\n" for l in lines)
     )

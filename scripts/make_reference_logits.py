@@ -1,7 +1,7 @@
 """Writes tests/fixtures/smollm2_reference.npz: SmolLM2 logits from an independent (PyTorch) loader.
 
 The JAX GGUF loader (`ghosttrack_jax.lm.gguf_llama`) is checked against these numbers by
-tests/test_lm_smollm2.py. They come from transformers' own GGUF -> PyTorch `LlamaForCausalLM` route,
+tests/lm/test_lm_smollm2.py. They come from transformers' own GGUF -> PyTorch `LlamaForCausalLM` route,
 which shares no code with ours (its own dequantization, q/k un-permutation and rope setup), in float32.
 PyTorch is not a dependency of the project, so run this script in a separate virtual environment:
 

@@ -15,7 +15,7 @@ entries do not fit falls back to the dense path (decided per device in sae_train
 
 Two implementations of the primitive ops: XLA gathers/segment sums (any platform; the reference), and
 C++ kernels registered through the XLA FFI (`kernels.py`, CPU only), picked per platform at lowering time.
-Both are tested against the dense math in tests/test_sae_sparse.py.
+Both are tested against the dense math in tests/sae/test_sae_sparse.py.
 """
 
 import functools

@@ -4,7 +4,7 @@ For one config it works out, without loading weights or touching the workdir:
   - model and SAE parameter memory (the SAE train state: parameters and Adam moments);
   - the activation store, per layer and in total, and the rest of the disk the run will write;
   - layers per device, and the peak device memory per device of every stage for the configured batch
-    sizes (analytic buffer counts; `tests/test_planner.py` checks them against XLA's buffer assignment
+    sizes (analytic buffer counts; `tests/tools/test_planner.py` checks them against XLA's buffer assignment
     and against a real tiny run);
   - a wall-time estimate from throughput measured here: a proxy transformer block and a proxy SAE
     step at the run's shapes, timed on this machine's first device (on a login node, pass the target

@@ -285,7 +285,7 @@ def association_costs(w_unit, sel: Selection, cfg: TrackerConfig, backend: str |
     backend: "jax" (jitted, on w_unit's device) or "numpy" (host BLAS). Default: numpy when w_unit
       is a numpy array or JAX runs on CPU, where XLA's batched small matmuls are several times
       slower than numpy's; jax otherwise. Both evaluate the same formula in float32 (they agree to
-      float32 rounding; tests/test_tracking.py checks it).
+      float32 rounding; tests/track/test_tracker.py checks it).
 
   Returns:
     [B, L−1, k', k'] float32 with k' = the batch's longest list: entry [b, ℓ−1, p, j] is the cost of
