@@ -1,13 +1,23 @@
-"""A 2-block random GPT-2 (d_model 64) for tests and smoke runs; runs end to end in about a minute.
+"""A 2-block random model for tests and smoke runs; each preset runs end to end in about a minute.
 
-python -m ghosttrack_jax.main --config=configs/tiny.py --workdir=/tmp/gt_tiny
+  python -m ghosttrack_jax.main --config=configs/tiny.py --workdir=/tmp/gt_tiny
+  python -m ghosttrack_jax.main --config=configs/tiny.py:default --workdir=/tmp/gt_tiny_default
+
+`configs/tiny.py`: a random GPT-2 (d_model 64) on HaluEval's given answers (both classes from a random
+model). `configs/tiny.py:default`: the same sizes with every code-path setting of configs/smollm2_135m.py
+(random Llama with the SmolLM2 chat-template tokenizer, own answers to NQ-open with the chat prompt,
+calibrated birth thresholds, b_dec subtraction, data-dependent threshold init, sparse backward with its
+capacity, learning-rate decay, ...), so the test suite runs what `make run` runs. Only the fields of
+config_lib.VALUE_ONLY_FIELDS (sizes, counts, rates, seeds, names, input paths) and model.source differ.
 """
+
+import importlib.util
+import os
 
 from ghosttrack_jax import config_lib
 
 
-def get_config(arg=None):
-  del arg
+def _tiny():
   c = config_lib.base_config()
   c.model.name = "tiny_gpt2"
   c.model.family = "gpt2"
@@ -38,3 +48,30 @@ def get_config(arg=None):
   c.evaluate.n_folds = 3  # folds
   c.evaluate.n_bootstrap = 100  # resamples
   return c
+
+
+def _tiny_default():
+  spec = importlib.util.spec_from_file_location(
+    "smollm2_135m_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2_135m.py")
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c, tiny = module.get_config(), _tiny()
+  for field in config_lib.VALUE_ONLY_FIELDS:  # the tiny sizes; every other field stays the default's
+    *parents, leaf = field.split(".")
+    node, src = c, tiny
+    for p in parents:
+      node, src = node[p], src[p]
+    node[leaf] = src[leaf]
+  c.model.name = "tiny_default"
+  c.model.source = "random"  # a random Llama of c.model.random's shape, with the bundled SmolLM2 tokenizer
+  c.qa.n_questions = 32  # NQ-open questions the model answers itself (one example each)
+  return c
+
+
+def get_config(arg=None):
+  if not arg:
+    return _tiny()
+  if arg == "default":
+    return _tiny_default()
+  raise ValueError(f"configs/tiny.py has the presets '' and 'default', not {arg!r}")

@@ -190,6 +190,75 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# ---- fields that select no code path ---------------------------------------------------------
+
+# Fields whose value is only a size, count, rate, weight, seed, name or input path: any valid value runs
+# the same code. Every other field selects a code path (a value set, a bool, or a number whose 0 means
+# "off"), and configs/tiny.py:default copies all of those from configs/smollm2_135m.py so the test suite
+# runs the offline default's code paths on a tiny model (tests/test_configs.py checks it).
+VALUE_ONLY_FIELDS = frozenset(
+  {
+    "seed",
+    "model.name",
+    "model.random.n_layer",
+    "model.random.d_model",
+    "model.random.n_head",
+    "model.random.n_positions",
+    "model.random.seed",
+    "data.seq_len",
+    "data.n_tokens",
+    "data.min_chars",
+    "extract.batch_size",
+    "extract.chunk_rows",
+    "sae.width",
+    "sae.k",
+    "sae.l0_coefficient",
+    "sae.l0_warmup_steps",
+    "sae.bandwidth",
+    "sae.threshold_init",
+    "sae.l1_coefficient",
+    "sae.legacy_threshold",
+    "sae.aux_k_coefficient",
+    "sae.dead_tokens",
+    "sae.batchtopk_threshold_start",
+    "sae.batchtopk_threshold_beta",
+    "sae_training.batch_size",
+    "sae_training.epochs",
+    "sae_training.lr",
+    "sae_training.lr_warmup_steps",
+    "sae_training.grad_clip",
+    "sae_training.eval_fraction",
+    "sae_training.eval_windows",
+    "sae_training.shuffle_windows",
+    "sae_training.checkpoint_every",
+    "sae_training.log_every",
+    "sae_training.keep_checkpoints",
+    "sae_training.eval_tokens",
+    "qa.n_questions",
+    "qa.max_new_tokens",
+    "qa.batch_size",
+    "qa.f1_threshold",
+    "qa.given_max_answer_tokens",
+    "qa.nq_open_file",
+    "qa.fewshot_file",
+    "qa.truthfulqa_file",
+    "tracking.top_k",
+    "tracking.birth_threshold",
+    "tracking.association_threshold",
+    "tracking.w_sem",
+    "tracking.w_act",
+    "tracking.w_pos",
+    "tracking.batch_size",
+    "tracking.sweep_top_k",
+    "evaluate.n_folds",
+    "evaluate.seed",
+    "evaluate.inner_folds",
+    "evaluate.logistic_cs",
+    "evaluate.n_case_studies",
+  }
+)
+
+
 # ---- validation ---------------------------------------------------------------------------------
 
 # Fields that take one of a fixed set of values.

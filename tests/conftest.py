@@ -17,3 +17,12 @@ def tiny_run(tmp_path_factory):
   import tiny_pipeline  # pylint: disable=import-outside-toplevel
 
   return tiny_pipeline.get(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_default_run(tmp_path_factory):
+  """(config, workdir, qa_file) of one full run of configs/tiny.py:default (the offline default's code
+  paths on a tiny model), shared by the whole session."""
+  import tiny_pipeline  # pylint: disable=import-outside-toplevel
+
+  return tiny_pipeline.get_default(tmp_path_factory)

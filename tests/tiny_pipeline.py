@@ -1,9 +1,11 @@
-"""Artefacts of one full pipeline run on configs/tiny.py, shared by the tests that need real outputs
-(notebooks, dashboard of a real case, planner against actual usage).
+"""Artefacts of full pipeline runs on configs/tiny.py (`get`) and on configs/tiny.py:default (`get_default`,
+the offline default's code paths), shared by the tests that need real outputs (notebooks, scoring CLI,
+dashboard of a real case, planner against actual usage, fault injection).
 
 The run happens once per test session, in a subprocess started exactly like the README's command, so
 its JAX runtime is separate from the test process. Set GHOSTTRACK_TINY_WORKDIR to reuse (or keep) a run:
-stages with DONE markers are skipped, so a finished workdir costs nothing the second time.
+stages with DONE markers are skipped, so a finished workdir costs nothing the second time
+(GHOSTTRACK_TINY_DEFAULT_WORKDIR likewise for the default-settings run).
 
   @pytest.fixture(scope="session")
   def tiny_run(tmp_path_factory):
@@ -11,10 +13,14 @@ stages with DONE markers are skipped, so a finished workdir costs nothing the se
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import time
+
+from ghosttrack_jax.answer import examples as examples_lib
+from ghosttrack_jax.runtime import atomic_io, paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny.py")
@@ -25,12 +31,16 @@ ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_co
 _cache: dict = {}
 
 
-def load_config():
-  """configs/tiny.py's get_config(), as `--config=configs/tiny.py` gives it."""
+# configs/tiny.py:default: the tiny sizes with every code-path setting of configs/smollm2_135m.py.
+DEFAULT_CONFIG = CONFIG + ":default"
+
+
+def load_config(arg=None):
+  """configs/tiny.py's get_config(arg), as `--config=configs/tiny.py[:arg]` gives it."""
   spec = importlib.util.spec_from_file_location("tiny_config", CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg)
 
 
 def set_fields(config, overrides: dict):
@@ -50,10 +60,15 @@ def tiny_config(**overrides):
 
 
 def run_pipeline(
-  workdir: str, stages: str | None = None, env: dict | None = None, timeout: float = 900, flags: tuple = ()
+  workdir: str,
+  stages: str | None = None,
+  env: dict | None = None,
+  timeout: float = 900,
+  flags: tuple = (),
+  config: str = CONFIG,
 ) -> tuple[float, str]:
-  """Runs `python -m ghosttrack_jax.main` on the tiny config; returns (seconds, log). Raises on failure."""
-  cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={CONFIG}", f"--workdir={workdir}"]
+  """Runs `python -m ghosttrack_jax.main` on a tiny config; returns (seconds, log). Raises on failure."""
+  cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={config}", f"--workdir={workdir}"]
   if stages:
     cmd.append(f"--stages={stages}")
   cmd += list(flags)
@@ -83,3 +98,45 @@ def get(tmp_path_factory) -> tuple:
     _cache["run"] = (load_config(), workdir)
     _cache["seconds"], _cache["log"] = seconds, log
   return _cache["run"]
+
+
+def _default_qa_file(path: str, n: int) -> None:
+  """The first `n` NQ-open dev questions with their gold aliases (the file the first pass answers)."""
+  with open(os.path.join(REPO, "data", "qa", "NQ-open.dev.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line, _ in zip(f, range(n))]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def get_default(tmp_path_factory) -> tuple:
+  """(config, workdir, qa_file) of a finished run of configs/tiny.py:default, the offline default's code
+  paths on a tiny random Llama. A random model gets every NQ-open answer wrong, so the run answers from
+  `qa_file`, a copy of the first NQ-open questions in which every other question's gold alias is the
+  answer the model gives: the first pass generates the answers, the second reuses the saved generations
+  and labels them (both classes, as on the real model, through the same own-answer code)."""
+  if "default" not in _cache:
+    root = os.environ.get("GHOSTTRACK_TINY_DEFAULT_WORKDIR") or str(tmp_path_factory.mktemp("tiny_default"))
+    workdir, qa_file = os.path.join(root, "run"), os.path.join(root, "nq_open_tiny.jsonl")
+    config = load_config("default")
+    flags = (f"--config.qa.nq_open_file={qa_file}",)
+    if not os.path.exists(qa_file):
+      _default_qa_file(qa_file, config.qa.n_questions)
+    answers = paths.for_config(config, workdir).answers(config.qa.dataset)
+    if not os.path.exists(qa_file + ".relabelled"):
+      run_pipeline(workdir, stages="answer", flags=flags, config=DEFAULT_CONFIG)
+      with open(qa_file, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+      said = {e["question"]: e["answer_text"] for e in examples_lib.load_examples(config, workdir)}
+      for i, row in enumerate(rows):
+        if i % 2 == 0 and said.get(row["question"]):
+          row["answer"] = [said[row["question"]]]
+      with open(qa_file, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+      atomic_io.clear_done(answers)  # relabel on the next run (the generations are reused)
+      with open(qa_file + ".relabelled", "w", encoding="utf-8") as f:
+        f.write("the QA file has the model's own answers as gold for every other question\n")
+    _, log = run_pipeline(workdir, flags=flags, config=DEFAULT_CONFIG)
+    config.qa.nq_open_file = qa_file
+    _cache["default"] = (config, workdir, qa_file)
+    _cache["default_log"] = log
+  return _cache["default"]

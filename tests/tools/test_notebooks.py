@@ -1,5 +1,6 @@
-"""The notebooks in notebooks/ run top to bottom (nbclient) against a finished tiny pipeline run, are stored
-without outputs, and only call package functions."""
+"""The notebooks in notebooks/ run top to bottom (nbclient) against a finished run of the offline default's
+code paths on a tiny model (configs/tiny.py:default: chat prompt, own answers, calibrated birth thresholds,
+b_dec subtraction), are stored without outputs, and only call package functions."""
 
 import ast
 import os
@@ -11,11 +12,6 @@ import tiny_pipeline  # tests/ is on sys.path under pytest
 NOTEBOOK_DIR = os.path.join(tiny_pipeline.REPO, "notebooks")
 NOTEBOOKS = ("quickstart.ipynb", "sae_explorer.ipynb", "detection_analysis.ipynb")
 ALLOWED_IMPORTS = {"os", "numpy", "ghosttrack_jax"}
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-  return tiny_pipeline.get(tmp_path_factory)
 
 
 def _read(name):
@@ -42,11 +38,11 @@ def test_stored_without_outputs_and_thin(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_on_the_tiny_run(name, tiny_run, monkeypatch):
+def test_notebook_runs_on_a_run_of_the_default_settings(name, tiny_default_run, monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
 
-  _, workdir = tiny_run
-  monkeypatch.setenv("GHOSTTRACK_CONFIG", tiny_pipeline.CONFIG)
+  _, workdir, _ = tiny_default_run
+  monkeypatch.setenv("GHOSTTRACK_CONFIG", tiny_pipeline.DEFAULT_CONFIG)
   monkeypatch.setenv("GHOSTTRACK_WORKDIR", workdir)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -1,19 +1,26 @@
-"""End to end on the tiny random GPT-2: answer (given-text) -> track -> detect -> score_question / CLI."""
+"""Scoring a new question: end to end on the tiny random GPT-2 (given-text), and the CLI, the scoring API and
+explore.ask on a run of the offline default's code paths (configs/tiny.py:default)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_pipeline
 
 from ghosttrack_jax import config_lib, lm  # noqa: F401
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import stage as answer_stage
-from ghosttrack_jax.detect import score
+from ghosttrack_jax.detect import detector, oof, score
 from ghosttrack_jax.detect import stage as detect_stage
 from ghosttrack_jax.evaluate import stage as evaluate_stage
 from ghosttrack_jax.report import stage as report_stage
+from ghosttrack_jax.tools import explore
+from ghosttrack_jax.track import feature_table
 from ghosttrack_jax.track import stage as track_stage
 
 
@@ -76,3 +83,53 @@ def test_score_question_end_to_end(tmp_path):
   q = score.score_question(c, wd, ex["question"], ex["answer_text"], model=model, saes=saes)
   with np.load(f"{wd}/results/tiny_cli/tracking/halueval_given/features.npz") as z:
     np.testing.assert_allclose(list(q["metrics"].values()), z["X__ghosttrack"][0], rtol=1e-4, atol=1e-5)
+
+
+# ---- on a run of the offline default's code paths (configs/tiny.py:default) ---------------------------
+
+
+def test_score_cli_on_a_run_of_the_default_settings(tiny_default_run):
+  """The README's scoring command on a run of the default's settings (calibrated birth thresholds, chat
+  prompt, own answers): it once failed there with "pass the calibrated birth_thresholds"."""
+  _, workdir, _ = tiny_default_run
+  cmd = [
+    sys.executable,
+    "-m",
+    "ghosttrack_jax.tools.score_cli",
+    f"--config={tiny_pipeline.DEFAULT_CONFIG}",
+    f"--workdir={workdir}",
+    "--question=What is the capital of France?",
+    "--notracks",
+  ]
+  env = {**os.environ, **tiny_pipeline.ENV}
+  proc = subprocess.run(cmd, cwd=tiny_pipeline.REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  assert out["mode"] == "own_answer" and 0 <= out["probability"] <= 1, out
+  assert out["decision"] in ("correct", "hallucinated") and len(out["metrics"]) == 26
+  assert "tracks" not in out and len(out["per_layer"]["entropy"]) == 2
+
+
+def test_scoring_api_and_explore_ask_agree_with_the_pipeline_on_default_settings(tiny_default_run):
+  """A question of the run, scored again through the API (own answer, regenerated) and through
+  explore.ask, gets the answer and the 26 metrics the track stage computed, with the calibrated birth
+  thresholds of the run; the detector has both classes and its logistic parameters."""
+  config, workdir, _ = tiny_default_run
+  det_dir = detector.directory(oof.directory(config, workdir))
+  manifest = detector.load_manifest(det_dir)
+  assert manifest["birth_thresholds"] and not manifest["classifiers"]["logistic"]["degenerate"]
+  assert 0 < manifest["n_hallucinated"] < manifest["n_train"]
+  arrays, meta = feature_table.load_features(feature_table.directory(config, workdir))
+  assert meta["birth_threshold_quantile"] == 0.5 and meta["birth_thresholds"] == manifest["birth_thresholds"]
+  model, saes = explore.load_model_and_saes(config, workdir)
+  assert saes.apply_b_dec_to_input  # sae.b_dec_to_input of the default
+  examples = examples_lib.load_examples(config, workdir)
+  for label in (0, 1):
+    i = next(i for i, e in enumerate(examples) if e["label"] == label)
+    out = score.score_question(config, workdir, examples[i]["question"], model=model, saes=saes)
+    assert out["answer"] == examples[i]["answer_text"]
+    np.testing.assert_allclose(
+      list(out["metrics"].values()), arrays["X__ghosttrack"][i], rtol=1e-4, atol=1e-5
+    )
+    asked = explore.ask(config, workdir, examples[i]["question"], model=model, saes=saes)
+    assert asked["probability"] == out["probability"] and asked["dataset"] == "nq_open"
