@@ -102,10 +102,9 @@ def best_f1(answer: str, golds) -> float:
   return max((token_f1(answer, g) for g in golds), default=0.0)
 
 
-def label_against_gold(
-  answer: str, golds, method: str = "containment", f1_threshold: float = 0.5, question: str = ""
-) -> int:
-  """1 = incorrect / hallucinated, 0 = correct. `question` is needed by `containment_noecho` only."""
+def label_against_gold(answer: str, golds, method: str, f1_threshold: float, question: str = "") -> int:
+  """1 = incorrect / hallucinated, 0 = correct. `method` and `f1_threshold` are config.qa's label_method
+  and f1_threshold; `question` is needed by `containment_noecho` only."""
   method = canonical_method(method)
   if method == "containment":
     ok = contains(answer, golds)
@@ -118,7 +117,7 @@ def label_against_gold(
   return 0 if ok else 1
 
 
-def all_labels(answer: str, golds, f1_threshold: float = 0.5, question: str = "") -> dict[str, int]:
+def all_labels(answer: str, golds, f1_threshold: float, question: str = "") -> dict[str, int]:
   """The label under every gold-alias method (for label-rate reporting)."""
   return {m: label_against_gold(answer, golds, m, f1_threshold, question) for m in LABEL_METHODS}
 

@@ -3,6 +3,7 @@
 import pytest
 
 from ghosttrack_jax.answer import labelling as lab
+from ghosttrack_jax.errors import ConfigError
 
 
 def test_normalize_squad_style():
@@ -36,13 +37,13 @@ def test_f1():
 def test_label_methods_and_direction():
   gold = ["14 December 1972 UTC", "December 1972"]
   ans = "December 1972"
-  assert lab.all_labels(ans, gold) == {"containment": 0, "exact": 0, "f1": 0, "containment_noecho": 0}
+  assert lab.all_labels(ans, gold, 0.5) == {"containment": 0, "exact": 0, "f1": 0, "containment_noecho": 0}
   ans = "In December 1972, astronauts"
-  assert lab.label_against_gold(ans, gold, "contains") == 0
-  assert lab.label_against_gold(ans, gold, "em") == 1
-  assert lab.label_against_gold("1969", gold, "containment") == 1  # 1 = hallucinated
-  with pytest.raises(ValueError):
-    lab.label_against_gold(ans, gold, "judge")
+  assert lab.label_against_gold(ans, gold, "contains", 0.5) == 0
+  assert lab.label_against_gold(ans, gold, "em", 0.5) == 1
+  assert lab.label_against_gold("1969", gold, "containment", 0.5) == 1  # 1 = hallucinated
+  with pytest.raises(ConfigError):
+    lab.label_against_gold(ans, gold, "judge", 0.5)
 
 
 def test_rouge_l():
@@ -73,7 +74,7 @@ def test_containment_noecho_ignores_question_echoes():
   q = "when was the last time army won the army navy game"
   ans = "The last time army won the army navy game was in 2022."
   gold = ["2017", "Army"]
-  assert lab.label_against_gold(ans, gold, "containment", question=q) == 0
-  assert lab.label_against_gold(ans, gold, "containment_noecho", question=q) == 1
-  assert lab.label_against_gold("Army won in 2017", gold, "containment_noecho", question=q) == 0
+  assert lab.label_against_gold(ans, gold, "containment", 0.5, question=q) == 0
+  assert lab.label_against_gold(ans, gold, "containment_noecho", 0.5, question=q) == 1
+  assert lab.label_against_gold("Army won in 2017", gold, "containment_noecho", 0.5, question=q) == 0
   assert lab.not_in_question(["The Army", "Navy SEALs"], q) == ["Navy SEALs"]
