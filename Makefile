@@ -1,11 +1,15 @@
-# The two commands of the README. Each creates the virtual environment from the project's own files
-# when it is missing.
+# The commands of the README. Each creates the virtual environment from the project's own files when it
+# is missing.
+#   make test       what CI runs (.ci/run): lint, then the default suite (everything but `slow`)
+#   make test-fast  the edit-test loop: the default suite without the `heavy` tests (tests/conftest.py)
+#   make test-all   every test, `slow` ones included
 PY := .venv/bin/python
 CONFIG ?= configs/smollm2_135m.py
 WORKDIR ?= runs/smollm2_135m
 PYTEST_ARGS ?= -m "not slow"
+FAST_ARGS ?= -m "not slow and not heavy"
 
-.PHONY: run test test-all venv clean-venv
+.PHONY: run lint test test-fast test-all venv clean-venv
 
 # A stamp file, not .venv/bin/python: that is a symlink, whose target's date make would compare.
 STAMP := .venv/.installed
@@ -19,10 +23,17 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m ghosttrack_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-fast: $(STAMP)
+	$(PY) -m pytest $(FAST_ARGS)
+
+test-all: lint
 	$(PY) -m pytest
 
 clean-venv:

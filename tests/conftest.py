@@ -26,3 +26,54 @@ def tiny_default_run(tmp_path_factory):
   import tiny_pipeline  # pylint: disable=import-outside-toplevel
 
   return tiny_pipeline.get_default(tmp_path_factory)
+
+
+# The fast lane (`make test-fast`: -m "not slow and not heavy") leaves out the tests marked `heavy`:
+# every test that uses a pipeline-run fixture, and these (a test file, or a test without its parameters),
+# which start subprocesses, train, or compile for seconds. An entry that matches no test of a collected
+# file is an error, so the list follows renames.
+PIPELINE_FIXTURES = frozenset({"tiny_run", "tiny_default_run"})
+HEAVY = (
+  "tests/runtime/test_slurm.py",
+  "tests/test_pipeline.py",
+  "tests/extract/test_extract_stage.py",
+  "tests/train/test_train_resume.py",
+  "tests/train/test_train_parallel.py",
+  "tests/train/test_train_stage.py",
+  "tests/lm/test_lm_smollm2.py",
+  "tests/lm/test_lm_loading.py::test_pytorch_safetensors_tied_llama",
+  "tests/lm/test_lm_loading.py::test_local_directory_round_trip",
+  "tests/lm/test_lm_random.py::test_residuals_are_block_outputs",
+  "tests/lm/test_lm_random.py::test_generate_matches_naive_loop",
+  "tests/lm/test_lm_random.py::test_layer_subset",
+  "tests/lm/test_lm_random.py::test_padding_does_not_change_real_tokens",
+  "tests/lm/test_lm_random.py::test_logits_with_replacement",
+  "tests/sae/test_sae_sparse.py::test_sparse_loss_and_grads_equal_dense",
+  "tests/sae/test_sae_losses.py::test_jumprelu_l0_falls_within_a_few_hundred_steps",
+  "tests/track/test_track_stage.py::test_stage_outputs_and_agreement",
+  "tests/track/test_track_stage.py::test_uses_the_models_layer_subset_and_checks_saes",
+  "tests/report/test_report.py::test_report_contents",
+  "tests/report/test_dashboard.py::test_dashboard_in_headless_chromium",
+  "tests/tools/test_planner.py::test_plan_flag_prints_and_starts_nothing",
+  "tests/tools/test_planner.py::test_extract_peak_against_xla",
+  "tests/tools/test_planner.py::test_train_peak_against_xla",
+  "tests/test_config_lib.py::test_cli_stops_at_once_on_misspelt_values",
+  "tests/test_config_lib.py::test_cli_stops_at_once_on_a_missing_input",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  heavy = pytest.mark.heavy
+  used = set()
+  files = set()
+  for item in items:
+    file, _, name = item.nodeid.partition("::")
+    files.add(file)
+    test = f"{file}::{name.split('[')[0]}"
+    hits = {e for e in HEAVY if e in (file, test)}
+    used |= hits
+    if hits or PIPELINE_FIXTURES & set(item.fixturenames):
+      item.add_marker(heavy)
+  stale = [e for e in HEAVY if e.partition("::")[0] in files and e not in used]
+  if stale:
+    raise pytest.UsageError(f"tests/conftest.py HEAVY names tests that do not exist: {stale}")

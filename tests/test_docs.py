@@ -58,6 +58,8 @@ EXTERNAL = {("docs/sae_recipes.md", "scripts/train_sae.py")}  # khurramkhalil/Gh
 def test_named_repository_paths_exist():
   bad = []
   for rel in _tracked_text_files():
+    if rel == "tests/test_docs.py":  # names paths as data
+      continue
     for n, line in enumerate(_read(rel).splitlines(), 1):
       for m in _REPO_PATH.finditer(line):
         path = m.group(1).rstrip(".")
