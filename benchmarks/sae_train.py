@@ -11,7 +11,7 @@ The references run in their own environment, `.venv-bench-sae`, created on first
 (or pass --ref-python to use another interpreter that has torch and sae_lens).
 
 What is timed (fp32, one optimizer step on a resident batch, best of --steps after one warm-up):
-  ours      sae_train.make_block_step on a 1-layer stack, exactly the trainer's step: encoder, loss,
+  ours      train.step.make_block_step on a 1-layer stack, exactly the trainer's step: encoder, loss,
             custom-VJP backward, decoder-gradient projection, clip, Adam, renormalisation, dead
             counters. "sparse" is the COO path (C++ kernels on CPU); "dense" the reference path.
             JumpReLU is measured with per-latent thresholds set so that L0 is about --l0 (the cost of
@@ -66,8 +66,8 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from ghosttrack_jax import sae_train  # pylint: disable=import-outside-toplevel
   from ghosttrack_jax.sae import common, kernels  # pylint: disable=import-outside-toplevel
+  from ghosttrack_jax.train import step as sae_train  # pylint: disable=import-outside-toplevel
 
   cap = (2 * l0 if arch == "jumprelu" else 2 * k) if sparse else 0
   h = common.Hyper(

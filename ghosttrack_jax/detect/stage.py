@@ -27,7 +27,7 @@ under `detector/`: `manifest.json` (feature names, schema, L, k, pooling, SAE/ex
 config, thresholds, importances), `logistic.json` (the primary detector's parameters; no pickle) and
 `<classifier>.joblib` for the others (scikit-learn objects; load only files you made).
 
-`Detector` is the Python API; `detect_cli.py` the command line.
+`Detector` and `detect.score` are the Python API; `tools/score_cli.py` the command line.
 """
 
 import logging

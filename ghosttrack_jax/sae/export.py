@@ -98,7 +98,7 @@ def write_all(
   sparsity=None,
   extra: dict | None = None,
 ) -> None:
-  """Exports every layer of `final` (sae_train.FinalSAEs: stacked training-unit params + scales)."""
+  """Exports every layer of `final` (train.stage.FinalSAEs: stacked training-unit params + scales)."""
   folded = common.fold_input_scale(final.params, final.input_scale, hyper)
   for i, layer in enumerate(layers):
     p = {k: np.asarray(v[i]) for k, v in folded.items()}

@@ -6,7 +6,7 @@
 
 The original called this "JumpReLU"; it has no threshold gradient. Decoder rows are renormalised every
 100 steps without gradient projection, the encoder is untied, and the learning rate follows a per-epoch
-cosine (all handled by sae_train from `Hyper.arch`). Exported as a JumpReLU with theta_i = theta.
+cosine (all handled by the trainer, train/, from `Hyper.arch`). Exported as a JumpReLU with theta_i = theta.
 """
 
 import jax

@@ -11,7 +11,7 @@ O(batch * d_sae * d_model):
 
 The COO list has a static capacity (XLA needs static shapes); `count` entries are valid, the rest are
 padding (row 0, col 0) whose values are forced to zero. Entries are in row-major order. A step whose
-entries do not fit falls back to the dense path (decided per device in sae_train, outside vmap).
+entries do not fit falls back to the dense path (decided per device in train.step, outside vmap).
 
 Two implementations of the primitive ops: XLA gathers/segment sums (any platform; the reference), and
 C++ kernels registered through the XLA FFI (`kernels.py`, CPU only), picked per platform at lowering time.

@@ -1,6 +1,5 @@
 """Trained SAEs as the later stages use them (docs/DESIGN.md, "Trained SAEs"): `TrainedSAEs` and
-`load_trained_saes`, which reads the SAELens export of a completed train stage. Re-exported by
-sae_train, the documented entry point."""
+`load_trained_saes`, which reads the SAELens export of a completed train stage."""
 
 import os
 

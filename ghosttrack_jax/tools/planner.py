@@ -354,7 +354,7 @@ def make_plan(
   lpd = math.ceil(L / n_dev)
   store = store_geometry(config, L, D)
   t = config.sae_training
-  n_eval_windows = max(1, int(round(t.eval_fraction * store["n_windows"])))  # as sae_train holds out
+  n_eval_windows = max(1, int(round(t.eval_fraction * store["n_windows"])))  # as the train stage holds out
   train_rows = (store["n_windows"] - n_eval_windows) * (config.data.seq_len - 1)
   if t.tokens_per_layer:
     train_rows = min(train_rows, t.tokens_per_layer)

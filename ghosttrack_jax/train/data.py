@@ -22,7 +22,7 @@ import numpy as np
 
 
 class RowReader(Protocol):
-  """What the trainer needs from the activation store (activation_store.ActivationStore has it)."""
+  """What the trainer needs from the activation store (extract.store.ActivationStore has it)."""
 
   def read(self, layer_indices, start: int, stop: int) -> np.ndarray:
     """[n_layers_selected, stop - start, d_model] rows of the given layer positions."""

@@ -203,7 +203,7 @@ def evaluate(
   tokens_trained: int,
   tokens_per_epoch: int = 0,
 ) -> Report:
-  """All metrics for every layer; `final` is sae_train.FinalSAEs."""
+  """All metrics for every layer; `final` is train.stage.FinalSAEs."""
   t = config.sae_training
   rpw = store.rows_per_window
   row_start = eval_window_start * rpw
