@@ -70,7 +70,7 @@ def assign_folds(labels, groups, n_folds: int, n_repeats: int = 1, seed: int = 0
   if min(s.min() for s in sizes) == 0:
     raise DataError(f"an empty fold: {n_groups} groups are too unevenly sized for {n_folds} folds")
   return folds, {
-    "method": "greedy stratified group k-fold (answers.stratified_group_kfold)",
+    "method": "greedy stratified group k-fold (answer.folds.stratified_group_kfold)",
     "stratified": bool(stratified),
     "n_folds": n_folds,
     "n_repeats": n_repeats,
