@@ -110,6 +110,7 @@ def test_sigkill_in_every_stage_then_rerun_equals_an_uninterrupted_run(reference
   tiny_pipeline.run_pipeline(workdir)  # the rerun after the last kill, to the end
   diffs = output_compare.differences(ref_dir, workdir, tiny_pipeline.load_config().model.name)
   assert not diffs, f"seed {seed}; kills: {history}; differences: {diffs}"
+  print(f"fault injection seed {seed}:", *history, sep="\n  ")  # shown with pytest -s
 
 
 def _snapshot(root: str) -> dict[str, bytes]:
