@@ -24,6 +24,7 @@ STORAGE_DTYPES = ("bfloat16", "float16")  # activation store
 SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")  # sae.registry.ARCHITECTURES
 B_DEC_INITS = ("zeros", "mean")
 PARALLEL_MODES = ("pmap", "shard_map")  # runtime.layer_parallel
+BACKWARDS = ("auto", "sparse", "dense")  # train.step.backward_path
 LR_RULES = ("recipe", "config")
 OWN_ANSWER_SETS = ("nq_open", "truthfulqa")  # the model answers itself
 GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")  # reference answers are teacher-forced
@@ -123,7 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae_training.devices = 0  # devices to spread layers over; 0 = all local devices
   c.sae_training.checkpoint_every = 500  # optimizer steps between Orbax checkpoints
   c.sae_training.log_every = 50  # optimizer steps between metric logs
-  c.sae_training.sparse_backward = True  # decode/gradients scale with L0 instead of width
+  # Backward pass: "sparse" (decode and gradients scale with L0 instead of the width), "dense", or
+  # "auto": dense on gpu/tpu (there the sparse ops fall back to XLA gathers/scatters whose temporaries
+  # are 10-45x the dense step's memory), sparse on cpu (C++ kernels). Explicit values are kept.
+  c.sae_training.backward = "auto"
   # Sparse path: COO slots per token, flat over the batch (tokens x this); a step whose active (and
   # JumpReLU window) entries do not fit runs the dense path instead. Cost scales with the slots used.
   c.sae_training.sparse_capacity = 128  # latents per token (average over the batch)
@@ -270,6 +274,7 @@ CHOICES = {
   "sae.b_dec_init": B_DEC_INITS,
   "sae_training.parallel": PARALLEL_MODES,
   "sae_training.lr_rule": LR_RULES,
+  "sae_training.backward": BACKWARDS,
   "qa.dataset": QA_DATASETS,
   "qa.label_method": LABEL_METHODS + tuple(LABEL_METHOD_ALIASES),
   "qa.prompt_style": PROMPT_STYLES,

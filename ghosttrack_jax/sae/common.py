@@ -77,7 +77,8 @@ class Hyper:
 
 def hyper_from_config(config, d_model: int) -> Hyper:
   s, t = config.sae, config.sae_training
-  capacity = int(t.sparse_capacity) if t.sparse_backward else 0
+  # "auto" keeps the capacity here; train.step.for_platform turns it off where the step runs dense.
+  capacity = int(t.sparse_capacity) if t.backward != "dense" else 0
   return Hyper(
     arch=s.arch,
     d_model=int(d_model),

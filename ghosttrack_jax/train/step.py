@@ -6,7 +6,10 @@ over devices with pmap or shard_map):
   2. per device, outside vmap, choose a static variant with `lax.switch`: sparse or dense backward
      (sparse when every local layer's active entries fit the COO capacity), with or without AuxK
      (only when some local layer has dead latents). Under vmap a data-dependent `cond` would run both
-     branches; deciding per device keeps one;
+     branches; deciding per device keeps one. On XLA:GPU every data-dependent conditional copies its
+     index to the host and waits for the stream, so there `make_block_step(aux="off"|"on")` builds one
+     fixed variant and the host loop picks it between fetches (`aux_variant_for`); "auto" backward
+     (`for_platform`) runs dense there, which leaves no other switch;
   3. loss and gradients (custom VJPs for JumpReLU/Heaviside and for the sparse ops), optimizer update
      (decoder-gradient projection, global-norm clip, Adam), decoder renormalisation, theta >= 0,
      dead-latent counters, BatchTopK inference threshold.
@@ -21,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.sae import common, registry, relu_l1, sparse
 
@@ -115,6 +119,47 @@ def init_state(key: jax.Array, hyper: common.Hyper, tx, scale) -> TrainState:
   )
 
 
+# ---- which step runs where -----------------------------------------------------------------------
+
+# Platforms (jax Device.platform or jax.export platform names) where "auto" backward runs dense.
+DENSE_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def backward_path(backward: str, platform: str) -> str:
+  """config.sae_training.backward resolved for `platform`: "sparse" or "dense"."""
+  if backward not in config_lib.BACKWARDS:
+    raise ConfigError(f"config.sae_training.backward={backward!r}: use one of {config_lib.BACKWARDS}")
+  if backward == "auto":
+    return "dense" if platform in DENSE_PLATFORMS else "sparse"
+  return backward
+
+
+def for_platform(hyper: common.Hyper, backward: str, platform: str) -> common.Hyper:
+  """`hyper` with the sparse path switched off where `backward` resolves to dense on `platform`."""
+  if backward_path(backward, platform) == "dense" and hyper.sparse_capacity:
+    return dataclasses.replace(hyper, sparse_capacity=0)
+  return hyper
+
+
+def uses_conditionals(platform: str) -> bool:
+  """Whether the step may choose its variant with a data-dependent `lax.switch` (cheap on CPU; a
+  device->host sync per step on XLA:GPU)."""
+  return platform not in DENSE_PLATFORMS
+
+
+def has_aux_variants(hyper: common.Hyper) -> bool:
+  return registry.get(hyper.arch).has_aux_k and hyper.aux_k_coefficient > 0
+
+
+def aux_variant_for(hyper: common.Hyper, max_fired_ago: int, steps_ahead: int, batch_size: int) -> str:
+  """The AuxK variant that is exact for the next `steps_ahead` steps, decided on the host: "off" when
+  no latent can become dead in them (a counter grows by at most `batch_size` per step), else "on"
+  (AuxK computed every step; its term is masked to exactly 0 in steps without dead latents)."""
+  if max_fired_ago + steps_ahead * batch_size < hyper.dead_tokens:
+    return "off"
+  return "on"
+
+
 # ---- the step -------------------------------------------------------------------------------------
 
 
@@ -187,14 +232,22 @@ def layer_update(
   return new_state, metrics
 
 
-def make_block_step(hyper: common.Hyper, s: Settings, tx) -> Callable:
-  """block_step(states [l], x_raw [l, B, D]) -> (states, metrics [l]): one device's program."""
+def make_block_step(hyper: common.Hyper, s: Settings, tx, aux: str = "switch") -> Callable:
+  """block_step(states [l], x_raw [l, B, D]) -> (states, metrics [l]): one device's program.
+
+  aux (architectures with AuxK): "switch" decides per step on the device whether any local latent is
+  dead; "off" / "on" build that variant alone (no conditional; the caller guarantees "off" is exact).
+  """
+  if aux not in ("switch", "off", "on"):
+    raise ValueError(f"aux={aux!r}: use 'switch', 'off' or 'on'")
   arch = registry.get(hyper.arch)
   cap = hyper.sparse_capacity
   static_sparse = cap > 0 and not arch.dynamic_count and cap >= hyper.k
   dynamic_sparse = cap > 0 and arch.dynamic_count
   sparse_options = [True, False] if dynamic_sparse else [static_sparse]
-  aux_options = [False, True] if arch.has_aux_k and hyper.aux_k_coefficient > 0 else [False]
+  aux_options = [False, True] if has_aux_variants(hyper) else [False]
+  if aux != "switch" and len(aux_options) == 2:
+    aux_options = [aux == "on"]
   variants = [(sp, ax) for sp in sparse_options for ax in aux_options]
 
   def block_step(states: TrainState, x_raw):
