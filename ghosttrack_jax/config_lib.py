@@ -25,6 +25,7 @@ SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")  # sae.registry.ARCHITE
 B_DEC_INITS = ("zeros", "mean")
 PARALLEL_MODES = ("pmap", "shard_map")  # runtime.layer_parallel
 BACKWARDS = ("auto", "sparse", "dense")  # train.step.backward_path
+TRANSFER_GUARDS = ("allow", "log", "disallow")  # jax.transfer_guard levels (train.loop)
 LR_RULES = ("recipe", "config")
 OWN_ANSWER_SETS = ("nq_open", "truthfulqa")  # the model answers itself
 GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")  # reference answers are teacher-forced
@@ -136,6 +137,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae_training.pad_layers = True  # pad layers to a multiple of the devices (False: error instead)
   c.sae_training.keep_checkpoints = 2  # Orbax checkpoints kept (latest steps)
   c.sae_training.eval_tokens = 32_768  # held-out rows per layer for L0/FVU/density (tokens)
+  # Input pipeline and host loop (train.data.Pipeline, train.loop):
+  c.sae_training.prefetch_batches = 2  # batches put on the devices ahead of the step (>= 2)
+  c.sae_training.max_in_flight = 2  # steps the host may dispatch ahead of the device (>= 1)
+  c.sae_training.read_threads = 4  # threads reading the next shuffle buffer's chunks
+  c.sae_training.gather_threads = 2  # threads cutting batches out of a shuffle buffer
+  # Several processes: steps between the agreement on a SIGTERM (a collective; every step would stall)
+  c.sae_training.preemption_check_every = 20
+  # jax.transfer_guard level of the steady-state loop: "allow", "log" (report implicit host<->device
+  # copies) or "disallow" (make them errors; tests). Explicit puts and fetches are always allowed.
+  c.sae_training.transfer_guard = "allow"
   c.sae_training.eval_ce = True  # CE-loss recovered, delta LM loss and KL by splicing (loads the model)
 
   # ---- QA answers and labels -------------------------------------------------------------
@@ -238,6 +249,11 @@ VALUE_ONLY_FIELDS = frozenset(
     "sae_training.log_every",
     "sae_training.keep_checkpoints",
     "sae_training.eval_tokens",
+    "sae_training.prefetch_batches",
+    "sae_training.max_in_flight",
+    "sae_training.read_threads",
+    "sae_training.gather_threads",
+    "sae_training.preemption_check_every",
     "qa.n_questions",
     "qa.max_new_tokens",
     "qa.batch_size",
@@ -275,6 +291,7 @@ CHOICES = {
   "sae_training.parallel": PARALLEL_MODES,
   "sae_training.lr_rule": LR_RULES,
   "sae_training.backward": BACKWARDS,
+  "sae_training.transfer_guard": TRANSFER_GUARDS,
   "qa.dataset": QA_DATASETS,
   "qa.label_method": LABEL_METHODS + tuple(LABEL_METHOD_ALIASES),
   "qa.prompt_style": PROMPT_STYLES,
@@ -333,6 +350,11 @@ RANGES = {
   "sae_training.lr_decay_fraction": (0, 1, True, True),
   "sae_training.keep_checkpoints": (1, _INF, True, False),
   "sae_training.eval_tokens": (1, _INF, True, False),
+  "sae_training.prefetch_batches": (2, _INF, True, False),
+  "sae_training.max_in_flight": (1, _INF, True, False),
+  "sae_training.read_threads": (1, _INF, True, False),
+  "sae_training.gather_threads": (1, _INF, True, False),
+  "sae_training.preemption_check_every": (1, _INF, True, False),
   "qa.n_questions": (0, _INF, True, False),
   "qa.max_new_tokens": (1, _INF, True, False),
   "qa.batch_size": (1, _INF, True, False),

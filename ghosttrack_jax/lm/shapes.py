@@ -109,7 +109,7 @@ def _from_hf_config(cfg) -> Arch:
 
 
 def _file_digest(path: str) -> str:
-  """"<name> <size> bytes, ends <sha256 of the first and last MiB, 16 hex>": cheap, and it changes
+  """ "<name> <size> bytes, ends <sha256 of the first and last MiB, 16 hex>": cheap, and it changes
   with the weights (a full hash of a multi-GB file would cost seconds on every run)."""
   size = os.path.getsize(path)
   h = hashlib.sha256()

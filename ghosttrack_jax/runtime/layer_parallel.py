@@ -27,13 +27,14 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError
 
 MODES = config_lib.PARALLEL_MODES  # the value set lives in config_lib
+AXIS = "layer"  # the mesh axis of the stacked layers (shard_map) or devices (pmap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,35 +110,58 @@ class LayerLayout:
 
   # ---- host <-> device -----------------------------------------------------------------------------
 
+  @property
+  def platform(self) -> str:
+    """The devices' platform ("cpu", "gpu", "tpu"): decides which step variant runs (train.step)."""
+    return self.devices[0].platform
+
   def _mesh(self):
-    return jax.make_mesh((self.n_devices,), ("layer",), axis_types=(AxisType.Auto,), devices=self.devices)
+    # Mesh() keeps the devices in the given order (make_mesh may reorder them for the topology); pmap
+    # builds the same mesh internally, with the axis name given to jax.pmap in `map_step`.
+    return Mesh(np.asarray(self.devices), (AXIS,), axis_types=(AxisType.Auto,))
+
+  @property
+  def sharding(self) -> NamedSharding:
+    """Of every device-form array (leading axis: layers, or [devices, per_device] in pmap mode)."""
+    return NamedSharding(self._mesh(), P(AXIS))
 
   def put(self, host_tree: Any) -> Any:
-    """Host tree with leaves [n_padded, ...] -> the device form this mode's step takes."""
+    """Host tree with leaves [n_padded, ...] -> the device form this mode's step takes (explicit
+    transfers only: the step then runs under `jax.transfer_guard("disallow")`)."""
     if self.mode == "pmap":
-      return jax.tree_util.tree_map(
+      host_tree = jax.tree_util.tree_map(
         lambda a: np.asarray(a).reshape((self.n_devices, self.per_device) + np.shape(a)[1:]), host_tree
       )
-    sharding = NamedSharding(self._mesh(), P("layer"))
+      if self.n_devices == 1:
+        return jax.device_put(host_tree, self.devices[0])
+      return jax.device_put(host_tree, self.sharding)
     if self.multi_process:  # each process places the slices of its own devices
       return jax.tree_util.tree_map(
         lambda a: jax.make_array_from_callback(
-          np.shape(a), sharding, lambda index, a=a: np.asarray(a)[index]
+          np.shape(a), self.sharding, lambda index, a=a: np.asarray(a)[index]
         ),
         host_tree,
       )
-    return jax.device_put(host_tree, sharding)
+    return jax.device_put(host_tree, self.sharding)
 
   def put_blocks(self, blocks: Sequence[np.ndarray]) -> Any:
     """Host blocks ([per_device, ...] each) of this process's devices (`local_indices`, which is every
-    device in one process), already read per device -> device form."""
-    if self.mode == "pmap":
-      return np.stack(blocks)
-    sharding = NamedSharding(self._mesh(), P("layer"))
-    shape = (self.n_padded,) + blocks[0].shape[1:]
+    device in one process), already read per device -> device form. Each block goes to its device with
+    an explicit transfer, without stacking them on the host first.
+
+    On CPU a put may alias the block's memory, and on GPU it is an asynchronous copy: the caller must
+    not overwrite a block before the step that consumes it has finished.
+    """
     local = [self.devices[i] for i in self.local_indices]
+    if self.mode == "pmap":
+      if self.n_devices == 1:
+        return jax.device_put(blocks[0][None], local[0])
+      shape = (self.n_devices,) + blocks[0].shape
+      arrays = [jax.device_put(b[None], d) for b, d in zip(blocks, local)]
+      return jax.make_array_from_single_device_arrays(shape, self.sharding, arrays)
+    shape = (self.n_padded,) + blocks[0].shape[1:]
     arrays = [jax.device_put(b, d) for b, d in zip(blocks, local)]
-    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+    return jax.make_array_from_single_device_arrays(shape, self.sharding, arrays)
 
   def get(self, device_tree: Any) -> Any:
     """Device form -> host numpy tree with leaves [n_padded, ...] (gathered to every process)."""
@@ -164,14 +188,14 @@ class LayerLayout:
         return jax.jit(lambda st, x: expand(block_step(squeeze(st), squeeze(x))), donate_argnums=0)
       return jax.jit(block_step, donate_argnums=0)
     if self.mode == "pmap":
-      return jax.pmap(block_step, devices=self.devices, donate_argnums=0)
+      return jax.pmap(block_step, devices=self.devices, donate_argnums=0, axis_name=AXIS)
     # check_vma=False: the FFI kernels' outputs carry no varying-manual-axes type; every value in the
     # block program is per-device anyway (no collectives).
     mapped = jax.shard_map(
       block_step,
       mesh=self._mesh(),
-      in_specs=(P("layer"), P("layer")),
-      out_specs=(P("layer"), P("layer")),
+      in_specs=(P(AXIS), P(AXIS)),
+      out_specs=(P(AXIS), P(AXIS)),
       check_vma=False,
     )
     return jax.jit(mapped, donate_argnums=0)

@@ -1,16 +1,24 @@
 """The host training loop of the layer-stacked SAE trainer.
 
 `train(...)` initialises (or resumes from an Orbax checkpoint) the stacked train state, feeds batches from
-the prefetching reader (train.data) through the mapped step (train.step, runtime.layer_parallel), checks
-for NaN/Inf every step (NonFiniteLossError; the last good checkpoint is kept), logs metrics every
-`log_every` steps, checkpoints every `checkpoint_every` steps and on SIGTERM (then exit status 75).
+the input pipeline (train.data.Pipeline: already on the devices) through the mapped step (train.step,
+runtime.layer_parallel), logs metrics every `log_every` steps, checkpoints every `checkpoint_every`
+steps and on SIGTERM (then exit status 75).
+
+No host round trip inside the loop: metrics, the NaN/Inf flag (`with_health`) and the dead-latent
+counters stay on the device and are fetched in one transfer at log and checkpoint steps; a NaN/Inf
+found there stops with NonFiniteLossError naming the first bad step, before any checkpoint of the bad
+state (the last good one is kept). At most `max_in_flight` steps run ahead of the host. With several
+processes the SIGTERM agreement (a collective) runs every `preemption_check_every` steps.
 """
 
+import collections
 import dataclasses
 import json
 import logging
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +59,13 @@ def fingerprint(config, d_model: int, layers) -> dict:
     "eval_tokens",
     "pad_layers",
     "keep_checkpoints",
+    # how the input arrives and the host loop runs: never changes the trained parameters
+    "prefetch_batches",
+    "max_in_flight",
+    "read_threads",
+    "gather_threads",
+    "preemption_check_every",
+    "transfer_guard",
   }
   t = {k: v for k, v in config.sae_training.to_dict().items() if k not in skip}
   return {
@@ -76,6 +91,7 @@ class TrainResult:
   seconds: float
   layout: str
   sparse_backend: str
+  loop_stats: dict  # seconds of the loop: input_wait, device_wait, fetch, loop; and steps run
 
 
 def data_plan(config, n_train_rows: int, window_rows: int) -> train_data.DataPlan:
@@ -91,6 +107,75 @@ def data_plan(config, n_train_rows: int, window_rows: int) -> train_data.DataPla
   )
 
 
+def with_health(block_step: Callable) -> Callable:
+  """block_step(states, x) -> (states, metrics) as ((states, health), x) -> ((states, health), metrics).
+
+  health, per slot, stays on the device between fetches: "first_bad" (int32, -1 while the loss has been
+  finite, else the first step at which it was not) and "max_fired_ago" (int32, the largest dead-latent
+  counter, which lets the host choose the AuxK variant without a conditional on the device).
+  """
+
+  def step(carry, x):
+    states, health = carry
+    step_no = states.step  # [l]: the step being taken
+    states, metrics = block_step(states, x)
+    bad = ~jnp.isfinite(metrics["loss"])
+    first_bad = jnp.where((health["first_bad"] < 0) & bad, step_no, health["first_bad"])
+    return (states, {"first_bad": first_bad, "max_fired_ago": jnp.max(states.fired_ago, axis=-1)}), metrics
+
+  return step
+
+
+def initial_health(n_slots: int, fired_ago: np.ndarray) -> dict:
+  return {
+    "first_bad": np.full((n_slots,), -1, np.int32),
+    "max_fired_ago": np.asarray(fired_ago, np.int32).max(axis=-1),
+  }
+
+
+class StepFunctions:
+  """The mapped step (with `with_health`) for each variant the host may choose between.
+
+  choice "switch": one program; AuxK on/off is a `lax.switch` on the device (CPU). "host": no
+  data-dependent conditional in the program; `pick` chooses the AuxK variant that is exact until the
+  next fetch (GPU, TPU: there every conditional costs a device->host sync).
+  """
+
+  def __init__(self, layout, hyper, settings, tx, choice: str):
+    if choice not in ("switch", "host"):
+      raise ValueError(f"variant choice {choice!r}: use 'switch' or 'host'")
+    self.hyper = hyper
+    self.choice = choice if train_step.has_aux_variants(hyper) else "switch"
+    names = ("switch",) if self.choice == "switch" else ("off", "on")
+    self._fns = {
+      n: layout.map_step(with_health(train_step.make_block_step(hyper, settings, tx, aux=n))) for n in names
+    }
+
+  def pick(self, max_fired_ago, steps_ahead: int, batch_size: int) -> str:
+    if self.choice == "switch":
+      return "switch"
+    top = int(np.max(np.asarray(max_fired_ago))) if np.size(max_fired_ago) else 0
+    return train_step.aux_variant_for(self.hyper, top, steps_ahead, batch_size)
+
+  def __getitem__(self, name: str) -> Callable:
+    return self._fns[name]
+
+
+def _is_fetch_step(done: int, t, total: int, start: int) -> bool:
+  return (
+    done % int(t.log_every) == 0 or done % int(t.checkpoint_every) == 0 or done == total or done == start + 1
+  )
+
+
+def _steps_to_next_fetch(done: int, t, total: int) -> int:
+  nxt = min(
+    (done // int(t.log_every) + 1) * int(t.log_every),
+    (done // int(t.checkpoint_every) + 1) * int(t.checkpoint_every),
+    total,
+  )
+  return max(1, nxt - done)
+
+
 def train(
   config,
   reader: train_data.RowReader,
@@ -103,18 +188,22 @@ def train(
   ckpt_dir: str,
   log_dir: str,
   devices=None,
+  variant_choice: str | None = None,
 ) -> TrainResult:
   """Trains (or resumes) the SAEs of `layers` (store positions `layer_positions`) on rows
-  [0, n_train_rows) of `reader`. Returns the final state of the real layers."""
+  [0, n_train_rows) of `reader`. Returns the final state of the real layers.
+
+  variant_choice: "switch" or "host" (see StepFunctions); None = "switch" on CPU, "host" elsewhere.
+  """
   t = config.sae_training
   d_model = int(reader.read([layer_positions[0]], 0, 1).shape[-1])
-  hyper = common.hyper_from_config(config, d_model)
-  plan = data_plan(config, n_train_rows, window_rows)
-  settings = settings_for(config, hyper, plan)
-  tx = train_step.make_optimizer(hyper, settings)
   layout = layer_parallel.make_layout(
     len(layers), t.parallel, int(t.devices), pad=bool(t.pad_layers), devices=devices
   )
+  hyper = train_step.for_platform(common.hyper_from_config(config, d_model), t.backward, layout.platform)
+  plan = data_plan(config, n_train_rows, window_rows)
+  settings = settings_for(config, hyper, plan)
+  tx = train_step.make_optimizer(hyper, settings)
   n_pad = layout.n_padded
   valid = layout.valid
   scales = (
@@ -161,78 +250,144 @@ def train(
 
   # With several processes each reads only its own devices' layers (layer_parallel.local_indices).
   device_sources = [[layer_positions[s] for s in layout.device_sources(d)] for d in layout.local_indices]
-  block_step = train_step.make_block_step(hyper, settings, tx)
-  step_fn = layout.map_step(block_step)
+  choice = variant_choice or ("switch" if train_step.uses_conditionals(layout.platform) else "host")
+  steps = StepFunctions(layout, hyper, settings, tx, choice)
+  max_in_flight = int(t.max_in_flight)
   metric_writer = writer.MetricWriter(log_dir)
   t_start = time.time()
-  tokens_done = 0
-  prefetch = train_data.Prefetcher(plan, reader, device_sources, start_step=start_step)
+  stats = {"input_wait": 0.0, "device_wait": 0.0, "fetch": 0.0, "loop": 0.0, "steps": 0}
+  pipeline = train_data.Pipeline(
+    plan,
+    reader,
+    device_sources,
+    start_step=start_step,
+    put=layout.put_blocks,
+    depth=int(t.prefetch_batches),
+    in_flight=max_in_flight,
+    read_threads=int(t.read_threads),
+    gather_threads=int(t.gather_threads),
+  )
+  in_flight: collections.deque = collections.deque()  # (an output of the step, its batch's ticket)
   step = start_step
   try:
     with checkpointing.preemption_guard() as preempted:
-      batches = iter(prefetch)
-      if start_step == 0 and hyper.b_dec_from_data and plan.total_steps > 0:
-        first = next(batches)
+      batches = iter(pipeline)
+      first = None
+      needs_first = start_step == 0 and plan.total_steps > 0
+      if needs_first and (
+        hyper.b_dec_from_data or (hyper.arch == "jumprelu" and hyper.threshold_init_l0 > 0)
+      ):
+        first = next(batches)  # its host blocks stay valid until the ticket is released
+        batches = _chain([first], batches)
+      if first is not None and hyper.b_dec_from_data:
         # b_dec starts at the mean of the first batch (see Hyper.b_dec_from_data).
-        means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first[1]], axis=0)
+        means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first.host], axis=0)
         means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
-        batches = _chain([first], batches)
-      if start_step == 0 and hyper.arch == "jumprelu" and hyper.threshold_init_l0 > 0:
-        if not hyper.b_dec_from_data:
-          first = next(batches)
-          batches = _chain([first], batches)
-        local = _data_thresholds(hyper, host, layout, first[1])
+      if first is not None and hyper.arch == "jumprelu" and hyper.threshold_init_l0 > 0:
+        local = _data_thresholds(hyper, host, layout, first.host)
         host.params["threshold"] = layout.gather_local_slots(local)  # every slot, every process
-      states = layout.put(host)
-      last_log = time.time()
-      for step, blocks in batches:
-        states, metrics = step_fn(states, layout.put_blocks(blocks))
-        m = layout.get(metrics)
-        loss = m["loss"][valid]
-        if not np.all(np.isfinite(loss)):
-          bad = [layers[i] for i in np.nonzero(~np.isfinite(m["loss"]) & valid)[0]]
-          ckpt.wait()
-          raise NonFiniteLossError(
-            f"SAE loss became NaN/Inf at step {step} for layer(s) {bad}. The last good checkpoint "
-            f"(step {ckpt.latest_step()}) in {ckpt_dir} is kept. Lower config.sae_training.lr, check "
-            "the activation store for non-finite rows, or lower the L0/L1 coefficient."
+      carry = (layout.put(host), layout.put(initial_health(n_pad, host.fired_ago)))
+      variant = steps.pick(
+        initial_health(n_pad, host.fired_ago)["max_fired_ago"],
+        _steps_to_next_fetch(start_step, t, plan.total_steps),
+        settings.batch_size,
+      )
+      sync_every = int(t.preemption_check_every)
+      last_log, t_loop = time.time(), time.perf_counter()
+      # The steady state: no implicit host<->device transfer (explicit puts and fetches only);
+      # config.sae_training.transfer_guard="disallow" makes any other one an error.
+      with jax.transfer_guard(t.transfer_guard):
+        while True:
+          t0 = time.perf_counter()
+          batch = next(batches, None)
+          stats["input_wait"] += time.perf_counter() - t0
+          if batch is None:
+            break
+          step = batch.step
+          # Steady state: no host<->device transfer but the explicit puts (pipeline) and fetches below.
+          carry, metrics = steps[variant](carry, batch.device)
+          in_flight.append((metrics["loss"], batch.ticket))
+          del batch
+          if len(in_flight) > max_in_flight:  # bounds the steps (and put batches) queued on the device
+            t0 = time.perf_counter()
+            out, ticket = in_flight.popleft()
+            out.block_until_ready()  # a wait, not a transfer
+            pipeline.release(ticket)
+            stats["device_wait"] += time.perf_counter() - t0
+          done = step + 1
+          stats["steps"] += 1
+          # Every process must stop at the same step (the checkpoint save is collective): with several
+          # processes they agree every `preemption_check_every` steps, a collective.
+          if layout.multi_process:
+            stop = done % sync_every == 0 and layout.any_process(bool(preempted))
+          else:
+            stop = bool(preempted)
+          if not (_is_fetch_step(done, t, plan.total_steps, start_step) or stop):
+            continue
+          t0 = time.perf_counter()
+          fetched = layout.get({"metrics": metrics, "health": carry[1]})  # one explicit fetch
+          stats["fetch"] += time.perf_counter() - t0
+          while in_flight:  # the fetched step has finished, and so have the ones before it
+            pipeline.release(in_flight.popleft()[1])
+          m, health = fetched["metrics"], fetched["health"]
+          first_bad = np.where(valid, health["first_bad"], -1)
+          if np.any(first_bad >= 0):
+            bad_step = int(first_bad[first_bad >= 0].min())
+            bad = [layers[i] for i in np.nonzero(first_bad == bad_step)[0]]
+            ckpt.wait()
+            raise NonFiniteLossError(
+              f"SAE loss became NaN/Inf at step {bad_step} for layer(s) {bad} (found at the fetch after "
+              f"step {done}). The last good checkpoint (step {ckpt.latest_step()}) in {ckpt_dir} is "
+              "kept. Lower config.sae_training.lr, check the activation store for non-finite rows "
+              "(--verify), or lower the L0/L1 coefficient."
+            )
+          variant = steps.pick(
+            health["max_fired_ago"], _steps_to_next_fetch(done, t, plan.total_steps), settings.batch_size
           )
-        done = step + 1
-        # Every process must stop at the same step: the checkpoint save below is collective.
-        stop = layout.any_process(bool(preempted)) if layout.multi_process else bool(preempted)
-        tokens_done += settings.batch_size
-        if done % int(t.log_every) == 0 or done == plan.total_steps or done == start_step + 1:
-          now = time.time()
-          scalars = _layer_scalars(m, layers, valid)
-          scalars["tokens_per_sec_per_layer"] = (
-            settings.batch_size * int(t.log_every) / max(now - last_log, 1e-9)
-          )
-          last_log = now
-          metric_writer.write_scalars(done, scalars)
-          logging.info(
-            "step %d/%d  loss %.4f  fvu %.3f  l0 %.1f  dead %.3f  sparse %.2f",
-            done,
-            plan.total_steps,
-            float(np.mean(loss)),
-            float(np.mean(m["fvu"][valid])),
-            float(np.mean(m["l0"][valid])),
-            float(np.mean(m["dead_fraction"][valid])),
-            float(np.mean(m["sparse_path"][valid])),
-          )
-        if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or stop:
-          _save(ckpt, layout, states, done, plan, fp, layers, config)
-        if stop:
-          ckpt.wait()
-          logging.warning("preempted: checkpoint at step %d saved in %s", done, ckpt_dir)
-          raise checkpointing.Preempted(done)
-      final = layout.get(states) if plan.total_steps > start_step else host
+          if done % int(t.log_every) == 0 or done == plan.total_steps or done == start_step + 1:
+            now = time.time()
+            scalars = _layer_scalars(m, layers, valid)
+            scalars["tokens_per_sec_per_layer"] = (
+              settings.batch_size * int(t.log_every) / max(now - last_log, 1e-9)
+            )
+            last_log = now
+            metric_writer.write_scalars(done, scalars)
+            loss = m["loss"][valid]
+            logging.info(
+              "step %d/%d  loss %.4f  fvu %.3f  l0 %.1f  dead %.3f  sparse %.2f",
+              done,
+              plan.total_steps,
+              float(np.mean(loss)),
+              float(np.mean(m["fvu"][valid])),
+              float(np.mean(m["l0"][valid])),
+              float(np.mean(m["dead_fraction"][valid])),
+              float(np.mean(m["sparse_path"][valid])),
+            )
+          if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or stop:
+            with jax.transfer_guard("allow"):  # Orbax's own transfers
+              _save(ckpt, layout, carry[0], done, plan, fp, layers, config)
+          if stop:
+            ckpt.wait()
+            logging.warning("preempted: checkpoint at step %d saved in %s", done, ckpt_dir)
+            raise checkpointing.Preempted(done)
+      stats["loop"] = time.perf_counter() - t_loop
+      final = layout.get(carry[0]) if plan.total_steps > start_step else host
   finally:
-    prefetch.close()
+    pipeline.close()
     metric_writer.close()
   if plan.total_steps > start_step:
     ckpt.wait()
   ckpt.close()
+  if stats["steps"]:
+    logging.info(
+      "train loop: %d steps in %.1f s; waited for input %.1f%%, for the device %.1f%%, fetches %.1f%%",
+      stats["steps"],
+      stats["loop"],
+      100 * stats["input_wait"] / max(stats["loop"], 1e-9),
+      100 * stats["device_wait"] / max(stats["loop"], 1e-9),
+      100 * stats["fetch"] / max(stats["loop"], 1e-9),
+    )
   real = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(layers)], final)
   return TrainResult(
     state=real,
@@ -242,6 +397,7 @@ def train(
     layout=f"{layout.mode} x{layout.n_devices} "
     f"({layout.per_device} layers/device, {n_pad - len(layers)} padding)",
     sparse_backend=sparse_backend_name(hyper),
+    loop_stats=stats,
   )
 
 
