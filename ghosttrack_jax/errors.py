@@ -32,3 +32,7 @@ class StoreMismatchError(GhostTrackError):
 
 class NonFiniteLossError(GhostTrackError):
   """Training produced NaN or Inf."""
+
+
+class DamagedStoreError(GhostTrackError):
+  """A stored file (activation chunk, checkpoint) is truncated, missing or fails its checksum."""

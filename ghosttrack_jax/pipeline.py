@@ -3,9 +3,13 @@
 A stage is `run(config, workdir)` in its subpackage's `stage` module; stages talk only through files
 under the workdir, so each one can run alone (`--stages=track,detect`) and skips itself when complete.
 
+Before any stage runs, an existing activation store is checked against the config (extract.stage.preflight),
+so a changed model or corpus stops at once instead of training on old activations.
+
 Several JAX processes (one per GPU under `srun`, runtime.multihost): *collective* stages
-(`COLLECTIVE_STAGES`: SAE training) are run by every process, the layer shards spread over all processes'
-devices, and each writes its shared outputs from process 0 only. Every other stage is run by process 0
+(`COLLECTIVE_STAGES`: extraction, each process its own chunk groups; SAE training, the layer shards
+spread over all processes' devices) are run by every process, and each writes its shared outputs from
+process 0 only. Every other stage is run by process 0
 alone; the others wait at a barrier of the coordination service until it is done, so their outputs are
 identical to a single-process run and no two processes ever write the same file.
 """
@@ -36,7 +40,9 @@ STAGES = {
 assert tuple(STAGES) == config_lib.STAGES
 
 # Stages whose `run(config, workdir)` every process must call. The others run on process 0 only.
-COLLECTIVE_STAGES = frozenset({"train"})
+COLLECTIVE_STAGES = frozenset({"extract", "train"})
+# Stages that read the activation store: the store is checked against the config before they run.
+STORE_STAGES = frozenset({"extract", "train"})
 
 
 def _run_one(name: str, config, workdir: str) -> None:
@@ -49,6 +55,8 @@ def _run_one(name: str, config, workdir: str) -> None:
 def run(config, workdir: str, stages=tuple(STAGES)) -> None:
   """Runs `stages` in pipeline order with the roles described in the module docstring."""
   ordered = [name for name in STAGES if name in stages]
+  if STORE_STAGES & set(ordered):
+    extract_stage.preflight(config, workdir)
   if multihost.process_count() == 1:
     for name in ordered:
       _run_one(name, config, workdir)

@@ -1,42 +1,67 @@
 """The `extract` stage: one model pass per batch writes every layer's residual stream to the store.
 
 Two phases, both resumable:
-  1. tokens: the corpus is packed into windows (see corpus.py) and written to `token_ids`/`doc_ids`.
-  2. activations: windows are run through the model in fixed batches (batch b is always windows
-     [b*B, (b+1)*B), so a resumed run computes exactly what an uninterrupted one would); rows are
-     buffered in RAM and flushed in groups of whole batches that fill one chunk, then `progress.json`
-     records the batches whose rows are durably written. A kill at any moment loses at most the
-     groups in flight, which the rerun recomputes and rewrites in place: no duplicates, no gaps.
-Only after the last write are meta.json's statistics filled in and the COMPLETE marker written.
+  1. tokens (process 0): the corpus is packed into windows (see corpus.py) and written to
+     `token_ids`/`doc_ids`; then process 0 creates the activation array (never again: a re-create would
+     wipe what others wrote) and records the batch geometry in progress.json.
+  2. activations (every process): windows run through the model in fixed batches (batch b is always
+     windows [b*B, (b+1)*B)), and batches form chunk groups that fill one chunk (row-aligned, so no two
+     writes share a chunk). Process p of P takes groups g with g % P == p. A finished group writes
+     groups/<g>.json (its chunks' CRC-32 and per-batch statistics) only after its rows have landed, so
+     a kill loses at most the groups in flight, which the rerun (with any process count) recomputes.
+     The device->host copy of batch b overlaps the forward of batch b+1, and at most two groups'
+     writes are in flight.
+Then process 0 reduces the statistics in batch order (the same sums whatever the process count),
+writes checksums.npy and meta.json, and last the COMPLETE marker.
 
-Memory: one chunk group of rows plus one batch on the device, whatever the token count.
+Before any stage runs, `preflight` compares an existing store with the config on every field the config
+determines, without loading the model (the pipeline calls it), so a changed model never trains on old
+activations.
+
+Memory per process: two chunk groups of rows plus two batches on the device, whatever the token count.
 """
 
+import collections
 import logging
 import math
 import os
 import time
+from concurrent import futures
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
 from ghosttrack_jax import lm
-from ghosttrack_jax.errors import DataError, StoreMismatchError
+from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
 from ghosttrack_jax.extract import corpus
 from ghosttrack_jax.extract import store as store_lib
-from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.lm import model as lm_model
+from ghosttrack_jax.lm import shapes
+from ghosttrack_jax.runtime import atomic_io, multihost, paths
 
-_NP_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+# Fields that identify a store: a store is reused only when all of them match.
+IDENTITY_FIELDS = (
+  "model",
+  "model_source",
+  "d_model",
+  "layers",
+  "dtype",
+  "seq_len",
+  "n_tokens_requested",
+  "token_rule",
+  "source_fingerprint",
+)
+_STATS = ("sum_sq_norm", "sum_norm", "max_norm")
 
 
 def expected_meta(config, model) -> dict:
-  """The fields that identify a store: a store is reused only when all of them match."""
+  """The fields that identify a store, with the loaded model's shapes."""
   return {
     "model": config.model.name,
     "model_source": config.model.source,
+    "source_fingerprint": shapes.source_fingerprint(config.model),
     "d_model": int(model.d_model),
     "layers": [int(l) for l in model.layers],
     "dtype": config.extract.storage_dtype,
@@ -47,23 +72,83 @@ def expected_meta(config, model) -> dict:
   }
 
 
-def _check_existing(path: str, want: dict) -> None:
-  """Refuses to touch a store (complete or partial) that was made for another configuration."""
+def expected_identity(config) -> tuple[dict, list[str]]:
+  """The identity fields the config determines, computed without loading the model, and the fields
+  that cannot be known that way (shapes of a hub model outside the local cache and the table)."""
+  want = {
+    "model": config.model.name,
+    "model_source": config.model.source,
+    "dtype": config.extract.storage_dtype,
+    "seq_len": int(config.data.seq_len),
+    "n_tokens_requested": int(config.data.n_tokens),
+    "token_rule": store_lib.TOKEN_RULE,
+  }
+  unknown = []
+  try:
+    arch = shapes.architecture(config.model)
+  except ConfigError:
+    unknown += ["d_model", "layers"]
+  else:
+    want["d_model"] = int(arch.d_model)
+    want["layers"] = [int(l) for l in lm_model.check_layers(config.model.layers, arch.n_layers)]
+  fingerprint = shapes.source_fingerprint(config.model)
+  if fingerprint is None:
+    unknown.append("source_fingerprint")
+  else:
+    want["source_fingerprint"] = fingerprint
+  corpus_path = corpus.resolve_path(config.data.corpus)
+  if corpus_path.startswith("hf:") or os.path.exists(corpus_path):
+    want["corpus"] = corpus.describe(config.data.corpus)
+  return want, unknown
+
+
+def identity_problems(have: dict, want: dict) -> list[str]:
+  """Field by field, where a store's meta.json differs from what the config determines. Fields the
+  store does not record (older stores) are not compared."""
+  problems = []
+  for key in IDENTITY_FIELDS:
+    if key not in want or key not in have:
+      continue
+    a, b = have[key], want[key]
+    if isinstance(b, (list, tuple)):
+      a, b = list(a or []), list(b)
+    if a != b:
+      problems.append(f"{key}: store has {a!r}, config wants {b!r}")
+  if "corpus" in want and "corpus" in have and have["corpus"].get("sha256") != want["corpus"].get("sha256"):
+    problems.append(f"corpus: store was made from {have['corpus']}, config reads {want['corpus']}")
+  if have.get("complete"):
+    rows = int(have.get("n_windows", -1)) * (int(have.get("seq_len", 0)) - 1)
+    target = math.ceil(int(want["n_tokens_requested"]) / (int(want["seq_len"]) - 1))
+    if int(have.get("n_rows", -1)) != rows or int(have.get("n_windows", -1)) > target:
+      problems.append(
+        f"rows: store has {have.get('n_rows')} rows in {have.get('n_windows')} windows, "
+        f"config wants at most {target} windows of {int(want['seq_len']) - 1} rows"
+      )
+  return problems
+
+
+def _mismatch_error(config, workdir: str, path: str, problems: list[str]) -> StoreMismatchError:
+  mp = paths.for_config(config, workdir)
+  return StoreMismatchError(
+    f"the activation store at {path} was made for another configuration ({'; '.join(problems)}). "
+    f"Nothing was run or changed. Use another --workdir, or delete {path} to extract again (and "
+    f"{mp.checkpoints} and {mp.sae_results}, which were trained on it)."
+  )
+
+
+def preflight(config, workdir: str) -> None:
+  """Refuses, before any stage runs, a store in the workdir (complete or partial) that another config
+  made: StoreMismatchError naming each differing field and the fix. Loads no model."""
+  path = paths.for_config(config, workdir).hidden_states
   meta_path = os.path.join(path, store_lib.META)
   if not os.path.exists(meta_path):
     return
-  have = atomic_io.read_json(meta_path)
-  problems = store_lib.describe_mismatch(have, want)
-  for key in ("model_source", "n_tokens_requested"):
-    if have.get(key) != want[key]:
-      problems.append(f"{key}: store has {have.get(key)!r}, config wants {want[key]!r}")
-  if have.get("corpus", {}).get("sha256") != want["corpus"].get("sha256"):
-    problems.append(f"corpus: store was made from {have.get('corpus')}, config reads {want['corpus']}")
+  want, unknown = expected_identity(config)
+  problems = identity_problems(atomic_io.read_json(meta_path), want)
   if problems:
-    raise StoreMismatchError(
-      f"the activation store at {path} was made for another configuration ({'; '.join(problems)}). "
-      "Nothing was changed. Use another --workdir, or delete that folder to extract again."
-    )
+    raise _mismatch_error(config, workdir, path, problems)
+  if unknown:
+    logging.info("store check: %s are checked once the model is loaded", ", ".join(unknown))
 
 
 def _write_tokens(config, model, path: str) -> int:
@@ -83,19 +168,19 @@ def _write_tokens(config, model, path: str) -> int:
   docs = corpus.iter_documents(config.data.corpus, config.data.min_chars)
   windows = corpus.iter_windows(docs, encode_batch, model.eos_id, seq_len)
   block_t, block_d, n, start = [], [], 0, 0
-  futures = []
+  writes = []
   for tokens, doc_ids in tqdm(windows, total=target, desc="tokenise", unit="win", leave=False):
     block_t.append(tokens)
     block_d.append(doc_ids)
     n += 1
     if len(block_t) == 1024 or n == target:
-      futures += [tok_arr[start:n].write(np.stack(block_t)), doc_arr[start:n].write(np.stack(block_d))]
+      writes += [tok_arr[start:n].write(np.stack(block_t)), doc_arr[start:n].write(np.stack(block_d))]
       block_t, block_d, start = [], [], n
     if n == target:
       break
   if block_t:
-    futures += [tok_arr[start:n].write(np.stack(block_t)), doc_arr[start:n].write(np.stack(block_d))]
-  for f in futures:
+    writes += [tok_arr[start:n].write(np.stack(block_t)), doc_arr[start:n].write(np.stack(block_d))]
+  for f in writes:
     f.result()
   if n == 0:
     raise DataError(
@@ -137,180 +222,264 @@ def _postprocess_fn(storage_dtype):
   return post
 
 
-def _new_stats(n_layers: int) -> dict:
-  return {"sum_sq_norm": [0.0] * n_layers, "sum_norm": [0.0] * n_layers, "max_norm": [0.0] * n_layers}
-
-
-def _add_stats(acc: dict, batch: dict) -> None:
-  for key in ("sum_sq_norm", "sum_norm"):
-    acc[key] = [a + float(b) for a, b in zip(acc[key], batch[key])]
-  acc["max_norm"] = [max(a, float(b)) for a, b in zip(acc["max_norm"], batch["max_norm"])]
-
-
 def _save_progress(path: str, progress: dict) -> None:
   atomic_io.atomic_write_json(os.path.join(path, store_lib.PROGRESS), progress)
 
 
 def run(config, workdir: str) -> None:
-  """Runs (or resumes, or skips when complete) extraction into cache/<model>/hidden_states/."""
+  """Runs (or resumes, or skips when complete) extraction into cache/<model>/hidden_states/.
 
+  With several processes every process calls this (a collective stage): process 0 writes the tokens
+  and creates the arrays, every process extracts its chunk groups, process 0 finishes the store.
+  """
   path = paths.for_config(config, workdir).hidden_states
   corpus_path = corpus.resolve_path(config.data.corpus)
   if not corpus_path.startswith("hf:") and not os.path.exists(corpus_path):
     corpus.iter_documents(corpus_path)  # raises the DataError that explains the fix
-  if os.path.exists(os.path.join(path, store_lib.COMPLETE)):
+  preflight(config, workdir)
+  complete = os.path.exists(os.path.join(path, store_lib.COMPLETE))
+  if complete and not {"d_model", "layers"} & set(expected_identity(config)[1]):
     meta = atomic_io.read_json(os.path.join(path, store_lib.META))
-    problems = store_lib.describe_mismatch(
-      meta,
-      {"model": config.model.name, "dtype": config.extract.storage_dtype, "seq_len": config.data.seq_len},
-    )
-    if problems:
-      raise StoreMismatchError(
-        f"the activation store at {path} was made for another configuration "
-        f"({'; '.join(problems)}). Nothing was changed. Use another --workdir, or delete that "
-        "folder to extract again."
-      )
     logging.info("activation store %s is complete (%d rows); skipping extraction", path, meta["n_rows"])
     return
-
   model = lm.load_model(config.model)
   want = expected_meta(config, model)
-  _check_existing(path, want)
-  os.makedirs(path, exist_ok=True)
+  meta_path = os.path.join(path, store_lib.META)
+  if os.path.exists(meta_path):
+    problems = identity_problems(atomic_io.read_json(meta_path), want)
+    if problems:
+      raise _mismatch_error(config, workdir, path, problems)
+  if complete:
+    logging.info("activation store %s is complete; skipping extraction", path)
+    return
   progress = store_lib.read_progress(path)
-  if progress is None or progress.get("phase") == "tokens":
-    atomic_io.atomic_write_json(os.path.join(path, store_lib.META), {**want, "complete": False})
+  if multihost.is_primary() and (progress is None or progress.get("phase") != "activations"):
+    os.makedirs(path, exist_ok=True)
+    atomic_io.atomic_write_json(meta_path, {**want, "complete": False, "format": store_lib.FORMAT})
     _save_progress(path, {"phase": "tokens"})
     n_windows = _write_tokens(config, model, path)
-    progress = {
-      "phase": "activations",
-      "n_windows": n_windows,
-      "batches_done": 0,
-      "batch_size": int(config.extract.batch_size),
-      "chunk_rows": int(config.extract.chunk_rows),
-      "stats": _new_stats(len(model.layers)),
-    }
-    _save_progress(path, progress)
-  _extract_activations(config, model, path, want, progress)
-
-
-def _extract_activations(config, model, path: str, want: dict, progress: dict) -> None:
-  seq_len, B = config.data.seq_len, config.extract.batch_size
-  n_windows = progress["n_windows"]
-  n_layers, d_model = len(model.layers), model.d_model
-  rows_per_window = seq_len - 1
-  rows_per_batch = B * rows_per_window
-  n_rows = n_windows * rows_per_window
-  n_batches = math.ceil(n_windows / B)
-  # Flush whole batches that fill about one chunk, so each write covers whole chunks.
-  batches_per_group = max(1, round(config.extract.chunk_rows / rows_per_batch))
-  chunk_rows = batches_per_group * rows_per_batch
-  act_path = os.path.join(path, "activations")
-  if progress["batches_done"] == 0:
-    acts = store_lib.create_array(
-      act_path,
-      [n_layers, n_rows, d_model],
+    geometry = _geometry(config, n_windows)
+    store_lib.create_array(
+      os.path.join(path, "activations"),
+      [len(model.layers), geometry["n_rows"], model.d_model],
       config.extract.storage_dtype,
-      [1, min(chunk_rows, n_rows), d_model],
+      [1, min(geometry["group_rows"], geometry["n_rows"]), model.d_model],
     )
-  else:
-    acts = store_lib.open_array(act_path, read_only=False)
-  tokens = store_lib.open_array(os.path.join(path, "token_ids"))
-  np_dtype = _NP_DTYPES[config.extract.storage_dtype]
-  post = _postprocess_fn(jnp.dtype(config.extract.storage_dtype))
-
-  start_batch = progress["batches_done"]
+    _save_progress(path, {"phase": "activations", **geometry})
+  multihost.barrier("ghosttrack_extract_setup")
+  progress = store_lib.read_progress(path)
   # Rows are placed by batch index: a resumed run must use the batch geometry of the first one.
   for key in ("batch_size", "chunk_rows"):
-    if start_batch and progress.get(key) != config.extract[key]:
+    if progress.get(key) != config.extract[key]:
       raise StoreMismatchError(
         f"the half-written store at {path} was started with extract.{key}={progress.get(key)}; "
         f"this run has {config.extract[key]}. Rerun with --config.extract.{key}={progress.get(key)} "
         "to resume, or delete that folder to start over."
       )
-  if start_batch:
-    logging.info("resuming extraction at batch %d of %d", start_batch, n_batches)
-  pending: list = []  # (futures, progress after they land)
-  buffer = np.empty((n_layers, chunk_rows, d_model), np_dtype)
-  fill, group_start_row = 0, start_batch * rows_per_batch
+  geometry = _geometry(config, int(progress["n_windows"]))
+  _extract_groups(config, model, path, geometry)
+  multihost.barrier("ghosttrack_extract_groups")
+  if multihost.is_primary():
+    _finish(path, want, geometry, len(model.layers))
+
+
+def _geometry(config, n_windows: int) -> dict:
+  """Batch and chunk-group layout of the activation array (fixed once the array exists)."""
+  seq_len, batch = int(config.data.seq_len), int(config.extract.batch_size)
+  rows_per_batch = batch * (seq_len - 1)
+  n_batches = math.ceil(n_windows / batch)
+  # Whole batches that fill about one chunk, so each group write covers whole chunks.
+  batches_per_group = max(1, round(config.extract.chunk_rows / rows_per_batch))
+  return {
+    "n_windows": n_windows,
+    "n_rows": n_windows * (seq_len - 1),
+    "batch_size": batch,
+    "chunk_rows": int(config.extract.chunk_rows),
+    "n_batches": n_batches,
+    "batches_per_group": batches_per_group,
+    "group_rows": batches_per_group * rows_per_batch,
+    "n_groups": math.ceil(n_batches / batches_per_group),
+  }
+
+
+class _GroupWriter:
+  """Assembles a chunk group's rows, writes them (at most `max_pending` groups in flight), computes
+  their chunks' CRC-32 on a thread pool, and records groups/<g>.json once the rows have landed."""
+
+  def __init__(self, path, acts, geometry, n_layers, d_model, dtype, max_pending=2):
+    self.path, self.acts, self.g = path, acts, geometry
+    self.max_pending = max_pending
+    self.shape = (n_layers, geometry["group_rows"], d_model)
+    self.buffers = collections.deque(np.empty(self.shape, dtype) for _ in range(max_pending))
+    self.pending: collections.deque = collections.deque()
+    self.crc_pool = futures.ThreadPoolExecutor(min(8, max(1, n_layers)), thread_name_prefix="extract-crc")
+    self.group = None
+
+  def start(self, group: int):
+    self.group, self.fill, self.stats = group, 0, []
+    self.buffer = self.buffers.popleft() if self.g["batches_per_group"] > 1 else None
+
+  def add(self, x: np.ndarray, stats: dict):
+    """x [L, n_real, D] host rows of the group's next batch; stats of the batch (host)."""
+    n = x.shape[1]
+    if self.buffer is None:
+      self.data = x  # one batch per group: written as fetched (no host copy)
+    else:
+      self.buffer[:, self.fill : self.fill + n] = x
+    self.fill += n
+    self.stats.append({k: [float(v) for v in np.asarray(stats[k])] for k in _STATS})
+
+  def finish_group(self):
+    data = self.data if self.buffer is None else self.buffer[:, : self.fill]
+    row0 = self.group * self.g["group_rows"]
+    chunk_rows = min(self.g["group_rows"], self.g["n_rows"])
+    pad = (chunk_rows - self.fill) * int(np.prod(data.shape[2:])) * data.dtype.itemsize
+    write = self.acts[:, row0 : row0 + self.fill].write(data)
+    crcs = [self.crc_pool.submit(store_lib.crc32, data[l], pad) for l in range(data.shape[0])]
+    self.pending.append((self.group, write, crcs, self.stats, self.buffer, data))
+    while len(self.pending) >= self.max_pending:
+      self._land_oldest()
+
+  def _land_oldest(self):
+    group, write, crcs, stats, buffer, _ = self.pending.popleft()
+    write.result()  # rows durable before the group is recorded
+    record = {"group": group, "crc32": [c.result() for c in crcs], "batch_stats": stats}
+    atomic_io.atomic_write_json(store_lib.group_file(self.path, group), record)
+    if buffer is not None:
+      self.buffers.append(buffer)
+
+  def close(self):
+    while self.pending:
+      self._land_oldest()
+    self.crc_pool.shutdown(wait=True)
+
+
+def _extract_groups(config, model, path: str, g: dict) -> None:
+  """Phase 2 on this process: its chunk groups that are not done yet (see the module docstring)."""
+  rank, count = multihost.process_index(), multihost.process_count()
+  done = store_lib.groups_done(path)
+  mine = [k for k in range(g["n_groups"]) if k % count == rank and k not in done]
+  os.makedirs(os.path.join(path, store_lib.GROUPS), exist_ok=True)
+  if not mine:
+    return
+  if len(done):
+    logging.info("resuming extraction: %d of %d chunk groups done", len(done), g["n_groups"])
+  B, rows_per_window = g["batch_size"], int(config.data.seq_len) - 1
+  acts = store_lib.open_array(os.path.join(path, "activations"), read_only=False)
+  tokens = store_lib.open_array(os.path.join(path, "token_ids"))
+  post = _postprocess_fn(jnp.dtype(config.extract.storage_dtype))
+  np_dtype = store_lib.NP_DTYPES[config.extract.storage_dtype]
+  writer = _GroupWriter(path, acts, g, len(model.layers), model.d_model, np_dtype)
+  batches = [
+    (k, b)
+    for k in mine
+    for b in range(k * g["batches_per_group"], min((k + 1) * g["batches_per_group"], g["n_batches"]))
+  ]
+
+  def read_ids(b):
+    w0, w1 = b * B, min((b + 1) * B, g["n_windows"])
+    return tokens[w0:w1].read(), w1 - w0
+
   t0, tokens_done = time.time(), 0
-  bar = tqdm(total=n_batches, initial=start_batch, desc="extract", unit="batch")
-  for b in range(start_batch, n_batches):
-    w0, w1 = b * B, min((b + 1) * B, n_windows)
-    ids = tokens[w0:w1].read().result()
-    if len(ids) < B:  # fixed batch shape: pad with copies of the last window, rows not written
-      ids = np.concatenate([ids, np.repeat(ids[-1:], B - len(ids), axis=0)])
-    ids = jnp.asarray(ids)
-    resid = model.residuals(ids, jnp.ones_like(ids))
-    x, stats = post(resid, w1 - w0)
-    stats = jax.device_get(stats)
+  bar = tqdm(total=len(batches), desc="extract", unit="batch")
+  lagged = None  # the previous batch, still on the device: fetched after the next forward is queued
+  next_ids = read_ids(batches[0][1])
+
+  def land(item):
+    nonlocal tokens_done
+    k, b, x, stats, n_valid = item
+    x, stats = jax.device_get((x, stats))
     if stats["non_finite"]:
       raise DataError(
         f"batch {b}: {int(stats['non_finite'])} activation values are not finite in "
         f"{config.extract.storage_dtype}; use --config.extract.storage_dtype=bfloat16 "
         "(float16 overflows above 65504) or check the model weights"
       )
-    n_real = (w1 - w0) * rows_per_window
-    buffer[:, fill : fill + n_real] = np.asarray(x[:, :n_real])
-    fill += n_real
-    _add_stats(progress["stats"], stats)
+    if writer.group != k:
+      writer.start(k)
+    n_real = n_valid * rows_per_window
+    writer.add(x[:, :n_real], stats)
+    last_of_group = b == min((k + 1) * g["batches_per_group"], g["n_batches"]) - 1
+    if last_of_group:
+      writer.finish_group()
     tokens_done += n_real
     bar.update(1)
-    last = b == n_batches - 1
-    # start_batch is always a group boundary: progress is only recorded at group ends.
-    if (b + 1) % batches_per_group == 0 or last:
-      for futures, done in pending:  # the previous group must land before its progress is recorded
-        for f in futures:
-          f.result()
-        _save_progress(path, done)
-      future = acts[:, group_start_row : group_start_row + fill].write(buffer[:, :fill].copy())
-      pending = [
-        (
-          [future],
-          {**progress, "batches_done": b + 1, "stats": {k: list(v) for k, v in progress["stats"].items()}},
-        )
-      ]
-      group_start_row += fill
-      fill = 0
-      rate = tokens_done / max(time.time() - t0, 1e-9)
-      bar.set_postfix(tok_s=f"{rate:,.0f}")
-  bar.close()
-  for futures, done in pending:
-    for f in futures:
-      f.result()
-    _save_progress(path, done)
+    bar.set_postfix(tok_s=f"{tokens_done / max(time.time() - t0, 1e-9):,.0f}")
+
+  try:
+    for i, (k, b) in enumerate(batches):
+      future, n_valid = next_ids
+      ids = future.result()
+      if i + 1 < len(batches):
+        next_ids = read_ids(batches[i + 1][1])  # the next batch's tokens load during this forward
+      if len(ids) < B:  # fixed batch shape: pad with copies of the last window, rows not written
+        ids = np.concatenate([ids, np.repeat(ids[-1:], B - len(ids), axis=0)])
+      ids = jnp.asarray(ids)
+      x, stats = post(model.residuals(ids, jnp.ones_like(ids)), n_valid)
+      x.copy_to_host_async()
+      if lagged is not None:
+        land(lagged)
+      lagged = (k, b, x, stats, n_valid)
+    land(lagged)
+  finally:
+    bar.close()
+    writer.close()
   elapsed = time.time() - t0
   logging.info(
-    "extracted %d tokens x %d layers in %.1f s (%.0f tokens/s)",
+    "extracted %d tokens x %d layers in %.1f s (%.0f tokens/s) on process %d of %d",
     tokens_done,
-    n_layers,
+    len(model.layers),
     elapsed,
     tokens_done / max(elapsed, 1e-9),
+    rank,
+    count,
   )
-  _finish(path, want, progress, n_windows, n_rows, chunk_rows)
 
 
-def _finish(path: str, want: dict, progress: dict, n_windows: int, n_rows: int, chunk_rows: int):
-  s = progress["stats"]
+def _finish(path: str, want: dict, g: dict, n_layers: int) -> None:
+  """Process 0, after every group has landed: statistics in batch order, checksums, meta, COMPLETE."""
+  missing = sorted(set(range(g["n_groups"])) - store_lib.groups_done(path))
+  if missing:
+    raise DataError(
+      f"extraction into {path} ended with chunk groups {missing[:10]} not written; rerun the extract "
+      "stage, which recomputes them"
+    )
+  crcs = np.zeros((n_layers, g["n_groups"]), np.uint32)
+  acc = {"sum_sq_norm": [0.0] * n_layers, "sum_norm": [0.0] * n_layers, "max_norm": [0.0] * n_layers}
+  for k in range(g["n_groups"]):
+    record = atomic_io.read_json(store_lib.group_file(path, k))
+    crcs[:, k] = record["crc32"]
+    for batch in record["batch_stats"]:  # batch order, one batch at a time, in float64
+      for key in ("sum_sq_norm", "sum_norm"):
+        acc[key] = [a + b for a, b in zip(acc[key], batch[key])]
+      acc["max_norm"] = [max(a, b) for a, b in zip(acc["max_norm"], batch["max_norm"])]
+  n_rows = g["n_rows"]
   layer_stats = [
     {
       "layer": layer,
-      "mean_sq_norm": s["sum_sq_norm"][i] / n_rows,
-      "mean_norm": s["sum_norm"][i] / n_rows,
-      "max_norm": s["max_norm"][i],
+      "mean_sq_norm": acc["sum_sq_norm"][i] / n_rows,
+      "mean_norm": acc["sum_norm"][i] / n_rows,
+      "max_norm": acc["max_norm"][i],
     }
     for i, layer in enumerate(want["layers"])
   ]
   meta = {
     **want,
     "complete": True,
-    "n_windows": n_windows,
+    "format": store_lib.FORMAT,
+    "n_windows": g["n_windows"],
     "n_rows": n_rows,
-    "chunk_rows": chunk_rows,
+    "chunk_rows": min(g["group_rows"], n_rows),
     "layer_stats": layer_stats,
+    "checksums_sha256": store_lib.write_checksums(path, crcs),
+    "token_checksums": store_lib.token_checksums(path),
     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
   }
   atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
-  os.remove(os.path.join(path, store_lib.PROGRESS))
   atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {"n_rows": n_rows})
+  # Leftovers of the extraction (harmless if a kill stops this: the store is complete).
+  os.remove(os.path.join(path, store_lib.PROGRESS))
+  for k in range(g["n_groups"]):
+    os.remove(store_lib.group_file(path, k))
+  os.rmdir(os.path.join(path, store_lib.GROUPS))
   logging.info("activation store complete: %s (%d rows, %d layers)", path, n_rows, len(layer_stats))
