@@ -44,6 +44,12 @@ _VERIFY = flags.DEFINE_bool(
 _PLAN = flags.DEFINE_bool(
   "plan", False, "Print what the run will need (memory, disk, batch sizes, time) and exit."
 )
+_VERIFY = flags.DEFINE_bool(
+  "verify",
+  False,
+  "Check the workdir's activation store (against the config, every chunk's checksum), the SAE "
+  "checkpoints and the SAE export, run nothing, and exit (status 2 when something is damaged).",
+)
 _PLAN_DEVICES = flags.DEFINE_integer(
   "plan_devices",
   None,

@@ -84,6 +84,13 @@ def make_store(
     }
     for l in range(n_layers)
   ]
+  # Per-chunk checksums as the extract stage records them (a partial last chunk is stored padded).
+  n_chunks = -(-rows // chunk_rows)
+  crcs = np.zeros((n_layers, n_chunks), np.uint32)
+  for l in range(n_layers):
+    for c in range(n_chunks):
+      part = data[l, c * chunk_rows : (c + 1) * chunk_rows]
+      crcs[l, c] = store_lib.crc32(part, (chunk_rows - len(part)) * d * 2)
   meta = {
     "model": model,
     "layers": list(range(n_layers)),
@@ -93,6 +100,9 @@ def make_store(
     "n_windows": n_windows,
     "n_rows": rows,
     "layer_stats": stats,
+    "format": store_lib.FORMAT,
+    "checksums_sha256": store_lib.write_checksums(path, crcs),
+    "token_checksums": store_lib.token_checksums(path),
   }
   atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
   atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {})

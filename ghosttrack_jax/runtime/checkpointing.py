@@ -2,7 +2,10 @@
 
 A checkpoint holds, per step, the layer-stacked train state as host numpy arrays with the REAL layers
 only ([n_layers, ...]: independent of the device count and padding, so a run may resume on another
-number of devices) and a JSON record: data position, root RNG key, config fingerprint, layers.
+number of devices) and a JSON record: data position, root RNG key, config fingerprint, layers, and the
+CRC-32 of every array. A restore checks them: Orbax restores a flipped byte in a data file silently as
+a wrong value, so a damaged checkpoint is an error (DamagedStoreError naming the step and the fix),
+never resumed from. `verify` checks a step without knowing its shapes.
 
 Preemption: SLURM (and most schedulers) send SIGTERM before killing a job. `preemption_guard()` turns
 SIGTERM into a flag; the training loop checks it after every step, saves a checkpoint, waits for the
@@ -15,13 +18,17 @@ import logging
 import os
 import signal
 import threading
+import zlib
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ghosttrack_jax.errors import DamagedStoreError
+
 EXIT_PREEMPTED = 75  # os.EX_TEMPFAIL
+CRC_KEY = "state_crc32"  # record field: {array key: CRC-32 of its bytes}
 
 
 class Preempted(SystemExit):
@@ -50,23 +57,67 @@ class Checkpointer:
     """Saves host arrays `state` and JSON `record` (asynchronously; `wait()` to block).
 
     The tree is stored flat ({key path: array}), so any pytree (dataclasses, optax NamedTuples) comes
-    back with its own type through `restore(step, like)`.
+    back with its own type through `restore(step, like)`. The record gets every array's CRC-32.
     """
+    flat = _flat(state)
+    record = {**record, CRC_KEY: {k: _crc(a) for k, a in flat.items()}}
     self._manager.save(
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(_flat(state)), record=ocp.args.JsonSave(record)),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(flat), record=ocp.args.JsonSave(record)),
       force=True,
     )
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _damaged(self, step: int, what: str) -> DamagedStoreError:
+    others = [s for s in self.all_steps() if s != step]
+    fallback = f"delete {self.step_dir(step)} to resume from step {max(others)}, or " if others else ""
+    return DamagedStoreError(
+      f"the checkpoint of step {step} in {self.directory} is damaged: {what}. It is not used: "
+      f"{fallback}delete {self.directory} to train from the start."
+    )
+
+  def _check(self, step: int, state: dict, record: dict) -> None:
+    want = record.get(CRC_KEY)
+    if want is None:
+      logging.warning(
+        "checkpoint %s has no checksums (written before they were recorded)", self.step_dir(step)
+      )
+      return
+    if sorted(want) != sorted(state):
+      raise self._damaged(step, f"it holds arrays {sorted(state)}, its record lists {sorted(want)}")
+    bad = [k for k in sorted(want) if _crc(state[k]) != int(want[k])]
+    if bad:
+      raise self._damaged(step, f"array(s) {bad} differ from their CRC-32 recorded at saving")
 
   def restore(self, step: int, like: Any) -> tuple[Any, dict]:
     """Restores the state (structure, shapes and dtypes of `like`, as host numpy) and the record."""
     flat_like = _flat(like)
     abstract = {k: np.zeros(np.shape(a), np.asarray(a).dtype) for k, a in flat_like.items()}
-    out = self._manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore())
-    )
-    leaves = [np.asarray(out.state[k]) for k in flat_like]
+    try:
+      out = self._manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()),
+      )
+    except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types for unreadable files)
+      raise self._damaged(step, f"Orbax cannot read it ({type(e).__name__}: {str(e)[:300]})") from e
+    state = {k: np.asarray(out.state[k]) for k in flat_like}
+    self._check(step, state, dict(out.record))
+    leaves = [state[k] for k in flat_like]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves), dict(out.record)
+
+  def verify(self, step: int) -> list[str]:
+    """Problems of one saved step (empty when it reads back with its recorded checksums)."""
+    try:
+      out = self._manager.restore(step)
+      state = {k: np.asarray(v) for k, v in dict(out.state).items()}
+      self._check(step, state, dict(out.record))
+    except DamagedStoreError as e:
+      return [str(e)]
+    except Exception as e:  # noqa: BLE001
+      return [str(self._damaged(step, f"Orbax cannot read it ({type(e).__name__}: {str(e)[:300]})"))]
+    return []
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -74,6 +125,10 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _crc(a: np.ndarray) -> int:
+  return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
 
 
 def _flat(tree: Any) -> dict:

@@ -5,7 +5,9 @@ runs nothing.
 
 Each artifact's owner module knows its files and verifies them (`verify(out_dir)`, raising
 DamagedOutputError naming the file and the fix); this module only finds the folders and collects the
-results. A folder without its DONE marker is reported as incomplete (the stage resumes it on the next
+results. Beside the stages' DONE records it checks the activation store (against every field the config
+determines, then every chunk's size and CRC-32 and every token chunk file), every Orbax checkpoint of the
+SAE trainer (each array against the CRC-32 recorded at saving) and the SAE export (its recorded SHA-256). A folder without its DONE marker is reported as incomplete (the stage resumes it on the next
 run), not as damaged. To check another artifact, add a function `(config, workdir) -> list[Finding]` to
 `CHECKS`.
 """
@@ -17,8 +19,11 @@ from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.detect import detector, oof
 from ghosttrack_jax.errors import GhostTrackError
 from ghosttrack_jax.evaluate import stage as evaluate_stage
-from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.extract import stage as extract_stage
+from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.runtime import atomic_io, checkpointing, paths
 from ghosttrack_jax.track import feature_table
+from ghosttrack_jax.train import stage as train_stage
 
 OK, INCOMPLETE, DAMAGED = "ok", "incomplete", "damaged"
 
@@ -70,8 +75,75 @@ def check_results(config, workdir: str) -> list[Finding]:
   return out
 
 
+def check_store(config, workdir: str) -> list[Finding]:
+  """The activation store: made for this config, and every chunk and token file as recorded."""
+  path = paths.for_config(config, workdir).hidden_states
+  if not os.path.exists(os.path.join(path, store_lib.META)):
+    return []
+  want, _ = extract_stage.expected_identity(config)
+  problems = extract_stage.identity_problems(atomic_io.read_json(os.path.join(path, store_lib.META)), want)
+  if problems:
+    return [
+      Finding(
+        "store",
+        path,
+        DAMAGED,
+        f"made for another configuration ({'; '.join(problems)}): use another --workdir, or delete it "
+        "to extract again",
+      )
+    ]
+  if not os.path.exists(os.path.join(path, store_lib.COMPLETE)):
+    return [Finding("store", path, INCOMPLETE, "no COMPLETE marker: the next run of extract resumes it")]
+  problems = store_lib.verify_store(path)
+  if problems:
+    return [Finding("store", path, DAMAGED, p) for p in problems]
+  return [Finding("store", path, OK)]
+
+
+def check_checkpoints(config, workdir: str) -> list[Finding]:
+  """Every kept Orbax checkpoint of the SAE trainer, each array against its recorded CRC-32."""
+  directory = os.path.join(paths.for_config(config, workdir).checkpoints, "train_state")
+  if not os.path.isdir(directory):
+    return []
+  ckpt = checkpointing.Checkpointer(directory)
+  try:
+    out = []
+    for step in ckpt.all_steps():
+      problems = ckpt.verify(step)
+      out.append(Finding("checkpoint", ckpt.step_dir(step), DAMAGED if problems else OK, " ".join(problems)))
+    return out
+  finally:
+    ckpt.close()
+
+
+def check_export(config, workdir: str) -> list[Finding]:
+  """The SAELens export against the SHA-256 its DONE marker recorded."""
+  export_dir = paths.for_config(config, workdir).sae_export
+  if not os.path.isdir(export_dir):
+    return []
+  if not atomic_io.is_done(export_dir):
+    return [Finding("sae export", export_dir, INCOMPLETE, "no DONE marker: the next train run writes it")]
+  info = atomic_io.read_json(os.path.join(export_dir, atomic_io.DONE))
+  try:
+    digest = train_stage.manifest_hash(export_dir, info["layers"])
+  except OSError as e:
+    digest = f"unreadable ({e})"
+  if digest != info.get("sha256"):
+    results = paths.for_config(config, workdir).sae_results
+    return [
+      Finding(
+        "sae export",
+        export_dir,
+        DAMAGED,
+        f"its files' SHA-256 is {digest}, its DONE marker recorded {info.get('sha256')}: delete "
+        f"{export_dir} and {results} and run the train stage again (it re-exports from the last checkpoint)",
+      )
+    ]
+  return [Finding("sae export", export_dir, OK)]
+
+
 # Every check `verify_all` runs, in pipeline order of the artifacts.
-CHECKS = [check_results]
+CHECKS = [check_store, check_checkpoints, check_export, check_results]
 
 
 def verify_all(config, workdir: str) -> list[Finding]:

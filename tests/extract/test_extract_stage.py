@@ -1,7 +1,9 @@
-"""The extract stage on the tiny config: a valid store, resume after SIGKILL, and clear errors."""
+"""The extract stage on the tiny config: a valid store with checksums, resume after SIGKILL, clear errors,
+and a store of another model refused before any stage runs."""
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +173,62 @@ def test_resume_with_another_batch_size_is_refused(tmp_path):
     extract.run(tiny_config(**{"extract.batch_size": 4}), str(tmp_path))
   extract.run(config, str(tmp_path))  # the original geometry resumes and completes
   assert store_lib.ActivationStore.open(path).n_rows == meta["n_rows"]
+
+
+def test_extraction_records_checksums_that_verify(tiny_store):
+  config, workdir = tiny_store
+  path = paths.for_config(config, workdir).hidden_states
+  store = store_lib.ActivationStore.open(path)
+  assert store.meta["format"] == store_lib.FORMAT
+  assert store.checksums.shape == (2, store.n_chunks)
+  assert set(store.meta["token_checksums"]) == {"token_ids", "doc_ids"}
+  assert store.meta["source_fingerprint"].startswith("random gpt2: n_layer=2 d_model=64")
+  assert not os.path.exists(os.path.join(path, store_lib.GROUPS))
+  assert store_lib.verify_store(path) == []
+
+
+def test_a_changed_model_stops_before_any_stage(tiny_store, tmp_path):
+  """--config.model.random.d_model=96 with a complete store of the d_model-64 model in the workdir:
+  the run stops before extract (which would skip) and train (which would fit SAEs on the old rows)."""
+  config, workdir = tiny_store
+  path = paths.for_config(config, workdir).hidden_states
+  before = _tree_digest(path)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "ghosttrack_jax.main",
+      f"--config={REPO}/configs/tiny.py",
+      f"--workdir={workdir}",
+      "--config.model.random.d_model=96",
+    ],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert p.returncode == 2, p.stderr[-3000:]
+  assert "d_model: store has 64, config wants 96" in p.stderr
+  assert f"delete {path} to extract again" in p.stderr
+  assert "=== stage" not in p.stderr
+  assert not os.path.exists(paths.for_config(config, workdir).checkpoints)
+  assert _tree_digest(path) == before
+
+
+def test_a_damaged_chunk_stops_training_with_the_store_the_chunk_and_the_fix(tiny_store, tmp_path):
+  from ghosttrack_jax.errors import DamagedStoreError
+  from ghosttrack_jax.train import stage as train_stage
+
+  config, workdir = tiny_store
+  src = paths.for_config(config, workdir).hidden_states
+  work = str(tmp_path / "w")
+  dst = paths.for_config(config, work).hidden_states
+  shutil.copytree(src, dst)
+  with open(store_lib.chunk_file(os.path.join(dst, "activations"), 1, 3, 0), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(DamagedStoreError) as e:
+    train_stage.run(config, work)
+  assert dst in str(e.value) and "chunk 3 of layer position 1" in str(e.value)
+  assert "has 100 bytes" in str(e.value) and "--verify" in str(e.value)
