@@ -8,6 +8,7 @@ rerunning the same command after a kill or a preemption continues where it stopp
 """
 
 import errno
+import importlib.util
 import logging
 import os
 import sys
@@ -59,6 +60,15 @@ _PLAN_DEVICES = flags.DEFINE_integer(
 _PLAN_DEVICE_MEMORY = flags.DEFINE_float(
   "plan_device_memory_gib", None, "--plan: memory of one device in GiB (default: detected)."
 )
+_PLAN_DEVICE_KIND = flags.DEFINE_string(
+  "plan_device_kind",
+  None,
+  "--plan: the target's accelerator (a100, a100-40gb, a100-80gb, h100-80gb): its memory and a "
+  "roofline time estimate instead of measurements on this machine.",
+)
+_PLAN_IO = flags.DEFINE_float(
+  "plan_io_gbps", None, "--plan: the node's store read/write bandwidth in GB/s (default 0.5)."
+)
 _PLAN_MEASURE = flags.DEFINE_bool(
   "plan_measure",
   True,
@@ -77,15 +87,50 @@ def _wants_distributed() -> bool:
 
 
 def _plan(config, workdir: str, stages) -> None:
-  plan = planner.make_plan(
-    config,
-    workdir,
-    stages=stages,
-    n_devices=_PLAN_DEVICES.value,
-    device_memory_gib=_PLAN_DEVICE_MEMORY.value,
-    measure=_PLAN_MEASURE.value,
-  )
-  print(planner.format_plan(plan))  # the CLI's output, not logging
+  kwargs = {
+    "stages": stages,
+    "n_devices": _PLAN_DEVICES.value,
+    "device_memory_gib": _PLAN_DEVICE_MEMORY.value,
+    "measure": _PLAN_MEASURE.value,
+    "device_kind": _PLAN_DEVICE_KIND.value,
+    "io_gbps": _PLAN_IO.value,
+  }
+  print(planner.format_plan(planner.make_plan(config, workdir, **kwargs)))  # the CLI's output
+  presets = _presets(config)
+  if presets:
+    print(planner.compare_presets(presets, workdir, **kwargs))
+
+
+def _presets(config) -> dict:
+  """{argument: config} of every preset of the --config file (its PRESETS), with the command line's
+  overrides applied to each; {} for a file without presets."""
+  path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]  # without the argument
+  spec = importlib.util.spec_from_file_location("config_presets", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not getattr(module, "PRESETS", None):
+    return {}
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  out = {}
+  for arg in module.PRESETS:
+    c = module.get_config(arg)
+    for key, value in _flatten(overrides):
+      node = c
+      *parents, leaf = key.split(".")
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+    out[arg] = c
+  del config
+  return out
+
+
+def _flatten(d: dict, prefix: str = ""):
+  for key, value in d.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
 
 
 class _QuietLibraries(logging.Filter):

@@ -25,7 +25,10 @@ import jax.numpy as jnp
 import optax
 
 from ghosttrack_jax import config_lib
+from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.lm import shapes
+from ghosttrack_jax.sae import common, registry
+from ghosttrack_jax.train import step as train_step
 
 GiB = 1024**3
 _FIT = 0.9  # a stage "fits" when its peak uses at most this fraction of a device
@@ -218,6 +221,79 @@ def measure_sae_step_seconds(d_model: int, width: int, batch: int) -> float:
   return _timed(step, p, opt.init(p), x)
 
 
+# ---- devices the planner knows without measuring ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProfile:
+  """Published figures of an accelerator, for estimates made away from it (a login node): a roofline
+  of each step, max(FLOPs / flops, bytes / hbm) plus a launch overhead. Not measured."""
+
+  kind: str
+  platform: str  # jax Device.platform of such a device
+  memory_gib: float
+  flops: float  # effective float32 (TF32) matmul FLOP/s of a large, well-shaped step
+  hbm: float  # memory bandwidth, bytes/s
+  step_overhead_s: float  # launch and dispatch per step (the loop does no host round trip)
+
+
+# A100: 156 TFLOP/s TF32 peak, ~113 effective (the 300k rows/s at batch 4096 of issue 11); H100 SXM: 495
+# TF32 peak, ~300 effective (an assumption, not measured).
+PROFILES = {
+  "a100-40gb": DeviceProfile("A100 40GB", "gpu", 40.0, 113e12, 1.555e12, 50e-6),
+  "a100-80gb": DeviceProfile("A100 80GB", "gpu", 80.0, 113e12, 2.039e12, 50e-6),
+  "h100-80gb": DeviceProfile("H100 80GB", "gpu", 80.0, 300e12, 3.35e12, 40e-6),
+}
+PROFILES["a100"] = PROFILES["a100-80gb"]
+
+
+def sae_step_roofline(profile: DeviceProfile, d_model: int, width: int, layers_per_device: int, batch: int):
+  """(seconds, FLOPs, bytes) of one dense SAE step on `profile`: 12*D*M FLOPs per token and layer;
+  about 10 passes over the parameters (forward, backward, gradients, two Adam moments, update,
+  renormalisation) and two over the per-token buffers (5*M + 5*D float32)."""
+  flops = layers_per_device * batch * 12 * d_model * width
+  traffic = layers_per_device * (
+    10 * sae_param_count(d_model, width) * 4 + 2 * batch * (5 * width + 5 * d_model) * 4
+  )
+  seconds = max(flops / profile.flops, traffic / profile.hbm) + profile.step_overhead_s
+  return seconds, flops, traffic
+
+
+def forward_flops(a: Arch, batch: int, seq_len: int) -> float:
+  """One forward pass of the LM over `batch` sequences (matmuls and attention scores)."""
+  n = batch * seq_len
+  dense = 2 * (model_param_count(a) - a.vocab * a.d_model - a.n_positions * a.d_model * (a.family == "gpt2"))
+  return dense * n + 4 * a.n_layers * batch * seq_len * seq_len * a.d_model
+
+
+def compiled_train_peak(config, d_model: int, layers_per_device: int, platform: str) -> int | None:
+  """Device bytes of the trainer's real per-device step program (the path `backward` picks on
+  `platform`), from XLA's buffer assignment; None when this machine cannot compile for `platform`."""
+  if jax.local_devices()[0].platform != platform:
+    return None
+  t = config.sae_training
+  hyper = train_step.for_platform(common.hyper_from_config(config, d_model), t.backward, platform)
+  settings = train_step.Settings(1e-4, 10, 0.0, 100, 100, 1, 1.0, int(t.batch_size))
+  tx = train_step.make_optimizer(hyper, settings)
+  keys = jax.ShapeDtypeStruct((layers_per_device, 2), jnp.uint32)
+  state = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)), keys)
+  x = jax.ShapeDtypeStruct((layers_per_device, int(t.batch_size), d_model), jnp.bfloat16)
+  aux = "switch" if train_step.uses_conditionals(platform) else "on"
+  step = jax.jit(train_step.make_block_step(hyper, settings, tx, aux=aux), donate_argnums=0)
+  m = step.lower(state, x).compile().memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def sparse_xla_extra(hyper: common.Hyper, layers_per_device: int, batch: int) -> int:
+  """Extra bytes of the sparse path's pure-XLA ops (what GPUs get): gathers of [N, D] float32 for the
+  N = batch * capacity COO entries (and batch * k_aux for AuxK), about 3 such buffers each; fitted
+  to XLA's buffer assignment of the GPT-2-medium step (36.9 GiB JumpReLU, 193 GiB TopK at batch 4096)."""
+  n = batch * hyper.sparse_capacity
+  if registry.get(hyper.arch).has_aux_k:
+    n += batch * hyper.k_aux
+  return layers_per_device * 3 * n * hyper.d_model * 4
+
+
 # ---- the plan -------------------------------------------------------------------------------------
 
 
@@ -232,11 +308,15 @@ class Plan:
   proposals: dict  # config field -> proposed value
 
 
-def _device_facts(n_devices: int | None, device_memory_gib: float | None, config) -> tuple[int, float, str]:
+def _device_facts(
+  n_devices: int | None, device_memory_gib: float | None, config, profile: DeviceProfile | None = None
+) -> tuple[int, float, str]:
   dev = jax.local_devices()[0]
   n = n_devices or config.sae_training.devices or jax.device_count()
   if device_memory_gib:
     return n, device_memory_gib * GiB, "given"
+  if profile is not None:
+    return n, profile.memory_gib * GiB, profile.kind
   stats = dev.memory_stats() or {}
   if "bytes_limit" in stats:
     return n, float(stats["bytes_limit"]), f"{dev.device_kind} bytes_limit"
@@ -258,13 +338,26 @@ def make_plan(
   n_devices: int | None = None,
   device_memory_gib: float | None = None,
   measure: bool = True,
+  device_kind: str | None = None,
+  io_gbps: float | None = None,
 ) -> Plan:
-  """Computes the plan for `config` (see the module docstring); starts nothing, writes nothing."""
+  """Computes the plan for `config` (see the module docstring); starts nothing, writes nothing.
+
+  device_kind: a key of PROFILES (the target's accelerator): times come from its roofline instead of
+  measurements here. io_gbps: the node's store read/write bandwidth in GB/s (default 0.5).
+  """
   stages = list(stages or config_lib.STAGES)
   a = architecture(config.model)
   layers = list(config.model.layers) or list(range(a.n_layers))
   L, D, M = len(layers), a.d_model, config.sae.width
-  n_dev, dev_mem, mem_source = _device_facts(n_devices, device_memory_gib, config)
+  if device_kind is not None and device_kind not in PROFILES:
+    raise ConfigError(f"--plan_device_kind={device_kind!r}: use one of {sorted(PROFILES)}")
+  profile = PROFILES.get(device_kind) if device_kind else None
+  platform = profile.platform if profile else jax.local_devices()[0].platform
+  io_rate = (io_gbps or _IO_BYTES_PER_S / 1e9) * 1e9
+  backward = train_step.backward_path(config.sae_training.backward, platform)
+  hyper = train_step.for_platform(common.hyper_from_config(config, D), config.sae_training.backward, platform)
+  n_dev, dev_mem, mem_source = _device_facts(n_devices, device_memory_gib, config, profile)
   n_dev = max(1, min(n_dev, L))  # the trainer never uses more devices than layers
   lpd = math.ceil(L / n_dev)
   store = store_geometry(config, L, D)
@@ -277,13 +370,21 @@ def make_plan(
   answer_len = _PROMPT_TOKENS + config.qa.max_new_tokens
   n_questions = config.qa.n_questions or 3610
 
+  compiled = compiled_train_peak(config, D, lpd, platform) if measure else None
+
+  def train_fn(b):
+    if b == t.batch_size and compiled is not None:
+      return compiled
+    extra = sparse_xla_extra(hyper, lpd, b) if hyper.sparse_capacity and platform != "cpu" else 0
+    return train_peak(D, M, lpd, b) + extra
+
   peaks = {
     "extract": (
       lambda b: extract_peak(a, L, b, config.data.seq_len, config.extract.storage_dtype, config.model.dtype),
       "extract.batch_size",
       config.extract.batch_size,
     ),
-    "train": (lambda b: train_peak(D, M, lpd, b), "sae_training.batch_size", t.batch_size),
+    "train": (train_fn, "sae_training.batch_size", t.batch_size),
     "answer": (
       lambda b: generate_peak(a, b, _PROMPT_TOKENS, config.qa.max_new_tokens),
       "qa.batch_size",
@@ -342,8 +443,33 @@ def make_plan(
     )
     proposals["data.n_tokens"] = tokens_fit
 
-  times = {}
-  if measure:
+  times, train_detail = {}, {}
+  if profile is not None:
+    n_batches = math.ceil(store["n_windows"] / config.extract.batch_size)
+    fwd_s = forward_flops(a, config.extract.batch_size, config.data.seq_len) / profile.flops
+    write_s = L * config.extract.batch_size * (config.data.seq_len - 1) * D * 2 / (io_rate / n_dev)
+    # every process extracts its own chunk groups; the node's store bandwidth is shared
+    times["extract"] = _STARTUP_S["extract"] + n_batches / n_dev * max(fwd_s, write_s)
+    step_s, flops, traffic = sae_step_roofline(profile, D, M, lpd, t.batch_size)
+    read_s = n_dev * lpd * t.batch_size * D * 2 / io_rate  # every process reads its layers per step
+    times["train"] = _STARTUP_S["train"] + steps * max(step_s, read_s)
+    train_detail = {
+      "step_seconds": step_s,
+      "compute_seconds": steps * step_s,
+      "read_seconds": steps * read_s,
+      "rows_per_second_per_device": t.batch_size / step_s,
+      "read_bytes_per_second_per_device": lpd * t.batch_size * D * 2 / step_s,
+      "bound": "compute" if flops / profile.flops >= traffic / profile.hbm else "memory bandwidth",
+      "io_bound": read_s > step_s,
+    }
+    n_qbatches = math.ceil(n_questions / config.qa.batch_size)
+    decode_s = model_param_count(a) * 4 / profile.hbm + profile.step_overhead_s
+    prefill = forward_flops(a, config.qa.batch_size, _PROMPT_TOKENS) / profile.flops
+    times["answer"] = _STARTUP_S["answer"] + n_qbatches * (prefill + config.qa.max_new_tokens * decode_s)
+    track_s = forward_flops(a, config.tracking.batch_size, answer_len) / profile.flops
+    times["track"] = _STARTUP_S["track"] + math.ceil(n_questions / config.tracking.batch_size) * track_s
+    times = {k: v for k, v in times.items() if k in stages}
+  elif measure:
     meas_b = min(config.extract.batch_size, 2)
     block_s = measure_block_seconds(a, meas_b, config.data.seq_len) * config.extract.batch_size / meas_b
     n_batches = math.ceil(store["n_windows"] / config.extract.batch_size)
@@ -379,7 +505,13 @@ def make_plan(
     "train_rows_per_layer": train_rows,
     "train_steps": steps,
     "peak_device_bytes": peak_bytes,
-    "host_shuffle_buffer_bytes": t.shuffle_windows * config.extract.chunk_rows * lpd * D * 2,
+    # two shuffle buffers (one read while the other is cut) of the chunk-sized windows
+    "host_shuffle_buffer_bytes": 2 * t.shuffle_windows * store["chunk_rows"] * lpd * D * 2,
+    "platform": platform,
+    "backward": backward,
+    "train_peak_source": "XLA buffer assignment of the step" if compiled is not None else "analytic",
+    "time_source": f"{profile.kind} roofline (not measured)" if profile else "measured on this machine",
+    "train_detail": train_detail,
     "disk_bytes": disk,
     "disk_free": free,
     "seconds": times,
@@ -405,34 +537,74 @@ def format_plan(plan: Plan) -> str:
   lines = [
     f"Plan for {plan.config_name}: {a.family}, {f['layers']} layers, d_model {f['d_model']}, "
     f"SAE width {f['d_sae']}",
-    f"  devices: {f['devices']} x {_h(f['device_memory'])} ({f['device_memory_source']}); "
-    f"{f['layers_per_device']} layer(s) per device",
+    f"  devices: {f['devices']} x {_h(f['device_memory'])} ({f['device_memory_source']}, platform "
+    f"{f['platform']}); {f['layers_per_device']} layer(s) per device; SAE backward {f['backward']}",
     "Memory",
     f"  model parameters      {f['model_params']:,} = {_h(f['model_param_bytes'])} (float32)",
     f"  SAE parameters        {f['sae_params_per_layer']:,} per layer = "
     f"{_h(f['sae_param_bytes_per_layer'])}; all layers {_h(f['sae_param_bytes_total'])}",
     f"  SAE train state       {_h(f['train_state_bytes_per_layer'])} per layer (params + Adam)",
-    f"  host shuffle buffer   {_h(f['host_shuffle_buffer_bytes'])} per process",
+    f"  host shuffle buffers  {_h(f['host_shuffle_buffer_bytes'])} per process (two: one is read "
+    "while the other is cut)",
     "Activation store",
     f"  {st['n_rows']:,} rows x {f['layers']} layers: {_h(st['bytes_per_layer'])} per layer, "
     f"{_h(st['bytes_total'])} in total (with token ids)",
     "Peak device memory per device",
   ]
   for stage, b in f["peak_device_bytes"].items():
-    lines.append(f"  {stage:<9} {_h(b):>12}  ({b / f['device_memory']:.0%} of a device)")
+    note = f"; {f['train_peak_source']}" if stage == "train" else ""
+    lines.append(f"  {stage:<9} {_h(b):>12}  ({b / f['device_memory']:.0%} of a device{note})")
   lines.append(
     f"Disk: {_h(sum(f['disk_bytes'].values()))} to write "
     f"({', '.join(f'{k} {_h(v)}' for k, v in f['disk_bytes'].items() if v)}); "
     f"{_h(f['disk_free'])} free"
   )
   if f["seconds"]:
-    lines.append(f"Time (measured throughput on this machine; SAE training {f['train_steps']:,} steps)")
+    source = (
+      "measured throughput on this machine" if f["time_source"].startswith("measured") else f["time_source"]
+    )
+    lines.append(f"Time ({source}; SAE training {f['train_steps']:,} steps)")
     for stage, s in f["seconds"].items():
       lines.append(f"  {stage:<9} ~{_hs(s)}")
+    d = f["train_detail"]
+    if d:
+      lines.append(
+        f"  SAE step {d['step_seconds'] * 1e3:.2f} ms ({d['bound']} bound): one device consumes "
+        f"{d['rows_per_second_per_device']:,.0f} rows/s = {d['read_bytes_per_second_per_device'] / 1e9:.2f} GB/s "
+        f"of store reads; compute {_hs(d['compute_seconds'])}, store reads {_hs(d['read_seconds'])}"
+        + (" (the store's bandwidth binds: --plan_io_gbps)" if d["io_bound"] else "")
+      )
     lines.append(f"  total     ~{_hs(sum(f['seconds'].values()))} (detect/evaluate/report not estimated)")
   lines += [f"WARNING: {w}" for w in plan.warnings]
   if plan.proposals:
     lines.append("Proposed: " + " ".join(f"--config.{k}={v}" for k, v in plan.proposals.items()))
   else:
     lines.append("Everything fits.")
+  return "\n".join(lines)
+
+
+def compare_presets(configs: dict, workdir: str, **kwargs) -> str:
+  """A table of the plans of a config file's presets ({argument: config}) and which one to pick: the
+  fastest whose every stage fits (times need measurements or a device profile)."""
+  rows, best = [], None
+  for arg, config in configs.items():
+    plan = make_plan(config, workdir, **kwargs)
+    f = plan.figures
+    fits = not any(k in plan.proposals for k in ("sae_training.batch_size", "extract.batch_size"))
+    total = sum(f["seconds"].values()) if f["seconds"] else None
+    # equal totals (both bound by the store's bandwidth): the one that computes less
+    key = (total, f["train_detail"].get("compute_seconds", 0.0)) if total is not None else None
+    rows.append(
+      f"  {arg or '(none)':<8} SAE batch {config.sae_training.batch_size:>5}  {f['train_steps']:>10,} steps"
+      f"  train peak {_h(f['peak_device_bytes']['train']):>10}"
+      f"  train ~{_hs(f['seconds']['train']) if 'train' in f['seconds'] else '?':>8}"
+      f"  total ~{_hs(total) if total else '?':>8}  {'fits' if fits else 'does not fit'}"
+    )
+    if fits and key is not None and (best is None or key < best[1]):
+      best = (arg, key)
+  lines = ["Presets of this config file (same overrides):"] + rows
+  if best is None:
+    lines.append("Pick: no estimate (pass --plan_device_kind, or run --plan on the target node)")
+  else:
+    lines.append(f"Pick: {'the preset ' + repr(best[0]) if best[0] else 'no preset'} (fastest that fits)")
   return "\n".join(lines)
