@@ -1,9 +1,11 @@
 """The SLURM wrapper on a real single-node SLURM cluster (scripts/ci_slurm.sh, docs/environment.md §8.2).
 
-Both tests submit scripts/slurm/submit.sh (which submits scripts/slurm/ghosttrack.sbatch) on
+The tests submit scripts/slurm/submit.sh (which submits scripts/slurm/ghosttrack.sbatch) on
 configs/tiny.py with 2 tasks x 2 simulated CPU devices, i.e. 2 JAX processes and 4 global devices:
   1. the whole pipeline: the trained SAEs equal those of a single-process run, the report exists;
-  2. a preemption (`scontrol requeue`) in the middle of SAE training: the job comes back, resumes from
+  2. extraction alone: both processes extract their chunk groups into the one store, which is
+     identical (rows, tokens, statistics, checksums) to the single-process store;
+  3. a preemption (`scontrol requeue`) in the middle of SAE training: the job comes back, resumes from
      the trainer's checkpoint and ends with SAEs equal to an uninterrupted single-process run.
 The cluster daemons are stopped by their PID files when the module finishes. Needs root and the Debian
 packages slurmctld, slurmd, slurm-client and munge (.ci/run installs them).
@@ -165,6 +167,31 @@ def test_pipeline_under_srun_equals_single_process(cluster, tiny_run, tmp_path):
   leftovers = [os.path.join(d, f) for d, _, fs in os.walk(workdir) for f in fs if f.startswith(".tmp-")]
   assert not leftovers, leftovers
   print(f"whole pipeline under SLURM (2 tasks x 2 devices): {seconds:.0f} s")
+
+
+def test_extraction_on_two_processes_equals_one(cluster, tiny_run, tmp_path):
+  from ghosttrack_jax.extract import store as store_lib  # pylint: disable=import-outside-toplevel
+  from ghosttrack_jax.runtime import paths  # pylint: disable=import-outside-toplevel
+
+  config, reference = tiny_run
+  workdir, log_dir = str(tmp_path / "work"), str(tmp_path / "logs")
+  job = cluster.submit("tiny-extract", workdir, log_dir, STAGES="extract")
+  log = _wait(cluster, job, log_dir, "tiny-extract", timeout=600)
+  assert f"job {job} pipeline exited with 0" in log, log[-4000:]
+  for rank in (0, 1):  # both processes extracted their own chunk groups
+    assert re.search(rf"extracted \d+ tokens x 2 layers in .* on process {rank} of 2", log), log[-4000:]
+  a = store_lib.ActivationStore.open(paths.for_config(config, workdir).hidden_states)
+  b = store_lib.ActivationStore.open(paths.for_config(config, reference).hidden_states)
+  assert a.n_rows == b.n_rows and a.meta["chunk_rows"] == b.meta["chunk_rows"]
+  np.testing.assert_array_equal(
+    a.read(slice(0, 2), 0, a.n_rows).view(np.uint16), b.read(slice(0, 2), 0, b.n_rows).view(np.uint16)
+  )
+  np.testing.assert_array_equal(a.token_windows(0, a.n_windows), b.token_windows(0, b.n_windows))
+  np.testing.assert_array_equal(a.document_ids(0, a.n_windows), b.document_ids(0, b.n_windows))
+  np.testing.assert_array_equal(a.checksums, b.checksums)
+  for key in ("layer_stats", "token_checksums", "checksums_sha256", "source_fingerprint"):
+    assert a.meta[key] == b.meta[key], key
+  assert store_lib.verify_store(a.path) == []
 
 
 def test_preemption_mid_training_resumes(cluster, tiny_run, tmp_path):
