@@ -5,11 +5,12 @@
 
 # ---- edit these ----------------------------------------------------------------------------------------
 RUN_NAME=${RUN_NAME:-gpt2s-full}                  # log: logs/slurm/gpt2s-full_<jobid>.out
-MODEL_CONFIG=${MODEL_CONFIG:-configs/gpt2_small.py}
+# The A100 preset (SAE batch 4096; docs/CLUSTER.md). Our users' numbers: MODEL_CONFIG=configs/gpt2_small.py
+MODEL_CONFIG=${MODEL_CONFIG:-configs/gpt2_small.py:a100}
 WORKDIR=${WORKDIR:-runs/gpt2s}                    # keep it on a shared filesystem: checkpoints live here
 STAGES=${STAGES:-all}                             # or e.g. extract,train
-EXTRACT_BATCH=${EXTRACT_BATCH:-32}                # sequences of 512 tokens per forward pass
-TRAIN_BATCH=${TRAIN_BATCH:-256}                   # SAE tokens per optimizer step per layer
+EXTRACT_BATCH=${EXTRACT_BATCH:-}                  # sequences of 512 tokens per forward pass; "" = the config's
+TRAIN_BATCH=${TRAIN_BATCH:-}                      # SAE tokens per optimizer step per layer; "" = the config's
 TIME_LIMIT=${TIME_LIMIT:-12:00:00}                # the job requeues itself 5 min before this
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}                 # one JAX process per GPU
 NODES=${NODES:-1}
