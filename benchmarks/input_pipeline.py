@@ -5,7 +5,7 @@
 
 The store is GPT-2-medium shaped as one process of a 4-GPU node sees it: 6 layers of d_model 1024,
 bfloat16, chunks of 8,176 rows (configs/gpt2_medium.py: 16 sequences x 511 rows), written by the real
-store code with per-chunk checksums, --chunks chunks per layer (default 16: 1.6 GB). Measured, in one run:
+store code with per-chunk checksums, --chunks chunks per layer (default 32: 3.2 GB). Measured, in one run:
   raw        a plain sequential read of every chunk file into one preallocated buffer (1 thread, 4 MiB
              reads); cold (our files evicted from the page cache with posix_fadvise) and warm;
   pipeline   train.data.Pipeline, exactly as train.loop drives it (batches of 4096 rows, shuffle
@@ -47,7 +47,9 @@ def make_store(path: str, chunks: int) -> store_lib.ActivationStore:
     if store.n_rows == rows and store.d_model == D and len(store.layers) == LAYERS:
       return store
   os.makedirs(path, exist_ok=True)
-  acts = store_lib.create_array(os.path.join(path, "activations"), [LAYERS, rows, D], "bfloat16", [1, CHUNK, D])
+  acts = store_lib.create_array(
+    os.path.join(path, "activations"), [LAYERS, rows, D], "bfloat16", [1, CHUNK, D]
+  )
   rng = np.random.default_rng(0)
   crcs = np.zeros((LAYERS, chunks), np.uint32)
   for layer in range(LAYERS):
@@ -194,7 +196,7 @@ def old_run(store, layout) -> dict:
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--store", default=os.path.join(REPO, "runs", "bench_input_pipeline", "store"))
-  ap.add_argument("--chunks", type=int, default=16, help="chunks per layer (8,176 rows, 16.7 MB each)")
+  ap.add_argument("--chunks", type=int, default=32, help="chunks per layer (8,176 rows, 16.7 MB each)")
   ap.add_argument("--read-threads", type=int, default=4)
   ap.add_argument("--gather-threads", type=int, default=2)
   ap.add_argument("--append", action="store_true", help="append the results to benchmarks/RESULTS.md")
@@ -245,7 +247,9 @@ def main():
       line += f" ({r['MB/s'] / ref:.0%} of raw {('warm' if 'warm' in name else 'cold')}); host {r['host_ms_per_step']:.3f} ms/step"
     line += f"; {gb * 1e3 / max(r['cpu_s'], 1e-9):,.0f} MB per CPU-second"
     lines.append(line)
-  lines.append(f"- (raw cold first vs last: {raw_cold:,.0f} / {results['raw, cold (again)']['MB/s']:,.0f} MB/s)")
+  lines.append(
+    f"- (raw cold first vs last: {raw_cold:,.0f} / {results['raw, cold (again)']['MB/s']:,.0f} MB/s)"
+  )
   text = "\n".join(lines)
   print(text)
   if args.append:

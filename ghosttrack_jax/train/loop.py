@@ -66,6 +66,7 @@ def fingerprint(config, d_model: int, layers) -> dict:
     "gather_threads",
     "preemption_check_every",
     "transfer_guard",
+    "verify_reads",
   }
   t = {k: v for k, v in config.sae_training.to_dict().items() if k not in skip}
   return {

@@ -30,7 +30,9 @@ def run(config, workdir: str) -> None:
   if atomic_io.is_done(mp.sae_results):
     logging.info("train: %s is complete, skipping (delete it to retrain)", mp.sae_results)
     return
-  store = store_lib.ActivationStore.open(mp.hidden_states, expect={"model": config.model.name})
+  store = store_lib.ActivationStore.open(
+    mp.hidden_states, expect={"model": config.model.name}, verify_reads=bool(config.sae_training.verify_reads)
+  )
   layers = store.layers
   positions = list(range(len(layers)))
   rows_per_window = store.rows_per_window
