@@ -34,5 +34,5 @@ class NonFiniteLossError(GhostTrackError):
   """Training produced NaN or Inf."""
 
 
-class DamagedStoreError(GhostTrackError):
-  """A stored file (activation chunk, checkpoint) is truncated, missing or fails its checksum."""
+class DamagedStoreError(DamagedOutputError):
+  """An activation store chunk or an SAE checkpoint is truncated, missing or fails its checksum."""

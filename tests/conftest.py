@@ -40,6 +40,8 @@ HEAVY = (
   "tests/train/test_train_resume.py",
   "tests/train/test_train_parallel.py",
   "tests/train/test_train_stage.py",
+  "tests/train/test_train_loop.py",
+  "tests/tools/test_gpu_check.py",
   "tests/lm/test_lm_smollm2.py",
   "tests/lm/test_lm_loading.py::test_pytorch_safetensors_tied_llama",
   "tests/lm/test_lm_loading.py::test_local_directory_round_trip",
@@ -57,6 +59,7 @@ HEAVY = (
   "tests/tools/test_planner.py::test_plan_flag_prints_and_starts_nothing",
   "tests/tools/test_planner.py::test_extract_peak_against_xla",
   "tests/tools/test_planner.py::test_train_peak_against_xla",
+  "tests/tools/test_planner.py::test_cpu_plan_takes_the_train_peak_from_the_compiled_step",
   "tests/test_config_lib.py::test_cli_stops_at_once_on_misspelt_values",
   "tests/test_config_lib.py::test_cli_stops_at_once_on_a_missing_input",
 )
