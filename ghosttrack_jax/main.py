@@ -39,17 +39,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 _VERIFY = flags.DEFINE_bool(
   "verify",
   False,
-  "Check every finished output of the run against the checksums its stage recorded, run nothing, and exit "
-  "with status 2 when one is damaged.",
+  "Check every finished output of the run against the checksums its stage recorded (the activation store "
+  "also against the config, and the SAE checkpoints), run nothing, and exit with status 2 when one is "
+  "damaged.",
 )
 _PLAN = flags.DEFINE_bool(
   "plan", False, "Print what the run will need (memory, disk, batch sizes, time) and exit."
-)
-_VERIFY = flags.DEFINE_bool(
-  "verify",
-  False,
-  "Check the workdir's activation store (against the config, every chunk's checksum), the SAE "
-  "checkpoints and the SAE export, run nothing, and exit (status 2 when something is damaged).",
 )
 _PLAN_DEVICES = flags.DEFINE_integer(
   "plan_devices",
