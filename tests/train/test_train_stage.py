@@ -144,8 +144,13 @@ def test_data_order_is_deterministic_and_per_device(tmp_path):
   resumed = list(train_data.iterate_batches(plan, store, sources, start_step=5))
   for (s1, b1), (s2, b2) in zip(batches[5:], resumed):
     assert s1 == s2 and all(np.array_equal(x, y) for x, y in zip(b1, b2))
-  prefetched = list(train_data.Prefetcher(plan, store, sources, start_step=5))
-  assert [s for s, _ in prefetched] == [s for s, _ in resumed]
+  pipeline = train_data.Pipeline(plan, store, sources, start_step=5)  # what the trainer uses
+  try:
+    for batch, (s2, b2) in zip(pipeline, resumed):
+      assert batch.step == s2 and all(np.array_equal(x, y) for x, y in zip(batch.host, b2))
+      pipeline.release(batch.ticket)
+  finally:
+    pipeline.close()
   assert plan.position(5)["step"] == 5 and json.dumps(plan.position(5))
   capped = train_data.DataPlan(
     n_train_rows=300, batch_size=32, window_rows=64, shuffle_windows=2, epochs=1, rows_per_epoch=100, seed=3
