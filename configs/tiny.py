@@ -65,7 +65,7 @@ def _tiny_default():
     node[leaf] = src[leaf]
   c.model.name = "tiny_default"
   c.model.source = "random"  # a random Llama of c.model.random's shape, with the bundled SmolLM2 tokenizer
-  c.qa.n_questions = 32  # NQ-open questions the model answers itself (one example each)
+  c.qa.n_questions = 32  # questions of the default set the model answers itself (one example each)
   return c
 
 

@@ -27,13 +27,13 @@ PARALLEL_MODES = ("pmap", "shard_map")  # runtime.layer_parallel
 BACKWARDS = ("auto", "sparse", "dense")  # train.step.backward_path
 TRANSFER_GUARDS = ("allow", "log", "disallow")  # jax.transfer_guard levels (train.loop)
 LR_RULES = ("recipe", "config")
-OWN_ANSWER_SETS = ("nq_open", "truthfulqa")  # the model answers itself
+OWN_ANSWER_SETS = ("wikidata", "squad", "jsonl", "nq_open", "truthfulqa")  # the model answers itself
 GIVEN_TEXT_SETS = ("truthfulqa_given", "halueval_given")  # reference answers are teacher-forced
 QA_DATASETS = OWN_ANSWER_SETS + GIVEN_TEXT_SETS
 LABEL_METHODS = ("containment", "exact", "f1", "containment_noecho")  # answer.labelling
 # Other accepted spellings of a label method (docs/method.md's names) -> the method.
 LABEL_METHOD_ALIASES = {"contains": "containment", "em": "exact"}
-PROMPT_STYLES = ("fewshot", "chat", "auto")  # answer.prompts
+PROMPT_STYLES = ("stem", "fewshot", "chat", "auto")  # answer.prompts
 TRUTHFULQA_SIMILARITIES = ("rougeL", "f1")
 HALUEVAL_SUBSETS = ("one-turn", "multi-turn", "both")
 # The HaluEval QA files shipped in data/qa/ (no config field: the set has one release).
@@ -156,12 +156,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.qa = ml_collections.ConfigDict()
   c.qa.dataset = "nq_open"  # one of QA_DATASETS
   c.qa.n_questions = 400  # questions to answer; 0 = all
+  # wikidata: questions are drawn round-robin over relations (seeded), at most this many per relation
+  # ("country" is a third of the pool); 0 = no cap.
+  c.qa.per_relation_cap = 20
+  c.qa.sample_seed = 0  # seed of the question sample (wikidata, squad) and of the exemplar choice
+  c.qa.n_exemplars = 3  # stem/squad prompts: solved exemplars before the question (from a disjoint pool)
+  # Answers that add no content word beyond the question ("non-answers") are counted and, when True,
+  # kept out of both classes (answer.labelling.is_non_answer).
+  c.qa.exclude_non_answers = True
   c.qa.max_new_tokens = 24  # generation budget per answer (tokens)
   c.qa.batch_size = 16  # prompts per generation batch
   c.qa.label_method = "containment"  # one of LABEL_METHODS (or an alias, LABEL_METHOD_ALIASES)
   c.qa.f1_threshold = 0.5  # label_method="f1": answers with SQuAD-F1 >= this are correct
-  # Prompt: "fewshot" (5 Q:/A: exemplars, base models), "chat" (chat template, instruct models) or
-  # "auto" (chat iff the tokenizer has a chat template). Set it explicitly per model config.
+  # Prompt: "stem" (wikidata only: the model completes "The country of X is" after n_exemplars solved
+  # stems of the same relation), "fewshot" (Q:/A: exemplars; squad: passage, question, answer),
+  # "chat" (chat template, instruct models) or "auto" (wikidata: stem; otherwise chat iff the
+  # tokenizer has a chat template, else fewshot). answer/prompts.py.
   c.qa.prompt_style = "auto"
   c.qa.cut_first_sentence = True  # also end the answer after its first sentence (besides newline/EOS)
   c.qa.truthfulqa_similarity = "rougeL"  # TruthfulQA own-answer labels: "rougeL" or "f1" diff rule
@@ -170,6 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.qa.nq_open_file = "data/qa/NQ-open.dev.jsonl"  # relative to the cwd or the repository root
   c.qa.fewshot_file = "data/qa/NQ-open.efficientqa.dev.1.1.jsonl"  # few-shot exemplar pool
   c.qa.truthfulqa_file = "data/qa/TruthfulQA.csv"  # or data/qa/TruthfulQA_v1_817.csv (817 rows)
+  c.qa.wikidata_file = "data/qa/bigbench_qa_wikidata.jsonl"  # BIG-bench qa_wikidata stems
+  c.qa.squad_file = "data/qa/squad_v1.1_dev.jsonl"  # SQuAD v1.1 dev with paragraphs
+  c.qa.path = ""  # dataset "jsonl": your question file (lines with question, answers[, context, id])
 
   # ---- tracking ----------------------------------------------------------------------------
   c.tracking = ml_collections.ConfigDict()
@@ -204,6 +217,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.inner_folds = 3  # grouped inner CV folds (C, probe layer and threshold chosen in them)
   c.evaluate.logistic_cs = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths searched by inner CV
   c.evaluate.n_case_studies = 3  # report: tracks plotted per class
+  c.evaluate.per_relation_min_class = 30  # per-relation AUROC rows: relations with this many of each class
   c.evaluate.ablations = True  # also run the tracking ablations and top-k / pooling sweeps
   return c
 
@@ -265,6 +279,12 @@ VALUE_ONLY_FIELDS = frozenset(
     "qa.nq_open_file",
     "qa.fewshot_file",
     "qa.truthfulqa_file",
+    "qa.wikidata_file",
+    "qa.squad_file",
+    "qa.path",
+    "qa.per_relation_cap",
+    "qa.sample_seed",
+    "qa.n_exemplars",
     "tracking.top_k",
     "tracking.birth_threshold",
     "tracking.association_threshold",
@@ -278,6 +298,7 @@ VALUE_ONLY_FIELDS = frozenset(
     "evaluate.inner_folds",
     "evaluate.logistic_cs",
     "evaluate.n_case_studies",
+    "evaluate.per_relation_min_class",
   }
 )
 
@@ -360,6 +381,9 @@ RANGES = {
   "sae_training.preemption_check_every": (1, _INF, True, False),
   "qa.n_questions": (0, _INF, True, False),
   "qa.max_new_tokens": (1, _INF, True, False),
+  "qa.per_relation_cap": (0, _INF, True, False),
+  "qa.sample_seed": (0, _INF, True, False),
+  "qa.n_exemplars": (0, 16, True, False),
   "qa.batch_size": (1, _INF, True, False),
   "qa.f1_threshold": (0, 1, True, True),
   "qa.given_max_answer_tokens": (1, _INF, True, False),
@@ -380,6 +404,7 @@ RANGES = {
   "evaluate.inner_folds": (2, _INF, True, False),
   "evaluate.logistic_cs": (0, _INF, False, False),
   "evaluate.n_case_studies": (0, _INF, True, False),
+  "evaluate.per_relation_min_class": (1, _INF, True, False),
 }
 # Fields checked by the rules in `validate` itself (names, model source, input files); together with
 # CHOICES, ELEMENT_CHOICES, RANGES and the bool fields they cover every field of base_config (a test
@@ -392,6 +417,9 @@ CHECKED_BY_RULE = (
   "qa.nq_open_file",
   "qa.fewshot_file",
   "qa.truthfulqa_file",
+  "qa.wikidata_file",
+  "qa.squad_file",
+  "qa.path",
 )
 # Which inputs each stage reads; `validate(config, stages)` checks the files of these only.
 _READS = {
@@ -472,10 +500,26 @@ def _input_problems(c: ml_collections.ConfigDict, reads: set) -> list[str]:
       files.append(("config.qa.nq_open_file", c.qa.nq_open_file))
     if c.qa.dataset in ("truthfulqa", "truthfulqa_given"):
       files.append(("config.qa.truthfulqa_file", c.qa.truthfulqa_file))
+    if c.qa.dataset == "wikidata":
+      files.append(("config.qa.wikidata_file", c.qa.wikidata_file))
+    if c.qa.dataset == "squad":
+      files.append(("config.qa.squad_file", c.qa.squad_file))
+    if c.qa.dataset == "jsonl":
+      if not c.qa.path:
+        out.append(
+          "config.qa.dataset='jsonl' needs config.qa.path: a file of JSON lines with question, answers"
+        )
+      else:
+        files.append(("config.qa.path", c.qa.path))
+    if c.qa.dataset == "wikidata" and c.qa.prompt_style == "fewshot":
+      out.append("config.qa.prompt_style='fewshot' has no wikidata exemplars: use 'stem', 'chat' or 'auto'")
+    if c.qa.dataset != "wikidata" and c.qa.prompt_style == "stem":
+      out.append(f"config.qa.prompt_style='stem' completes wikidata stems only (dataset {c.qa.dataset!r})")
     if c.qa.dataset == "halueval_given" and c.qa.halueval_subset in HALUEVAL_SUBSETS:
       subsets = ("one-turn", "multi-turn") if c.qa.halueval_subset == "both" else (c.qa.halueval_subset,)
       files += [(f"the HaluEval {s} file (config.qa.halueval_subset)", HALUEVAL_FILES[s]) for s in subsets]
-    if c.qa.prompt_style != "chat":  # the few-shot exemplars ("auto" may pick few-shot)
+    # NQ-open's few-shot exemplars ("auto" may pick few-shot); the other sets take theirs from their pool.
+    if c.qa.prompt_style in ("fewshot", "auto") and c.qa.dataset not in ("wikidata", "squad"):
       files.append(("config.qa.fewshot_file", c.qa.fewshot_file))
     for what, path in files:
       if _missing(path):

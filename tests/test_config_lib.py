@@ -71,9 +71,13 @@ class _Tok:
 def test_prompt_styles_of_config_lib_are_the_ones_prompts_accepts():
   qa = config_lib.base_config().qa
   for style in config_lib.PROMPT_STYLES:
-    if style != "chat":  # chat needs a chat-template tokenizer (tests/answer)
+    if style not in ("chat", "stem"):  # chat needs a chat-template tokenizer (tests/answer)
       qa.prompt_style = style
       assert prompts.prompt_format(qa, _Tok()).style == "fewshot"
+  qa.dataset = "wikidata"
+  for style in ("stem", "auto"):  # wikidata's "auto" is stem completion, for any tokenizer
+    qa.prompt_style = style
+    assert prompts.prompt_format(qa, _Tok()).style == "stem"
 
 
 # One bad value per kind of check: the problem names the field (and the allowed values for a set).
@@ -81,8 +85,8 @@ BAD = [
   ("tracking.pooling", "answer_maxx", "'answer_max', 'answer_mean', 'last_token', 'max_all'"),
   ("tracking.association", "hungarain", "'hungarian', 'greedy'"),
   ("qa.label_method", "contain", "'containment', 'exact'"),
-  ("qa.dataset", "nq-open", "'nq_open', 'truthfulqa'"),
-  ("qa.prompt_style", "few-shot", "'fewshot', 'chat', 'auto'"),
+  ("qa.dataset", "nq-open", "'wikidata', 'squad', 'jsonl', 'nq_open', 'truthfulqa'"),
+  ("qa.prompt_style", "few-shot", "'stem', 'fewshot', 'chat', 'auto'"),
   ("sae.arch", "top_k", "'jumprelu', 'topk'"),
   ("sae_training.parallel", "pjit", "'pmap', 'shard_map'"),
   ("model.dtype", "fp16", "'float32', 'bfloat16', 'float16'"),

@@ -45,7 +45,7 @@ def test_the_default_sets_code_path_fields_the_tiny_config_does_not():
     if f not in config_lib.VALUE_ONLY_FIELDS
     and config_lib.get_field(default, f) != config_lib.get_field(tiny, f)
   }
-  assert {"tracking.birth_threshold_quantile", "sae.b_dec_to_input", "qa.prompt_style"} <= missed
+  assert {"tracking.birth_threshold_quantile", "sae.b_dec_to_input", "qa.dataset"} <= missed
 
 
 def test_value_only_fields_and_exemptions_name_real_fields():

@@ -100,43 +100,52 @@ def get(tmp_path_factory) -> tuple:
   return _cache["run"]
 
 
-def _default_qa_file(path: str, n: int) -> None:
-  """The first `n` NQ-open dev questions with their gold aliases (the file the first pass answers)."""
-  with open(os.path.join(REPO, "data", "qa", "NQ-open.dev.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line, _ in zip(f, range(n))]
+def _default_qa_file(path: str, n_relations: int = 4, per_relation: int = 11) -> None:
+  """A small BIG-bench qa_wikidata file: the first `per_relation` stems of the first `n_relations`
+  relations ("The <relation> of <subject> is"), enough for the exemplars and the questions."""
+  rows, seen = [], {}
+  with open(os.path.join(REPO, "data", "qa", "bigbench_qa_wikidata.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      rel = r["context"].split(" of ")[0]
+      if r["context"].startswith("The ") and " of " in r["context"] and r["context"].endswith(" is"):
+        if rel in seen or len(seen) < n_relations:
+          seen[rel] = seen.get(rel, 0) + 1
+          if seen[rel] <= per_relation:
+            rows.append(r)
   with open(path, "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def get_default(tmp_path_factory) -> tuple:
   """(config, workdir, qa_file) of a finished run of configs/tiny.py:default, the offline default's code
-  paths on a tiny random Llama. A random model gets every NQ-open answer wrong, so the run answers from
-  `qa_file`, a copy of the first NQ-open questions in which every other question's gold alias is the
-  answer the model gives: the first pass generates the answers, the second reuses the saved generations
-  and labels them (both classes, as on the real model, through the same own-answer code)."""
+  paths on a tiny random Llama. A random model gets every wikidata stem wrong, so the run answers from
+  `qa_file`, a few relations of the wikidata file in which every other question's gold is the answer the
+  model gives: the first pass generates the answers, the second reuses the saved generations and labels
+  them (both classes, as on the real model, through the same own-answer code)."""
   if "default" not in _cache:
     root = os.environ.get("GHOSTTRACK_TINY_DEFAULT_WORKDIR") or str(tmp_path_factory.mktemp("tiny_default"))
-    workdir, qa_file = os.path.join(root, "run"), os.path.join(root, "nq_open_tiny.jsonl")
+    workdir, qa_file = os.path.join(root, "run"), os.path.join(root, "wikidata_tiny.jsonl")
     config = load_config("default")
-    flags = (f"--config.qa.nq_open_file={qa_file}",)
+    # Non-answers stay in: a random model's words often repeat the question's.
+    flags = (f"--config.qa.wikidata_file={qa_file}", "--config.qa.exclude_non_answers=False")
     if not os.path.exists(qa_file):
-      _default_qa_file(qa_file, config.qa.n_questions)
+      _default_qa_file(qa_file)
     answers = paths.for_config(config, workdir).answers(config.qa.dataset)
     if not os.path.exists(qa_file + ".relabelled"):
       run_pipeline(workdir, stages="answer", flags=flags, config=DEFAULT_CONFIG)
       with open(qa_file, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-      said = {e["question"]: e["answer_text"] for e in examples_lib.load_examples(config, workdir)}
-      for i, row in enumerate(rows):
-        if i % 2 == 0 and said.get(row["question"]):
-          row["answer"] = [said[row["question"]]]
+      for k, e in enumerate(examples_lib.load_examples(config, workdir)):
+        if k % 2 == 0 and e["answer_text"].strip(" ."):
+          rows[int(e["id"].split("-")[1])]["continuation"] = e["answer_text"].strip(" .")
       with open(qa_file, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
       atomic_io.clear_done(answers)  # relabel on the next run (the generations are reused)
       with open(qa_file + ".relabelled", "w", encoding="utf-8") as f:
         f.write("the QA file has the model's own answers as gold for every other question\n")
     _, log = run_pipeline(workdir, flags=flags, config=DEFAULT_CONFIG)
-    config.qa.nq_open_file = qa_file
+    config.qa.wikidata_file, config.qa.exclude_non_answers = qa_file, False
     _cache["default"] = (config, workdir, qa_file)
     _cache["default_log"] = log
   return _cache["default"]

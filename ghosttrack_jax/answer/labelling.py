@@ -15,7 +15,13 @@ recorded with every label):
     of the containment matches were such echoes. Not in docs/method.md; computed beside the others so its
     label rate (and GhostTrack's AUROC under it) can be reported.
 
-An alias that normalises to the empty string (e.g. "The") can never match and is ignored.
+An alias made only of articles ("A", the blood type) is compared without dropping articles and with
+its case, so that "A" matches the answer "A" and "type A" but not "a fever"; an alias that is nothing but punctuation
+can never match and is ignored.
+
+Non-answers (`is_non_answer`): an answer that adds no content word beyond the question ("The country of
+Novosibirsk is the country") is neither right nor a hallucination of a fact; the answer stage counts
+them and by default keeps them out of both classes.
 
 TruthfulQA (free-form answers against sentence-long references). Substring matching marks nearly
 everything wrong there, so we follow the TruthfulQA paper's automatic "diff" metrics (Lin et al. 2022,
@@ -68,15 +74,47 @@ def tokens(s: str) -> list[str]:
   return normalize_answer(s).split()
 
 
+def _strip(s: str, lower: bool = True) -> str:
+  """Punctuation dropped, whitespace collapsed, lower case unless `lower` is False; articles kept."""
+  return " ".join("".join(ch for ch in (s.lower() if lower else s) if ch not in _PUNCT).split())
+
+
+def _pairs(answer: str, golds):
+  """(normalised answer, normalised gold) per usable gold. Article-only golds keep their articles and
+  their case: the blood type "A" is found in "type A" but not in "a fever"."""
+  a_norm, a_strip = normalize_answer(answer), None
+  for x in golds:
+    g = normalize_answer(x)
+    if g:
+      yield a_norm, g
+    elif _strip(x):
+      a_strip = _strip(answer, lower=False) if a_strip is None else a_strip
+      yield a_strip, _strip(x, lower=False)
+
+
 def exact_match(answer: str, golds) -> bool:
-  a = normalize_answer(answer)
-  return any(a == g for g in (normalize_answer(x) for x in golds) if g)
+  return any(a == g for a, g in _pairs(answer, golds))
 
 
 def contains(answer: str, golds) -> bool:
   """Some normalised gold occurs in the normalised answer as a whole-word contiguous sequence."""
-  padded = " " + normalize_answer(answer) + " "
-  return any(g and (" " + g + " ") in padded for g in (normalize_answer(x) for x in golds))
+  return any((" " + g + " ") in (" " + a + " ") for a, g in _pairs(answer, golds))
+
+
+# Function words that carry no content of their own (answers such as "is the" or "it is").
+_STOPWORDS = frozenset(
+  "a an the is are was were be been of in on at to for by with from and or it its this that these those "
+  "he she they his her their which who what whom whose as also called known named".split()
+)
+
+
+def is_non_answer(answer: str, question: str, stem: str = "") -> bool:
+  """True when every content word of the answer already occurs in the question (or its stem)."""
+  context = set(tokens(question)) | set(tokens(stem)) | set(_strip(question).split())
+  words = _strip(answer).split()
+  # A one-word answer is content even when it is a function word: the blood type "A" is an answer.
+  content = [t for t in words if t not in _STOPWORDS] or (words if len(words) == 1 else [])
+  return all(t in context for t in content)
 
 
 def not_in_question(golds, question: str) -> list:

@@ -1,12 +1,9 @@
 """Stage `answer`: the model answers each question itself; answers are labelled and split into folds.
 
-Own-answer mode (docs/method.md §6.2; datasets `nq_open`, `truthfulqa`):
-  1. Prompt, fixed per model and recorded in the manifest. Few-shot (base models): the instruction line
-     "Answer each question with a short phrase.", 5 fixed exemplars from the NQ-open EfficientQA dev
-     file as "Q: ...\nA: ...\n\n", then "Q: {question}\nA:". Chat (instruct models): the tokenizer's chat
-     template with one user message "Answer with a short phrase only: {question}" and the generation
-     prompt. `config.qa.prompt_style` = "fewshot" | "chat" | "auto" (chat iff the tokenizer has a chat
-     template).
+Own-answer mode (docs/method.md §6.2; datasets `wikidata`, `squad`, `jsonl`, `nq_open`, `truthfulqa`):
+  1. Prompt, fixed per (model, dataset) and recorded in the manifest with its exemplars: the wikidata
+     stem completed after solved stems of the same relation, few-shot Q:/A: (with the passage for
+     SQuAD), or the chat template (answer/prompts.py says why and what each looks like).
   2. Greedy generation with a KV cache through `LanguageModel.generate`, `config.qa.max_new_tokens`
      tokens, `config.qa.batch_size` prompts per call. Each call's raw output is saved under
      `generations/` and reused, so a killed run resumes without regenerating finished batches.
@@ -16,7 +13,10 @@ Own-answer mode (docs/method.md §6.2; datasets `nq_open`, `truthfulqa`):
      contains a newline; with `config.qa.cut_first_sentence` it also ends after the token that closes the
      first sentence (text ending in . ! or ? followed by a token starting with whitespace, or nothing),
      unless the word before the period is a single letter or a common abbreviation (Mr, Dr, St, ...).
-     Empty answers are excluded and counted.
+     Empty answers are excluded and counted; so are non-answers (no content word beyond the question,
+     `labelling.is_non_answer`) unless `config.qa.exclude_non_answers` is False, when they stay in
+     with the flag `non_answer`. Answers equal to one of the prompt's exemplar answers are flagged
+     `copied_exemplar` (the manifest counts every flag per class).
   4. Labels against gold aliases (`labelling.py`): `config.qa.label_method` for NQ-open; the TruthfulQA
      ROUGE-L "diff" rule for TruthfulQA. Every method's label is kept in `labels_all`. 100 random labelled
      examples go to `audit_sample.jsonl` for the hand audit docs/method.md asks for (`audit_label` left empty).
@@ -110,6 +110,10 @@ def _manifest_key(config) -> dict:
     "max_new_tokens": q.max_new_tokens,
     "batch_size": q.batch_size,
     "prompt_style": q.prompt_style,
+    "per_relation_cap": q.per_relation_cap,
+    "sample_seed": q.sample_seed,
+    "n_exemplars": q.n_exemplars,
+    "path": q.path,
   }
 
 
@@ -163,17 +167,24 @@ def _read_batch(path: str) -> list | None:
 def build_examples(config, model, items, out_dir):
   """Returns (examples, excluded, prompt_format) for the configured dataset (no folds yet)."""
   dataset = config.qa.dataset
-  exclude = [it.question for it in items] if dataset == "nq_open" else []
+  exclude = [it.question for it in items] if dataset in ("nq_open", "jsonl") else []
   fmt = prompts.prompt_format(config.qa, model.tokenizer, exclude_questions=exclude)
   tok = model.tokenizer
   examples, excluded = [], []
   if dataset in OWN_ANSWER_SETS:
-    texts = [fmt.render(it.question) for it in items]
+    texts = [fmt.render(it) for it in items]
     gens = _generate_all(config, model, texts, out_dir)
     sids = prompts.stop_ids(model)
     for it, g in zip(items, gens):
-      moved, ans, flags = prompts.postprocess(g["gen_ids"], tok, sids, config.qa.cut_first_sentence)
+      moved, ans, flags = prompts.postprocess(
+        g["gen_ids"], tok, sids, config.qa.cut_first_sentence, config.qa.max_new_tokens
+      )
       text = tok.decode(ans).strip()
+      if text and labelling.is_non_answer(text, it.question, it.meta.get("stem", "")):
+        flags.append("non_answer")
+      shown = {labelling.normalize_answer(a) for a in fmt.prompt_exemplar_answers(it)}
+      if text and labelling.normalize_answer(text) in shown:
+        flags.append("copied_exemplar")  # the answer is one of the prompt's exemplar answers
       rec = {
         "id": f"{it.qid}",
         "question": it.question,
@@ -184,9 +195,13 @@ def build_examples(config, model, items, out_dir):
         "gold": list(it.gold),
         "mode": "own_answer",
         "flags": flags,
+        "relation": it.relation,
       }
       if "empty" in flags:
         excluded.append({**rec, "reason": "empty answer"})
+        continue
+      if "non_answer" in flags and config.qa.exclude_non_answers:
+        excluded.append({**rec, "reason": "non-answer"})
         continue
       label, method, labels_all, details = label_own_answer(dataset, text, it, config.qa)
       if details.get("tie"):
@@ -201,7 +216,7 @@ def build_examples(config, model, items, out_dir):
     prompt_cache = {}
     for n, (it, ref, label, role) in enumerate(pairs):
       if it.question not in prompt_cache:
-        prompt_cache[it.question] = [int(t) for t in model.encode(fmt.render(it.question))]
+        prompt_cache[it.question] = [int(t) for t in model.encode(fmt.render(it))]
       ans = prompts.encode_continuation(tok, fmt.answer_prefix() + ref)
       flags = [f"reference_{role}"]
       if len(ans) > cap:
@@ -218,6 +233,7 @@ def build_examples(config, model, items, out_dir):
         "label": int(label),
         "label_method": "given_reference",
         "labels_all": {"given_reference": label},
+        "relation": it.relation,
       }
       if not ans:
         excluded.append({**rec, "reason": "empty answer"})
@@ -286,6 +302,16 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
     "data_files": {f: datasets.sha256(f) for f in files},
     "flags": {
       f: sum(f in e["flags"] for e in examples) for f in sorted({f for e in examples for f in e["flags"]})
+    },
+    # the same counts per class (0 = correct, 1 = hallucinated): a flag that only one class carries is
+    # a shortcut a detector could learn
+    "flags_by_class": {
+      f: [sum(f in e["flags"] and e["label"] == c for e in examples) for c in (0, 1)]
+      for f in sorted({f for e in examples for f in e["flags"]})
+    },
+    "relations": {
+      r: [sum(e["relation"] == r and e["label"] == c for e in examples) for c in (0, 1)]
+      for r in sorted({e["relation"] for e in examples if e["relation"]})
     },
     "warnings": warnings,
     **(extra_manifest or {}),

@@ -41,6 +41,7 @@ class FeatureData:
     texts,
     label_method: str | None = None,
     label_variants: dict | None = None,
+    question_texts=None,
   ):
     self.sets = sets
     self.meta = meta
@@ -49,6 +50,8 @@ class FeatureData:
     self.group_id = np.asarray(group_id)
     self.folds = np.asarray(folds).astype(int)
     self.texts = list(texts)
+    # what the question-only baselines see: "relation_<name> <question text>" per row
+    self.question_texts = list(question_texts) if question_texts is not None else [""] * len(self.texts)
     self.layers = meta.get("layers") or list(range(meta.get("n_layers", 0)))
     self.label_method = label_method  # the primary label method
     self.label_variants = label_variants or {}  # other label method -> labels [N] (same rows)
@@ -57,8 +60,12 @@ class FeatureData:
     return self.meta["feature_sets"][name]["columns"]
 
   def get(self, spec: "Method", rows) -> np.ndarray:
-    if spec.text_features:
+    if spec.text_features == "bow":
       return np.asarray([self.texts[i] for i in rows], dtype=object)
+    if spec.text_features == "question_bow":
+      return np.asarray([self.question_texts[i] for i in rows], dtype=object)
+    if spec.text_features == "relation":
+      return np.asarray([self.question_texts[i].split(" ", 1)[0] for i in rows], dtype=object)
     parts = []
     for name, cols in spec.parts:
       x = self.sets[name][rows]
@@ -83,14 +90,22 @@ class Method:
   parts: tuple = ()  # ((feature_set, columns or None), ...)
   feature_set: str = ""  # for layer_select
   layer_select: bool = False
-  text_features: str = ""  # "bow" | "opener"
+  # "bow" (answer text), "question_bow" (relation token + question words), "relation" (its token only)
+  text_features: str = ""
   search_c: bool = True
 
   def make(self, c=1.0):
-    if self.text_features == "bow":
+    if self.text_features:
+      # The relation token ("relation_country") is one word of the vocabulary: with "relation" alone
+      # the bag is the relation's one-hot; with "question_bow" it is one-hot plus the question's words.
       return sklearn.pipeline.Pipeline(
         [
-          ("bow", sklearn.feature_extraction.text.CountVectorizer(lowercase=True, binary=True)),
+          (
+            "bow",
+            sklearn.feature_extraction.text.CountVectorizer(
+              lowercase=True, binary=True, token_pattern=r"\S+"
+            ),
+          ),
           # lbfgs on the sparse counts: Newton-Cholesky would form a vocabulary x vocabulary Hessian
           ("clf", sklearn.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000)),
         ]
@@ -172,6 +187,25 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
   out.append(
     Method("surface/bag_of_words", "surface", "bag of words on the answer text, LR", text_features="bow")
   )
+  # Question-only controls: they never see the answer or the model, so whatever they score is what the
+  # question alone gives away (wikidata relations differ hugely in accuracy).
+  out.append(
+    Method(
+      "question_only/relation_and_words",
+      "question_only",
+      "question only: relation one-hot + bag of words of the question, LR",
+      text_features="question_bow",
+    )
+  )
+  if any(t.startswith("relation_") and t.split(" ", 1)[0] != "relation_" for t in data.question_texts):
+    out.append(
+      Method(
+        "question_only/relation",
+        "question_only",
+        "question only: relation one-hot, LR",
+        text_features="relation",
+      )
+    )
   if data.meta.get("mode") == "given_text":
     out.append(
       Method(
@@ -228,6 +262,7 @@ def load_feature_data(config, workdir: str, dataset: str | None = None) -> Featu
     raise StoreMismatchError("folds in features.npz differ from the answer stage's fold file")
   sets = {k[3:]: v for k, v in arrays.items() if k.startswith("X__")}
   texts = [examples[e]["answer_text"] for e in eid]
+  question_texts = [question_text(examples[e]) for e in eid]
   meta = json.loads(json.dumps(meta))
   meta.setdefault("mode", examples[eid[0]].get("mode", "own_answer"))
   if "scalar_baselines" not in sets:  # lengths are always available from the examples table
@@ -248,4 +283,12 @@ def load_feature_data(config, workdir: str, dataset: str | None = None) -> Featu
     for m in examples[eid[0]].get("labels_all", {})
     if m != primary
   }
-  return FeatureData(sets, meta, eid, label, folds_file["group_id"][idx], folds, texts, primary, variants)
+  return FeatureData(
+    sets, meta, eid, label, folds_file["group_id"][idx], folds, texts, primary, variants, question_texts
+  )
+
+
+def question_text(example: dict) -> str:
+  """The question-only baselines' input: the relation as one token, then the question's words."""
+  rel = "_".join(example.get("relation", "").split())
+  return f"relation_{rel} {example['question']}"

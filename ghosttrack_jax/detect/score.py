@@ -56,7 +56,7 @@ def score_question(
       f"({detector.manifest.get('sae_manifest_hash')} != {sae_hash}); rerun track/detect"
     )
   fmt = prompts.prompt_format(config.qa, model.tokenizer)
-  prompt = fmt.render(question)
+  prompt = fmt.render_question(question)
   if answer is None:
     gen = model.generate([prompt], max_new_tokens=config.qa.max_new_tokens, batch_size=1)[0]
     moved, ans_ids, flags = prompts.postprocess(

@@ -9,7 +9,7 @@ from ghosttrack_jax.detect import oof
 PRIMARY = "ghosttrack/logistic"
 
 
-BASELINE_KINDS = ("baseline", "probe", "surface")
+BASELINE_KINDS = ("baseline", "probe", "surface", "question_only")
 
 
 def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -137,6 +137,17 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
       out["ghosttrack_minus_best_baseline"] = _delta(
         boots[PRIMARY][0], boots[best][0], gt["auroc"], out["methods"][best]["auroc"]
       )
+    q_only = [
+      (m["auroc"], n)
+      for n, m in out["methods"].items()
+      if m["kind"] == "question_only" and m["auroc"] is not None
+    ]
+    if q_only:
+      best_q = max(q_only)[1]
+      out["best_question_only"] = best_q
+      out["ghosttrack_minus_question_only"] = _delta(
+        boots[PRIMARY][0], boots[best_q][0], gt["auroc"], out["methods"][best_q]["auroc"]
+      )
   inc, ref = "combined/ghosttrack+scalar_baselines", "baseline/scalar_all"
   if inc in boots and ref in boots:
     out["incremental"] = {
@@ -154,4 +165,59 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
     "incremental_value": bool(claim_inc),
     "rule": "docs/method.md §6.3: paired-bootstrap 95% CI of the AUROC difference excludes 0",
   }
+  return out
+
+
+def _pair_weights(labels, weights):
+  """Positive x negative pair weight of a row subset: n1 * n0 (a float, or [B] with bootstrap weights)."""
+  if weights is None:
+    return float(labels.sum() * (len(labels) - labels.sum()))
+  return weights[:, labels == 1].sum(1) * weights[:, labels == 0].sum(1)
+
+
+def per_relation(d: dict, relation, methods, n_bootstrap: int, seed: int, min_per_class: int) -> dict:
+  """AUROC inside each relation, for `methods` (names in d["methods"]), on the saved out-of-fold scores.
+
+  * `relations`: every relation with at least `min_per_class` answers in each class, its counts and each
+    method's AUROC on its rows (mean over repeats);
+  * `within`: per method, the within-relation AUROC: the share of (hallucinated, correct) pairs from
+    the SAME relation that the method orders correctly, i.e. the per-relation AUROCs averaged with
+    weights n1*n0, over every relation with both classes; with a question-bootstrap interval. A
+    detector that only recognises the relation scores 0.5 here.
+  """
+  names = [str(m) for m in d["methods"]]
+  labels = d["label"].astype(int)
+  relation = np.asarray(relation)
+  weights = stats.group_bootstrap_weights(d["group_id"], n_bootstrap, seed) if n_bootstrap else None
+  rels = sorted(set(relation.tolist()))
+  out = {"min_per_class": int(min_per_class), "relations": {}, "within": {}}
+  for name in methods:
+    scores = d["scores"][names.index(name)]
+    num, den, bnum, bden, used = 0.0, 0.0, 0.0, 0.0, 0
+    for r in rels:
+      rows = relation == r
+      y = labels[rows]
+      n1 = int(y.sum())
+      n0 = int(len(y) - n1)
+      if not (n1 and n0):
+        continue
+      used += 1
+      auc = float(np.mean([stats.auroc(scores[k][rows], y) for k in range(len(scores))]))
+      num, den = num + auc * n1 * n0, den + n1 * n0
+      if weights is not None:
+        w = weights[:, rows]
+        b = stats.nanmean(np.stack([stats.auroc(scores[k][rows], y, w) for k in range(len(scores))]), 0)
+        pw = _pair_weights(y, w)
+        bnum, bden = bnum + np.nan_to_num(b) * pw, bden + pw
+      if n1 >= min_per_class and n0 >= min_per_class:
+        entry = out["relations"].setdefault(r, {"n_correct": n0, "n_hallucinated": n1, "auroc": {}})
+        entry["auroc"][name] = auc
+    boot = (
+      np.asarray(bnum / np.where(np.asarray(bden) > 0, bden, np.nan)) if weights is not None else np.zeros(0)
+    )
+    out["within"][name] = {
+      "auroc": stats.finite_or_none(num / den) if den else None,
+      "auroc_ci": stats.percentile_ci(boot),
+      "n_relations": used,
+    }
   return out

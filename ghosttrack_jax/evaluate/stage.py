@@ -13,6 +13,10 @@ ablations and sweeps, every baseline and probe, the combined rows), all on the s
   * paired bootstrap differences on the same resamples: every method minus GhostTrack, GhostTrack minus
     the strongest baseline (highest point AUROC among baselines, probes and surface baselines), and
     the incremental row (GhostTrack + scalar baselines minus the scalar baselines alone);
+  * the question-only controls (relation one-hot, + question words) and GhostTrack minus the best of
+    them; per wikidata relation (with at least `config.evaluate.per_relation_min_class` of each class)
+    the AUROC of GhostTrack, the strongest baseline and the best question-only control, and each one's
+    within-relation AUROC (pairs from the same relation only; `metrics.per_relation`);
   * a degeneracy report of every GhostTrack-style feature set (constant / near-constant metrics,
     effective rank), recomputed from the feature table.
 
@@ -103,8 +107,26 @@ def run(config, workdir: str) -> None:
       "prompt",
       "data_files",
       "flags",
+      "flags_by_class",
+      "relations",
     )
   }
+  relation_of = {e["id"]: e.get("relation", "") for e in examples_lib.load_examples(config, workdir, dataset)}
+  relation = [relation_of[str(e)] for e in d["example_id"]]
+  if any(relation):
+    chosen = [
+      n
+      for n in (metrics_lib.PRIMARY, metrics.get("best_baseline"), metrics.get("best_question_only"))
+      if n is not None and n in metrics["methods"]
+    ]
+    metrics["per_relation"] = metrics_lib.per_relation(
+      d,
+      relation,
+      list(dict.fromkeys(chosen)),
+      config.evaluate.n_bootstrap,
+      config.evaluate.seed,
+      config.evaluate.per_relation_min_class,
+    )
   variants = oof.load_label_variants(det_dir)
   if variants is not None:
     metrics["label_variants"] = metrics_lib.evaluate_label_variants(

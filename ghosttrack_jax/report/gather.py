@@ -2,6 +2,7 @@
 through its owner module), the SAE quality table, the code commit and the cross-model rows."""
 
 import glob
+import json
 import os
 import subprocess
 
@@ -74,6 +75,35 @@ def read_sae_quality(config, workdir: str) -> dict:
   }
 
 
+AUDIT_DIR = os.path.join(paths.REPO_ROOT, "docs", "audits")
+
+
+def label_audit(model: str, dataset: str, examples: dict) -> dict | None:
+  """The hand label audit `docs/audits/<model>_<dataset>.jsonl` (one line per audited answer: id,
+  answer, gold, label, verdict "agree" | "disagree", reason), matched to this run's examples by id and
+  answer text; None when there is no audit file. Only matched rows count, so an audit of another run
+  (other answers) is reported as such, never as this run's agreement."""
+  path = os.path.join(AUDIT_DIR, f"{model}_{dataset}.jsonl")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  matched = [r for r in rows if r["id"] in examples and examples[r["id"]]["answer_text"] == r["answer"]]
+  agree = sum(r["verdict"] == "agree" for r in matched)
+  return {
+    "file": os.path.relpath(path, paths.REPO_ROOT),
+    "n_audited": len(rows),
+    "n_matched": len(matched),
+    "n_agree": agree,
+    "agreement": agree / len(matched) if matched else None,
+    "disagreements": [
+      {k: r[k] for k in ("id", "answer", "gold", "label", "reason")}
+      for r in matched
+      if r["verdict"] != "agree"
+    ],
+  }
+
+
 def load_dataset_results(config, workdir: str, dataset: str) -> dict:
   """Everything the report shows about one evaluated dataset, each part read through its owner."""
   d = {
@@ -85,6 +115,7 @@ def load_dataset_results(config, workdir: str, dataset: str) -> dict:
   manifest = detector.load_manifest(detector.directory(det_dir))
   if manifest is not None:
     d["detector"] = manifest
+  d["track_report"] = feature_table.load_report(feature_table.directory(config, workdir, dataset))
   tracks = feature_table.load_tracks(feature_table.directory(config, workdir, dataset))
   if tracks is not None:
     d["tracks"] = tracks

@@ -14,6 +14,7 @@ KIND_ORDER = (
   "baseline",
   "probe",
   "surface",
+  "question_only",
   "combined",
   "other",
 )
@@ -190,6 +191,96 @@ def _claim_text(d: dict) -> str:
   return " ".join(parts) or "GhostTrack or baselines missing: no comparison possible."
 
 
+def _delta_text(what: str, g: dict | None) -> str:
+  if not g or g.get("delta") is None:
+    return ""
+  sig = "CI excludes 0" if g["excludes_zero"] else "CI includes 0"
+  return f"{what} = {fmt(g['delta'])} {fmt_ci(g['ci'])} ({sig})."
+
+
+def controls(d: dict) -> list[tuple[str, list, list] | str]:
+  """The controls section as text lines and (title, header, rows) tables, shared by Markdown and HTML."""
+  out = []
+  if d.get("best_question_only"):
+    out.append(
+      _delta_text(
+        f"GhostTrack − best question-only control ({d['best_question_only']})",
+        d["ghosttrack_minus_question_only"],
+      )
+      + " GhostTrack counts only where it beats what the question alone gives away."
+    )
+  pr = d.get("per_relation")
+  if pr:
+    within = pr["within"]
+    out.append(
+      (
+        "Within-relation AUROC (pairs from the same relation only; a detector that only recognises the "
+        "relation scores 0.5)",
+        ["method", "within-relation AUROC", "95% CI", "relations"],
+        [[n, fmt(w["auroc"]), fmt_ci(w["auroc_ci"]), w["n_relations"]] for n, w in within.items()],
+      )
+    )
+    names = list(within)
+    rows = [
+      [r, e["n_correct"], e["n_hallucinated"]] + [fmt(e["auroc"].get(n)) for n in names]
+      for r, e in pr["relations"].items()
+    ]
+    out.append(
+      (
+        f"Per-relation AUROC (relations with at least {pr['min_per_class']} answers in each class)",
+        ["relation", "correct", "hallucinated"] + names,
+        rows,
+      )
+      if rows
+      else f"No relation has {pr['min_per_class']} answers in each class: no per-relation rows (see within-relation)."
+    )
+  assoc = d.get("association_per_layer")
+  if assoc:
+    out.append(
+      (
+        "Tracker: associations accepted per layer (tracks alive at l continued to l+1; born and died at l "
+        "= never continued)",
+        ["layer", "alive", "continued", "accepted share", "born and died here"],
+        [
+          [r["layer"], r["alive"], r["continued"], fmt(r["accepted_share"], 2), r["born_and_died_here"]]
+          for r in assoc
+        ],
+      )
+    )
+  a = d.get("answers") or {}
+  if a.get("flags_by_class"):
+    out.append(
+      (
+        "Answer flags per class",
+        ["flag", "correct", "hallucinated"],
+        [[f, c[0], c[1]] for f, c in a["flags_by_class"].items()],
+      )
+    )
+  au = d.get("label_audit")
+  if au:
+    if au["n_matched"]:
+      out.append(
+        f"Label audit ({au['file']}): {au['n_agree']} of {au['n_matched']} hand-checked labels agree "
+        f"({fmt(au['agreement'])}); {au['n_audited'] - au['n_matched']} audited answers are not in this run."
+      )
+      if au["disagreements"]:
+        out.append(
+          (
+            "Label audit: disagreements",
+            ["id", "answer", "gold", "label", "reason"],
+            [
+              [x["id"], x["answer"], "; ".join(x["gold"][:3]), x["label"], x["reason"]]
+              for x in au["disagreements"]
+            ],
+          )
+        )
+    else:
+      out.append(
+        f"Label audit ({au['file']}) is of another run: none of its {au['n_audited']} answers is in this one."
+      )
+  return out
+
+
 def _summary_lines(rep: dict, name: str, d: dict) -> list[str]:
   a = d.get("answers") or {}
   lines = [
@@ -232,6 +323,11 @@ def to_markdown(rep: dict) -> str:
       "were chosen on training folds only.",
       "",
     ]
+    ctl = controls(d)
+    if ctl:
+      out += ["### Controls", ""]
+      for c in ctl:
+        out += [f"**{c[0]}**", "", _md_table(c[1], c[2]), ""] if isinstance(c, tuple) else [c, ""]
     lv = _label_variant_rows(d)
     if lv:
       out += ["### Label-method sensitivity (same folds)", "", _md_table(LV_HEADER, lv), ""]
@@ -318,6 +414,13 @@ def to_html(rep: dict, plots: dict) -> str:
         "<h3>Feature importances (final detectors, all rows)</h3>",
         img(pl["importances"], "importances"),
       ]
+    ctl = controls(d)
+    if ctl:
+      out.append("<h3>Controls</h3>")
+      for c in ctl:
+        out += (
+          [f"<h4>{e(c[0])}</h4>", _html_table(c[1], c[2])] if isinstance(c, tuple) else [f"<p>{e(c)}</p>"]
+        )
     lv = _label_variant_rows(d)
     if lv:
       out += ["<h3>Label-method sensitivity (same folds)</h3>", _html_table(LV_HEADER, lv)]

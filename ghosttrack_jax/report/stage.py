@@ -8,7 +8,9 @@ baselines (docs/method.md §6, "no number without its CI and its baselines"). Gi
   * the AUROC table (GhostTrack, its classifiers, reconstruction family, ablations and sweeps, every
     baseline and probe, combined rows) with AUPRC, balanced accuracy / F1 at training-fold thresholds,
     and the paired difference to GhostTrack;
-  * the claim check (GhostTrack vs the strongest baseline; the incremental row);
+  * the claim check (GhostTrack vs the strongest baseline; the incremental row) and the controls:
+    GhostTrack minus the best question-only control, the per-relation and within-relation AUROCs,
+    answer flags per class, and the hand label audit of docs/audits/ where one matches this run;
   * ROC curves, a forest plot of AUROC intervals, feature importances of the final detectors;
   * the degeneracy report (constant / near-constant metrics, effective rank);
   * the per-layer SAE quality table read from results/<model>/sae/ (a note when absent);
@@ -64,6 +66,11 @@ def build(config, workdir: str) -> tuple[dict, dict]:
       "best_baseline": m.get("best_baseline"),
       "ghosttrack_minus_best_baseline": m.get("ghosttrack_minus_best_baseline"),
       "incremental": m.get("incremental"),
+      "best_question_only": m.get("best_question_only"),
+      "ghosttrack_minus_question_only": m.get("ghosttrack_minus_question_only"),
+      "per_relation": m.get("per_relation"),
+      "label_audit": gather.label_audit(config.model.name, name, ds["examples"]),
+      "association_per_layer": ds["track_report"].get("association_per_layer"),
       "claim": m.get("claim"),
       "warnings": m.get("warnings", []),
       "label_variants": m.get("label_variants"),

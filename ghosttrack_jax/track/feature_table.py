@@ -116,3 +116,9 @@ def load_tracks(out_dir: str) -> dict | None:
   verify(out_dir, (TRACKS,))
   path = os.path.join(out_dir, TRACKS)
   return _load_npz(path) if os.path.exists(path) else None
+
+
+def load_report(out_dir: str) -> dict:
+  """degeneracy.json: the per-set degeneracy, pooled-activation quantiles and association shares."""
+  verify(out_dir, (DEGENERACY,))
+  return atomic_io.read_json(os.path.join(out_dir, DEGENERACY))

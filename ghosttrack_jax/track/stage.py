@@ -37,7 +37,7 @@ from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io
 from ghosttrack_jax.sae import trained
-from ghosttrack_jax.track import divergence, feature_table, features
+from ghosttrack_jax.track import divergence, feature_table, features, tracker
 
 
 def _track_subset(labels: np.ndarray, n: int) -> np.ndarray:
@@ -49,6 +49,29 @@ def _track_subset(labels: np.ndarray, n: int) -> np.ndarray:
   for c, rows in per.items():
     take.extend(rows[: max(n // max(len(per), 1), 1)].tolist())
   return np.sort(np.asarray(take[:n], np.int64))
+
+
+def association_shares(birth, death, n_tracks, n_layers: int) -> list[dict]:
+  """Per layer transition l -> l+1, over every text: the tracks alive at l, how many were continued
+  (an association accepted), and the share; plus the tracks born and dead at l (never continued).
+  birth, death [B, M] (padded past n_tracks [B]; death = tracker.NO_DEATH for tracks alive at the end)."""
+  valid = np.arange(birth.shape[1])[None, :] < np.asarray(n_tracks)[:, None]
+  b, d = birth[valid], death[valid]
+  last = np.where(d == tracker.NO_DEATH, n_layers - 1, d)
+  out = []
+  for layer in range(n_layers - 1):
+    alive = int(np.sum((b <= layer) & (last >= layer)))
+    died = int(np.sum(d == layer))
+    out.append(
+      {
+        "layer": layer,
+        "alive": alive,
+        "continued": alive - died,
+        "accepted_share": (alive - died) / alive if alive else None,
+        "born_and_died_here": int(np.sum((b == layer) & (d == layer))),
+      }
+    )
+  return out
 
 
 def run(config, workdir: str, model=None, saes=None) -> None:
@@ -332,6 +355,9 @@ def write_outputs(
       }
     )
   report["pooled_activation_per_layer"] = per_layer
+  report["association_per_layer"] = association_shares(
+    result["trk_birth"], result["trk_death"], result["n_tracks"], n_layers
+  )
   report["units"] = meta["activation_units"]
   report["birth_thresholds"] = births
   feature_table.save(out_dir, arrays, meta, summaries, tracks, report)

@@ -72,3 +72,81 @@ def test_hashes_match_data_readme():
     "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616"
   )
   assert os.path.isabs(datasets.resolve(datasets.TRUTHFULQA))
+
+
+def test_wikidata_sample_is_capped_per_relation_and_disjoint_from_the_exemplars():
+  items = datasets.load_wikidata(datasets.WIKIDATA, cap=20, n_exemplars=3, seed=0)
+  per_rel = {}
+  for it in items:
+    per_rel[it.relation] = per_rel.get(it.relation, 0) + 1
+    assert it.question == f"What is the {it.relation} of {it.meta['subject']}?"
+    assert it.meta["stem"] == f"The {it.relation} of {it.meta['subject']} is"
+  assert max(per_rel.values()) == 20 and len(per_rel) > 50
+  assert per_rel["country"] == 20  # a third of the pool, capped like the rest
+  assert "country of citizenship" in per_rel  # a relation of several words, not "country" + subject
+  exemplars, _ = datasets.wikidata_pools(datasets.WIKIDATA, 3, 0)
+  shown = {s for shots in exemplars.values() for s, _ in shots}
+  assert not shown & {it.meta["stem"] for it in items}
+  assert all(len(v) == 3 for v in exemplars.values())
+  again = datasets.load_wikidata(datasets.WIKIDATA, limit=50, cap=20, n_exemplars=3, seed=0)
+  assert [i.qid for i in again] == [i.qid for i in datasets.load_wikidata(datasets.WIKIDATA, 50, 20, 3, 0)]
+  assert len(again) == 50 and {i.qid for i in again} <= {i.qid for i in items}
+  other = datasets.load_wikidata(datasets.WIKIDATA, limit=50, cap=20, n_exemplars=3, seed=1)
+  assert {i.qid for i in other} != {i.qid for i in again}
+
+
+def test_wikidata_golds_get_the_reviewed_aliases_only():
+  items = {i.gold[0]: i for i in datasets.load_wikidata(datasets.WIKIDATA, cap=0)}
+  assert items["Catholicism"].gold[:3] == ("Catholicism", "Catholic", "Roman Catholic")
+  assert items["Persian"].gold == ("Persian", "Farsi")
+  assert items["Japan"].gold == ("Japan",)  # no demonym for a country
+
+
+def test_squad_exemplars_come_from_an_article_no_question_uses():
+  exemplars, rows = datasets.squad_pools(datasets.SQUAD, 3, 0)
+  assert len(exemplars) == 3 and all(len(a.split()) <= 3 and a in c for c, _, a in exemplars)
+  items = datasets.load_squad(datasets.SQUAD, limit=40)
+  assert len(items) == 40 and all(it.context and it.gold for it in items)
+  assert not {c for c, _, _ in exemplars} & {it.context for it in items}
+  assert len(rows) < 10570
+
+
+def test_jsonl_questions_of_the_user(tmp_path):
+  path = tmp_path / "q.jsonl"
+  path.write_text(
+    '{"question": "What is the capital of France?", "answers": ["Paris"]}\n\n'
+    '{"question": "Who wrote it?", "answers": ["Jane Austen", "Austen"], "context": "Emma is a novel.", "id": 7}\n'
+  )
+  a, b = datasets.load_jsonl(str(path))
+  assert (a.qid, a.gold, a.context) == ("jsonl-000001", ("Paris",), None)
+  assert (b.qid, b.gold, b.context) == ("jsonl-7", ("Jane Austen", "Austen"), "Emma is a novel.")
+
+
+@pytest.mark.parametrize(
+  "text, message",
+  [
+    ("", "is empty"),
+    ('{"answers": ["x"]}\n', "line 1: missing or empty 'question'"),
+    ('{"question": "q?"}\n', "line 1: 'answers' must be a non-empty list of strings"),
+    ('{"question": "q?", "answers": "Paris"}\n', "'answers' must be a non-empty list"),
+    ('{"question": "q?", "answers": ["a"]}\n{"question": "r?", "answers": []}\n', "line 2: 'answers'"),
+    ('{"question": "q?", "answers": ["a"], "context": 3}\n', "'context' must be a string"),
+    (
+      '{"question": "q?", "answers": ["a"], "id": 1}\n{"question": "r?", "answers": ["b"], "id": 1}\n',
+      "unique",
+    ),
+    ('{"question": "q?", "answers": ["a"]\n', "line 1: not valid JSON"),
+  ],
+)
+def test_bad_jsonl_files_name_the_line_and_the_fix(tmp_path, text, message):
+  path = tmp_path / "bad.jsonl"
+  path.write_text(text)
+  with pytest.raises(DataError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    datasets.load_jsonl(str(path))
+
+
+def test_a_missing_jsonl_file_is_named():
+  with pytest.raises(DataError, match="not found"):
+    datasets.load_jsonl("/nonexistent/questions.jsonl")
+  with pytest.raises(DataError, match="needs config.qa.path"):
+    datasets.load_jsonl("")
