@@ -46,6 +46,7 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
         "labels_all": {"containment": int(y[i]), "exact": int(y[i] or i % 5 == 0), "f1": int(y[i])},
         "mode": "own_answer",
         "flags": [],
+        "relation": ("country", "religion")[i % 2],
       }
     )
   out_dir = p.answers(config.qa.dataset)

@@ -100,12 +100,7 @@ class Method:
       # the bag is the relation's one-hot; with "question_bow" it is one-hot plus the question's words.
       return sklearn.pipeline.Pipeline(
         [
-          (
-            "bow",
-            sklearn.feature_extraction.text.CountVectorizer(
-              lowercase=True, binary=True, token_pattern=r"\S+"
-            ),
-          ),
+          ("bow", sklearn.feature_extraction.text.CountVectorizer(lowercase=True, binary=True)),
           # lbfgs on the sparse counts: Newton-Cholesky would form a vocabulary x vocabulary Hessian
           ("clf", sklearn.linear_model.LogisticRegression(C=c, class_weight="balanced", max_iter=5000)),
         ]

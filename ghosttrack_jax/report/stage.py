@@ -70,7 +70,7 @@ def build(config, workdir: str) -> tuple[dict, dict]:
       "ghosttrack_minus_question_only": m.get("ghosttrack_minus_question_only"),
       "per_relation": m.get("per_relation"),
       "label_audit": gather.label_audit(config.model.name, name, ds["examples"]),
-      "association_per_layer": ds["track_report"].get("association_per_layer"),
+      "association_per_layer": (ds["track_report"] or {}).get("association_per_layer"),
       "claim": m.get("claim"),
       "warnings": m.get("warnings", []),
       "label_variants": m.get("label_variants"),

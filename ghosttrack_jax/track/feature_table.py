@@ -118,7 +118,9 @@ def load_tracks(out_dir: str) -> dict | None:
   return _load_npz(path) if os.path.exists(path) else None
 
 
-def load_report(out_dir: str) -> dict:
-  """degeneracy.json: the per-set degeneracy, pooled-activation quantiles and association shares."""
+def load_report(out_dir: str) -> dict | None:
+  """degeneracy.json (per-set degeneracy, pooled-activation quantiles, association shares), or None
+  when the stage did not write it."""
   verify(out_dir, (DEGENERACY,))
-  return atomic_io.read_json(os.path.join(out_dir, DEGENERACY))
+  path = os.path.join(out_dir, DEGENERACY)
+  return atomic_io.read_json(path) if os.path.exists(path) else None

@@ -87,3 +87,35 @@ def test_evaluate_stage_on_synthetic(tmp_path):
   assert "competition_max" in m["degeneracy"]["ghosttrack"]["constant"]
   assert all("delta_vs_ghosttrack" in v for k, v in m["methods"].items() if k != "ghosttrack/logistic")
   assert m["answers"]["label_method"] == "containment"
+  # the question-only controls ran on the same folds and GhostTrack is compared with the best of them
+  assert {"question_only/relation", "question_only/relation_and_words"} <= set(m["methods"])
+  assert m["best_question_only"].startswith("question_only/") and "ghosttrack_minus_question_only" in m
+  within = m["per_relation"]["within"]["ghosttrack/logistic"]
+  assert within["n_relations"] == 2 and within["auroc_ci"][0] <= within["auroc"] <= within["auroc_ci"][1]
+  assert m["answers"]["relations"].keys() == {"country", "religion"}
+
+
+def test_within_relation_auroc_sees_through_a_relation_detector():
+  """A score that only recognises the relation looks good pooled and scores 0.5 within relations; a
+  score that orders answers inside each relation keeps its AUROC there."""
+  rng = np.random.default_rng(0)
+  relation = np.array(["easy"] * 100 + ["hard"] * 100)
+  label = np.concatenate([rng.random(100) < 0.2, rng.random(100) < 0.8]).astype(int)
+  by_relation = (relation == "hard").astype(float)
+  inside = label + rng.normal(0, 0.5, 200)
+  d = {
+    "methods": np.array(["relation_only", "inside"]),
+    "scores": np.stack([by_relation, inside])[:, None, :],
+    "label": label,
+    "group_id": np.arange(200),
+  }
+  out = metrics.per_relation(
+    d, relation, ["relation_only", "inside"], n_bootstrap=100, seed=0, min_per_class=10
+  )
+  assert stats.auroc(by_relation, label) > 0.75
+  assert out["within"]["relation_only"]["auroc"] == pytest.approx(0.5)
+  assert out["within"]["inside"]["auroc"] > 0.8
+  assert set(out["relations"]) == {"easy", "hard"}
+  assert out["relations"]["easy"]["auroc"]["relation_only"] == pytest.approx(0.5)
+  lo, hi = out["within"]["inside"]["auroc_ci"]
+  assert lo <= out["within"]["inside"]["auroc"] <= hi
