@@ -4,7 +4,9 @@ A stage is `run(config, workdir)` in its subpackage's `stage` module; stages tal
 under the workdir, so each one can run alone (`--stages=track,detect`) and skips itself when complete.
 
 Before any stage runs, an existing activation store is checked against the config (extract.stage.preflight),
-so a changed model or corpus stops at once instead of training on old activations.
+so a changed model or corpus stops at once instead of training on old activations; when the answer
+stage is to run, the question file is read and a finished answer folder made from other questions is
+refused (answer.stage.preflight), so a bad or changed question file stops before extraction and training.
 
 Several JAX processes (one per GPU under `srun`, runtime.multihost): *collective* stages
 (`COLLECTIVE_STAGES`: extraction, each process its own chunk groups; SAE training, the layer shards
@@ -57,6 +59,8 @@ def run(config, workdir: str, stages=tuple(STAGES)) -> None:
   ordered = [name for name in STAGES if name in stages]
   if STORE_STAGES & set(ordered):
     extract_stage.preflight(config, workdir)
+  if "answer" in ordered:
+    answer_stage.preflight(config, workdir)
   if multihost.process_count() == 1:
     for name in ordered:
       _run_one(name, config, workdir)

@@ -44,7 +44,7 @@ from ghosttrack_jax import config_lib, lm
 from ghosttrack_jax.answer import datasets, labelling, prompts
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
-from ghosttrack_jax.errors import DataError
+from ghosttrack_jax.errors import DataError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
 OWN_ANSWER_SETS = config_lib.OWN_ANSWER_SETS  # the value sets live in config_lib
@@ -322,14 +322,31 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
   return manifest
 
 
+def preflight(config, workdir: str) -> list:
+  """Reads the questions (a bad file raises DataError naming the line and the fix) and checks that a
+  finished answer folder was made from the same question files; returns the questions."""
+  items = datasets.load(config.qa.dataset, config.qa, limit=config.qa.n_questions)
+  out_dir = _out_dir(config, workdir)
+  if atomic_io.is_done(out_dir):
+    made = examples_lib.load_manifest(config, workdir)
+    now = {f: datasets.sha256(f) for f in datasets.data_files(config.qa.dataset, config.qa)}
+    if sorted(made["data_files"].values()) != sorted(now.values()) or made["n_questions"] != len(items):
+      raise StoreMismatchError(
+        f"{out_dir} holds the answers to other questions ({made['n_questions']} questions from "
+        f"{sorted(made['data_files'])}; this config asks {len(items)} from {sorted(now)}): use another "
+        "--workdir, or delete that folder and the tracking/detection/evaluation folders of this dataset"
+      )
+  return items
+
+
 def run(config, workdir: str, model=None) -> None:
   """Stage entry point. `model` may be passed in (tests, notebooks); otherwise it is loaded."""
   out_dir = _out_dir(config, workdir)
+  items = preflight(config, workdir)
   if atomic_io.is_done(out_dir):
     logging.info("answer: %s is complete; skipping", out_dir)
     return
   os.makedirs(out_dir, exist_ok=True)
-  items = datasets.load(config.qa.dataset, config.qa, limit=config.qa.n_questions)
   if model is None:
     model = lm.load_model(config.model)
   examples, excluded, fmt = build_examples(config, model, items, out_dir)

@@ -89,7 +89,7 @@ def test_score_question_end_to_end(tmp_path):
 
 
 def test_score_cli_on_a_run_of_the_default_settings(tiny_default_run):
-  """The README's scoring command on a run of the default's settings (calibrated birth thresholds, chat
+  """The README's scoring command on a run of the default's settings (calibrated birth thresholds, stem
   prompt, own answers): it once failed there with "pass the calibrated birth_thresholds"."""
   _, workdir, _ = tiny_default_run
   cmd = [
@@ -132,4 +132,4 @@ def test_scoring_api_and_explore_ask_agree_with_the_pipeline_on_default_settings
       list(out["metrics"].values()), arrays["X__ghosttrack"][i], rtol=1e-4, atol=1e-5
     )
     asked = explore.ask(config, workdir, examples[i]["question"], model=model, saes=saes)
-    assert asked["probability"] == out["probability"] and asked["dataset"] == "nq_open"
+    assert asked["probability"] == out["probability"] and asked["dataset"] == "wikidata"
