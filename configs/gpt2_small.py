@@ -57,8 +57,11 @@ def gpt2_config(size: str, arg=None):
   c.sae_training.checkpoint_every = 5_000  # steps
   c.sae_training.log_every = 500  # steps
   c.sae_training.eval_windows = 64  # held-out windows for CE-loss recovered
-  c.qa.n_questions = 0  # all 3,610 NQ-open dev questions
-  c.qa.prompt_style = "fewshot"  # base model: few-shot "Q: ... A:" prompt
+  # BIG-bench qa_wikidata, 20 per relation (1,042 questions): a base model completes the stem itself
+  # (NQ-open, the original's set, stays available: --config.qa.dataset=nq_open, prompt fewshot).
+  c.qa.dataset = "wikidata"
+  c.qa.n_questions = 0  # all of the capped sample
+  c.qa.prompt_style = "auto"  # wikidata: stem completion; other sets: few-shot "Q: ... A:"
   c.tracking.batch_size = tracking_batch  # texts per forward pass
   if preset == "a100":
     ratio = GPU_BATCH / train_batch  # 16 (small) or 32 (medium) times fewer steps

@@ -1,0 +1,41 @@
+"""The study behind docs/RESULTS.md: the offline default's store and SAEs, more questions, R = 5 repeats.
+
+  python -m ghosttrack_jax.main --config=configs/smollm2_135m_study.py --workdir=runs/smollm2_135m
+  python -m ghosttrack_jax.main --config=configs/smollm2_135m_study.py:squad --workdir=runs/smollm2_135m
+
+Run in the default's workdir, it reuses the finished extract and train stages (same model, corpus and
+SAE settings) and answers, tracks, detects and evaluates again:
+  ""       wikidata, at most 60 questions per relation (2,326 questions): enough relations reach 30
+           answers in each class for the per-relation table; 5 repeats of the 5-fold split.
+  "squad"  SQuAD v1.1 dev, open-book (the paragraph before the question), 1,000 questions, 5 repeats;
+           reported in its own table (contextual hallucination: an answer absent from the passage).
+"""
+
+import importlib.util
+import os
+
+PRESETS = ("", "squad")
+
+
+def _default():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2_135m.py")
+  spec = importlib.util.spec_from_file_location("smollm2_135m_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(arg=None):
+  if (arg or "") not in PRESETS:
+    raise ValueError(f"configs/smollm2_135m_study.py has the presets {PRESETS}, not {arg!r}")
+  c = _default()
+  c.evaluate.n_repeats = 5
+  if arg == "squad":
+    c.qa.dataset = "squad"
+    c.qa.n_questions = 1000
+    c.qa.prompt_style = "fewshot"  # three solved passage/question/answer triples: short answers
+    c.qa.max_new_tokens = 16
+  else:
+    c.qa.per_relation_cap = 60
+    c.qa.n_questions = 0
+  return c
