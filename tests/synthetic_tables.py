@@ -58,6 +58,8 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
   gt[:, 0] += signal * y  # entropy_mean carries the signal
   gt[:, 11] = 8.0  # competition_max constant (saturation)
   abl = rng.normal(size=(n, 26)).astype(np.float32)  # ablation without signal
+  sweep = rng.normal(size=(n, 26)).astype(np.float32)
+  sweep[:, 0] += 2 * signal * y  # a tracker setting with a stronger signal (inner CV should find it)
   rec = rng.normal(size=(n, 8)).astype(np.float32)
   scal = np.stack(
     [
@@ -82,6 +84,7 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
     folds=folds["folds"],
     X__ghosttrack=gt,
     X__ghosttrack_feature_id=abl,
+    X__ghosttrack_topk25=sweep,
     X__reconstruction=rec,
     X__scalar_baselines=scal,
     X__raw_resid=raw,
@@ -104,6 +107,12 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
         "per_layer": False,
         "kind": "ablation",
         "variant": {"association": "feature_id"},
+      },
+      "ghosttrack_topk25": {
+        "columns": list(divergence.METRIC_NAMES),
+        "per_layer": False,
+        "kind": "sweep",
+        "variant": {"top_k": 25},
       },
       "reconstruction": {
         "columns": list(divergence.RECONSTRUCTION_NAMES),

@@ -1,7 +1,8 @@
 """Cross-validation of one method on the saved folds: everything a method fits (constant-column drop,
 scaler, C, probe layer, bag-of-words vocabulary, decision threshold) is fit on the training folds only.
 
-C and the probe layer are chosen by grouped inner cross-validation; the threshold maximises Youden's J on
+C, the probe layer and (for `ghosttrack/inner_cv_settings`) the tracker setting are chosen by grouped
+inner cross-validation; the threshold maximises Youden's J on
 the inner out-of-fold scores of the training rows (`stats.choose_threshold`).
 """
 
@@ -28,7 +29,21 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   splits = classifiers.inner_splits(y, groups, cfg.inner_folds, seed)
   cs = tuple(cfg.logistic_cs)
   choice = {}
-  if spec.layer_select:
+  if spec.candidate_sets:
+    # the tracker setting (a feature set of the track stage's sweeps) with the best inner-CV AUROC
+    if splits is not None:
+      aucs = [
+        classifiers.auc_or_worst(
+          classifiers.lr_inner_oofs(np.asarray(data.sets[s][train], np.float64), y, splits, (1.0,))[1.0], y
+        )
+        for s in spec.candidate_sets
+      ]
+      chosen = spec.candidate_sets[int(np.argmax(aucs))]
+    else:
+      chosen = spec.candidate_sets[0]
+    choice["feature_set"] = chosen
+    x = np.asarray(data.sets[chosen][train], np.float64)
+  elif spec.layer_select:
     x3 = data.get3(spec.feature_set, train)
     if splits is not None:
       scores = [
@@ -68,7 +83,9 @@ def _inner_oof_by_c(spec, x, y, splits, cs) -> dict:
 
 
 def predict(spec: "Method", data: "FeatureData", fit: FitResult, rows) -> np.ndarray:
-  if spec.layer_select:
+  if spec.candidate_sets:
+    x = np.asarray(data.sets[fit.choice["feature_set"]][rows], np.float64)
+  elif spec.layer_select:
     x = data.get3(spec.feature_set, rows)[:, fit.choice["layer_index"]]
   else:
     x = data.get(spec, rows)

@@ -90,6 +90,7 @@ class Method:
   parts: tuple = ()  # ((feature_set, columns or None), ...)
   feature_set: str = ""  # for layer_select
   layer_select: bool = False
+  candidate_sets: tuple = ()  # feature sets (tracker settings) one is chosen from by inner CV
   # "bow" (answer text), "question_bow" (relation token + question words), "relation" (its token only)
   text_features: str = ""
   search_c: bool = True
@@ -112,7 +113,9 @@ class Method:
       "kind": self.kind,
       "label": self.label,
       "classifier": self.classifier,
-      "features": [[n, c] for n, c in self.parts] if self.parts else self.feature_set or self.text_features,
+      "features": [[n, c] for n, c in self.parts]
+      if self.parts
+      else list(self.candidate_sets) or self.feature_set or self.text_features,
       "layer_select": self.layer_select,
     }
 
@@ -128,6 +131,20 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
       out.append(
         Method(f"ghosttrack/{clf}", kind, f"GhostTrack 26 metrics, {clf}", clf, (("ghosttrack", None),))
       )
+  sweeps = tuple(
+    n
+    for n, info in fs.items()
+    if n.startswith("ghosttrack_") and info.get("kind") == "sweep" and not info.get("per_layer")
+  )
+  if "ghosttrack" in fs and sweeps:
+    out.append(
+      Method(
+        "ghosttrack/inner_cv_settings",
+        "ghosttrack_tuned",
+        "GhostTrack, tracker setting (top-k, pooling) chosen by inner CV on the training folds, LR",
+        candidate_sets=("ghosttrack",) + sweeps,
+      )
+    )
   if "reconstruction" in fs:
     out.append(
       Method(

@@ -8,6 +8,7 @@ import numpy as np
 KIND_ORDER = (
   "ghosttrack",
   "ghosttrack_classifier",
+  "ghosttrack_tuned",
   "reconstruction",
   "ablation",
   "sweep",

@@ -87,6 +87,9 @@ def test_evaluate_stage_on_synthetic(tmp_path):
   assert "competition_max" in m["degeneracy"]["ghosttrack"]["constant"]
   assert all("delta_vs_ghosttrack" in v for k, v in m["methods"].items() if k != "ghosttrack/logistic")
   assert m["answers"]["label_method"] == "containment"
+  # the tracker setting chosen by inner CV finds the sweep with the stronger signal
+  tuned = m["methods"]["ghosttrack/inner_cv_settings"]
+  assert tuned["kind"] == "ghosttrack_tuned" and tuned["auroc"] > gt["auroc"]
   # the question-only controls ran on the same folds and GhostTrack is compared with the best of them
   assert {"question_only/relation", "question_only/relation_and_words"} <= set(m["methods"])
   assert m["best_question_only"].startswith("question_only/") and "ghosttrack_minus_question_only" in m
