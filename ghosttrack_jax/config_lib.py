@@ -527,7 +527,9 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
     out.append(f"config.sae.outlier_norm_ratio={ratio}: use 0 (off) or a value >= 1 (x the median row norm)")
   if c.sae.arch == "relu_l1":  # the legacy mode reproduces the original's init and loss
     if c.sae.outlier_norm_ratio != 0:
-      out.append("config.sae.outlier_norm_ratio must be 0 with config.sae.arch='relu_l1' (the original's loss)")
+      out.append(
+        "config.sae.outlier_norm_ratio must be 0 with config.sae.arch='relu_l1' (the original's loss)"
+      )
     if c.sae.encoder_init_scale != 1:
       out.append("config.sae.encoder_init_scale must be 1 with config.sae.arch='relu_l1' (untied init)")
   layers = [int(x) for x in c.model.layers]

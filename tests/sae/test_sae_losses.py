@@ -250,7 +250,9 @@ def test_outlier_rows_are_down_weighted_in_the_loss():
 def test_config_rejects_outlier_ratios_below_one_and_for_the_legacy_mode():
   c = syn.tiny_config(**{"sae.outlier_norm_ratio": 0.5})
   assert any("outlier_norm_ratio=0.5" in p for p in config_lib.problems(c, stages=()))
-  c = syn.tiny_config(**{"sae.arch": "relu_l1", "sae.outlier_norm_ratio": 10.0, "sae.encoder_init_scale": 0.1})
+  c = syn.tiny_config(
+    **{"sae.arch": "relu_l1", "sae.outlier_norm_ratio": 10.0, "sae.encoder_init_scale": 0.1}
+  )
   found = config_lib.problems(c, stages=())
   assert any("outlier_norm_ratio must be 0" in p for p in found)
   assert any("encoder_init_scale must be 1" in p for p in found)
