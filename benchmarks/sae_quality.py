@@ -34,6 +34,7 @@ training (ours: train.loop.train including compilation; SAELens: SAETrainer.fit)
 
 import argparse
 import ast
+import collections
 import datetime
 import importlib.util
 import json
@@ -46,10 +47,12 @@ import time
 
 import jax
 import numpy as np
+import transformers
 
 from benchmarks import sae_train  # the reference environment and the machine description
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.lm import loading
 from ghosttrack_jax.runtime import paths
 from ghosttrack_jax.sae import common
 from ghosttrack_jax.train import data as train_data
@@ -94,6 +97,15 @@ def set_fields(config, overrides: dict):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def _tokenizer(config):
+  """The model's tokenizer, to name the outlier tokens (None when it cannot be loaded: ids are shown)."""
+  bundled = loading.SMOLLM2_TOKENIZER if config.model.family == "llama" else loading.GPT2_TOKENIZER
+  try:
+    return transformers.AutoTokenizer.from_pretrained(config.model.tokenizer or bundled)
+  except (OSError, ValueError):
+    return None
 
 
 def split(config, store):
@@ -241,6 +253,44 @@ def write_training_rows(config, store, position: int, n_train_rows: int, path: s
   return steps
 
 
+# ---- where the outlier rows are ------------------------------------------------------------------------
+
+
+def outlier_positions(store, position: int, start: int, stop: int, tokenizer) -> dict:
+  """The rows of [start, stop) with a norm above 10x the median (train.quality's outlier rule): how many,
+  their position in the window (row r is window r // (seq_len - 1), position 1 + r % (seq_len - 1): the
+  store never holds position 0), how many are the first token of a document, and their commonest tokens."""
+  x = np.asarray(store.read(position, start, stop), np.float32)
+  norms = np.linalg.norm(x, axis=1)
+  limit = quality.outlier_threshold(norms)
+  rows = start + np.nonzero(norms > limit)[0]
+  rpw = store.rows_per_window
+  windows, pos = rows // rpw, 1 + rows % rpw
+  w0, w1 = (int(windows.min()), int(windows.max()) + 1) if len(rows) else (0, 0)
+  ids = store.token_windows(w0, w1) if len(rows) else np.zeros((0, 0), np.int32)
+  docs = store.document_ids(w0, w1) if len(rows) else np.zeros((0, 0), np.int32)
+  tokens = [int(ids[w - w0, p]) for w, p in zip(windows, pos)]
+  doc_start = [bool(docs[w - w0, p] != docs[w - w0, p - 1]) for w, p in zip(windows, pos)]
+  common_tokens = collections.Counter(tokens).most_common(5)
+  return {
+    "rows": int(len(rows)),
+    "of": int(stop - start),
+    "median_norm": float(np.median(norms)),
+    "max_norm": float(norms.max()),
+    "positions": collections.Counter(int(p) for p in pos).most_common(5),
+    "doc_start": int(sum(doc_start)),
+    "tokens": [(tokenizer.decode([t]) if tokenizer else str(t), n) for t, n in common_tokens],
+  }
+
+
+def _outlier_line(layer, what, o) -> str:
+  return (
+    f"- layer {layer}, {what}: {o['rows']} outlier rows of {o['of']} (median norm {o['median_norm']:.0f}, "
+    f"max {o['max_norm']:.0f}); window positions (position: rows) {o['positions']}; first token of a "
+    f"document: {o['doc_start']}; commonest tokens {o['tokens']}"
+  )
+
+
 # ---- report ------------------------------------------------------------------------------------------
 
 
@@ -281,6 +331,8 @@ def main():
   n_train_rows, eval_start, n_eval = split(config, store)
   load0, t_start = os.getloadavg(), time.time()
   results = []  # (layer, variant, row)
+  outliers = []  # lines
+  tokenizer = _tokenizer(config)
   ref_info = {}
   py = (
     sae_train.ensure_ref_python(args.ref_python) if any(v.startswith("saelens") for v in variants) else None
@@ -288,6 +340,12 @@ def main():
   for layer, k, tanh_c in zip(layers, ks, tanh):
     pos = store.layers.index(layer)
     x_eval = np.asarray(store.read(pos, eval_start, eval_start + n_eval), np.float32)
+    for what, a, b in (
+      ("held-out rows", eval_start, eval_start + n_eval),
+      ("training rows", 0, n_train_rows),
+    ):
+      outliers.append(_outlier_line(layer, what, outlier_positions(store, pos, a, b, tokenizer)))
+      print(outliers[-1], flush=True)
     for name in [v for v in variants if v.startswith("ours")]:
       over = {
         "sae.k": k,
@@ -346,6 +404,7 @@ def main():
         print(_line(layer, r["name"], row), flush=True)
   load1 = os.getloadavg()
   text = _report(args, config, store, layers, ks, results, load0, load1, time.time() - t_start, ref_info)
+  text += "\n" + "\n".join(outliers) + "\n"
   print(text)
   if args.append:
     with open(os.path.join(REPO, "benchmarks", "RESULTS.md"), "a", encoding="utf-8") as f:
