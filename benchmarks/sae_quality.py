@@ -378,7 +378,7 @@ def main():
             "k": k,
             "lr": lr,
             "coefficient": coef,
-            "l0_warmup": int(config.sae.l0_warmup_steps),
+            "l0_warmup": int(JUMPRELU_OVERRIDES["sae.l0_warmup_steps"]),  # as our JumpReLU
             "out_prefix": os.path.join(tmp, name),
           }
         )
