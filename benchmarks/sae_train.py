@@ -62,7 +62,7 @@ def _timed(fn):
   return time.perf_counter() - t
 
 
-def ours(arch, sparse, b, d, m, l0, k, steps, x_np):
+def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, encoder_init_scale=1.0):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -80,6 +80,8 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np):
     threshold_init=1e-3,
     l0_coefficient=1e-2,
     l0_warmup_steps=1,
+    outlier_norm_ratio=outlier_norm_ratio,
+    encoder_init_scale=encoder_init_scale,
   )
   s = sae_train.Settings(
     lr=7e-5,
@@ -300,6 +302,10 @@ def main():
   p.add_argument("--l0", type=int, default=64, help="JumpReLU L0 the thresholds are set to")
   p.add_argument("--k", type=int, default=32, help="TopK k")
   p.add_argument("--steps", type=int, default=5, help="timed steps per variant (best is reported)")
+  p.add_argument(
+    "--outlier-norm-ratio", type=float, default=0.0, help="ours: sae.outlier_norm_ratio (0 = no row weights)"
+  )
+  p.add_argument("--encoder-init-scale", type=float, default=1.0, help="ours: sae.encoder_init_scale")
   p.add_argument("--no-reference", action="store_true")
   p.add_argument("--no-dense", action="store_true", help="skip our dense reference path")
   p.add_argument("--ref-python", default=None)
@@ -311,9 +317,10 @@ def main():
   peak = jax_peak(b, d, m)
   rows = []
   for arch in ("jumprelu", "topk"):
-    rows.append(ours(arch, True, b, d, m, args.l0, args.k, args.steps, x))
+    recipe = (args.outlier_norm_ratio, args.encoder_init_scale)
+    rows.append(ours(arch, True, b, d, m, args.l0, args.k, args.steps, x, *recipe))
     if not args.no_dense:
-      rows.append(ours(arch, False, b, d, m, args.l0, args.k, args.steps, x))
+      rows.append(ours(arch, False, b, d, m, args.l0, args.k, args.steps, x, *recipe))
   ref = None
   if not args.no_reference:
     with tempfile.TemporaryDirectory() as tmp:
@@ -359,7 +366,8 @@ def main():
     ),
     f"- commit: {_commit()}",
     f"- shape: d={d} -> width={m}, batch {b} tokens, fp32; JumpReLU thresholds set for L0~{args.l0}, "
-    f"TopK k={args.k}; best of {args.steps} steps after a warm-up",
+    f"TopK k={args.k}; best of {args.steps} steps after a warm-up; ours with outlier_norm_ratio "
+    f"{args.outlier_norm_ratio:g}, encoder_init_scale {args.encoder_init_scale:g}",
     f"- measured fp32 matmul peak ([{b},{d}]x[{d},{m}]): JAX {peak:.0f} GFLOP/s"
     + (f", PyTorch {ref['peak_gflops']:.0f} GFLOP/s" if ref else ""),
     f"- dense step = 12*d*width = {dense_flops / 1e6:.1f} MFLOP/token",

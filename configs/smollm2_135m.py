@@ -17,26 +17,27 @@ def get_config(arg=None):
   c.data.seq_len = 128  # tokens per window
   c.data.n_tokens = 150_000  # tokens extracted for all 30 layers (~5 GB of bf16)
   c.extract.batch_size = 8  # sequences per forward pass
-  # SAEs: 142k training tokens per layer is ~10^4x less than the JumpReLU recipe assumes, so the
-  # recipe's schedule (lr 7e-5, 1k-step warm-ups, lambda warm-up over 10k steps) would barely move in
-  # the ~260 steps that fit in about 20 minutes on 2 cores. Short-run settings: thresholds start at the
-  # per-latent quantile giving L0 64 (so training starts sparse, on the sparse path), a 14x learning
-  # rate with short warm-ups and a linear decay over the last 20% of steps. lambda from a sweep on
-  # layers 2/15/28/29 (1e-2 -> L0 3-8, 1e-3 -> 13-40, 6e-4 -> 23-76, 4e-4 -> 35-134, 3e-4 -> 47-156).
+  # SAEs: TopK with k = 64 latents per token (the L0 the former JumpReLU default started at), trained on
+  # 142k tokens per layer, ~10^4x less than the published recipes assume. Short-run settings measured
+  # against SAELens's SAETrainer on this store (benchmarks/sae_quality.py, benchmarks/RESULTS.md): a 3x
+  # learning rate for every architecture (lr_rule "config"), a tied encoder started at 0.1 x W_dec^T, and
+  # massive-activation rows (norm > 10x the batch median; the first stored position of some windows)
+  # down-weighted in the loss, which otherwise spends the SAE on them.
+  c.sae.arch = "topk"
   c.sae.width = 2304  # latents per layer (4x d_model)
-  # Encode x - b_dec (b_dec starts at the data mean): late layers carry ~60% of E||x||^2 in their mean;
-  # centring the encoder input cut the latents that never fire on held-out rows from 12-23% to 2-13%
-  # on layers 15/28/29 (and FVU slightly).
+  c.sae.k = 64  # latents per token
+  c.sae.encoder_init_scale = 0.1  # W_enc = 0.1 x W_dec^T at init
+  c.sae.outlier_norm_ratio = 10.0  # x the batch's median row norm
+  # JumpReLU only (TopK always encodes x - b_dec): kept for --config.sae.arch=jumprelu, where centring the
+  # encoder input cut the latents that never fire on held-out rows from 12-23% to 2-13% on layers 15/28/29.
   c.sae.b_dec_to_input = True
-  c.sae.threshold_init_l0 = 64  # latents per token at init
-  c.sae.l0_coefficient = 5e-4  # lambda (normalised units)
-  c.sae.l0_warmup_steps = 100  # steps
   c.sae_training.batch_size = 1024  # tokens per step per layer
   c.sae_training.epochs = 2  # passes over the stored rows (264 steps)
-  c.sae_training.lr = 1e-3  # peak learning rate
+  c.sae_training.lr = 3e-3  # peak learning rate
+  c.sae_training.lr_rule = "config"  # sae_training.lr for TopK too (not the 2e-4/sqrt(width/2^14) recipe)
   c.sae_training.lr_warmup_steps = 50  # steps
   c.sae_training.lr_decay_fraction = 0.2  # last 20% of steps decay linearly to 0
-  c.sae_training.sparse_capacity = 512  # COO slots per token: L0 + window entries of every layer fit
+  c.sae_training.sparse_capacity = 512  # COO slots per token (>= k: TopK's lists hold k per token)
   c.sae_training.shuffle_windows = 4  # windows (of ~4k rows) per shuffle buffer: ~0.6 GB for 30 layers
   c.sae_training.eval_windows = 8  # held-out windows for CE-loss recovered (2 spliced passes per layer)
   c.sae_training.checkpoint_every = 100  # steps

@@ -109,6 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.sae.aux_k = 0  # topk/batchtopk: AuxK k_aux (latents per token); 0 = d_model // 2
   c.sae.batchtopk_threshold_start = 1_000  # batchtopk: step at which the inference threshold is seeded
   c.sae.batchtopk_threshold_beta = 0.999  # batchtopk: per-step EMA factor of the inference threshold
+  # jumprelu/topk/batchtopk: the tied encoder starts as this x W_dec^T (1 = the plain transpose)
+  c.sae.encoder_init_scale = 1.0
+  # jumprelu/topk/batchtopk: 0 = off; > 0 (>= 1): a row whose norm is above this x the batch's median row
+  # norm gets loss weight (this x median / norm)^2 (massive-activation tokens; sae.common.row_weights)
+  c.sae.outlier_norm_ratio = 0.0
 
   # ---- SAE training --------------------------------------------------------------------------
   c.sae_training = ml_collections.ConfigDict()
@@ -254,6 +259,7 @@ VALUE_ONLY_FIELDS = frozenset(
     "sae.dead_tokens",
     "sae.batchtopk_threshold_start",
     "sae.batchtopk_threshold_beta",
+    "sae.encoder_init_scale",
     "sae_training.batch_size",
     "sae_training.epochs",
     "sae_training.lr",
@@ -358,6 +364,8 @@ RANGES = {
   "sae.aux_k": (0, _INF, True, False),  # and <= sae.width (below)
   "sae.batchtopk_threshold_start": (0, _INF, True, False),
   "sae.batchtopk_threshold_beta": (0, 1, True, False),
+  "sae.encoder_init_scale": (0, _INF, False, False),
+  "sae.outlier_norm_ratio": (0, _INF, True, False),  # and 0 or >= 1 (below)
   "sae_training.batch_size": (1, _INF, True, False),
   "sae_training.epochs": (1, _INF, True, False),
   "sae_training.tokens_per_layer": (0, _INF, True, False),
@@ -558,6 +566,16 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
     v = get_field(c, field)
     if isinstance(v, int) and v > width:
       out.append(f"config.{field}={v}: must be <= config.sae.width={width}")
+  ratio = c.sae.outlier_norm_ratio
+  if isinstance(ratio, (int, float)) and 0 < ratio < 1:
+    out.append(f"config.sae.outlier_norm_ratio={ratio}: use 0 (off) or a value >= 1 (x the median row norm)")
+  if c.sae.arch == "relu_l1":  # the legacy mode reproduces the original's init and loss
+    if c.sae.outlier_norm_ratio != 0:
+      out.append(
+        "config.sae.outlier_norm_ratio must be 0 with config.sae.arch='relu_l1' (the original's loss)"
+      )
+    if c.sae.encoder_init_scale != 1:
+      out.append("config.sae.encoder_init_scale must be 1 with config.sae.arch='relu_l1' (untied init)")
   layers = [int(x) for x in c.model.layers]
   if layers != sorted(set(layers)):
     out.append(f"config.model.layers={tuple(c.model.layers)}: give strictly increasing block indices")

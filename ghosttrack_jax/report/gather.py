@@ -19,6 +19,8 @@ SAE_COLUMNS = (
   "layer",
   "l0",
   "fvu",
+  "fvu_robust",  # FVU without the outlier rows (massive-activation tokens), the figure judged
+  "outlier_rows",
   "mse",
   "cosine",
   "dead_fraction",
@@ -68,7 +70,7 @@ def read_sae_quality(config, workdir: str) -> dict:
   cols = [c for c in SAE_COLUMNS if any(c in r for r in flat)]
   return {
     "rows": flat,
-    "columns": cols[:12],
+    "columns": cols[:14],
     "source": quality.METRICS_JSON,
     "notes": [str(n) for n in table.get("notes", [])],
     "targets": table.get("targets"),

@@ -43,6 +43,8 @@ class Hyper:
   b_dec_init: str = "zeros"  # jumprelu: "zeros" (Gemma Scope) or "mean" (of the first batch)
   threshold_init_l0: int = 0  # jumprelu: >0 sets theta_i from the first batch so that L0 ~ this
   b_dec_to_input: bool = False  # jumprelu: encode x - b_dec (SAELens option; Gemma Scope does not)
+  encoder_init_scale: float = 1.0  # tied init: W_enc = this * W_dec^T
+  outlier_norm_ratio: float = 0.0  # > 0: rows with norm above this x the batch median are down-weighted
 
   @property
   def k_aux(self) -> int:
@@ -99,6 +101,8 @@ def hyper_from_config(config, d_model: int) -> Hyper:
     b_dec_init=str(s.b_dec_init),
     threshold_init_l0=int(s.threshold_init_l0),
     b_dec_to_input=bool(s.b_dec_to_input),
+    encoder_init_scale=float(s.encoder_init_scale),
+    outlier_norm_ratio=float(s.outlier_norm_ratio),
   )
 
 
@@ -113,7 +117,7 @@ class SparseAutoencoder(nn.Module):
   """Owns one layer's SAE parameters and the dense encode/decode; the losses live in the arch modules.
 
   Tied initialisation (JumpReLU, TopK, BatchTopK; docs/sae_recipes.md §1.3): W_dec Kaiming-uniform with unit rows,
-  W_enc = W_dec^T, zero biases. Legacy initialisation (docs/sae_recipes.md §4): PyTorch `Linear` defaults
+  W_enc = encoder_init_scale * W_dec^T, zero biases. Legacy initialisation (docs/sae_recipes.md §4): PyTorch `Linear` defaults
   (U(+-1/sqrt(fan_in)) for weights and biases), untied encoder, unit decoder rows.
   """
 
@@ -146,7 +150,9 @@ class SparseAutoencoder(nn.Module):
       )
       theta0 = h.legacy_threshold
     else:
-      self.W_enc = self.param("W_enc", lambda k: self.W_dec.T)
+      # A small tied encoder (encoder_init_scale < 1) starts with small codes, so the first steps do
+      # not overshoot: measured in benchmarks/sae_quality.py (benchmarks/RESULTS.md).
+      self.W_enc = self.param("W_enc", lambda k: h.encoder_init_scale * self.W_dec.T)
       self.b_enc = self.param("b_enc", nn.initializers.zeros, (m,), jnp.float32)
       self.b_dec = self.param("b_dec", nn.initializers.zeros, (d,), jnp.float32)
       theta0 = h.threshold_init if h.arch == "jumprelu" else 0.0
@@ -164,6 +170,22 @@ class SparseAutoencoder(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.preact(x)
+
+
+def row_weights(hyper: Hyper, x: jax.Array) -> jax.Array | None:
+  """Per-row weights [B] of the reconstruction loss, or None (hyper.outlier_norm_ratio = 0: all 1).
+
+  Residual streams have rare massive-activation rows (norm ~100x the median): one such row can carry
+  most of a batch's squared error, so the SAE spends its capacity on them. A row whose norm exceeds
+  c = outlier_norm_ratio x the batch's median norm gets weight (c / ||x||)^2: its error counts as much
+  as that of a row at the cap would, relative to its norm. No gradient flows through the weights.
+  """
+  if hyper.outlier_norm_ratio <= 0:
+    return None
+  norms = jnp.linalg.norm(x, axis=-1)
+  cap = hyper.outlier_norm_ratio * jnp.median(norms)
+  w = jnp.minimum(1.0, jnp.square(cap / jnp.maximum(norms, 1e-12)))
+  return jax.lax.stop_gradient(w)
 
 
 def data_thresholds(pre: jax.Array, l0: int) -> jax.Array:

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ghosttrack_jax.sae import sparse
+from ghosttrack_jax.sae import common, sparse
 from ghosttrack_jax.sae.common import Hyper, Params
 
 
@@ -151,6 +151,8 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
   err = x - x_hat
   sq = jnp.sum(err * err)
   mse = sq / b
+  w = common.row_weights(hyper, x)
+  objective = mse if w is None else jnp.sum(w * jnp.sum(err * err, axis=-1)) / b  # outliers down-weighted
   if coo is None:
     pre_sg = jax.lax.stop_gradient(pre)
     l0_surrogate = jnp.sum(step(pre_sg, theta, hyper.bandwidth)) / b
@@ -161,7 +163,7 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
     in_window = coo.valid() & (jnp.abs(v - theta[coo.cols]) < 0.5 * hyper.bandwidth)
     window = jnp.sum(in_window) / (b * hyper.width)
   sparsity = ctx["lam"] * l0_surrogate
-  total = mse + sparsity
+  total = objective + sparsity
   centred = x - jnp.mean(x, axis=0)
   aux = {
     "mse": mse,

@@ -4,6 +4,7 @@
   TopK:      f = TopK_k(ReLU(pi)) per token
   BatchTopK: keep the B*k largest entries of ReLU(pi) over the whole [B, M] batch
   L = sum_b ||x_b - x_hat_b||^2 / sum_b ||x_b - mean(x)||^2 + alpha * L_aux
+  (with sae.outlier_norm_ratio > 0 every sum is weighted by common.row_weights, the mean too)
 
 AuxK: with e = stop_gradient(x - x_hat) and the dead set D, z_aux keeps the k_aux largest ReLU'd
 pre-activations among dead latents (static k_aux from `lax.top_k`, non-dead picks zeroed),
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ghosttrack_jax.sae import sparse
+from ghosttrack_jax.sae import common, sparse
 from ghosttrack_jax.sae.common import Hyper, Params
 
 
@@ -87,6 +88,13 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
   centred = x - jnp.mean(x, axis=0)
   denom = jnp.sum(centred * centred)
   fvu = sq / denom
+  w = common.row_weights(hyper, x)
+  if w is None:
+    objective, obj_denom = fvu, denom
+  else:  # outlier rows down-weighted (common.row_weights); the same weights in the AuxK term
+    w_mean = jnp.sum(w[:, None] * x, axis=0) / jnp.sum(w)
+    obj_denom = jnp.sum(w * jnp.sum(jnp.square(x - w_mean), axis=-1))
+    objective = jnp.sum(w * jnp.sum(err * err, axis=-1)) / obj_denom
   aux_loss = jnp.zeros((), jnp.float32)
   if ctx["use_aux"]:
     dead = ctx["dead"]
@@ -105,8 +113,11 @@ def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
       z = jnp.where(dead[coo_aux.cols], jnp.maximum(p_aux, 0.0), 0.0)
       e_hat = sparse.decode(z, w_dec, coo_aux, b)
     r = e - e_hat
-    aux_loss = jnp.where(jnp.any(dead), jnp.sum(r * r) / denom, 0.0)
-  total = fvu + hyper.aux_k_coefficient * aux_loss
+    r_sq = jnp.sum(r * r, axis=-1)
+    if w is not None:
+      r_sq = w * r_sq
+    aux_loss = jnp.where(jnp.any(dead), jnp.sum(r_sq) / obj_denom, 0.0)
+  total = objective + hyper.aux_k_coefficient * aux_loss
   aux = {
     "mse": sq / b,
     "fvu": fvu,

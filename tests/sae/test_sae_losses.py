@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.sae import common, registry, relu_l1, topk
 from ghosttrack_jax.train import loop as train_loop
@@ -211,3 +212,48 @@ def test_topk_b_dec_and_encode():
   assert np.all(np.sum(np.asarray(f) != 0, axis=1) <= 3)
   top = np.sort(np.asarray(pre), axis=1)[:, -3:]
   np.testing.assert_allclose(np.sort(np.asarray(f), axis=1)[:, -3:], np.maximum(top, 0), rtol=1e-6)
+
+
+def test_encoder_init_scale_shrinks_the_tied_encoder():
+  h = common.Hyper(arch="topk", d_model=8, width=32, encoder_init_scale=0.1)
+  p = common.init_params(jax.random.PRNGKey(0), h)
+  np.testing.assert_allclose(p["W_enc"], 0.1 * np.asarray(p["W_dec"]).T, rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(p["W_dec"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_outlier_rows_are_down_weighted_in_the_loss():
+  x = np.ones((8, 4), np.float32)
+  x[3] *= 40.0  # norm 40x the median
+  off = common.Hyper(arch="topk", d_model=4, width=16, k=2)
+  on = common.Hyper(arch="topk", d_model=4, width=16, k=2, outlier_norm_ratio=10.0)
+  assert common.row_weights(off, jnp.asarray(x)) is None
+  w = np.asarray(common.row_weights(on, jnp.asarray(x)))
+  np.testing.assert_allclose(w, [1, 1, 1, (10 / 40) ** 2, 1, 1, 1, 1], rtol=1e-6)
+  # TopK: the weighted FVU, with the weighted mean in its denominator; the logged fvu stays unweighted
+  rng = np.random.default_rng(0)
+  xr = jnp.asarray(rng.standard_normal((8, 4)).astype(np.float32) + x)
+  p = common.init_params(jax.random.PRNGKey(0), on)
+  pre = common.preact(on, p, xr)
+  ctx = {"lam": 0.0, "dead": jnp.zeros(16, bool), "use_aux": False, "threshold": None}
+  loss_on, aux_on = topk.loss(on, p, xr, pre, ctx)
+  loss_off, aux_off = topk.loss(off, p, xr, pre, ctx)
+  f = topk.encode(on, p, pre)
+  err = np.asarray(xr - common.decode_dense(on, p, f))
+  wv = np.asarray(common.row_weights(on, xr))
+  mean_w = (wv[:, None] * np.asarray(xr)).sum(0) / wv.sum()
+  want = (wv * (err**2).sum(1)).sum() / (wv * ((np.asarray(xr) - mean_w) ** 2).sum(1)).sum()
+  np.testing.assert_allclose(loss_on, want, rtol=1e-5)
+  np.testing.assert_allclose(aux_on["fvu"], aux_off["fvu"], rtol=1e-6)
+  np.testing.assert_allclose(loss_off, aux_off["fvu"], rtol=1e-6)
+
+
+def test_config_rejects_outlier_ratios_below_one_and_for_the_legacy_mode():
+  c = syn.tiny_config(**{"sae.outlier_norm_ratio": 0.5})
+  assert any("outlier_norm_ratio=0.5" in p for p in config_lib.problems(c, stages=()))
+  c = syn.tiny_config(
+    **{"sae.arch": "relu_l1", "sae.outlier_norm_ratio": 10.0, "sae.encoder_init_scale": 0.1}
+  )
+  found = config_lib.problems(c, stages=())
+  assert any("outlier_norm_ratio must be 0" in p for p in found)
+  assert any("encoder_init_scale must be 1" in p for p in found)
+  assert not config_lib.problems(syn.tiny_config(**{"sae.outlier_norm_ratio": 10.0}), stages=())

@@ -41,6 +41,8 @@ def test_outputs_and_tables(trained):
       "l0",
       "l0_std",
       "fvu",
+      "fvu_robust",
+      "outlier_rows",
       "explained_variance",
       "cosine",
       "rel_recon_bias",
@@ -57,7 +59,7 @@ def test_outputs_and_tables(trained):
   md = open(os.path.join(mp.sae_results, "metrics.md"), encoding="utf-8").read()
   assert "| layer | l0 |" in md
   for row in metrics["layers"]:  # a missed target is marked in the table
-    assert isinstance(row["meets_targets"]["fvu"], bool)
+    assert isinstance(row["meets_targets"]["fvu_robust"], bool)
     mark = "*" if not row["meets_targets"]["l0"] else ""
     assert f"| {row['layer']} | {row['l0']:.1f}{mark} |" in md
   hist = atomic_io.read_json(os.path.join(mp.sae_results, "density_histograms.json"))
