@@ -3,7 +3,7 @@ store, with the same width, tokens, batch order and L0, evaluated on the same he
 metric code (train.quality.fidelity).
 
   flock /tmp/ghosttrack-heavy.lock .venv/bin/python -m benchmarks.sae_quality \
-      --workdir=/work/runs/smollm2_135m                       # the default config's store, layers 5/15/28
+      --workdir=runs/smollm2_135m                                  # the default config's store, layers 5/15/28
   ... --append                                                # and append the table to benchmarks/RESULTS.md
   ... --variants=ours_topk,saelens_topk --layers=15           # a subset
 
@@ -297,7 +297,7 @@ def _outlier_line(layer, what, o) -> str:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default=os.path.join(REPO, "configs", "smollm2_135m.py"))
-  p.add_argument("--workdir", default="/work/runs/smollm2_135m", help="the run whose store is read")
+  p.add_argument("--workdir", default="runs/smollm2_135m", help="the run whose store is read")
   p.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
   p.add_argument("--k", default=",".join(map(str, DEFAULT_K)), help="L0 per layer (TopK k, JumpReLU target)")
   p.add_argument("--variants", default=",".join(VARIANTS))
