@@ -3,6 +3,7 @@ library imports a stage, and nothing reaches into another module's `_private` na
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -100,3 +101,19 @@ def test_the_checker_catches_what_it_should():
     "ghosttrack_jax.evaluate.stage", "from ghosttrack_jax.detect import oof\noof.load()\n"
   )
   assert not violations("ghosttrack_jax.detect.cv", "from ghosttrack_jax import stats\n")
+
+
+# Outside sae/ nothing branches on an architecture's name: what differs per architecture is a field of
+# sae.registry.Architecture. config_lib (below sae/ in the layering) validates arch-specific fields itself.
+ARCH_NAME_BRANCH = re.compile(r"\.arch\s*(==|!=|in\b)")
+
+
+@pytest.mark.parametrize(
+  "path",
+  [p for p in _modules() if os.sep + "sae" + os.sep not in p and not p.endswith("config_lib.py")],
+  ids=lambda p: os.path.relpath(p, PACKAGE),
+)
+def test_no_branch_on_an_architecture_name_outside_sae(path):
+  with open(path, encoding="utf-8") as f:
+    hits = [f"{n}: {line.strip()}" for n, line in enumerate(f, 1) if ARCH_NAME_BRANCH.search(line)]
+  assert hits == [], "use a field of sae.registry.Architecture: " + "; ".join(hits)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ghosttrack_jax.errors import NonFiniteLossError, StoreMismatchError
 from ghosttrack_jax.runtime import checkpointing, layer_parallel, writer
-from ghosttrack_jax.sae import common, kernels
+from ghosttrack_jax.sae import common, kernels, registry
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import step as train_step
 
@@ -275,9 +275,8 @@ def train(
       batches = iter(pipeline)
       first = None
       needs_first = start_step == 0 and plan.total_steps > 0
-      if needs_first and (
-        hyper.b_dec_from_data or (hyper.arch == "jumprelu" and hyper.threshold_init_l0 > 0)
-      ):
+      thresholds_from_data = registry.get(hyper.arch).threshold_from_data and hyper.threshold_init_l0 > 0
+      if needs_first and (hyper.b_dec_from_data or thresholds_from_data):
         first = next(batches)  # its host blocks stay valid until the ticket is released
         batches = _chain([first], batches)
       if first is not None and hyper.b_dec_from_data:
@@ -285,7 +284,7 @@ def train(
         means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first.host], axis=0)
         means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
-      if first is not None and hyper.arch == "jumprelu" and hyper.threshold_init_l0 > 0:
+      if first is not None and thresholds_from_data:
         local = _data_thresholds(hyper, host, layout, first.host)
         host.params["threshold"] = layout.gather_local_slots(local)  # every slot, every process
       carry = (layout.put(host), layout.put(initial_health(n_pad, host.fired_ago)))

@@ -18,7 +18,7 @@ import numpy as np
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io, paths, writer
-from ghosttrack_jax.sae import common, export
+from ghosttrack_jax.sae import common, export, registry
 from ghosttrack_jax.train import loop, quality
 from ghosttrack_jax.train import step as train_step
 
@@ -134,11 +134,12 @@ class FinalSAEs:
 def finalize_params(hyper: common.Hyper, state: train_step.TrainState) -> FinalSAEs:
   """Training state -> inference parameters: BatchTopK's theta becomes theta_glob for every latent."""
   params = {k: np.asarray(v, np.float32) for k, v in state.params.items()}
-  if hyper.arch == "batchtopk":
+  arch = registry.get(hyper.arch)
+  if arch.ema_batch_threshold:
     bt = np.asarray(state.batch_threshold, np.float32)
     bt = np.where(bt < 0, 0.0, bt)  # never seeded (run shorter than the start step): plain ReLU
     params["threshold"] = np.broadcast_to(bt[:, None], params["threshold"].shape).copy()
-  if hyper.arch == "topk":
+  if arch.export_arch == "topk":  # exported as TopK: the selection is by rank, no threshold
     params["threshold"] = np.zeros_like(params["threshold"])
   return FinalSAEs(params=params, input_scale=np.asarray(state.input_scale, np.float32))
 

@@ -16,7 +16,6 @@ over devices with pmap or shard_map):
 """
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import flax
@@ -26,7 +25,7 @@ import optax
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError
-from ghosttrack_jax.sae import common, registry, relu_l1, sparse
+from ghosttrack_jax.sae import common, registry, sparse
 
 # ---- state and settings -------------------------------------------------------------------------
 
@@ -58,20 +57,17 @@ class Settings:
 
 
 def peak_lr(config, hyper: common.Hyper) -> float:
-  """`lr_rule="recipe"`: jumprelu uses sae_training.lr, topk/batchtopk 2e-4/sqrt(M/2^14) (sparsify),
-  relu_l1 1e-4 (the original); `"config"`: sae_training.lr for every architecture."""
+  """`lr_rule="recipe"`: the architecture's recipe rate (registry.Architecture.recipe_lr; JumpReLU has
+  none and uses sae_training.lr); `"config"`: sae_training.lr for every architecture."""
   rule = config.sae_training.lr_rule
-  if rule == "config" or hyper.arch == "jumprelu":
-    return float(config.sae_training.lr)
-  if rule != "recipe":
-    raise ConfigError(f"config.sae_training.lr_rule={rule!r}: use 'recipe' or 'config'")
-  if hyper.arch in ("topk", "batchtopk"):
-    return 2e-4 / math.sqrt(hyper.width / 2**14)
-  return 1e-4
+  if rule not in config_lib.LR_RULES:
+    raise ConfigError(f"config.sae_training.lr_rule={rule!r}: use one of {config_lib.LR_RULES}")
+  recipe = registry.get(hyper.arch).recipe_lr(hyper.width) if rule == "recipe" else None
+  return float(config.sae_training.lr) if recipe is None else recipe
 
 
 def lr_schedule(hyper: common.Hyper, s: Settings) -> Callable:
-  if hyper.arch == "relu_l1":  # per-epoch cosine annealing to 0 over the run's epochs (original)
+  if registry.get(hyper.arch).cosine_per_epoch:  # annealed to 0 over the run's epochs (the original)
 
     def legacy(count):
       epoch = jnp.minimum(count // s.steps_per_epoch, s.epochs)
@@ -94,15 +90,10 @@ def lr_schedule(hyper: common.Hyper, s: Settings) -> Callable:
 def make_optimizer(hyper: common.Hyper, s: Settings) -> optax.GradientTransformation:
   """Recipes: jumprelu Adam(0, 0.999, 1e-8); topk/batchtopk Adam(0.9, 0.999, 6.25e-10); legacy
   Adam(0.9, 0.999, 1e-8) without gradient projection. Global-norm clip per layer."""
-  sched = lr_schedule(hyper, s)
-  if hyper.arch == "jumprelu":
-    adam = optax.adam(sched, b1=0.0, b2=0.999, eps=1e-8)
-  elif hyper.arch in ("topk", "batchtopk"):
-    adam = optax.adam(sched, b1=0.9, b2=0.999, eps=6.25e-10)
-  else:
-    adam = optax.adam(sched, b1=0.9, b2=0.999, eps=1e-8)
+  arch = registry.get(hyper.arch)
+  adam = optax.adam(lr_schedule(hyper, s), b1=arch.adam_b1, b2=0.999, eps=arch.adam_eps)
   chain = [optax.clip_by_global_norm(s.grad_clip), adam]
-  if hyper.arch != "relu_l1":
+  if arch.projects_decoder_grads:
     chain.insert(0, common.project_decoder_grads())
   return optax.chain(*chain)
 
@@ -200,8 +191,9 @@ def layer_update(
   if not hyper.trains_threshold:
     updates = {**updates, "threshold": jnp.zeros_like(updates["threshold"])}
   new = optax.apply_updates(params, updates)
-  if hyper.arch == "relu_l1":  # the original renormalised every 100 steps, without projection
-    renorm = (state.step + 1) % relu_l1.DECODER_RENORM_EVERY == 0
+  every = registry.get(hyper.arch).renormalise_every
+  if every > 1:  # the original renormalised every 100 steps, without projection
+    renorm = (state.step + 1) % every == 0
     new = {**new, "W_dec": jnp.where(renorm, common.renormalise_decoder(new)["W_dec"], new["W_dec"])}
   else:
     new = common.renormalise_decoder(new)
@@ -209,7 +201,7 @@ def layer_update(
     new = {**new, "threshold": jnp.maximum(new["threshold"], 0.0)}
   fired_ago = jnp.where(aux["fired"], 0, jnp.minimum(state.fired_ago + b, hyper.dead_cap))
   bt = state.batch_threshold
-  if hyper.arch == "batchtopk":
+  if registry.get(hyper.arch).ema_batch_threshold:
     mp = aux["min_positive_code"]
     seeded = jnp.where(
       bt < 0, mp, hyper.batchtopk_threshold_beta * bt + (1 - hyper.batchtopk_threshold_beta) * mp
