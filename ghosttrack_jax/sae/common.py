@@ -16,8 +16,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ghosttrack_jax import config_lib
+
 Params = dict[str, jax.Array]
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+
+_SAE = config_lib.base_config().sae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,24 +32,30 @@ class Hyper:
   arch: str  # jumprelu | topk | batchtopk | relu_l1
   d_model: int  # input width D
   width: int  # latents M
-  k: int = 32  # topk/batchtopk: active latents per token
-  l0_coefficient: float = 1e-2  # jumprelu lambda
-  l0_warmup_steps: int = 2000  # steps
-  bandwidth: float = 1e-3  # jumprelu epsilon (scaled units)
-  threshold_init: float = 1e-3  # jumprelu theta_0 (scaled units)
-  l1_coefficient: float = 1e-2  # relu_l1 lambda (element means)
-  legacy_threshold: float = 0.1  # relu_l1 fixed theta (raw units)
-  aux_k_coefficient: float = 1.0 / 32  # AuxK alpha
-  aux_k: int = 0  # AuxK k_aux; 0 = d_model // 2
-  dead_tokens: int = 10_000_000  # tokens without firing after which a latent is dead
-  batchtopk_threshold_start: int = 1000  # step at which the BatchTopK inference threshold is seeded
-  batchtopk_threshold_beta: float = 0.999  # EMA factor of the inference threshold
-  sparse_capacity: int = 0  # COO slots per token (flat over the batch); 0 = dense path only
-  b_dec_init: str = "zeros"  # jumprelu: "zeros" (Gemma Scope) or "mean" (of the first batch)
-  threshold_init_l0: int = 0  # jumprelu: >0 sets theta_i from the first batch so that L0 ~ this
-  b_dec_to_input: bool = False  # jumprelu: encode x - b_dec (SAELens option; Gemma Scope does not)
-  encoder_init_scale: float = 1.0  # tied init: W_enc = this * W_dec^T
-  outlier_norm_ratio: float = 0.0  # > 0: rows with norm above this x the batch median are down-weighted
+  # The defaults are config_lib.base_config()'s (one place for them); `hyper_from_config` passes every
+  # field, so they only serve Hypers built directly (tests, benchmarks).
+  k: int = _SAE.k  # topk/batchtopk: active latents per token
+  l0_coefficient: float = _SAE.l0_coefficient  # jumprelu lambda
+  l0_warmup_steps: int = _SAE.l0_warmup_steps  # steps
+  bandwidth: float = _SAE.bandwidth  # jumprelu epsilon (scaled units)
+  threshold_init: float = _SAE.threshold_init  # jumprelu theta_0 (scaled units)
+  l1_coefficient: float = _SAE.l1_coefficient  # relu_l1 lambda (element means)
+  legacy_threshold: float = _SAE.legacy_threshold  # relu_l1 fixed theta (raw units)
+  aux_k_coefficient: float = _SAE.aux_k_coefficient  # AuxK alpha
+  aux_k: int = _SAE.aux_k  # AuxK k_aux; 0 = d_model // 2
+  dead_tokens: int = _SAE.dead_tokens  # tokens without firing after which a latent is dead
+  batchtopk_threshold_start: int = _SAE.batchtopk_threshold_start  # step seeding the inference threshold
+  batchtopk_threshold_beta: float = _SAE.batchtopk_threshold_beta  # EMA factor of the inference threshold
+  # COO slots per token (flat over the batch). Not the config's default on purpose: 0 is the dense
+  # path, the reference every sparse-path test compares with; the trainer sets it from the config.
+  sparse_capacity: int = 0
+  b_dec_init: str = _SAE.b_dec_init  # jumprelu: "zeros" (Gemma Scope) or "mean" (of the first batch)
+  threshold_init_l0: int = _SAE.threshold_init_l0  # jumprelu: >0 sets theta_i from the first batch
+  b_dec_to_input: bool = _SAE.b_dec_to_input  # jumprelu: encode x - b_dec (SAELens option)
+  encoder_init_scale: float = _SAE.encoder_init_scale  # tied init: W_enc = this * W_dec^T
+  outlier_norm_ratio: float = (
+    _SAE.outlier_norm_ratio
+  )  # > 0: rows above this x the batch median norm down-weighted
 
   @property
   def k_aux(self) -> int:
