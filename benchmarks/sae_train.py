@@ -62,7 +62,7 @@ def _timed(fn):
   return time.perf_counter() - t
 
 
-def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, encoder_init_scale=1.0):
+def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, encoder_init_scale=1.0, aux_k=0):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -82,6 +82,7 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, enco
     l0_warmup_steps=1,
     outlier_norm_ratio=outlier_norm_ratio,
     encoder_init_scale=encoder_init_scale,
+    aux_k=aux_k,
   )
   s = sae_train.Settings(
     lr=7e-5,
@@ -102,7 +103,9 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, enco
     pre = x[0] @ state.params["W_enc"][0] + state.params["b_enc"][0]
     theta = jnp.quantile(pre, 1 - l0 / m, axis=0)
     state = state.replace(params={**state.params, "threshold": theta[None]})
-  step = jax.jit(sae_train.make_block_step(h, s, tx), donate_argnums=0)
+  # aux_k > 0 (TopK): the AuxK variant every step, as the trainer runs it once some latent is dead
+  aux = "on" if arch == "topk" and aux_k > 0 else "switch"
+  step = jax.jit(sae_train.make_block_step(h, s, tx, aux=aux), donate_argnums=0)
   t0 = time.perf_counter()
   state, metrics = step(state, x)
   jax.block_until_ready(metrics)
@@ -306,6 +309,7 @@ def main():
     "--outlier-norm-ratio", type=float, default=0.0, help="ours: sae.outlier_norm_ratio (0 = no row weights)"
   )
   p.add_argument("--encoder-init-scale", type=float, default=1.0, help="ours: sae.encoder_init_scale")
+  p.add_argument("--aux-k", type=int, default=0, help="ours TopK: time the AuxK variant with this k_aux")
   p.add_argument("--no-reference", action="store_true")
   p.add_argument("--no-dense", action="store_true", help="skip our dense reference path")
   p.add_argument("--ref-python", default=None)
@@ -317,7 +321,7 @@ def main():
   peak = jax_peak(b, d, m)
   rows = []
   for arch in ("jumprelu", "topk"):
-    recipe = (args.outlier_norm_ratio, args.encoder_init_scale)
+    recipe = (args.outlier_norm_ratio, args.encoder_init_scale, args.aux_k)
     rows.append(ours(arch, True, b, d, m, args.l0, args.k, args.steps, x, *recipe))
     if not args.no_dense:
       rows.append(ours(arch, False, b, d, m, args.l0, args.k, args.steps, x, *recipe))
@@ -367,7 +371,8 @@ def main():
     f"- commit: {_commit()}",
     f"- shape: d={d} -> width={m}, batch {b} tokens, fp32; JumpReLU thresholds set for L0~{args.l0}, "
     f"TopK k={args.k}; best of {args.steps} steps after a warm-up; ours with outlier_norm_ratio "
-    f"{args.outlier_norm_ratio:g}, encoder_init_scale {args.encoder_init_scale:g}",
+    f"{args.outlier_norm_ratio:g}, encoder_init_scale {args.encoder_init_scale:g}"
+    + (f", TopK with AuxK (k_aux {args.aux_k}) in every step" if args.aux_k else ""),
     f"- measured fp32 matmul peak ([{b},{d}]x[{d},{m}]): JAX {peak:.0f} GFLOP/s"
     + (f", PyTorch {ref['peak_gflops']:.0f} GFLOP/s" if ref else ""),
     f"- dense step = 12*d*width = {dense_flops / 1e6:.1f} MFLOP/token",
