@@ -310,8 +310,8 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
       for f in sorted({f for e in examples for f in e["flags"]})
     },
     "relations": {
-      r: [sum(e["relation"] == r and e["label"] == c for e in examples) for c in (0, 1)]
-      for r in sorted({e["relation"] for e in examples if e["relation"]})
+      r: [sum(e.get("relation") == r and e["label"] == c for e in examples) for c in (0, 1)]
+      for r in sorted({e.get("relation") for e in examples if e.get("relation")})
     },
     "warnings": warnings,
     **(extra_manifest or {}),
