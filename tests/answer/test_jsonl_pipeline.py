@@ -45,7 +45,7 @@ def _tree_digest(directory):
 
 
 def test_a_jsonl_question_file_runs_end_to_end_and_bad_files_stop_early(tiny_run, tmp_path):
-  config, run_dir = tiny_run
+  _, run_dir = tiny_run  # its config object is shared by the session: never modified here
   workdir = str(tmp_path / "run")
   shutil.copytree(run_dir, workdir)  # the store, SAEs and the tiny run's own (halueval) results
   qa = str(tmp_path / "mine.jsonl")
@@ -56,7 +56,7 @@ def test_a_jsonl_question_file_runs_end_to_end_and_bad_files_stop_early(tiny_run
   _write(qa, rows)
   flags = ("--config.qa.dataset=jsonl", f"--config.qa.path={qa}", "--config.qa.exclude_non_answers=False")
   tiny_pipeline.run_pipeline(workdir, stages="answer", flags=flags)
-  config.qa.dataset, config.qa.path = "jsonl", qa
+  config = tiny_pipeline.tiny_config(**{"qa.dataset": "jsonl", "qa.path": qa})
   # A random model never says the gold: make its own answer the gold of every other question with a
   # wordy answer, so both classes are present; the saved generations are reused when the stage reruns.
   said = {e["id"]: e["answer_text"] for e in examples_lib.load_examples(config, workdir)}
