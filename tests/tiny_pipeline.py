@@ -85,6 +85,15 @@ def run_pipeline(
   return seconds, proc.stderr
 
 
+def main_process(workdir: str, *flags, config: str = CONFIG, timeout: float = 900):
+  """`python -m ghosttrack_jax.main` on `workdir` with `flags`, not raising on failure (the caller checks
+  the exit status and the log)."""
+  cmd = [sys.executable, "-m", "ghosttrack_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+  return subprocess.run(
+    cmd, cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout, check=False
+  )
+
+
 def log() -> str:
   """The stderr log of the session's run (stages skipped on a reused workdir log near-zero times)."""
   return _cache.get("log", "")

@@ -4,8 +4,6 @@ stages of a real tiny run; bad question files stop before any stage and leave fi
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import tiny_pipeline
 
@@ -20,20 +18,6 @@ STAGES = "answer,track,detect,evaluate,report"
 def _write(path, rows):
   with open(path, "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def _main(workdir, *flags):
-  cmd = [
-    sys.executable,
-    "-m",
-    "ghosttrack_jax.main",
-    f"--config={tiny_pipeline.CONFIG}",
-    f"--workdir={workdir}",
-  ]
-  env = {**os.environ, **tiny_pipeline.ENV}
-  return subprocess.run(
-    cmd + list(flags), cwd=tiny_pipeline.REPO, env=env, capture_output=True, text=True, timeout=900
-  )
 
 
 def _tree_digest(directory):
@@ -88,13 +72,15 @@ def test_a_jsonl_question_file_runs_end_to_end_and_bad_files_stop_early(tiny_run
   ):
     with open(bad, "w", encoding="utf-8") as f:
       f.write(text)
-    proc = _main(workdir, "--config.qa.dataset=jsonl", f"--config.qa.path={bad}")
+    proc = tiny_pipeline.main_process(workdir, "--config.qa.dataset=jsonl", f"--config.qa.path={bad}")
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert "=== stage" not in proc.stderr  # stopped before any stage, extraction included
-  proc = _main(workdir, "--config.qa.dataset=jsonl", f"--config.qa.path={tmp_path / 'missing.jsonl'}")
+  proc = tiny_pipeline.main_process(
+    workdir, "--config.qa.dataset=jsonl", f"--config.qa.path={tmp_path / 'missing.jsonl'}"
+  )
   assert proc.returncode == 2 and "missing.jsonl" in proc.stderr and "no such file" in proc.stderr
   # a good file with other questions does not reuse (or overwrite) the finished answers of this one
   _write(bad, rows[:10])
-  proc = _main(workdir, "--config.qa.dataset=jsonl", f"--config.qa.path={bad}")
+  proc = tiny_pipeline.main_process(workdir, "--config.qa.dataset=jsonl", f"--config.qa.path={bad}")
   assert proc.returncode != 0 and "holds the answers to other questions" in proc.stderr, proc.stderr[-2000:]
   assert _tree_digest(os.path.join(workdir, "results")) == before and atomic_io.is_done(answers)
