@@ -83,6 +83,10 @@ class LanguageModel:
     self._generate_fn = jax.jit(
       functools.partial(generation.greedy_batch, self), static_argnames=("max_new_tokens",)
     )
+    self._sample_fn = jax.jit(
+      functools.partial(generation.greedy_and_samples_batch, self),
+      static_argnames=("max_new_tokens", "n_samples", "temperature", "embed_block"),
+    )
 
   def __repr__(self):
     return (
@@ -208,10 +212,11 @@ class LanguageModel:
   # ---- generation --------------------------------------------------------------------------------
 
   def generate(
-    self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8
+    self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8, **sampling
   ) -> list[generation.Generation]:
-    """Greedy continuations of `prompts` (KV cache, stops at EOS); see `generation.generate`."""
-    return generation.generate(self, prompts, max_new_tokens, batch_size)
+    """Greedy continuations of `prompts` (KV cache, stops at EOS), optionally with samples from the
+    same prefill (`n_samples`, `temperature`, `seeds`, `embed_block`); see `generation.generate`."""
+    return generation.generate(self, prompts, max_new_tokens, batch_size, **sampling)
 
 
 def check_layers(layers, n_blocks: int) -> tuple[int, ...]:

@@ -157,3 +157,48 @@ def test_format_prompt(model):
     text = model.format_prompt("Why?")
     assert text.endswith("<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
     assert model.format_prompt("Why?", use_chat_template=False) == "Why?"
+
+
+def test_samples_share_the_prefill_and_are_the_models_own(model):
+  """Greedy answers are unchanged by sampling; each sample's log-probabilities and block outputs are
+  those of a teacher-forced pass over prompt + sample."""
+  prompts = ["The quick brown fox jumps over the lazy dog and then", "Hello", "One two three"]
+  greedy = model.generate(prompts, max_new_tokens=6, batch_size=2)
+  block = model.n_blocks // 2
+  gens = model.generate(prompts, max_new_tokens=6, batch_size=2, n_samples=3, seeds=[1, 2, 3])
+  assert [g.answer_ids for g in gens] == [g.answer_ids for g in greedy]
+  for g in gens:
+    assert len(g.samples) == 3
+    for s in g.samples:
+      assert len(s.ids) == len(s.logprobs) == len(s.embeddings) and s.ids
+      ids = np.asarray([g.prompt_ids + s.ids], np.int32)
+      logits, resid = model.logits_and_residuals(ids)
+      logp = np.asarray(jax_log_softmax(np.asarray(logits[0], np.float64)))
+      start = len(g.prompt_ids)
+      want = [logp[start - 1 + i, t] for i, t in enumerate(s.ids)]
+      np.testing.assert_allclose(s.logprobs, want, atol=2e-4)
+      got_emb = np.asarray(resid[list(model.layers).index(block), 0, start:])
+      np.testing.assert_allclose(s.embeddings, got_emb, atol=2e-4, rtol=1e-4)
+  # samples differ between seeds and across a prompt's samples (a random model's flat distribution)
+  assert len({tuple(s.ids) for g in gens for s in g.samples}) > 3
+
+
+def test_samples_depend_on_the_seed_not_the_batch(model):
+  prompts = ["Hello", "One two three", "The quick brown fox"]
+  a = model.generate(prompts, max_new_tokens=5, batch_size=2, n_samples=2, seeds=[7, 8, 9])
+  b = model.generate(prompts[::-1], max_new_tokens=5, batch_size=3, n_samples=2, seeds=[9, 8, 7])
+  for x, y in zip(a, b[::-1]):
+    assert [s.ids for s in x.samples] == [s.ids for s in y.samples]
+  c = model.generate(prompts, max_new_tokens=5, batch_size=2, n_samples=2, seeds=[70, 80, 90])
+  assert [s.ids for g in a for s in g.samples] != [s.ids for g in c for s in g.samples]
+
+
+def test_cold_samples_are_greedy(model):
+  gens = model.generate(["Hello", "One two three"], 5, 2, n_samples=2, seeds=[1, 2], temperature=1e-6)
+  for g in gens:
+    assert all(s.ids == g.answer_ids for s in g.samples)
+
+
+def jax_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
