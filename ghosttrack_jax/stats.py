@@ -7,6 +7,7 @@ its group's count, so every statistic here accepts weights [N] or [B, N].
 """
 
 import numpy as np
+import scipy.special
 
 
 def _tie_groups(scores, labels, weights):
@@ -45,6 +46,51 @@ def auprc(scores, labels, weights=None):
     prec = np.where(tp + fp > 0, tp / np.where(tp + fp > 0, tp + fp, 1.0), 0.0)
     p = gpos.sum(1)
     out = np.where(p > 0, (gpos * prec).sum(1) / np.where(p > 0, p, 1.0), np.nan)
+  return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
+
+
+def _harmonic(n):
+  """H(n) = sum_{j<=n} 1/j, continued to real n >= 0 (digamma(n + 1) + Euler's gamma)."""
+  return scipy.special.digamma(np.asarray(n, np.float64) + 1.0) + np.euler_gamma
+
+
+def _rejection_area(order_key, quality, w):
+  """Area under the prediction-rejection curve: the mean, over every number k = 1..W of kept answers
+  (the k with the lowest `order_key`), of the kept answers' mean quality. Rows weigh w [B, N] (bootstrap
+  counts: a row of weight w stands for w copies); ties in `order_key` are averaged (their expected value
+  under a random order), so a constant score gets the random area exactly."""
+  order = np.argsort(order_key, kind="mergesort")
+  key, q, w = order_key[order], quality[order], w[:, order]
+  starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+  # tied rows all get their tie group's weighted mean quality
+  gw = np.add.reduceat(w, starts, axis=1)
+  gq = np.add.reduceat(w * q, starts, axis=1) / np.where(gw > 0, gw, 1.0)
+  qv = np.repeat(gq, np.diff(np.r_[starts, key.size]), axis=1)
+  pos_end = np.cumsum(w, axis=1)  # P_i: kept answers after row i
+  pos_start = pos_end - w
+  c_start = np.cumsum(w * qv, axis=1) - w * qv  # cumulative quality before row i
+  dh = _harmonic(pos_end) - _harmonic(pos_start)  # sum over the row's copies j of 1 / (P_{i-1} + j)
+  # row i adds sum_j (C_{i-1} + j q_i) / (P_{i-1} + j) = C_{i-1} dH + q_i (w_i - P_{i-1} dH)
+  total = (c_start * dh + qv * (w - pos_start * dh)).sum(axis=1)
+  return total / np.maximum(pos_end[:, -1], 1e-12)
+
+
+def prr(scores, labels, weights=None):
+  """Prediction-rejection ratio (LM-Polygraph's PRR, every rejection level up to 100%): answers are kept
+  in order of increasing score (higher score = more likely hallucinated) and the quality of a kept set is
+  its share of correct answers (label 0); PRR = (area of the score - area of a random order) / (area of
+  the oracle order - area of a random order). 1 = the oracle, ~0 = random, < 0 = worse than random.
+
+  Returns a float for weights None or 1-D, else [B]; NaN where a class has no weight."""
+  s = np.asarray(scores, np.float64)
+  quality = 1.0 - np.asarray(labels, np.float64)
+  w = np.ones((1, s.size)) if weights is None else np.atleast_2d(np.asarray(weights, np.float64))
+  area = _rejection_area(s, quality, w)
+  oracle = _rejection_area(-quality, quality, w)
+  total = w.sum(1)
+  rand = (w * quality).sum(1) / np.where(total > 0, total, 1.0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.where(oracle - rand > 1e-12, (area - rand) / np.where(oracle - rand > 1e-12, oracle - rand, 1), np.nan)
   return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
 
 
