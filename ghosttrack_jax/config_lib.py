@@ -179,6 +179,14 @@ def base_config() -> ml_collections.ConfigDict:
   # tokenizer has a chat template, else fewshot). answer/prompts.py.
   c.qa.prompt_style = "auto"
   c.qa.cut_first_sentence = True  # also end the answer after its first sentence (besides newline/EOS)
+  # An answer the token budget ended (flag max_new_tokens) may be a right answer cut before the name:
+  # True keeps it out of both classes (counted in the manifest and the report).
+  c.qa.exclude_cut_answers = True
+  # Sampled answers per question beside the greedy one (semantic entropy, EigenScore, ...; 0 = none),
+  # drawn from the same prefill at this temperature, one seeded PRNG stream per question.
+  c.qa.n_samples = 10  # samples per question (Farquhar et al. 2024: 10 at T = 1)
+  c.qa.sample_temperature = 1.0  # softmax temperature of the samples
+  c.qa.p_true = True  # P(True): one extra pass asking the model whether its answer is true
   c.qa.truthfulqa_similarity = "rougeL"  # TruthfulQA own-answer labels: "rougeL" or "f1" diff rule
   c.qa.given_max_answer_tokens = 64  # given-text mode: reference answers truncated to this (tokens)
   c.qa.halueval_subset = "one-turn"  # "one-turn", "multi-turn" or "both" (merged per question)
@@ -291,6 +299,7 @@ VALUE_ONLY_FIELDS = frozenset(
     "qa.per_relation_cap",
     "qa.sample_seed",
     "qa.n_exemplars",
+    "qa.sample_temperature",
     "tracking.top_k",
     "tracking.birth_threshold",
     "tracking.association_threshold",
@@ -395,6 +404,8 @@ RANGES = {
   "qa.batch_size": (1, _INF, True, False),
   "qa.f1_threshold": (0, 1, True, True),
   "qa.given_max_answer_tokens": (1, _INF, True, False),
+  "qa.n_samples": (0, _INF, True, False),
+  "qa.sample_temperature": (0, _INF, False, False),
   "tracking.top_k": (1, _INF, True, False),
   "tracking.birth_threshold": (0, _INF, True, False),
   "tracking.birth_threshold_quantile": (0, 1, True, False),  # 0 = the fixed birth_threshold

@@ -90,7 +90,9 @@ def prr(scores, labels, weights=None):
   total = w.sum(1)
   rand = (w * quality).sum(1) / np.where(total > 0, total, 1.0)
   with np.errstate(invalid="ignore", divide="ignore"):
-    out = np.where(oracle - rand > 1e-12, (area - rand) / np.where(oracle - rand > 1e-12, oracle - rand, 1), np.nan)
+    out = np.where(
+      oracle - rand > 1e-12, (area - rand) / np.where(oracle - rand > 1e-12, oracle - rand, 1), np.nan
+    )
   return float(out[0]) if weights is None or np.ndim(weights) == 1 else out
 
 

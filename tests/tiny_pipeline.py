@@ -136,8 +136,13 @@ def get_default(tmp_path_factory) -> tuple:
     root = os.environ.get("GHOSTTRACK_TINY_DEFAULT_WORKDIR") or str(tmp_path_factory.mktemp("tiny_default"))
     workdir, qa_file = os.path.join(root, "run"), os.path.join(root, "wikidata_tiny.jsonl")
     config = load_config("default")
-    # Non-answers stay in: a random model's words often repeat the question's.
-    flags = (f"--config.qa.wikidata_file={qa_file}", "--config.qa.exclude_non_answers=False")
+    # Non-answers stay in: a random model's words often repeat the question's; so do answers the token
+    # budget cut (a random model rarely ends an answer by itself).
+    flags = (
+      f"--config.qa.wikidata_file={qa_file}",
+      "--config.qa.exclude_non_answers=False",
+      "--config.qa.exclude_cut_answers=False",
+    )
     if not os.path.exists(qa_file):
       _default_qa_file(qa_file)
     answers = paths.for_config(config, workdir).answers(config.qa.dataset)
@@ -155,6 +160,7 @@ def get_default(tmp_path_factory) -> tuple:
         f.write("the QA file has the model's own answers as gold for every other question\n")
     _, log = run_pipeline(workdir, flags=flags, config=DEFAULT_CONFIG)
     config.qa.wikidata_file, config.qa.exclude_non_answers = qa_file, False
+    config.qa.exclude_cut_answers = False
     _cache["default"] = (config, workdir, qa_file)
     _cache["default_log"] = log
   return _cache["default"]

@@ -13,7 +13,9 @@ Sets:
   * squad: SQuAD v1.1 dev (10,570 questions with their paragraph and the annotators' answers); the
     exemplars come from articles that no question is drawn from.
   * jsonl: the user's own file, one JSON object per line with `question`, `answers` (a list of
-    strings) and optionally `context` and `id`.
+    strings) and optionally `context` and `id`. A few of its items with short answers are set aside
+    (seeded) as the prompt's solved exemplars, so the model sees what a short answer looks like; the
+    questions are the rest, in file order.
   * NQ-open dev (3,610 questions, gold alias lists) and the EfficientQA dev file (1,800; the
     few-shot exemplar pool).
   * TruthfulQA (790-row January 2025 CSV, or the 817-row v1 release with a UTF-8 BOM): correct answers
@@ -368,10 +370,10 @@ def load_squad(path: str, limit: int = 0, n_exemplars: int = 3, seed: int = 0) -
   return items
 
 
-def load_jsonl(path: str, limit: int = 0) -> list[QAItem]:
-  """The user's questions: one JSON object per line with `question` (a string), `answers` (a non-empty
-  list of strings: the gold aliases) and optionally `context` (a passage shown before the question) and
-  `id` (unique; default the line number)."""
+def read_jsonl(path: str) -> list[QAItem]:
+  """Every item of the user's file: one JSON object per line with `question` (a string), `answers` (a
+  non-empty list of strings: the gold aliases) and optionally `context` (a passage shown before the
+  question) and `id` (unique; default the line number)."""
   if not path:
     raise DataError("config.qa.dataset='jsonl' needs config.qa.path: a file with one JSON object per line")
   items, seen = [], set()
@@ -390,9 +392,35 @@ def load_jsonl(path: str, limit: int = 0) -> list[QAItem]:
     items.append(
       QAItem(qid, " ".join(q.split()), _clean_list(ans), context=" ".join(ctx.split()) if ctx else None)
     )
-    if limit and len(items) >= limit:
-      break
   return items
+
+
+def jsonl_pools(path: str, n_exemplars: int, seed: int) -> tuple[list[QAItem], list[QAItem]]:
+  """(exemplars, candidates) of the user's file: in a seeded order, the first `n_exemplars` items whose
+  first answer has at most 3 words become the prompt's exemplars; the other items, in file order, are the
+  questions (an exemplar is never asked)."""
+  items = read_jsonl(path)
+  chosen = []
+  for i in np.random.default_rng(seed).permutation(len(items)):
+    if len(chosen) == n_exemplars:
+      break
+    if len(items[i].gold[0].split()) <= 3:
+      chosen.append(int(i))
+  if len(chosen) < n_exemplars:
+    raise DataError(
+      f"{path}: {len(chosen)} items have a short (<= 3 words) first answer; the prompt needs "
+      f"config.qa.n_exemplars={n_exemplars} of them as solved exemplars (lower n_exemplars or add items)"
+    )
+  taken = set(chosen)
+  return [items[i] for i in chosen], [it for i, it in enumerate(items) if i not in taken]
+
+
+def load_jsonl(path: str, limit: int = 0, n_exemplars: int = 0, seed: int = 0) -> list[QAItem]:
+  """The user's questions (`read_jsonl`) minus the `n_exemplars` set aside for the prompt."""
+  _, items = jsonl_pools(path, n_exemplars, seed)
+  if len(items) < 1:
+    raise DataError(f"{path}: no questions are left after setting aside {n_exemplars} exemplars")
+  return items[:limit] if limit else items
 
 
 def load(dataset: str, qa_cfg=None, limit: int = 0) -> list[QAItem]:
@@ -409,7 +437,7 @@ def load(dataset: str, qa_cfg=None, limit: int = 0) -> list[QAItem]:
   if dataset == "squad":
     return load_squad(get("squad_file", SQUAD), limit, get("n_exemplars", 3), get("sample_seed", 0))
   if dataset == "jsonl":
-    return load_jsonl(get("path", ""), limit)
+    return load_jsonl(get("path", ""), limit, get("n_exemplars", 3), get("sample_seed", 0))
   if dataset == "nq_open":
     return load_nq_open(get("nq_open_file", NQ_OPEN_DEV), limit)
   if dataset in ("truthfulqa", "truthfulqa_given"):
@@ -427,9 +455,7 @@ def data_files(dataset: str, qa_cfg=None) -> list[str]:
   if dataset == "squad":
     return [get("squad_file", SQUAD)]
   if dataset == "jsonl":
-    return [get("path", "")] + (
-      [get("fewshot_file", NQ_OPEN_EFFICIENTQA)] if get("prompt_style", "") != "chat" else []
-    )
+    return [get("path", "")]
   if dataset == "nq_open":
     return [get("nq_open_file", NQ_OPEN_DEV), get("fewshot_file", NQ_OPEN_EFFICIENTQA)]
   if dataset in ("truthfulqa", "truthfulqa_given"):

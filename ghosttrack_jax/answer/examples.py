@@ -1,7 +1,9 @@
 """The examples table of the `answer` stage and its one owner (schema: docs/DESIGN.md "Examples table").
 
 `cache/<model>/answers/<dataset>/` holds examples.jsonl, excluded.jsonl, folds.npz, manifest.json,
-audit_sample.jsonl, and DONE, written last with the SHA-256 of each of them. Every other module reads them
+audit_sample.jsonl, question_scores.npz (the answer-level signals of answer.stage.question_scores: sampling
+scores, P(True), subject familiarity; one [N] array per name beside example_id) and DONE, written last
+with the SHA-256 of each of them. Every other module reads them
 through `load_*` here, which checks the file against its checksum first (DamagedOutputError otherwise).
 """
 
@@ -14,12 +16,13 @@ from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
 SCHEMA_VERSION = 1
-EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT = (
+EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT, SCORES = (
   "examples.jsonl",
   "excluded.jsonl",
   "folds.npz",
   "manifest.json",
   "audit_sample.jsonl",
+  "question_scores.npz",
 )
 
 
@@ -28,10 +31,26 @@ def _jsonl(rows) -> str:
 
 
 def save(
-  out_dir: str, examples: list[dict], excluded: list[dict], folds: np.ndarray, manifest: dict, audit_rows
+  out_dir: str,
+  examples: list[dict],
+  excluded: list[dict],
+  folds: np.ndarray,
+  manifest: dict,
+  audit_rows,
+  scores: dict | None = None,
 ) -> None:
   """Writes the whole table, then DONE. `examples` carry group_id/fold/folds; `folds` is [R, N] int16;
-  `audit_rows` are the rows copied to audit_sample.jsonl for a hand audit (`audit_label` to fill in)."""
+  `audit_rows` are the rows copied to audit_sample.jsonl for a hand audit (`audit_label` to fill in);
+  `scores` maps a question-score name to its [N] values in example order."""
+  scores = scores or {}
+  for name, v in scores.items():
+    if np.shape(v) != (len(examples),):
+      raise ValueError(f"question score {name!r} has shape {np.shape(v)}, expected ({len(examples)},)")
+  atomic_io.atomic_save_npz(
+    os.path.join(out_dir, SCORES),
+    example_id=np.array([e["id"] for e in examples]),
+    **{"score__" + k: np.asarray(v, np.float64) for k, v in scores.items()},
+  )
   atomic_io.atomic_write_text(os.path.join(out_dir, EXAMPLES), _jsonl(examples))
   atomic_io.atomic_write_text(os.path.join(out_dir, EXCLUDED), _jsonl(excluded))
   atomic_io.atomic_save_npz(
@@ -50,7 +69,7 @@ def save(
   atomic_io.write_done(out_dir, {"n_examples": len(examples)}, files=FILES)
 
 
-FILES = (EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT)  # every file of the table, checksummed in DONE
+FILES = (EXAMPLES, EXCLUDED, FOLDS, MANIFEST, AUDIT, SCORES)  # every file of the table, checksummed in DONE
 
 
 def _fix(out_dir: str) -> str:
@@ -81,6 +100,12 @@ def load_folds(config, workdir: str, dataset: str | None = None) -> dict:
   """folds.npz of a finished `answer` stage as a dict of arrays."""
   with np.load(_checked(config, workdir, dataset, FOLDS), allow_pickle=False) as z:
     return {k: z[k] for k in z.files}
+
+
+def load_question_scores(config, workdir: str, dataset: str | None = None) -> tuple[np.ndarray, dict]:
+  """(example_id [N], {name: [N] float64}) of a finished `answer` stage (names: answer.stage.question_scores)."""
+  with np.load(_checked(config, workdir, dataset, SCORES), allow_pickle=False) as z:
+    return z["example_id"], {k[len("score__") :]: z[k] for k in z.files if k.startswith("score__")}
 
 
 def manifest_sha256(config, workdir: str, dataset: str | None = None) -> str:

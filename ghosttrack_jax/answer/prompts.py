@@ -111,12 +111,13 @@ class PromptFormat:
     relation, one per line, "The country of Porto Velho is Brazil."), nothing else;
   style "fewshot": the instruction, then the exemplars as "Q: ...\nA: ...\n\n" (NQ-open pairs), or for
     items with a passage as "Passage: ...\nQ: ...\nA: ...\n\n" (SQuAD triples), then the question;
-  style "chat": the chat template with one user message (the passage, a blank line, then
-    CHAT_INSTRUCTION), and the generation prompt.
+  style "chat": the chat template with the exemplars as user/assistant turns, then one user message
+    (the passage, a blank line, then CHAT_INSTRUCTION), and the generation prompt.
+  Exemplars of the fewshot and chat styles are (question, answer) or (passage, question, answer).
   """
 
   style: str
-  exemplars: object  # stem: {relation: [(stem, gold)]}; fewshot: [(q, a)] or [(context, q, a)]; chat: []
+  exemplars: object  # stem: {relation: [(stem, gold)]}; fewshot and chat: [(q, a)] or [(context, q, a)]
   tokenizer: object = None
 
   def render(self, item, raw: bool = False) -> str:
@@ -134,10 +135,11 @@ class PromptFormat:
       shots = "".join(f"Q: {eq}\nA: {ea}\n\n" for eq, ea, *_ in self.exemplars)
       passage = f"Passage: {item.context}\n" if item.context else ""
       return f"{FEWSHOT_INSTRUCTION}\n\n{shots}{passage}Q: {qq}\nA:"
-    content = (CHAT_CONTEXT.format(context=item.context) if item.context else "") + CHAT_INSTRUCTION.format(
-      question=q
-    )
-    messages = [{"role": "user", "content": content}]
+    messages = []
+    for *ctx, eq, ea in self.exemplars:
+      messages += [{"role": "user", "content": _chat_turn(eq, ctx[0] if ctx else None)}]
+      messages += [{"role": "assistant", "content": ea}]
+    messages.append({"role": "user", "content": _chat_turn(q, item.context)})
     return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
   def render_question(self, question: str, context: str | None = None) -> str:
@@ -157,9 +159,13 @@ class PromptFormat:
     """The exemplar answers shown in `item`'s prompt (to flag answers that copy one)."""
     if self.style == "stem":
       return [a for _, a in (self.exemplars.get(item.relation) or self.mixed_exemplars())]
-    if self.style == "fewshot":
-      return [e[-1] for e in self.exemplars]
-    return []
+    return [e[-1] for e in self.exemplars]
+
+  def exemplar_pairs(self, item) -> list[tuple[str, str]]:
+    """(question, answer) of each exemplar in `item`'s prompt, stems in question form (P(True)'s shots)."""
+    if self.style == "stem":
+      return [(question_of(s), a) for s, a in (self.exemplars.get(item.relation) or self.mixed_exemplars())]
+    return [(e[-2], e[-1]) for e in self.exemplars]
 
   def mixed_exemplars(self) -> list:
     """For a stem whose relation has no exemplars: the first exemplar of the largest relations."""
@@ -177,6 +183,18 @@ class PromptFormat:
       template = self.render(datasets.QAItem("template", "{question}", ()), raw=True)
       exemplars = [list(e) for e in self.exemplars]
     return {"style": self.style, "exemplars": exemplars, "template": template}
+
+
+def _chat_turn(question: str, context: str | None) -> str:
+  return (CHAT_CONTEXT.format(context=context) if context else "") + CHAT_INSTRUCTION.format(
+    question=question
+  )
+
+
+def question_of(stem: str) -> str:
+  """ "The capital of France is" -> "What is the capital of France?" (other texts unchanged)."""
+  m = re.match(r"^The (.+?) of (.+) is$", " ".join(stem.split()))
+  return f"What is the {m.group(1)} of {m.group(2)}?" if m else stem
 
 
 def stem_of(question: str) -> str:
@@ -217,10 +235,15 @@ def prompt_format(qa_cfg, tokenizer, exclude_questions=()) -> PromptFormat:
     ex, _ = datasets.wikidata_pools(qa_cfg.wikidata_file, qa_cfg.n_exemplars, qa_cfg.sample_seed)
     return PromptFormat(style, ex, tokenizer)
   ex = []
-  if style == "fewshot" and qa_cfg.dataset == "squad":
+  if qa_cfg.dataset == "jsonl":
+    shots, _ = datasets.jsonl_pools(qa_cfg.path, qa_cfg.n_exemplars, qa_cfg.sample_seed)
+    ex = [(it.context, it.question, it.gold[0]) if it.context else (it.question, it.gold[0]) for it in shots]
+  elif style == "fewshot" and qa_cfg.dataset == "squad":
     ex, _ = datasets.squad_pools(qa_cfg.squad_file, qa_cfg.n_exemplars, qa_cfg.sample_seed)
   elif style == "fewshot":
     ex = fewshot_exemplars(qa_cfg.fewshot_file, exclude_questions=exclude_questions)
+  elif style == "chat" and qa_cfg.dataset == "nq_open":
+    ex = fewshot_exemplars(qa_cfg.fewshot_file, qa_cfg.n_exemplars, exclude_questions)
   return PromptFormat(style, ex, tokenizer)
 
 

@@ -37,11 +37,12 @@ Outputs (schema in docs/DESIGN.md "Examples table"): `cache/<model>/answers/<dat
 
 import logging
 import os
+import zlib
 
 import numpy as np
 
 from ghosttrack_jax import config_lib, lm
-from ghosttrack_jax.answer import datasets, labelling, prompts
+from ghosttrack_jax.answer import datasets, labelling, prompts, self_eval, uncertainty
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
@@ -114,11 +115,48 @@ def _manifest_key(config) -> dict:
     "sample_seed": q.sample_seed,
     "n_exemplars": q.n_exemplars,
     "path": q.path,
+    "n_samples": q.n_samples,
+    "sample_temperature": q.sample_temperature,
+    "seed": config.seed,
+    "cut_first_sentence": q.cut_first_sentence,
   }
 
 
-def _generate_all(config, model, prompt_texts, out_dir) -> list:
-  """Raw generated ids per prompt; batches saved as they finish and reused on resume."""
+def question_seed(config, qid: str) -> int:
+  """The PRNG seed of one question's samples: from the root seed and the question id only, so a resumed
+  or re-batched run draws the same samples."""
+  return zlib.crc32(f"{config.seed}:{qid}".encode()) & 0x7FFFFFFF
+
+
+def _sample_record(sample, model, qa_cfg) -> tuple[dict, np.ndarray]:
+  """One sample post-processed like the greedy answer: its record (answer text, tokens, mean token
+  log-probability, flags) and the embedding EigenScore reads (the embedding block's output at the answer's
+  last token; at the token that ended the sample when the answer is empty)."""
+  raw = list(sample.ids) + ([model.eos_id] if sample.hit_eos else [])
+  moved, ans, flags = prompts.postprocess(
+    sample.ids, model.tokenizer, prompts.stop_ids(model), qa_cfg.cut_first_sentence, qa_cfg.max_new_tokens
+  )
+  start, end = len(moved), len(moved) + len(ans)
+  lp = sample.logprobs
+  at = end - 1 if ans else min(end, len(raw) - 1)
+  if ans:
+    mean_lp = float(np.mean(lp[start:end]))
+  else:  # an empty answer: the probability of the token that ended it
+    mean_lp = float(lp[end]) if end < len(lp) else 0.0
+  emb = np.asarray(sample.embeddings[at], np.float32) if at >= 0 else np.zeros(model.d_model, np.float32)
+  rec = {
+    "text": model.tokenizer.decode(ans).strip(),
+    "n_tokens": len(ans),
+    "mean_logprob": mean_lp,
+    "logprob": float(np.sum(lp[start:end])),
+    "flags": flags,
+  }
+  return rec, emb
+
+
+def _generate_all(config, model, prompt_texts, seeds, out_dir) -> tuple[list, np.ndarray | None]:
+  """Raw generated ids per prompt (and with config.qa.n_samples its post-processed samples, plus their
+  EigenScore embeddings [N, S, D]); batches saved as they finish and reused on resume."""
   gdir = os.path.join(out_dir, "generations")
   os.makedirs(gdir, exist_ok=True)
   key_path = os.path.join(gdir, "key.json")
@@ -128,40 +166,95 @@ def _generate_all(config, model, prompt_texts, out_dir) -> list:
     for f in os.listdir(gdir):
       os.remove(os.path.join(gdir, f))
   atomic_io.atomic_write_json(key_path, key)
-  bs = config.qa.batch_size
-  results = []
+  bs, n_s = config.qa.batch_size, int(config.qa.n_samples)
+  results, embeddings = [], []
   n_batches = (len(prompt_texts) + bs - 1) // bs
   for b in range(n_batches):
     path = os.path.join(gdir, f"batch_{b:05d}.json")
     batch = prompt_texts[b * bs : (b + 1) * bs]
-    saved = _read_batch(path) if os.path.exists(path) else None
-    if saved is not None:
-      if [s["prompt"] for s in saved] == batch:
-        results.extend(saved)
-        continue
-    gens = model.generate(batch, max_new_tokens=config.qa.max_new_tokens, batch_size=bs)
-    saved = [
-      {
+    saved = _read_batch(path, n_s) if os.path.exists(path) else None
+    if saved is not None and [s["prompt"] for s in saved[0]] == batch:
+      results.extend(saved[0])
+      embeddings.append(saved[1])
+      continue
+    gens = model.generate(
+      batch,
+      max_new_tokens=config.qa.max_new_tokens,
+      batch_size=bs,
+      n_samples=n_s,
+      temperature=float(config.qa.sample_temperature),
+      seeds=seeds[b * bs : (b + 1) * bs] if n_s else None,
+    )
+    rows, embs = [], np.zeros((len(batch), n_s, model.d_model), np.float32)
+    for r, (p, g) in enumerate(zip(batch, gens)):
+      row = {
         "prompt": p,
         "prompt_ids": prompts.generated_prompt_ids(g, model, p),
         "gen_ids": prompts.generated_ids(g),
       }
-      for p, g in zip(batch, gens)
-    ]
-    atomic_io.atomic_write_json(path, saved)
-    results.extend(saved)
+      if n_s:
+        row["samples"] = []
+        for j, smp in enumerate(g.samples):
+          rec, embs[r, j] = _sample_record(smp, model, config.qa)
+          row["samples"].append(rec)
+      rows.append(row)
+    if n_s:  # the embeddings first: the JSON file marks the batch complete
+      atomic_io.atomic_save_npz(path[: -len(".json")] + ".npz", embeddings=embs)
+    atomic_io.atomic_write_json(path, rows)
+    results.extend(rows)
+    embeddings.append(embs)
     logging.info("answer: batch %d/%d generated", b + 1, n_batches)
-  return results
+  return results, (np.concatenate(embeddings) if n_s and embeddings else None)
 
 
-def _read_batch(path: str) -> list | None:
-  """A generation batch saved by an interrupted run, or None when it cannot be read (regenerated)."""
+def _read_batch(path: str, n_samples: int) -> tuple[list, np.ndarray] | None:
+  """A generation batch saved by an interrupted run (rows, sample embeddings), or None when it cannot be
+  read (regenerated)."""
   try:
     saved = atomic_io.read_json(path)
-    return saved if isinstance(saved, list) and all("prompt" in s for s in saved) else None
-  except (OSError, ValueError, TypeError) as e:
+    if not (isinstance(saved, list) and all("prompt" in s for s in saved)):
+      return None
+    if not n_samples:
+      return saved, np.zeros((len(saved), 0, 0), np.float32)
+    if not all(len(s.get("samples", ())) == n_samples for s in saved):
+      return None
+    with np.load(path[: -len(".json")] + ".npz", allow_pickle=False) as z:
+      embs = z["embeddings"]
+    return (saved, embs) if embs.shape[:2] == (len(saved), n_samples) else None
+  except (OSError, ValueError, TypeError, KeyError) as e:
     logging.warning("answer: the saved generations %s cannot be read (%s); regenerating them", path, e)
     return None
+
+
+def question_scores(config, model, fmt, items_by_id: dict, examples: list[dict], embeddings: dict) -> dict:
+  """Per example, the answer-level detection signals that need the model or the samples (names ->
+  [N] arrays, in example order): the sampling scores (answer.uncertainty.SCORES, with qa.n_samples),
+  P(True) (qa.p_true) and, where questions name a subject, its familiarity (self_eval)."""
+  out = {}
+  if not examples:
+    return out
+  if config.qa.n_samples:
+    rows = [
+      uncertainty.sample_scores(
+        [s["text"] for s in e["samples"]], [s["mean_logprob"] for s in e["samples"]], embeddings[e["id"]]
+      )
+      for e in examples
+    ]
+    for name in uncertainty.SCORES:
+      out[name] = np.array([r[name] for r in rows])
+  if config.qa.p_true:
+    texts = []
+    for e in examples:
+      it = items_by_id[e["id"]]
+      shots = self_eval.ptrue_shots(fmt.exemplar_pairs(it))
+      texts.append(self_eval.ptrue_prompt(it.question, e["answer_text"], shots, it.context))
+    out["p_true"] = self_eval.p_true(model, texts, config.qa.batch_size)
+  subjects = [items_by_id[e["id"]].meta.get("subject") for e in examples]
+  if all(subjects):
+    fam = self_eval.subject_familiarity(model, subjects, config.qa.batch_size)
+    for j, name in enumerate(self_eval.FAMILIARITY_COLUMNS):
+      out[name] = fam[:, j]
+  return out
 
 
 def build_examples(config, model, items, out_dir):
@@ -170,12 +263,13 @@ def build_examples(config, model, items, out_dir):
   exclude = [it.question for it in items] if dataset in ("nq_open", "jsonl") else []
   fmt = prompts.prompt_format(config.qa, model.tokenizer, exclude_questions=exclude)
   tok = model.tokenizer
-  examples, excluded = [], []
+  examples, excluded, embeddings = [], [], {}
   if dataset in OWN_ANSWER_SETS:
     texts = [fmt.render(it) for it in items]
-    gens = _generate_all(config, model, texts, out_dir)
+    seeds = [question_seed(config, it.qid) for it in items]
+    gens, sample_embs = _generate_all(config, model, texts, seeds, out_dir)
     sids = prompts.stop_ids(model)
-    for it, g in zip(items, gens):
+    for n_item, (it, g) in enumerate(zip(items, gens)):
       moved, ans, flags = prompts.postprocess(
         g["gen_ids"], tok, sids, config.qa.cut_first_sentence, config.qa.max_new_tokens
       )
@@ -197,11 +291,18 @@ def build_examples(config, model, items, out_dir):
         "flags": flags,
         "relation": it.relation,
       }
+      if "samples" in g:
+        rec["samples"] = g["samples"]
+        embeddings[rec["id"]] = sample_embs[n_item]
       if "empty" in flags:
         excluded.append({**rec, "reason": "empty answer"})
         continue
       if "non_answer" in flags and config.qa.exclude_non_answers:
         excluded.append({**rec, "reason": "non-answer"})
+        continue
+      if "max_new_tokens" in flags and config.qa.exclude_cut_answers:
+        # the budget ended the answer: it may be a right answer cut before the name, never label it
+        excluded.append({**rec, "reason": "cut by the token budget"})
         continue
       label, method, labels_all, details = label_own_answer(dataset, text, it, config.qa)
       if details.get("tie"):
@@ -241,11 +342,12 @@ def build_examples(config, model, items, out_dir):
       examples.append(rec)
   else:
     raise DataError(f"config.qa.dataset={dataset!r}: use one of {OWN_ANSWER_SETS + GIVEN_TEXT_SETS}")
-  return examples, excluded, fmt
+  return examples, excluded, fmt, embeddings
 
 
-def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None) -> dict:
-  """Adds group ids and folds to `examples`, builds the manifest and writes the table (examples.save)."""
+def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None, scores=None) -> dict:
+  """Adds group ids and folds to `examples`, builds the manifest and writes the table (examples.save)
+  with the per-example question scores (`question_scores`: name -> [N])."""
   if not examples:
     raise DataError(f"no usable examples for {config.qa.dataset} ({len(excluded)} excluded)")
   groups = folds_lib.group_ids([e["question"] for e in examples])
@@ -289,7 +391,14 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
       "max_new_tokens": config.qa.max_new_tokens,
       "batch_size": config.qa.batch_size,
       "cut_first_sentence": bool(config.qa.cut_first_sentence),
+      "exclude_cut_answers": bool(config.qa.exclude_cut_answers),
+      # answered questions (examples + excluded) whose answer the token budget ended
+      "cut_by_budget": sum("max_new_tokens" in e["flags"] for e in examples + excluded),
+      "n_samples": int(config.qa.n_samples),
+      "sample_temperature": float(config.qa.sample_temperature),
+      "sample_seed_rule": "crc32('<config.seed>:<question id>'), one PRNG stream per question",
     },
+    "question_scores": sorted(scores or {}),
     "label_method": examples[0]["label_method"],
     "label_rates": label_rates,
     "n_examples": len(examples),
@@ -318,7 +427,7 @@ def fold_and_write(config, examples, excluded, fmt, out_dir, extra_manifest=None
   }
   # docs/method.md §6.2 item 4: 100 random labels per (model, dataset) for a hand audit.
   audit = np.sort(np.random.default_rng(config.evaluate.seed).permutation(len(examples))[:100])
-  examples_lib.save(out_dir, examples, excluded, folds, manifest, audit)
+  examples_lib.save(out_dir, examples, excluded, folds, manifest, audit, scores or {})
   return manifest
 
 
@@ -349,8 +458,11 @@ def run(config, workdir: str, model=None) -> None:
   os.makedirs(out_dir, exist_ok=True)
   if model is None:
     model = lm.load_model(config.model)
-  examples, excluded, fmt = build_examples(config, model, items, out_dir)
-  m = fold_and_write(config, examples, excluded, fmt, out_dir, {"n_questions": len(items)})
+  examples, excluded, fmt, embeddings = build_examples(config, model, items, out_dir)
+  scores = {}
+  if config.qa.dataset in OWN_ANSWER_SETS:
+    scores = question_scores(config, model, fmt, {it.qid: it for it in items}, examples, embeddings)
+  m = fold_and_write(config, examples, excluded, fmt, out_dir, {"n_questions": len(items)}, scores)
   logging.info(
     "answer: %s: %d examples (%d correct, %d hallucinated), %d excluded -> %s",
     config.qa.dataset,

@@ -28,8 +28,9 @@ _NONE = -1  # output slot after EOS / beyond the end
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-  """One sampled continuation: ids (EOS excluded), the model's log probability of each (at T = 1),
-  the output of the embedding block at each token's position [len(ids), D], and whether EOS came."""
+  """One sampled continuation: ids (EOS excluded) and whether EOS came; per token of ids + [EOS] (EOS
+  only when it came), the model's log probability of it (at T = 1) and the output of the embedding block
+  at its position [., D]."""
 
   ids: list[int]
   logprobs: list[float]
@@ -296,5 +297,5 @@ def _until_eos(row, eos_id: int) -> tuple[list[int], bool]:
 
 def _sample(tok, logp, emb, eos_id: int) -> Sample:
   ids, hit_eos = _until_eos(tok, eos_id)
-  n = len(ids)
+  n = len(ids) + int(hit_eos)
   return Sample(ids, [float(x) for x in logp[:n]], np.asarray(emb[:n], np.float32), hit_eos)

@@ -80,6 +80,8 @@ class LanguageModel:
     self.logits_and_residuals_fn = jax.jit(functools.partial(self._forward, with_logits=True))
     self.logits_fn = jax.jit(self._logits)
     self.logits_with_replacement_fn = jax.jit(self._logits_with_replacement)
+    self.token_logprobs_fn = jax.jit(self._token_logprobs)
+    self.next_token_logprobs_fn = jax.jit(self._next_token_logprobs)
     self._generate_fn = jax.jit(
       functools.partial(generation.greedy_batch, self), static_argnames=("max_new_tokens",)
     )
@@ -166,6 +168,19 @@ class LanguageModel:
   def _logits(self, params, ids, mask):
     return self._head(params, self._apply_body(params, ids, mask).last_hidden_state)
 
+  def _token_logprobs(self, params, ids, mask):
+    """[B, T] log p(ids[t] | ids[<t]) (0 at t = 0)."""
+    logp = jax.nn.log_softmax(self._logits(params, ids, mask)[:, :-1], axis=-1)
+    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)
+
+  def _next_token_logprobs(self, params, ids, mask, candidates):
+    """[B, C] log p(candidate | the row's real tokens) at each right-padded row's last real position."""
+    hidden = self._apply_body(params, ids, mask).last_hidden_state
+    last = jnp.maximum(jnp.sum(mask, axis=-1) - 1, 0)
+    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return jax.nn.log_softmax(self._head(params, h), axis=-1)[:, candidates]
+
   def _logits_with_replacement(self, params, ids, mask, layer, new_resid):
     block_cls = self._family.block_cls
 
@@ -197,6 +212,16 @@ class LanguageModel:
   def logits(self, ids, mask=None) -> jax.Array:
     """[B, T, V] float32 logits."""
     return self.logits_fn(self.params, *self._inputs(ids, mask))
+
+  def token_logprobs(self, ids, mask=None) -> jax.Array:
+    """[B, T] float32: the log probability of each token given the ones before it (0 at position 0).
+    Right-padded rows: values at padded positions are meaningless."""
+    return self.token_logprobs_fn(self.params, *self._inputs(ids, mask))
+
+  def next_token_logprobs(self, ids, mask, candidates) -> jax.Array:
+    """[B, C] float32: log p of each candidate token id as the next token after each right-padded row."""
+    ids, mask = self._inputs(ids, mask)
+    return self.next_token_logprobs_fn(self.params, ids, mask, jnp.asarray(candidates, jnp.int32))
 
   def logits_with_replacement(self, ids, mask, layer, new_resid) -> jax.Array:
     """[B, T, V] logits with the output of block `layer` replaced by `new_resid` [B, T, D].

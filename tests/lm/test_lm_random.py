@@ -170,12 +170,12 @@ def test_samples_share_the_prefill_and_are_the_models_own(model):
   for g in gens:
     assert len(g.samples) == 3
     for s in g.samples:
-      assert len(s.ids) == len(s.logprobs) == len(s.embeddings) and s.ids
-      ids = np.asarray([g.prompt_ids + s.ids], np.int32)
+      assert len(s.ids) + s.hit_eos == len(s.logprobs) == len(s.embeddings) and s.ids
+      ids = np.asarray([g.prompt_ids + s.ids + [model.eos_id] * s.hit_eos], np.int32)
       logits, resid = model.logits_and_residuals(ids)
       logp = np.asarray(jax_log_softmax(np.asarray(logits[0], np.float64)))
       start = len(g.prompt_ids)
-      want = [logp[start - 1 + i, t] for i, t in enumerate(s.ids)]
+      want = [logp[start - 1 + i, t] for i, t in enumerate(ids[0, start:])]
       np.testing.assert_allclose(s.logprobs, want, atol=2e-4)
       got_emb = np.asarray(resid[list(model.layers).index(block), 0, start:])
       np.testing.assert_allclose(s.embeddings, got_emb, atol=2e-4, rtol=1e-4)
