@@ -1,9 +1,11 @@
 """The aligned feature table and the methods that detect scores on it (docs/method.md §5.2, §6.3).
 
-`load_feature_data` joins the track stage's feature table with the answer stage's examples and fold file
-(checking they agree) and adds the text features; `plan_methods` lists every method in report order:
-GhostTrack with each configured classifier, the reconstruction family, ablations and sweeps, scalar
-baselines, raw-residual and pooled-SAE probes, surface baselines and combined rows.
+`load_feature_data` joins the track stage's feature table with the answer stage's examples, fold file and
+question scores (checking they agree) and adds the text and question features; `plan_methods` lists every
+method in report order: GhostTrack with each configured classifier, the reconstruction family, ablations
+and sweeps, scalar baselines, the field's unsupervised scores (fixed sign, nothing fit), raw-residual and
+pooled-SAE probes, probes at single positions (last prompt token, first and last answer token) and
+semantic-entropy probes, surface baselines, question-only controls, combined and incremental rows.
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ import sklearn.linear_model
 import sklearn.pipeline
 
 from ghosttrack_jax.answer import examples as examples_lib
+from ghosttrack_jax.answer import self_eval
 from ghosttrack_jax.detect import classifiers
 from ghosttrack_jax.errors import StoreMismatchError
 from ghosttrack_jax.track import feature_table
@@ -55,6 +58,7 @@ class FeatureData:
     self.layers = meta.get("layers") or list(range(meta.get("n_layers", 0)))
     self.label_method = label_method  # the primary label method
     self.label_variants = label_variants or {}  # other label method -> labels [N] (same rows)
+    self.relation = np.array([""] * len(self.texts))  # the wikidata relation per row ("" elsewhere)
 
   def columns(self, name):
     return self.meta["feature_sets"][name]["columns"]
@@ -66,8 +70,12 @@ class FeatureData:
       return np.asarray([self.question_texts[i] for i in rows], dtype=object)
     if spec.text_features == "relation":
       return np.asarray([self.question_texts[i].split(" ", 1)[0] for i in rows], dtype=object)
+    return self.get_parts(spec.parts, rows)
+
+  def get_parts(self, parts_spec, rows) -> np.ndarray:
+    """The columns of ((feature_set, columns or None), ...) for `rows`, side by side (float64)."""
     parts = []
-    for name, cols in spec.parts:
+    for name, cols in parts_spec:
       x = self.sets[name][rows]
       if x.ndim == 3:
         x = x.reshape(len(rows), -1)
@@ -94,6 +102,16 @@ class Method:
   # "bow" (answer text), "question_bow" (relation token + question words), "relation" (its token only)
   text_features: str = ""
   search_c: bool = True
+  # != 0: an unsupervised score, `sign` x the one column of `parts` (higher = more likely hallucinated,
+  # fixed in advance from the method's definition); nothing is fit
+  sign: float = 0.0
+  layer_range: int = 0  # > 0 with layer_select: this many contiguous layers around the chosen one
+  extra_parts: tuple = ()  # parts appended to the layer-selected features (incremental rows)
+  # what the method is trained on: "label" (correctness) or "semantic_entropy" (SEP: the semantic
+  # entropy of the training rows, binarised there; scored against correctness like every method)
+  target: str = "label"
+  compare_to: str = ""  # incremental rows: the method this one extends (paired difference in evaluate)
+  loro: bool = False  # also scored by leave-one-relation-out cross-validation
 
   def make(self, c=1.0):
     if self.text_features:
@@ -112,11 +130,16 @@ class Method:
     return {
       "kind": self.kind,
       "label": self.label,
-      "classifier": self.classifier,
+      "classifier": "none (fixed sign)" if self.sign else self.classifier,
       "features": [[n, c] for n, c in self.parts]
       if self.parts
       else list(self.candidate_sets) or self.feature_set or self.text_features,
       "layer_select": self.layer_select,
+      **({"sign": self.sign} if self.sign else {}),
+      **({"layer_range": self.layer_range} if self.layer_range else {}),
+      **({"extra_features": [[n, c] for n, c in self.extra_parts]} if self.extra_parts else {}),
+      **({"target": self.target} if self.target != "label" else {}),
+      **({"compare_to": self.compare_to} if self.compare_to else {}),
     }
 
 
@@ -181,6 +204,7 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
         (("scalar_baselines", None),),
       )
     )
+  out += unsupervised_methods(data)
   for name, label in (("raw_resid", "raw-residual probe"), ("sae_pooled", "pooled SAE-feature probe")):
     if name in fs:
       out.append(
@@ -196,6 +220,7 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
       out.append(
         Method(f"probe/{name}_all_layers", "probe", f"{label}, all layers", "logistic", ((name, None),))
       )
+  out += position_probes(data)
   out.append(
     Method("surface/bag_of_words", "surface", "bag of words on the answer text, LR", text_features="bow")
   )
@@ -218,6 +243,9 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
         text_features="relation",
       )
     )
+  bar = question_bar(data)
+  if bar is not None and bar.name != "question_only/relation":
+    out.append(bar)
   if data.meta.get("mode") == "given_text":
     out.append(
       Method(
@@ -248,6 +276,139 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
         (("ghosttrack", None), ("raw_resid", None)),
       )
     )
+  out += incremental_methods(data, bar)
+  loro = {PRIMARY, "question_only/relation", "probe/sae_pooled_all_layers", "probe/ans_last_best_layer"}
+  loro |= {"probe/tbg_best_layer", "probe/sep_ans_last_best_layer", "unsupervised/semantic_entropy"}
+  if bar is not None:
+    loro.add(bar.name)
+  for m in out:
+    m.loro = m.name in loro
+  return out
+
+
+PRIMARY = "ghosttrack/logistic"
+
+# The field's unsupervised scores (docs/method.md §6.6): (name, feature set, column, sign, label). Every
+# sign makes higher = more likely hallucinated and is fixed here, never fit.
+UNSUPERVISED = (
+  ("semantic_entropy", "question_scores", "semantic_entropy", 1.0, "semantic entropy (probability-weighted)"),
+  ("semantic_entropy_discrete", "question_scores", "semantic_entropy_discrete", 1.0, "semantic entropy (discrete)"),
+  ("naive_entropy", "question_scores", "naive_entropy", 1.0, "naive predictive entropy of the samples"),
+  ("num_classes", "question_scores", "num_classes", 1.0, "number of meaning classes among the samples"),
+  ("lexical_dissimilarity", "question_scores", "lexical_dissimilarity", 1.0, "1 - mean pairwise ROUGE-L"),
+  ("eigenscore", "question_scores", "eigenscore", 1.0, "EigenScore (mid-layer, last answer token)"),
+  ("p_false", "question_scores", "p_true", -1.0, "P(True) of the answer (score = -P(True))"),
+  ("max_sequence_probability", "scalar_baselines", "sum_nll", 1.0, "maximum sequence probability (-log p)"),
+  ("perplexity", "scalar_baselines", "mean_nll", 1.0, "perplexity (mean token NLL)"),
+  ("mean_token_entropy", "scalar_baselines", "mean_entropy", 1.0, "mean token entropy"),
+)
+
+
+def unsupervised_methods(data: "FeatureData") -> list[Method]:
+  out = []
+  fs = data.meta["feature_sets"]
+  for name, fset, col, sign, label in UNSUPERVISED:
+    if fset in fs and col in fs[fset]["columns"]:
+      out.append(
+        Method(f"unsupervised/{name}", "unsupervised", label, parts=((fset, [col]),), search_c=False, sign=sign)
+      )
+  return out
+
+
+SEP_LAYERS = 5  # contiguous layers of the range probes (Kossen et al. concatenate a range)
+
+
+def position_probes(data: "FeatureData") -> list[Method]:
+  """Probes at the positions of the literature: the last prompt token (TBG: it sees only the question,
+  so it is a question-only control), the first and the last answer token (exact answer); each at the best
+  layer by inner CV and on the SEP_LAYERS contiguous layers around it; and semantic-entropy probes (SEP,
+  trained on binarised semantic entropy) at TBG and the last answer token."""
+  fs = data.meta["feature_sets"]
+  out = []
+  where = {"tbg": "last prompt token (TBG)", "ans_first": "first answer token", "ans_last": "last answer token"}
+  for name, label in where.items():
+    if name not in fs:
+      continue
+    kind = "question_only" if name == "tbg" else "probe"
+    out.append(
+      Method(
+        f"probe/{name}_best_layer",
+        kind,
+        f"raw residual at the {label}, best layer (inner CV), LR",
+        feature_set=name,
+        layer_select=True,
+      )
+    )
+    out.append(
+      Method(
+        f"probe/{name}_layer_range",
+        kind,
+        f"raw residual at the {label}, {SEP_LAYERS} layers around the best one, LR",
+        feature_set=name,
+        layer_select=True,
+        layer_range=SEP_LAYERS,
+      )
+    )
+  se = "question_scores" in fs and "semantic_entropy" in fs["question_scores"]["columns"]
+  for name in ("tbg", "ans_last"):
+    if se and name in fs:
+      out.append(
+        Method(
+          f"probe/sep_{name}_best_layer",
+          "probe",
+          f"semantic-entropy probe at the {where[name]}, best layer: trained on binarised semantic entropy",
+          feature_set=name,
+          layer_select=True,
+          target="semantic_entropy",
+        )
+      )
+  return out
+
+
+def question_bar(data: "FeatureData") -> Method | None:
+  """The question-only bar: the relation one-hot plus the subject-familiarity proxy where the questions
+  name a subject (wikidata), else the relation one-hot alone; None for sets with neither."""
+  fs = data.meta["feature_sets"]
+  if "question" in fs:
+    return Method(
+      "question_only/relation_and_familiarity",
+      "question_only",
+      "question only: relation one-hot + subject familiarity (log p of the subject, its tokens), LR",
+      parts=(("question", None),),
+    )
+  if any(t.startswith("relation_") and t.split(" ", 1)[0] != "relation_" for t in data.question_texts):
+    return Method("question_only/relation", "question_only", "question only: relation one-hot, LR", text_features="relation")
+  return None
+
+
+def incremental_methods(data: "FeatureData", bar: Method | None) -> list[Method]:
+  """'X + question-only' for GhostTrack, the exact-answer probe, the strongest probe of the default run
+  (pooled SAE codes, all layers) and semantic entropy, each compared with the question-only bar alone
+  (evaluate: paired difference). Only where the bar has numeric features."""
+  fs = data.meta["feature_sets"]
+  if bar is None or "question" not in fs:
+    return []
+  q = (("question", None),)
+  ref = bar.name
+  out = []
+  if "ghosttrack" in fs:
+    out.append(Method("incremental/ghosttrack+question", "incremental", "GhostTrack + question-only features, LR", parts=(("ghosttrack", None),) + q, compare_to=ref))
+  if "ans_last" in fs:
+    out.append(
+      Method(
+        "incremental/ans_last_probe+question",
+        "incremental",
+        "last-answer-token probe (best layer) + question-only features, LR",
+        feature_set="ans_last",
+        layer_select=True,
+        extra_parts=q,
+        compare_to=ref,
+      )
+    )
+  if "sae_pooled" in fs:
+    out.append(Method("incremental/sae_pooled_all_layers+question", "incremental", "pooled SAE codes (all layers) + question-only features, LR", parts=(("sae_pooled", None),) + q, compare_to=ref))
+  if "question_scores" in fs and "semantic_entropy" in fs["question_scores"]["columns"]:
+    out.append(Method("incremental/semantic_entropy+question", "incremental", "semantic entropy + question-only features, LR", parts=(("question_scores", ["semantic_entropy"]),) + q, compare_to=ref))
   return out
 
 
@@ -289,15 +450,47 @@ def load_feature_data(config, workdir: str, dataset: str | None = None) -> Featu
   if meta["mode"] == "given_text":
     sets["opener"] = np.array([[float(bool(OPENER.match(t)))] for t in texts], np.float32)
     meta["feature_sets"]["opener"] = {"columns": ["opener"], "per_layer": False, "kind": "surface"}
+  _add_question_sets(config, workdir, dataset, examples, eid, sets, meta)
   primary = examples[eid[0]].get("label_method")
   variants = {
     m: np.array([int(examples[e]["labels_all"][m]) for e in eid])
     for m in examples[eid[0]].get("labels_all", {})
     if m != primary
   }
-  return FeatureData(
+  data = FeatureData(
     sets, meta, eid, label, folds_file["group_id"][idx], folds, texts, primary, variants, question_texts
   )
+  data.relation = np.array([examples[e].get("relation", "") for e in eid])
+  return data
+
+
+def _add_question_sets(config, workdir, dataset, examples, eid, sets, meta) -> None:
+  """Adds the answer stage's question scores (sampling scores, P(True), subject familiarity) as the set
+  `question_scores`, and the numeric question-only features (relation one-hot, subject familiarity) as the
+  set `question`, both aligned with the feature table's rows."""
+  ids, scores = examples_lib.load_question_scores(config, workdir, dataset)
+  if scores:
+    pos = {str(e): i for i, e in enumerate(ids)}
+    missing = [e for e in eid if e not in pos]
+    if missing:
+      raise StoreMismatchError(f"example {missing[0]} has no question scores: rerun 'answer' and 'track'")
+    rows = np.array([pos[e] for e in eid])
+    names = sorted(scores)
+    sets["question_scores"] = np.stack([scores[n][rows] for n in names], 1).astype(np.float64)
+    meta["feature_sets"]["question_scores"] = {"columns": names, "per_layer": False, "kind": "unsupervised"}
+  relations = sorted({examples[e].get("relation", "") for e in eid} - {""})
+  cols, parts = [], []
+  if relations:
+    rel = np.array([examples[e].get("relation", "") for e in eid])
+    parts.append(np.stack([(rel == r).astype(np.float64) for r in relations], 1))
+    cols += [f"relation={r}" for r in relations]
+  fam = [c for c in self_eval.FAMILIARITY_COLUMNS if c in scores]
+  if fam:
+    parts.append(np.stack([scores[c][rows] for c in fam], 1))
+    cols += fam
+  if parts:
+    sets["question"] = np.concatenate(parts, 1)
+    meta["feature_sets"]["question"] = {"columns": cols, "per_layer": False, "kind": "question_only"}
 
 
 def question_text(example: dict) -> str:

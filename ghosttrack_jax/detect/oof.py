@@ -7,6 +7,9 @@
   predictions.csv                the same scores, one row per (method, example, repeat)
   methods.json                   mode, dataset, and per method its description, choices, degenerate folds
   label_variants.npz + .json     GhostTrack and scalar baselines re-scored under other label methods
+  loro.npz                       leave-one-relation-out scores of some methods (wikidata): methods,
+                                 relations, folds [1, N] (the held-out relation's index), scores [M, 1, N],
+                                 thresholds [M, 1, n_relations]
   detector/                      the final detectors (detect.detector)
   DONE                           written last (`mark_done`), with the SHA-256 of each file above
 The loads check each file against its checksum first (DamagedOutputError naming the file and the fix).
@@ -23,12 +26,13 @@ from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
 SCHEMA_VERSION = 1  # of methods.json (scores.npz's arrays are fixed with it); absent = 1 (written before)
-SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON = (
+SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON, LORO = (
   "scores.npz",
   "predictions.csv",
   "methods.json",
   "label_variants.npz",
   "label_variants.json",
+  "loro.npz",
 )
 
 
@@ -121,7 +125,28 @@ def save_label_variants(out_dir: str, arrays: dict, info: dict) -> None:
   atomic_io.atomic_write_json(os.path.join(out_dir, VARIANTS_JSON), info)
 
 
-FILES = (SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON)
+def save_loro(out_dir: str, results: dict, folds: np.ndarray, relations: list[str]) -> None:
+  names = list(results)
+  atomic_io.atomic_save_npz(
+    os.path.join(out_dir, LORO),
+    methods=np.array(names),
+    relations=np.array(relations),
+    folds=np.asarray(folds, np.int16),
+    scores=np.stack([results[n]["scores"] for n in names]).astype(np.float64),
+    thresholds=np.stack([results[n]["thresholds"] for n in names]),
+  )
+
+
+def load_loro(out_dir: str) -> dict | None:
+  """loro.npz of a finished detect stage as a dict of arrays, or None when the set has no relations."""
+  verify(out_dir, (LORO,))
+  if not os.path.exists(os.path.join(out_dir, LORO)):
+    return None
+  with np.load(os.path.join(out_dir, LORO), allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+FILES = (SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON, LORO)
 
 
 def mark_done(out_dir: str, n_methods: int) -> None:

@@ -69,11 +69,32 @@ def _run(config, workdir: str) -> None:
       )
     results[spec.name] = res
   oof.save_scores(out_dir, methods, results, data, dataset)
+  _leave_one_relation_out(config, data, methods, out_dir)
   _label_variants(config, data, methods, out_dir)
   if "ghosttrack" in data.sets:
     detector.save_final_detectors(config, data, detector.directory(out_dir), workdir)
   oof.mark_done(out_dir, len(methods))
   logging.info("detect: %d methods scored on %d examples -> %s", len(methods), len(data.label), out_dir)
+
+
+def _leave_one_relation_out(config, data: FeatureData, methods, out_dir: str) -> None:
+  """The methods marked `loro`, cross-validated with one fold per relation (train on every other
+  relation, score the held-out one), where the set has at least two relations."""
+  if len(set(data.relation.tolist()) - {""}) < 2 or "" in set(data.relation.tolist()):
+    return
+  folds = cv.relation_folds(data)
+  results = {}
+  for spec in (m for m in methods if m.loro):
+    key = "loro__" + spec.name
+    res = oof.load_method(out_dir, key)
+    if res is None:
+      res = cv.cross_validate(spec, data, config.evaluate, folds=folds)
+      oof.save_method(out_dir, key, res)
+      logging.info(
+        "detect: leave-one-relation-out %-30s AUROC %.3f", spec.name, stats.auroc(res["scores"][0], data.label)
+      )
+    results[spec.name] = res
+  oof.save_loro(out_dir, results, folds, sorted(set(data.relation.tolist())))
 
 
 LABEL_VARIANT_METHODS = ("ghosttrack/logistic", "baseline/scalar_all", "combined/ghosttrack+scalar_baselines")

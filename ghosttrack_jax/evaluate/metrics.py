@@ -9,13 +9,17 @@ from ghosttrack_jax.detect import oof
 PRIMARY = "ghosttrack/logistic"
 
 
-BASELINE_KINDS = ("baseline", "probe", "surface", "question_only")
+BASELINE_KINDS = ("baseline", "probe", "surface", "question_only", "unsupervised")
+LENGTH_BASELINES = ("baseline/answer_tokens", "baseline/answer_words")
+# A length baseline whose interval lies above this: the labels are readable from the answer's form
+FORM_WARNING_AUROC = 0.65
 
 
 def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, np.ndarray, np.ndarray]:
   """Metrics of one method. scores [R, N], folds [R, N], thresholds [R, K], weights [B, N].
 
-  Returns (metrics, bootstrap AUROC [B], bootstrap AUPRC [B]).
+  Returns (metrics, bootstrap AUROC [B], bootstrap AUPRC [B]); the metrics hold AUROC, AUPRC and PRR
+  (the prediction-rejection ratio, stats.prr) with their question-bootstrap intervals.
   """
   labels = np.asarray(labels).astype(int)
   n_rep, n_folds = thresholds.shape
@@ -32,6 +36,12 @@ def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, n
     if weights is not None
     else np.zeros(0)
   )
+  prrs = np.array([stats.prr(scores[r], labels) for r in range(n_rep)])
+  boot_prr = (
+    stats.nanmean(np.stack([stats.prr(scores[r], labels, weights) for r in range(n_rep)]), 0)
+    if weights is not None
+    else np.zeros(0)
+  )
   fold_auc = [
     stats.auroc(scores[r][folds[r] == k], labels[folds[r] == k]) for r in range(n_rep) for k in range(n_folds)
   ]
@@ -44,6 +54,8 @@ def evaluate_scores(scores, labels, folds, thresholds, weights) -> tuple[dict, n
     "auprc": stats.finite_or_none(stats.nanmean(auprcs)),
     "auprc_ci": stats.percentile_ci(boot_ap),
     "auprc_correct_positive": stats.finite_or_none(stats.nanmean(auprcs_neg)),
+    "prr": stats.finite_or_none(stats.nanmean(prrs)),
+    "prr_ci": stats.percentile_ci(boot_prr),
     "per_fold_auroc_mean": stats.finite_or_none(stats.nanmean(fold_auc)),
     "per_fold_auroc_sd": stats.finite_or_none(np.std(np.asarray(fold_auc)[np.isfinite(fold_auc)]))
     if np.isfinite(fold_auc).any()
@@ -148,6 +160,27 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
       out["ghosttrack_minus_question_only"] = _delta(
         boots[PRIMARY][0], boots[best_q][0], gt["auroc"], out["methods"][best_q]["auroc"]
       )
+  # incremental rows: "X + question-only" against the question-only bar it extends, paired
+  out["incremental_over_question"] = {
+    name: {
+      "with": name,
+      "without": ref,
+      **_delta(boots[name][0], boots[ref][0], out["methods"][name]["auroc"], out["methods"][ref]["auroc"]),
+    }
+    for name, ref in (
+      (n, methods_meta["methods"].get(n, {}).get("compare_to")) for n in out["methods"]
+    )
+    if ref and ref in boots
+  }
+  lengths = [out["methods"][n] for n in LENGTH_BASELINES if n in out["methods"]]
+  form = [m for m in lengths if (m["auroc_ci"][0] or 0) > FORM_WARNING_AUROC]
+  if form:
+    out["form_warning"] = (
+      f"the answer's length alone predicts the label (AUROC {max(m['auroc'] for m in form):.3f}, interval "
+      f"above {FORM_WARNING_AUROC}): the labels are readable from the answers' form, so no detector's "
+      "figure here shows that it reads whether an answer is true"
+    )
+    out["warnings"].insert(0, out["form_warning"])
   inc, ref = "combined/ghosttrack+scalar_baselines", "baseline/scalar_all"
   if inc in boots and ref in boots:
     out["incremental"] = {
@@ -165,6 +198,32 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
     "incremental_value": bool(claim_inc),
     "rule": "docs/method.md §6.3: paired-bootstrap 95% CI of the AUROC difference excludes 0",
   }
+  return out
+
+
+def leave_one_relation_out(loro: dict, d: dict, n_bootstrap: int, seed: int) -> dict:
+  """Metrics of the leave-one-relation-out scores (detect's loro.npz): per method the AUROC, AUPRC and
+  PRR over all held-out scores pooled, and the macro average of the per-relation AUROCs (relations with
+  both classes), each with a question-bootstrap interval."""
+  labels = d["label"].astype(int)
+  if not np.array_equal(loro["folds"].shape[1:], labels.shape):
+    raise ValueError("loro.npz and scores.npz disagree on the number of examples")
+  weights = stats.group_bootstrap_weights(d["group_id"], n_bootstrap, seed) if n_bootstrap else None
+  fold = loro["folds"][0]
+  rels = [r for r in range(len(loro["relations"])) if len(np.unique(labels[fold == r])) == 2]
+  out = {"n_relations": int(len(loro["relations"])), "n_relations_both_classes": len(rels), "methods": {}}
+  for i, name in enumerate(str(m) for m in loro["methods"]):
+    s = loro["scores"][i]
+    m, _, _ = evaluate_scores(s, labels, loro["folds"], loro["thresholds"][i], weights)
+    per = [stats.auroc(s[0][fold == r], labels[fold == r]) for r in rels]
+    entry = {k: m[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci", "prr", "prr_ci")}
+    entry["macro_auroc"] = stats.finite_or_none(float(np.mean(per))) if per else None
+    if weights is not None and rels:
+      boot = np.stack([stats.auroc(s[0][fold == r], labels[fold == r], weights[:, fold == r]) for r in rels])
+      entry["macro_auroc_ci"] = stats.percentile_ci(stats.nanmean(boot, 0))
+    else:
+      entry["macro_auroc_ci"] = [None, None]
+    out["methods"][name] = entry
   return out
 
 

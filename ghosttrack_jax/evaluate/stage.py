@@ -127,6 +127,11 @@ def run(config, workdir: str) -> None:
       config.evaluate.seed,
       config.evaluate.per_relation_min_class,
     )
+  loro = oof.load_loro(det_dir)
+  if loro is not None:
+    metrics["leave_one_relation_out"] = metrics_lib.leave_one_relation_out(
+      loro, d, config.evaluate.n_bootstrap, config.evaluate.seed
+    )
   variants = oof.load_label_variants(det_dir)
   if variants is not None:
     metrics["label_variants"] = metrics_lib.evaluate_label_variants(

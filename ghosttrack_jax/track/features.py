@@ -18,7 +18,13 @@ import numpy as np
 from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
 from ghosttrack_jax.track import divergence, tracker
 
-SCALAR_COLUMNS = ("answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy")
+SCALAR_COLUMNS = ("answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy", "sum_nll")
+
+# Residuals at single positions, the probes of the literature (docs/method.md §6.6), each [n, L, D]:
+# tbg: the last prompt token, whose output predicts the first answer token ("token before generation":
+# it sees the question only); ans_first / ans_last: the first and the last answer token (Orgad et al.'s
+# exact answer token; for one-word answers the last one).
+POSITION_SETS = ("tbg", "ans_first", "ans_last")
 
 
 PER_LAYER_STATS = ("entropy", "competition", "dominance", "density")
@@ -81,8 +87,9 @@ def _gather_answer(resid, start, valid):
 
 @jax.jit
 def _answer_scalars(logits, ids, start, valid):
-  """Per text: mean NLL, max NLL, mean entropy (nats) and argmax mismatches over the answer tokens,
-  each read from the logits at the position before the token."""
+  """Per text: mean NLL, max NLL, mean entropy (nats), argmax mismatches and the summed NLL (minus the
+  answer's log probability, maximum sequence probability's score) over the answer tokens, each read from
+  the logits at the position before the token."""
   pos = start[:, None] + jnp.arange(valid.shape[1])[None, :]
   pos = jnp.where(valid, pos, start[:, None])
   pred = jnp.take_along_axis(logits, (pos - 1)[:, :, None], axis=1)  # [B, A, V]
@@ -98,9 +105,19 @@ def _answer_scalars(logits, ids, start, valid):
       jnp.where(valid, nll, -jnp.inf).max(1),
       jnp.where(valid, entropy, 0.0).sum(1) / n,
       (mismatch & valid).sum(1).astype(jnp.float32),
+      jnp.where(valid, nll, 0.0).sum(1),
     ],
     axis=1,
   )
+
+
+@jax.jit
+def _positions(resid, x_a, start, valid):
+  """[B, L, D] residuals at the last prompt token, the first and the last answer token."""
+  tbg = jnp.take_along_axis(resid, (start - 1)[None, :, None, None], axis=2)[:, :, 0]
+  last = jnp.maximum(valid.sum(axis=1) - 1, 0)
+  ans_last = jnp.take_along_axis(x_a, last[None, :, None, None], axis=2)[:, :, 0]
+  return tuple(jnp.swapaxes(x, 0, 1) for x in (tbg, x_a[:, :, 0], ans_last))
 
 
 @jax.jit
@@ -195,8 +212,9 @@ class Featurizer:
   baselines) and `track(selection)` (host: association costs, tracks, metrics). `extractor(batch)`
   runs both and returns, for the batch's real rows (n), a dict (also read by
   `detect.score.score_question`, so the keys are a contract):
-    scalars [n, 4] (mean NLL, max NLL, mean entropy in nats, argmax mismatches), errors [n, L]
-    (per-layer reconstruction error), raw_resid [n, L, D], sae_pooled [n, L, M];
+    scalars [n, 5] (mean NLL, max NLL, mean entropy in nats, argmax mismatches, summed NLL), errors
+    [n, L] (per-layer reconstruction error), raw_resid [n, L, D], sae_pooled [n, L, M], tbg / ans_first /
+    ans_last [n, L, D] float16 (POSITION_SETS);
     sel_fid__<pooling>, sel_act__<pooling> [n, L, k], sel_n__<pooling> [n, L] (the selections);
     X__<set> [n, 26] for every `tracked_sets` entry;
     for the configured tracker: layer_{entropy,competition,dominance,density} [n, L],
@@ -242,6 +260,7 @@ class Featurizer:
     scalars = _answer_scalars(logits, ids, start, valid)
     del logits
     x_a = _gather_answer(resid, start, valid)  # [L, B, A, D]
+    at_positions = dict(zip(POSITION_SETS, _positions(resid, x_a, start, valid)))
     d = x_a.shape[-1]
     codes_a = self.saes.encode(x_a.reshape(n_layers, b * a, d))
     codes_a = codes_a.reshape(n_layers, b, a, -1)
@@ -258,13 +277,20 @@ class Featurizer:
     raw = _answer_mean(x_a, valid)
     del resid, x_a, x_hat, codes_a
     host = jax.device_get(
-      {"scalars": scalars, "errors": errors, "raw": raw, "sae_pooled": pooled[self.base.pooling]}
+      {
+        "scalars": scalars,
+        "errors": errors,
+        "raw": raw,
+        "sae_pooled": pooled[self.base.pooling],
+        **at_positions,
+      }
     )
     out = {
       "scalars": np.asarray(host["scalars"], np.float64),
       "errors": np.asarray(host["errors"], np.float64),
       "raw_resid": np.asarray(host["raw"], np.float32),
       "sae_pooled": np.asarray(host["sae_pooled"], np.float32),
+      **{k: np.asarray(host[k], np.float16) for k in POSITION_SETS},
     }
     for pooling in self.poolings:
       sel = tracker.select_features(pooled[pooling], self.k_max[pooling], pooling)

@@ -229,7 +229,9 @@ def write_outputs(
     "group_id": np.array([int(e["group_id"]) for e in examples], np.int64),
     "label": labels,
     "folds": np.asarray(folds["folds"])[:, idx].astype(np.int16),
-    "X__scalar_baselines": np.stack([tokens, words, sc[:, 0], sc[:, 1], sc[:, 2]], 1).astype(np.float32),
+    "X__scalar_baselines": np.stack([tokens, words, sc[:, 0], sc[:, 1], sc[:, 2], sc[:, 4]], 1).astype(
+      np.float32
+    ),
     "X__reconstruction": divergence.reconstruction_metrics(result["errors"]).astype(np.float32),
     "X__raw_resid": result["raw_resid"].astype(np.float32),
     "X__sae_pooled": result["sae_pooled"].astype(np.float16),
@@ -277,6 +279,18 @@ def write_outputs(
     "kind": "probe",
     "variant": {"pooling": base.pooling},
   }
+  for name, where in (
+    ("tbg", "the last prompt token (sees the question only)"),
+    ("ans_first", "the first answer token"),
+    ("ans_last", "the last answer token"),
+  ):
+    arrays["X__" + name] = result[name].astype(np.float16)
+    feature_sets[name] = {
+      "columns": [f"d{i}" for i in range(d_model)],
+      "per_layer": True,
+      "kind": "probe",
+      "variant": {"position": where},
+    }
   feature_sets["greedy_mismatch"] = {"columns": ["greedy_mismatch"], "per_layer": False, "kind": "diagnostic"}
   for name, info in feature_sets.items():
     shape = arrays["X__" + name].shape
