@@ -25,8 +25,12 @@ def tiny_config(name="synth", dataset="nq_open"):
   return c
 
 
-def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signal=2.5, with_tracks=True):
-  """Writes answers/<dataset>/ and tracking/<dataset>/ with label signal in a few columns."""
+def write_synthetic(
+  config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signal=2.5, with_tracks=True, n_relations=2
+):
+  """Writes answers/<dataset>/ and tracking/<dataset>/ with label signal in a few columns: GhostTrack's
+  entropy_mean, raw residual layer 1, the last answer token's layer 2, semantic entropy, P(True) (negative)
+  and the mean NLL; the last prompt token (TBG) and subject familiarity carry none."""
   rng = np.random.default_rng(seed)
   p = paths.for_config(config, workdir)
   y = (rng.random(n) < 0.4).astype(int)
@@ -46,13 +50,25 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
         "labels_all": {"containment": int(y[i]), "exact": int(y[i] or i % 5 == 0), "f1": int(y[i])},
         "mode": "own_answer",
         "flags": [],
-        "relation": ("country", "religion")[i % 2],
+        "relation": ("country", "religion", "capital", "sport", "genre", "language")[i % n_relations],
       }
     )
   out_dir = p.answers(config.qa.dataset)
   os.makedirs(out_dir, exist_ok=True)
   fmt = prompts.PromptFormat("fewshot", [("Q?", "A")])
-  answer_stage.fold_and_write(config, examples, [], fmt, out_dir)
+  q_scores = {
+    "semantic_entropy": rng.gamma(2.0, 0.3, n) + 0.8 * y,
+    "semantic_entropy_discrete": rng.gamma(2.0, 0.3, n) + 0.5 * y,
+    "naive_entropy": rng.normal(size=n),
+    "num_classes": rng.integers(1, 11, n).astype(float),
+    "lexical_dissimilarity": rng.random(n),
+    "eigenscore": rng.normal(size=n),
+    "p_true": 1 / (1 + np.exp(-(rng.normal(size=n) - 1.5 * y))),
+    "subject_logprob": rng.normal(-20, 5, n),
+    "subject_logprob_per_token": rng.normal(-5, 1, n),
+    "subject_tokens": rng.integers(1, 6, n).astype(float),
+  }
+  answer_stage.fold_and_write(config, examples, [], fmt, out_dir, scores=q_scores)
   folds = examples_lib.load_folds(config, workdir)
   gt = rng.normal(size=(n, 26)).astype(np.float32)
   gt[:, 0] += signal * y  # entropy_mean carries the signal
@@ -68,9 +84,14 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
       rng.normal(size=n) + 0.5 * y,
       rng.normal(size=n),
       rng.normal(size=n),
+      rng.normal(size=n) + 0.5 * y,
     ],
     1,
   ).astype(np.float32)
+  positions = {
+    k: rng.normal(size=(n, n_layers, d)).astype(np.float16) for k in ("tbg", "ans_first", "ans_last")
+  }
+  positions["ans_last"][:, 2, 1] += (2.0 * y).astype(np.float16)
   raw = rng.normal(size=(n, n_layers, d)).astype(np.float32)
   raw[:, 1, 0] += 2.0 * y
   sae = np.abs(rng.normal(size=(n, n_layers, m))).astype(np.float16)
@@ -89,6 +110,7 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
     X__scalar_baselines=scal,
     X__raw_resid=raw,
     X__sae_pooled=sae,
+    **{"X__" + k: v for k, v in positions.items()},
   )
   meta = {
     "schema_version": 1,
@@ -120,12 +142,13 @@ def write_synthetic(config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signa
         "kind": "reconstruction",
       },
       "scalar_baselines": {
-        "columns": ["answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy"],
+        "columns": ["answer_tokens", "answer_words", "mean_nll", "max_nll", "mean_entropy", "sum_nll"],
         "per_layer": False,
         "kind": "baseline",
       },
       "raw_resid": {"columns": [f"d{j}" for j in range(d)], "per_layer": True, "kind": "probe"},
       "sae_pooled": {"columns": [f"f{j}" for j in range(m)], "per_layer": True, "kind": "probe"},
+      **{k: {"columns": [f"d{j}" for j in range(d)], "per_layer": True, "kind": "probe"} for k in positions},
     },
   }
   atomic_io.atomic_write_json(os.path.join(tr, "features.json"), meta)

@@ -89,7 +89,9 @@ def fit_with_selection(spec: "Method", data: "FeatureData", train, y_all, groups
   y, groups = y_all[train], groups_all[train]
   if spec.sign:  # unsupervised: nothing to fit but the threshold
     model = FixedScore(spec.sign)
-    return FitResult(model, stats.choose_threshold(classifiers.proba(model, data.get(spec, train)), y), {}, False)
+    return FitResult(
+      model, stats.choose_threshold(classifiers.proba(model, data.get(spec, train)), y), {}, False
+    )
   # what the model is fit (and C / layer chosen) against: the labels, or binarised semantic entropy (SEP)
   y_fit = y if spec.target == "label" else binarise(_target_values(spec, data, train))
   splits = classifiers.inner_splits(y_fit, groups, cfg.inner_folds, seed)

@@ -292,7 +292,13 @@ PRIMARY = "ghosttrack/logistic"
 # sign makes higher = more likely hallucinated and is fixed here, never fit.
 UNSUPERVISED = (
   ("semantic_entropy", "question_scores", "semantic_entropy", 1.0, "semantic entropy (probability-weighted)"),
-  ("semantic_entropy_discrete", "question_scores", "semantic_entropy_discrete", 1.0, "semantic entropy (discrete)"),
+  (
+    "semantic_entropy_discrete",
+    "question_scores",
+    "semantic_entropy_discrete",
+    1.0,
+    "semantic entropy (discrete)",
+  ),
   ("naive_entropy", "question_scores", "naive_entropy", 1.0, "naive predictive entropy of the samples"),
   ("num_classes", "question_scores", "num_classes", 1.0, "number of meaning classes among the samples"),
   ("lexical_dissimilarity", "question_scores", "lexical_dissimilarity", 1.0, "1 - mean pairwise ROUGE-L"),
@@ -310,7 +316,9 @@ def unsupervised_methods(data: "FeatureData") -> list[Method]:
   for name, fset, col, sign, label in UNSUPERVISED:
     if fset in fs and col in fs[fset]["columns"]:
       out.append(
-        Method(f"unsupervised/{name}", "unsupervised", label, parts=((fset, [col]),), search_c=False, sign=sign)
+        Method(
+          f"unsupervised/{name}", "unsupervised", label, parts=((fset, [col]),), search_c=False, sign=sign
+        )
       )
   return out
 
@@ -325,7 +333,11 @@ def position_probes(data: "FeatureData") -> list[Method]:
   trained on binarised semantic entropy) at TBG and the last answer token."""
   fs = data.meta["feature_sets"]
   out = []
-  where = {"tbg": "last prompt token (TBG)", "ans_first": "first answer token", "ans_last": "last answer token"}
+  where = {
+    "tbg": "last prompt token (TBG)",
+    "ans_first": "first answer token",
+    "ans_last": "last answer token",
+  }
   for name, label in where.items():
     if name not in fs:
       continue
@@ -377,7 +389,12 @@ def question_bar(data: "FeatureData") -> Method | None:
       parts=(("question", None),),
     )
   if any(t.startswith("relation_") and t.split(" ", 1)[0] != "relation_" for t in data.question_texts):
-    return Method("question_only/relation", "question_only", "question only: relation one-hot, LR", text_features="relation")
+    return Method(
+      "question_only/relation",
+      "question_only",
+      "question only: relation one-hot, LR",
+      text_features="relation",
+    )
   return None
 
 
@@ -392,7 +409,15 @@ def incremental_methods(data: "FeatureData", bar: Method | None) -> list[Method]
   ref = bar.name
   out = []
   if "ghosttrack" in fs:
-    out.append(Method("incremental/ghosttrack+question", "incremental", "GhostTrack + question-only features, LR", parts=(("ghosttrack", None),) + q, compare_to=ref))
+    out.append(
+      Method(
+        "incremental/ghosttrack+question",
+        "incremental",
+        "GhostTrack + question-only features, LR",
+        parts=(("ghosttrack", None),) + q,
+        compare_to=ref,
+      )
+    )
   if "ans_last" in fs:
     out.append(
       Method(
@@ -406,9 +431,25 @@ def incremental_methods(data: "FeatureData", bar: Method | None) -> list[Method]
       )
     )
   if "sae_pooled" in fs:
-    out.append(Method("incremental/sae_pooled_all_layers+question", "incremental", "pooled SAE codes (all layers) + question-only features, LR", parts=(("sae_pooled", None),) + q, compare_to=ref))
+    out.append(
+      Method(
+        "incremental/sae_pooled_all_layers+question",
+        "incremental",
+        "pooled SAE codes (all layers) + question-only features, LR",
+        parts=(("sae_pooled", None),) + q,
+        compare_to=ref,
+      )
+    )
   if "question_scores" in fs and "semantic_entropy" in fs["question_scores"]["columns"]:
-    out.append(Method("incremental/semantic_entropy+question", "incremental", "semantic entropy + question-only features, LR", parts=(("question_scores", ["semantic_entropy"]),) + q, compare_to=ref))
+    out.append(
+      Method(
+        "incremental/semantic_entropy+question",
+        "incremental",
+        "semantic entropy + question-only features, LR",
+        parts=(("question_scores", ["semantic_entropy"]),) + q,
+        compare_to=ref,
+      )
+    )
   return out
 
 

@@ -91,7 +91,9 @@ def _leave_one_relation_out(config, data: FeatureData, methods, out_dir: str) ->
       res = cv.cross_validate(spec, data, config.evaluate, folds=folds)
       oof.save_method(out_dir, key, res)
       logging.info(
-        "detect: leave-one-relation-out %-30s AUROC %.3f", spec.name, stats.auroc(res["scores"][0], data.label)
+        "detect: leave-one-relation-out %-30s AUROC %.3f",
+        spec.name,
+        stats.auroc(res["scores"][0], data.label),
       )
     results[spec.name] = res
   oof.save_loro(out_dir, results, folds, sorted(set(data.relation.tolist())))

@@ -167,9 +167,7 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
       "without": ref,
       **_delta(boots[name][0], boots[ref][0], out["methods"][name]["auroc"], out["methods"][ref]["auroc"]),
     }
-    for name, ref in (
-      (n, methods_meta["methods"].get(n, {}).get("compare_to")) for n in out["methods"]
-    )
+    for name, ref in ((n, methods_meta["methods"].get(n, {}).get("compare_to")) for n in out["methods"])
     if ref and ref in boots
   }
   lengths = [out["methods"][n] for n in LENGTH_BASELINES if n in out["methods"]]

@@ -11,6 +11,7 @@ from ghosttrack_jax.detect import detector, oof
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.evaluate import metrics as metrics_lib
 from ghosttrack_jax.evaluate import stage as evaluate_stage
+from ghosttrack_jax.evaluate import transfer as transfer_lib
 from ghosttrack_jax.runtime import atomic_io, paths
 from ghosttrack_jax.track import feature_table
 from ghosttrack_jax.train import quality
@@ -123,6 +124,34 @@ def load_dataset_results(config, workdir: str, dataset: str) -> dict:
     d["tracks"] = tracks
   d["examples"] = {e["id"]: e for e in examples_lib.load_examples(config, workdir, dataset)}
   return d
+
+
+# Method families of docs/method.md §6.6 and why a run may lack them (the report names what did not run).
+EXPECTED = (
+  (
+    "unsupervised/semantic_entropy",
+    "sampling scores (semantic entropy, EigenScore, ...): no samples (config.qa.n_samples = 0, or a given-text set)",
+  ),
+  ("unsupervised/p_false", "P(True): not asked (config.qa.p_true = False, or a given-text set)"),
+  (
+    "question_only/relation_and_familiarity",
+    "subject familiarity: the questions name no subject (only wikidata's do)",
+  ),
+  ("probe/tbg_best_layer", "position probes: the feature table has no position sets (rerun 'track')"),
+)
+
+
+def not_run(metrics: dict) -> list[str]:
+  """A line per method family that this run could not score, saying why."""
+  out = [f"Not run here: {why}." for name, why in EXPECTED if name not in metrics["methods"]]
+  if "leave_one_relation_out" not in metrics and metrics.get("mode") != "given_text":
+    out.append("Not run here: leave-one-relation-out: the questions have no relations (only wikidata's do).")
+  return out
+
+
+def transfer(config, workdir: str) -> dict | None:
+  """The transfer matrices (tools/transfer.py), when that command was run in this workdir."""
+  return transfer_lib.load(config, workdir)
 
 
 def evaluated_datasets(p: paths.ModelPaths) -> list[str]:

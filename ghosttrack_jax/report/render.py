@@ -13,10 +13,12 @@ KIND_ORDER = (
   "ablation",
   "sweep",
   "baseline",
+  "unsupervised",
   "probe",
   "surface",
   "question_only",
   "combined",
+  "incremental",
   "other",
 )
 
@@ -45,6 +47,8 @@ def method_rows(metrics: dict) -> list[dict]:
         "auprc": m["auprc"],
         "auprc_ci": m["auprc_ci"],
         "auprc_neg": m.get("auprc_correct_positive"),
+        "prr": m.get("prr"),
+        "prr_ci": m.get("prr_ci"),
         "balanced_accuracy": m["at_threshold"]["balanced_accuracy"],
         "f1": m["at_threshold"]["f1"],
         "per_fold": (m["per_fold_auroc_mean"], m["per_fold_auroc_sd"]),
@@ -77,6 +81,8 @@ AUROC_HEADER = [
   "AUPRC",
   "AUPRC CI",
   "AUPRC (correct = +)",
+  "PRR",
+  "PRR CI",
   "bal. acc.",
   "F1",
   "per-fold AUROC",
@@ -98,6 +104,8 @@ def auroc_table(metrics: dict) -> list[list]:
         fmt(r["auprc"]),
         fmt_ci(r["auprc_ci"]),
         fmt(r["auprc_neg"]),
+        fmt(r["prr"]),
+        fmt_ci(r["prr_ci"]),
         fmt(r["balanced_accuracy"]),
         fmt(r["f1"]),
         f"{fmt(pf[0])} ± {fmt(pf[1])}",
@@ -210,6 +218,44 @@ def controls(d: dict) -> list[tuple[str, list, list] | str]:
       )
       + " GhostTrack counts only where it beats what the question alone gives away."
     )
+  inc = d.get("incremental_over_question") or {}
+  if inc:
+    out.append(
+      (
+        "Incremental over the question-only bar (X + question-only features vs the question-only features "
+        "alone, paired bootstrap)",
+        ["with", "without", "Δ AUROC", "95% CI"],
+        [
+          [v["with"], v["without"], fmt(v["delta"]) + (" *" if v["excludes_zero"] else ""), fmt_ci(v["ci"])]
+          for v in inc.values()
+        ],
+      )
+    )
+  loro = d.get("leave_one_relation_out")
+  if loro:
+    out.append(
+      (
+        f"Leave-one-relation-out ({loro['n_relations']} relations, {loro['n_relations_both_classes']} with both "
+        "classes): trained on every other relation, scored on the held-out one. Pooled = one AUROC over all "
+        "held-out scores; macro = the mean of the per-relation AUROCs (within a relation, where the "
+        "relation itself carries no information)",
+        ["method", "pooled AUROC", "95% CI", "macro AUROC", "95% CI", "PRR", "PRR CI"],
+        [
+          [
+            n,
+            fmt(m["auroc"]),
+            fmt_ci(m["auroc_ci"]),
+            fmt(m["macro_auroc"]),
+            fmt_ci(m["macro_auroc_ci"]),
+            fmt(m["prr"]),
+            fmt_ci(m["prr_ci"]),
+          ]
+          for n, m in loro["methods"].items()
+        ],
+      )
+    )
+  for line in d.get("not_run", []):
+    out.append(line)
   pr = d.get("per_relation")
   if pr:
     within = pr["within"]
@@ -280,6 +326,31 @@ def controls(d: dict) -> list[tuple[str, list, list] | str]:
       out.append(
         f"Label audit ({au['file']}) is of another run: none of its {au['n_audited']} answers is in this one."
       )
+  return out
+
+
+def transfer_tables(t: dict | None) -> list[tuple[str, list, list]]:
+  """One table per method: AUROC [CI] of a detector fit on the row's set and scored on the column's
+  (the diagonal: the set's own cross-validated AUROC)."""
+  if not t:
+    return []
+  sets = t["datasets"]
+  out = []
+  for method, cells in t["methods"].items():
+    rows = []
+    for a in sets:
+      row = [a]
+      for b in sets:
+        c = cells.get(a, {}).get(b)
+        row.append("n/a" if not c else f"{fmt(c['auroc'])} {fmt_ci(c['auroc_ci'])}")
+      rows.append(row)
+    out.append(
+      (
+        f"Transfer across question sets: {method} (rows: fit on, columns: scored on)",
+        ["fit on \\ scored on"] + sets,
+        rows,
+      )
+    )
   return out
 
 
@@ -377,6 +448,8 @@ def to_markdown(rep: dict) -> str:
     out += [f"- targets: {json.dumps(rep['sae_quality']['targets'])}"]
   if len(rep["cross_model"]) > 1:
     out += ["## Across models", "", _md_table(CROSS_HEADER, _cross_rows(rep["cross_model"])), ""]
+  for title, header, rows in transfer_tables(rep.get("transfer")):
+    out += [f"## {title}", "", _md_table(header, rows), ""]
   return "\n".join(out) + "\n"
 
 
@@ -462,5 +535,7 @@ def to_html(rep: dict, plots: dict) -> str:
     out.append(f"<p>targets: {e(json.dumps(rep['sae_quality']['targets']))}</p>")
   if len(rep["cross_model"]) > 1:
     out += ["<h2>Across models</h2>", _html_table(CROSS_HEADER, _cross_rows(rep["cross_model"]))]
+  for title, header, rows in transfer_tables(rep.get("transfer")):
+    out += [f"<h2>{e(title)}</h2>", _html_table(header, rows)]
   out.append("</body></html>")
   return "\n".join(out)

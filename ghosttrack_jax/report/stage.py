@@ -43,6 +43,7 @@ def build(config, workdir: str) -> tuple[dict, dict]:
     "datasets": {},
     "sae_quality": gather.read_sae_quality(config, workdir),
     "cross_model": gather.cross_model(os.path.abspath(workdir)),
+    "transfer": gather.transfer(config, workdir),
   }
   figures = {}
   for name in datasets:
@@ -69,6 +70,9 @@ def build(config, workdir: str) -> tuple[dict, dict]:
       "best_question_only": m.get("best_question_only"),
       "ghosttrack_minus_question_only": m.get("ghosttrack_minus_question_only"),
       "per_relation": m.get("per_relation"),
+      "incremental_over_question": m.get("incremental_over_question"),
+      "leave_one_relation_out": m.get("leave_one_relation_out"),
+      "not_run": gather.not_run(m),
       "label_audit": gather.label_audit(config.model.name, name, ds["examples"]),
       "association_per_layer": (ds["track_report"] or {}).get("association_per_layer"),
       "claim": m.get("claim"),

@@ -38,7 +38,12 @@ def test_a_jsonl_question_file_runs_end_to_end_and_bad_files_stop_early(tiny_run
   rows = [{"question": r["question"], "answers": r["answer"], "id": f"q{i}"} for i, r in enumerate(nq)]
   rows[3]["context"] = "A passage the model reads before question 3."
   _write(qa, rows)
-  flags = ("--config.qa.dataset=jsonl", f"--config.qa.path={qa}", "--config.qa.exclude_non_answers=False")
+  flags = (
+    "--config.qa.dataset=jsonl",
+    f"--config.qa.path={qa}",
+    "--config.qa.exclude_non_answers=False",
+    "--config.qa.exclude_cut_answers=False",  # a random model rarely ends an answer by itself
+  )
   tiny_pipeline.run_pipeline(workdir, stages="answer", flags=flags)
   config = tiny_pipeline.tiny_config(**{"qa.dataset": "jsonl", "qa.path": qa})
   # A random model never says the gold: make its own answer the gold of every other question with a
