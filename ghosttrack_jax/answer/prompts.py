@@ -145,6 +145,10 @@ class PromptFormat:
   def render_question(self, question: str, context: str | None = None) -> str:
     """The prompt of a free-standing question (the scoring API): a wikidata-style question
     "What is the <relation> of <subject>?" or a stem "The <relation> of <subject> is" in stem style."""
+    return self.render(self.question_item(question, context))
+
+  def question_item(self, question: str, context: str | None = None):
+    """A free-standing question as the QAItem the answer stage would have made of it (no gold)."""
     meta = {}
     if self.style == "stem":
       stem = stem_of(question)
@@ -153,7 +157,7 @@ class PromptFormat:
         (r for r in sorted(self.exemplars, key=len, reverse=True) if stem.startswith(f"The {r} of ")), ""
       )
       meta = {"stem": stem, "relation": rel or (m.group(1) if m else "")}
-    return self.render(datasets.QAItem("query", question.strip(), (), meta=meta, context=context))
+    return datasets.QAItem("query", question.strip(), (), meta=meta, context=context)
 
   def prompt_exemplar_answers(self, item) -> list[str]:
     """The exemplar answers shown in `item`'s prompt (to flag answers that copy one)."""

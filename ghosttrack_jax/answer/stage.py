@@ -257,6 +257,45 @@ def question_scores(config, model, fmt, items_by_id: dict, examples: list[dict],
   return out
 
 
+def answer_record(config, model, fmt, item, prompt_ids, gen_ids) -> tuple[dict, str | None]:
+  """One generated answer as the stage keeps it, before labelling: (record, reason it is excluded or None).
+
+  The answer stage and the scoring API (detect.score) both call this, so an answer gets the same
+  post-processing (prompts.postprocess), flags and exclusions wherever it is made. Reasons: "empty
+  answer", "non-answer" (with config.qa.exclude_non_answers), "cut by the token budget" (with
+  config.qa.exclude_cut_answers: the budget ended it, so it may be a right answer cut before the name)."""
+  tok = model.tokenizer
+  moved, ans, flags = prompts.postprocess(
+    gen_ids, tok, prompts.stop_ids(model), config.qa.cut_first_sentence, config.qa.max_new_tokens
+  )
+  text = tok.decode(ans).strip()
+  if text and labelling.is_non_answer(text, item.question, item.meta.get("stem", "")):
+    flags.append("non_answer")
+  shown = {labelling.normalize_answer(a) for a in fmt.prompt_exemplar_answers(item)}
+  if text and labelling.normalize_answer(text) in shown:
+    flags.append("copied_exemplar")  # the answer is one of the prompt's exemplar answers
+  rec = {
+    "id": f"{item.qid}",
+    "question": item.question,
+    "prompt_ids": list(prompt_ids) + moved,
+    "answer_ids": ans,
+    "answer_text": text,
+    "raw_generation": tok.decode(gen_ids),
+    "gold": list(item.gold),
+    "mode": "own_answer",
+    "flags": flags,
+    "relation": item.relation,
+  }
+  reason = None
+  if "empty" in flags:
+    reason = "empty answer"
+  elif "non_answer" in flags and config.qa.exclude_non_answers:
+    reason = "non-answer"
+  elif "max_new_tokens" in flags and config.qa.exclude_cut_answers:
+    reason = "cut by the token budget"
+  return rec, reason
+
+
 def build_examples(config, model, items, out_dir):
   """Returns (examples, excluded, prompt_format) for the configured dataset (no folds yet)."""
   dataset = config.qa.dataset
@@ -268,42 +307,15 @@ def build_examples(config, model, items, out_dir):
     texts = [fmt.render(it) for it in items]
     seeds = [question_seed(config, it.qid) for it in items]
     gens, sample_embs = _generate_all(config, model, texts, seeds, out_dir)
-    sids = prompts.stop_ids(model)
     for n_item, (it, g) in enumerate(zip(items, gens)):
-      moved, ans, flags = prompts.postprocess(
-        g["gen_ids"], tok, sids, config.qa.cut_first_sentence, config.qa.max_new_tokens
-      )
-      text = tok.decode(ans).strip()
-      if text and labelling.is_non_answer(text, it.question, it.meta.get("stem", "")):
-        flags.append("non_answer")
-      shown = {labelling.normalize_answer(a) for a in fmt.prompt_exemplar_answers(it)}
-      if text and labelling.normalize_answer(text) in shown:
-        flags.append("copied_exemplar")  # the answer is one of the prompt's exemplar answers
-      rec = {
-        "id": f"{it.qid}",
-        "question": it.question,
-        "prompt_ids": list(g["prompt_ids"]) + moved,
-        "answer_ids": ans,
-        "answer_text": text,
-        "raw_generation": tok.decode(g["gen_ids"]),
-        "gold": list(it.gold),
-        "mode": "own_answer",
-        "flags": flags,
-        "relation": it.relation,
-      }
+      rec, reason = answer_record(config, model, fmt, it, g["prompt_ids"], g["gen_ids"])
       if "samples" in g:
         rec["samples"] = g["samples"]
         embeddings[rec["id"]] = sample_embs[n_item]
-      if "empty" in flags:
-        excluded.append({**rec, "reason": "empty answer"})
+      if reason:
+        excluded.append({**rec, "reason": reason})
         continue
-      if "non_answer" in flags and config.qa.exclude_non_answers:
-        excluded.append({**rec, "reason": "non-answer"})
-        continue
-      if "max_new_tokens" in flags and config.qa.exclude_cut_answers:
-        # the budget ended the answer: it may be a right answer cut before the name, never label it
-        excluded.append({**rec, "reason": "cut by the token budget"})
-        continue
+      text = rec["answer_text"]
       label, method, labels_all, details = label_own_answer(dataset, text, it, config.qa)
       if details.get("tie"):
         rec["flags"].append("similarity_tie")

@@ -4,6 +4,7 @@ import numpy as np
 
 from ghosttrack_jax import lm
 from ghosttrack_jax.answer import prompts
+from ghosttrack_jax.answer import stage as answer_stage
 from ghosttrack_jax.detect.detector import Detector
 from ghosttrack_jax.errors import StoreMismatchError
 from ghosttrack_jax.sae import trained
@@ -23,9 +24,11 @@ def score_question(
 ) -> dict:
   """P(hallucinated) for one question and answer, with the tracks behind it.
 
-  Without `answer`, the model answers the question itself (greedy, the configured prompt and
-  post-processing of the `answer` stage). With `answer`, the text is teacher-forced after the same prompt
-  (given-text scoring). One teacher-forced pass through `track.features.Featurizer` gives the 26 metrics
+  Without `answer`, the model answers the question itself (greedy, the configured prompt, and the answer
+  stage's own post-processing, flags and exclusions: `answer.stage.answer_record`). An empty answer is not
+  scored; one the stage would keep out of both classes (a non-answer, or an answer cut by the token
+  budget) is scored with `excluded_reason` and a note saying the detector never saw such answers. With
+  `answer`, the text is teacher-forced after the same prompt (given-text scoring). One teacher-forced pass through `track.features.Featurizer` gives the 26 metrics
   and the tracks; the saved detector (trained on `dataset`, default `config.qa.dataset`) scores them.
 
   Returns a JSON-ready dict: question, answer, mode, probability, threshold, decision, classifier,
@@ -56,26 +59,27 @@ def score_question(
       f"({detector.manifest.get('sae_manifest_hash')} != {sae_hash}); rerun track/detect"
     )
   fmt = prompts.prompt_format(config.qa, model.tokenizer)
-  prompt = fmt.render_question(question)
+  item = fmt.question_item(question)
+  prompt = fmt.render(item)
   if answer is None:
     gen = model.generate([prompt], max_new_tokens=config.qa.max_new_tokens, batch_size=1)[0]
-    moved, ans_ids, flags = prompts.postprocess(
-      prompts.generated_ids(gen), model.tokenizer, prompts.stop_ids(model), config.qa.cut_first_sentence
+    rec, reason = answer_stage.answer_record(
+      config, model, fmt, item, prompts.generated_prompt_ids(gen, model, prompt), prompts.generated_ids(gen)
     )
-    prompt_ids = prompts.generated_prompt_ids(gen, model, prompt) + moved
-    mode = "own_answer"
+    prompt_ids, ans_ids, flags, mode = rec["prompt_ids"], rec["answer_ids"], rec["flags"], "own_answer"
   else:
     prompt_ids = [int(t) for t in model.encode(prompt)]
     ans_ids = prompts.encode_continuation(model.tokenizer, fmt.answer_prefix() + answer.strip())
     flags, mode = [], "given_text"
+    reason = "empty answer" if not model.tokenizer.decode(ans_ids).strip() else None
   text = model.tokenizer.decode(ans_ids).strip()
-  if not ans_ids or not text:
+  if reason == "empty answer":
     return {
       "question": question,
       "answer": text,
       "mode": mode,
       "probability": None,
-      "flags": flags + ["empty"],
+      "flags": flags + (["empty"] if "empty" not in flags else []),
       "note": "empty answer: nothing to score",
     }
   cfg = config.copy_and_resolve_references()
@@ -93,11 +97,19 @@ def score_question(
   per_layer = {k: np.asarray(out["layer_" + k][0]).tolist() for k in features.PER_LAYER_STATS}
   per_layer["list_length"] = np.asarray(out["layer_list_length"][0]).tolist()
   sc = np.asarray(out["scalars"][0])
+  caveat = {}
+  if reason:
+    caveat = {
+      "excluded_reason": reason,
+      "note": f"{reason}: the answer stage keeps such answers out of both classes, so the detector never "
+      "saw one like it; read the probability with care",
+    }
   return {
     "question": question,
     "answer": text,
     "mode": mode,
     "flags": flags,
+    **caveat,
     "probability": prob,
     "threshold": detector.threshold,
     "decision": "hallucinated" if prob >= detector.threshold else "correct",

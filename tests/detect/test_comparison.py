@@ -1,7 +1,6 @@
 """The field's comparison rows on a synthetic table: unsupervised scores, position and semantic-entropy
 probes, the question-only bar and incremental rows, leave-one-relation-out, PRR, transfer across sets."""
 
-
 import numpy as np
 import pytest
 from synthetic_tables import tiny_config, write_synthetic

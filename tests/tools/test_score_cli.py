@@ -128,8 +128,26 @@ def test_scoring_api_and_explore_ask_agree_with_the_pipeline_on_default_settings
     i = next(i for i, e in enumerate(examples) if e["label"] == label)
     out = score.score_question(config, workdir, examples[i]["question"], model=model, saes=saes)
     assert out["answer"] == examples[i]["answer_text"]
+    # the same post-processing and flags as the answer stage (answer.stage.answer_record)
+    assert out["flags"] == [f for f in examples[i]["flags"] if f != "similarity_tie"]
     np.testing.assert_allclose(
       list(out["metrics"].values()), arrays["X__ghosttrack"][i], rtol=1e-4, atol=1e-5
     )
     asked = explore.ask(config, workdir, examples[i]["question"], model=model, saes=saes)
     assert asked["probability"] == out["probability"] and asked["dataset"] == "wikidata"
+
+
+def test_scoring_api_says_when_the_stage_would_exclude_the_answer(tiny_default_run):
+  """With the default's exclusion of answers cut by the token budget, the API scores such an answer but
+  says that the stage keeps it out of both classes (a random model's answers run to the budget)."""
+  config, workdir, _ = tiny_default_run
+  cut = config.copy_and_resolve_references()
+  cut.qa.exclude_cut_answers = True
+  model, saes = explore.load_model_and_saes(config, workdir)
+  example = examples_lib.load_examples(config, workdir)[0]
+  assert "max_new_tokens" in example["flags"]
+  out = score.score_question(cut, workdir, example["question"], model=model, saes=saes)
+  assert out["answer"] == example["answer_text"] and 0 <= out["probability"] <= 1
+  assert out["excluded_reason"] == "cut by the token budget" and "max_new_tokens" in out["flags"]
+  ok = score.score_question(config, workdir, example["question"], model=model, saes=saes)
+  assert "excluded_reason" not in ok and ok["probability"] == out["probability"]
