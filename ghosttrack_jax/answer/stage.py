@@ -184,6 +184,7 @@ def _generate_all(config, model, prompt_texts, seeds, out_dir) -> tuple[list, np
       n_samples=n_s,
       temperature=float(config.qa.sample_temperature),
       seeds=seeds[b * bs : (b + 1) * bs] if n_s else None,
+      stop_at_newline=True,  # postprocess cuts at the first newline: decoding past it is wasted
     )
     rows, embs = [], np.zeros((len(batch), n_s, model.d_model), np.float32)
     for r, (p, g) in enumerate(zip(batch, gens)):

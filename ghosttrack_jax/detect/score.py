@@ -62,7 +62,9 @@ def score_question(
   item = fmt.question_item(question)
   prompt = fmt.render(item)
   if answer is None:
-    gen = model.generate([prompt], max_new_tokens=config.qa.max_new_tokens, batch_size=1)[0]
+    gen = model.generate(
+      [prompt], max_new_tokens=config.qa.max_new_tokens, batch_size=1, stop_at_newline=True
+    )[0]
     rec, reason = answer_stage.answer_record(
       config, model, fmt, item, prompts.generated_prompt_ids(gen, model, prompt), prompts.generated_ids(gen)
     )

@@ -114,13 +114,14 @@ def _prefill(lm, params, ids, mask, max_new_tokens: int):
   return cache, logits, full_mask
 
 
-def _greedy_loop(lm, params, cache, logits, full_mask, mask, eos_id, max_new_tokens: int):
-  """Greedy tokens [B, max_new_tokens] from a prefilled cache; _NONE after EOS."""
+def _greedy_loop(lm, params, cache, logits, full_mask, mask, stop, max_new_tokens: int):
+  """Greedy tokens [B, max_new_tokens] from a prefilled cache; _NONE after the first stop token (`stop`:
+  [V] bool, EOS and optionally every token containing a newline)."""
   batch = mask.shape[0]
   step = _step_fn(lm, params, full_mask)
   tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   out = jnp.full((batch, max_new_tokens), _NONE, jnp.int32).at[:, 0].set(tok)
-  done = tok == eos_id
+  done = stop[tok]
   pos = jnp.sum(mask, axis=-1).astype(jnp.int32)  # position of `tok`, the next token fed
 
   def cond(state):
@@ -132,16 +133,16 @@ def _greedy_loop(lm, params, cache, logits, full_mask, mask, eos_id, max_new_tok
     cache, logits, _ = step(cache, tok[:, None], pos[:, None])
     tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     out = out.at[:, i].set(jnp.where(done, _NONE, tok))
-    return i + 1, cache, tok, done | (tok == eos_id), out, pos + 1
+    return i + 1, cache, tok, done | stop[tok], out, pos + 1
 
   state = (jnp.int32(1), cache, tok, done, out, pos)
   return jax.lax.while_loop(cond, body_fn, state)[4]
 
 
-def greedy_batch(lm, params, ids, mask, eos_id, *, max_new_tokens: int):
-  """Greedy tokens [B, max_new_tokens] for left-padded prompts ids/mask [B, P]; _NONE after EOS."""
+def greedy_batch(lm, params, ids, mask, stop, *, max_new_tokens: int):
+  """Greedy tokens [B, max_new_tokens] for left-padded prompts ids/mask [B, P]; _NONE after a stop token."""
   cache, logits, full_mask = _prefill(lm, params, ids, mask, max_new_tokens)
-  return _greedy_loop(lm, params, cache, logits, full_mask, mask, eos_id, max_new_tokens)
+  return _greedy_loop(lm, params, cache, logits, full_mask, mask, stop, max_new_tokens)
 
 
 def greedy_and_samples_batch(
@@ -149,7 +150,7 @@ def greedy_and_samples_batch(
   params,
   ids,
   mask,
-  eos_id,
+  stop,
   keys,
   *,
   max_new_tokens: int,
@@ -167,7 +168,7 @@ def greedy_and_samples_batch(
   """
   batch, m, s = ids.shape[0], max_new_tokens, n_samples
   cache, logits, full_mask = _prefill(lm, params, ids, mask, m)
-  greedy = _greedy_loop(lm, params, cache, logits, full_mask, mask, eos_id, m)
+  greedy = _greedy_loop(lm, params, cache, logits, full_mask, mask, stop, m)
   rows = batch * s
   tile = lambda x: jnp.repeat(x, s, axis=0) if x.ndim else x  # noqa: E731  (cache_index is a scalar)
   cache, logits, full_mask = jax.tree.map(tile, cache), tile(logits), tile(full_mask)
@@ -195,7 +196,7 @@ def greedy_and_samples_batch(
     logps = logps.at[:, i].set(jnp.where(done, 0.0, logp))
     cache, logits, emb = step(cache, tok[:, None], (pos0 + i)[:, None])
     embs = embs.at[:, i].set(emb)
-    return i + 1, cache, logits, done | (tok == eos_id), toks, logps, embs
+    return i + 1, cache, logits, done | stop[tok], toks, logps, embs
 
   state = (
     jnp.int32(0),
@@ -225,10 +226,13 @@ def generate(
   temperature: float = 1.0,
   seeds: Sequence[int] | None = None,
   embed_block: int | None = None,
+  stop_at_newline: bool = False,
 ) -> list[Generation]:
   """Greedy continuations of `prompts`, in the order given; with `n_samples` > 0 also that many
   samples at `temperature` per prompt from the same prefill (`seeds`: one PRNG seed per prompt;
-  `embed_block`: the block whose output is kept per sampled token, default the middle one)."""
+  `embed_block`: the block whose output is kept per sampled token, default the middle one). With
+  `stop_at_newline` a continuation also ends after its first token containing a newline (the answer stage
+  cuts there anyway, and most short answers end within a few tokens: decoding stops when every row has)."""
   if max_new_tokens < 1 or batch_size < 1:
     raise ConfigError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be >= 1")
   if n_samples and (seeds is None or len(seeds) != len(prompts)):
@@ -248,6 +252,7 @@ def generate(
       "shorten the prompts or lower config.qa.max_new_tokens"
     )
   keys = prompt_keys(seeds) if n_samples else None
+  stop = jnp.asarray(stop_token_mask(lm, stop_at_newline))
   order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
   results: list = [None] * len(prompts)
   for start in range(0, len(order), batch_size):
@@ -259,7 +264,7 @@ def generate(
     for r, i in enumerate(rows_full):
       ids[r, plen - len(encoded[i]) :] = encoded[i]
       mask[r, plen - len(encoded[i]) :] = 1
-    args = (lm.params, jnp.asarray(ids), jnp.asarray(mask), jnp.int32(lm.eos_id))
+    args = (lm.params, jnp.asarray(ids), jnp.asarray(mask), stop)
     samples = [()] * batch_size
     if n_samples:
       out = lm._sample_fn(
@@ -288,6 +293,21 @@ def generate(
         samples=samples[r],
       )
   return results
+
+
+def stop_token_mask(lm, newline: bool) -> np.ndarray:
+  """[V] bool: EOS, and with `newline` every token whose text contains a newline (cached per model)."""
+  cache = lm.__dict__.setdefault("_stop_masks", {})
+  if newline not in cache:
+    m = np.zeros(lm.vocab_size, bool)
+    m[lm.eos_id] = True
+    if newline:
+      pieces = lm.tokenizer.convert_ids_to_tokens(list(range(min(lm.vocab_size, len(lm.tokenizer)))))
+      for i, p in enumerate(pieces):
+        if p is not None and "\n" in lm.tokenizer.convert_tokens_to_string([p]):
+          m[i] = True
+    cache[newline] = m
+  return cache[newline]
 
 
 def _until_eos(row, eos_id: int) -> tuple[list[int], bool]:

@@ -202,3 +202,23 @@ def test_cold_samples_are_greedy(model):
 def jax_log_softmax(x):
   x = x - x.max(-1, keepdims=True)
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_stop_at_newline_ends_at_the_first_newline_token(model):
+  from ghosttrack_jax.lm import generation
+
+  mask = generation.stop_token_mask(model, True)
+  newline_ids = [i for i in np.flatnonzero(mask) if i != model.eos_id]
+  assert newline_ids and all("\n" in model.tokenizer.decode([i]) for i in newline_ids[:50])
+  prompt = "One two three"
+  full = model.generate([prompt], max_new_tokens=8, batch_size=1)[0].answer_ids
+  saved = mask.copy()
+  mask[full[2]] = True  # pretend the third greedy token contains a newline
+  try:
+    cut = model.generate([prompt], 8, 1, stop_at_newline=True)[0].answer_ids
+    smp = model.generate([prompt], 8, 1, stop_at_newline=True, n_samples=2, seeds=[3], temperature=1e-6)
+  finally:
+    mask[:] = saved
+  k = full.index(full[2])
+  assert cut == full[: k + 1]
+  assert all(s.ids == full[: k + 1] for s in smp[0].samples)
