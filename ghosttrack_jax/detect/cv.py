@@ -50,10 +50,22 @@ def binarise(values) -> np.ndarray:
   return (v > cand[int(np.argmax(between))]).astype(int)
 
 
-def relation_folds(data: "FeatureData") -> np.ndarray:
-  """[1, N] leave-one-relation-out folds: fold r holds every row of relation r (sorted by name)."""
+def relation_folds(data: "FeatureData", n_folds: int = 0, seed: int = 0) -> np.ndarray:
+  """[1, N] relation-held-out folds: every row of a relation sits in one fold, so a model is never fit on
+  a relation it scores. n_folds 0 (or >= the number of relations): one fold per relation (exact
+  leave-one-relation-out, relations sorted by name); else the relations are dealt into n_folds folds of
+  similar size (largest first, each to the smallest fold; ties in a seeded order)."""
   names = sorted(set(data.relation.tolist()))
-  return np.array([[names.index(r) for r in data.relation]])
+  if not n_folds or n_folds >= len(names):
+    return np.array([[names.index(r) for r in data.relation]])
+  sizes = {r: int(np.sum(data.relation == r)) for r in names}
+  order = np.random.default_rng(seed).permutation(len(names))
+  by_size = sorted((names[i] for i in order), key=lambda r: -sizes[r])
+  load, fold_of = np.zeros(n_folds), {}
+  for r in by_size:
+    f = int(np.argmin(load))
+    fold_of[r], load[f] = f, load[f] + sizes[r]
+  return np.array([[fold_of[r] for r in data.relation]])
 
 
 def _features(spec: "Method", data: "FeatureData", rows, choice: dict) -> np.ndarray:

@@ -7,9 +7,9 @@
   predictions.csv                the same scores, one row per (method, example, repeat)
   methods.json                   mode, dataset, and per method its description, choices, degenerate folds
   label_variants.npz + .json     GhostTrack and scalar baselines re-scored under other label methods
-  loro.npz                       leave-one-relation-out scores of some methods (wikidata): methods,
-                                 relations, folds [1, N] (the held-out relation's index), scores [M, 1, N],
-                                 thresholds [M, 1, n_relations]
+  loro.npz                       relation-held-out scores of some methods (wikidata): methods, relations,
+                                 row_relation [N], folds [1, N] (the fold that held the row's relation out),
+                                 scores [M, 1, N], thresholds [M, 1, n_folds]
   detector/                      the final detectors (detect.detector)
   DONE                           written last (`mark_done`), with the SHA-256 of each file above
 The loads check each file against its checksum first (DamagedOutputError naming the file and the fix).
@@ -125,12 +125,13 @@ def save_label_variants(out_dir: str, arrays: dict, info: dict) -> None:
   atomic_io.atomic_write_json(os.path.join(out_dir, VARIANTS_JSON), info)
 
 
-def save_loro(out_dir: str, results: dict, folds: np.ndarray, relations: list[str]) -> None:
+def save_loro(out_dir: str, results: dict, folds: np.ndarray, row_relation) -> None:
   names = list(results)
   atomic_io.atomic_save_npz(
     os.path.join(out_dir, LORO),
     methods=np.array(names),
-    relations=np.array(relations),
+    relations=np.array(sorted(set(np.asarray(row_relation).tolist()))),
+    row_relation=np.asarray(row_relation),
     folds=np.asarray(folds, np.int16),
     scores=np.stack([results[n]["scores"] for n in names]).astype(np.float64),
     thresholds=np.stack([results[n]["thresholds"] for n in names]),

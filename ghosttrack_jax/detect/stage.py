@@ -69,7 +69,7 @@ def _run(config, workdir: str) -> None:
       )
     results[spec.name] = res
   oof.save_scores(out_dir, methods, results, data, dataset)
-  _leave_one_relation_out(config, data, methods, out_dir)
+  _relation_held_out(config, data, methods, out_dir)
   _label_variants(config, data, methods, out_dir)
   if "ghosttrack" in data.sets:
     detector.save_final_detectors(config, data, detector.directory(out_dir), workdir)
@@ -77,12 +77,13 @@ def _run(config, workdir: str) -> None:
   logging.info("detect: %d methods scored on %d examples -> %s", len(methods), len(data.label), out_dir)
 
 
-def _leave_one_relation_out(config, data: FeatureData, methods, out_dir: str) -> None:
-  """The methods marked `loro`, cross-validated with one fold per relation (train on every other
-  relation, score the held-out one), where the set has at least two relations."""
+def _relation_held_out(config, data: FeatureData, methods, out_dir: str) -> None:
+  """The methods marked `loro`, cross-validated with whole relations held out (train on the other
+  relations, score the held-out ones; `config.evaluate.relation_folds` folds of relations, 0 = one per
+  relation), where every row has a relation and there are at least two."""
   if len(set(data.relation.tolist()) - {""}) < 2 or "" in set(data.relation.tolist()):
     return
-  folds = cv.relation_folds(data)
+  folds = cv.relation_folds(data, config.evaluate.relation_folds, config.evaluate.seed)
   results = {}
   for spec in (m for m in methods if m.loro):
     key = "loro__" + spec.name
@@ -96,7 +97,7 @@ def _leave_one_relation_out(config, data: FeatureData, methods, out_dir: str) ->
         stats.auroc(res["scores"][0], data.label),
       )
     results[spec.name] = res
-  oof.save_loro(out_dir, results, folds, sorted(set(data.relation.tolist())))
+  oof.save_loro(out_dir, results, folds, data.relation)
 
 
 LABEL_VARIANT_METHODS = ("ghosttrack/logistic", "baseline/scalar_all", "combined/ghosttrack+scalar_baselines")

@@ -199,25 +199,34 @@ def evaluate_all(d: dict, methods_meta: dict, n_bootstrap: int, seed: int) -> di
   return out
 
 
-def leave_one_relation_out(loro: dict, d: dict, n_bootstrap: int, seed: int) -> dict:
-  """Metrics of the leave-one-relation-out scores (detect's loro.npz): per method the AUROC, AUPRC and
-  PRR over all held-out scores pooled, and the macro average of the per-relation AUROCs (relations with
-  both classes), each with a question-bootstrap interval."""
+def relation_held_out(loro: dict, d: dict, n_bootstrap: int, seed: int) -> dict:
+  """Metrics of the relation-held-out scores (detect's loro.npz): per method the AUROC, AUPRC and PRR over
+  all held-out scores pooled, and the macro average of the per-relation AUROCs (relations with both
+  classes), each with a question-bootstrap interval."""
   labels = d["label"].astype(int)
   if not np.array_equal(loro["folds"].shape[1:], labels.shape):
     raise ValueError("loro.npz and scores.npz disagree on the number of examples")
   weights = stats.group_bootstrap_weights(d["group_id"], n_bootstrap, seed) if n_bootstrap else None
-  fold = loro["folds"][0]
-  rels = [r for r in range(len(loro["relations"])) if len(np.unique(labels[fold == r])) == 2]
-  out = {"n_relations": int(len(loro["relations"])), "n_relations_both_classes": len(rels), "methods": {}}
+  relation = np.asarray(loro["row_relation"])
+  names = [str(r) for r in loro["relations"]]
+  rows_of = {r: relation == r for r in names}
+  rels = [r for r in names if len(np.unique(labels[rows_of[r]])) == 2]
+  out = {
+    "n_relations": len(names),
+    "n_relations_both_classes": len(rels),
+    "n_folds": int(loro["folds"].max() + 1),
+    "methods": {},
+  }
   for i, name in enumerate(str(m) for m in loro["methods"]):
     s = loro["scores"][i]
     m, _, _ = evaluate_scores(s, labels, loro["folds"], loro["thresholds"][i], weights)
-    per = [stats.auroc(s[0][fold == r], labels[fold == r]) for r in rels]
+    per = [stats.auroc(s[0][rows_of[r]], labels[rows_of[r]]) for r in rels]
     entry = {k: m[k] for k in ("auroc", "auroc_ci", "auprc", "auprc_ci", "prr", "prr_ci")}
     entry["macro_auroc"] = stats.finite_or_none(float(np.mean(per))) if per else None
     if weights is not None and rels:
-      boot = np.stack([stats.auroc(s[0][fold == r], labels[fold == r], weights[:, fold == r]) for r in rels])
+      boot = np.stack(
+        [stats.auroc(s[0][rows_of[r]], labels[rows_of[r]], weights[:, rows_of[r]]) for r in rels]
+      )
       entry["macro_auroc_ci"] = stats.percentile_ci(stats.nanmean(boot, 0))
     else:
       entry["macro_auroc_ci"] = [None, None]

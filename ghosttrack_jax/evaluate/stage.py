@@ -129,7 +129,7 @@ def run(config, workdir: str) -> None:
     )
   loro = oof.load_loro(det_dir)
   if loro is not None:
-    metrics["leave_one_relation_out"] = metrics_lib.leave_one_relation_out(
+    metrics["relation_held_out"] = metrics_lib.relation_held_out(
       loro, d, config.evaluate.n_bootstrap, config.evaluate.seed
     )
   variants = oof.load_label_variants(det_dir)

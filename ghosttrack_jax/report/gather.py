@@ -144,8 +144,8 @@ EXPECTED = (
 def not_run(metrics: dict) -> list[str]:
   """A line per method family that this run could not score, saying why."""
   out = [f"Not run here: {why}." for name, why in EXPECTED if name not in metrics["methods"]]
-  if "leave_one_relation_out" not in metrics and metrics.get("mode") != "given_text":
-    out.append("Not run here: leave-one-relation-out: the questions have no relations (only wikidata's do).")
+  if "relation_held_out" not in metrics and metrics.get("mode") != "given_text":
+    out.append("Not run here: relation-held-out CV: the questions have no relations (only wikidata's do).")
   return out
 
 

@@ -231,14 +231,14 @@ def controls(d: dict) -> list[tuple[str, list, list] | str]:
         ],
       )
     )
-  loro = d.get("leave_one_relation_out")
+  loro = d.get("relation_held_out")
   if loro:
     out.append(
       (
-        f"Leave-one-relation-out ({loro['n_relations']} relations, {loro['n_relations_both_classes']} with both "
-        "classes): trained on every other relation, scored on the held-out one. Pooled = one AUROC over all "
-        "held-out scores; macro = the mean of the per-relation AUROCs (within a relation, where the "
-        "relation itself carries no information)",
+        f"Relation held out ({loro['n_relations']} relations in {loro['n_folds']} folds of whole relations, "
+        f"{loro['n_relations_both_classes']} with both classes): every score comes from a model that never "
+        "saw the answer's relation. Pooled = one AUROC over all held-out scores; macro = the mean of the "
+        "per-relation AUROCs (within a relation, where the relation itself carries no information)",
         ["method", "pooled AUROC", "95% CI", "macro AUROC", "95% CI", "PRR", "PRR CI"],
         [
           [

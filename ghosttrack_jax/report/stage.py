@@ -71,7 +71,7 @@ def build(config, workdir: str) -> tuple[dict, dict]:
       "ghosttrack_minus_question_only": m.get("ghosttrack_minus_question_only"),
       "per_relation": m.get("per_relation"),
       "incremental_over_question": m.get("incremental_over_question"),
-      "leave_one_relation_out": m.get("leave_one_relation_out"),
+      "relation_held_out": m.get("relation_held_out"),
       "not_run": gather.not_run(m),
       "label_audit": gather.label_audit(config.model.name, name, ds["examples"]),
       "association_per_layer": (ds["track_report"] or {}).get("association_per_layer"),

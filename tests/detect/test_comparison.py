@@ -73,6 +73,17 @@ def test_binarise_splits_low_from_high():
   assert cv.binarise(np.ones(4)).tolist() == [0] * 4
 
 
+def test_relation_folds_hold_each_relation_out_once():
+  data = methods.FeatureData({}, {"feature_sets": {}}, [], [], [], np.zeros((1, 0)), ["x"] * 20)
+  data.relation = np.array(list("aaaaaaaabbbbccdefghi"))
+  folds = cv.relation_folds(data, 3, seed=0)[0]
+  for r in set(data.relation):
+    assert len(set(folds[data.relation == r])) == 1
+  assert sorted(np.bincount(folds)) == [6, 6, 8]  # balanced: the largest relation alone, the rest dealt
+  exact = cv.relation_folds(data, 0)[0]
+  assert exact.max() + 1 == 9 and cv.relation_folds(data, 50)[0].tolist() == exact.tolist()
+
+
 def test_leave_one_relation_out_never_trains_on_the_held_out_relation(evaluated, monkeypatch):
   c, wd, y = evaluated
   data = methods.load_feature_data(c, wd)
@@ -97,8 +108,10 @@ def test_metrics_hold_prr_loro_incremental_rows(evaluated):
   m = evaluate_stage.load_metrics(evaluate_stage.directory(c, wd))
   gt = m["methods"]["ghosttrack/logistic"]
   assert gt["prr"] is not None and gt["prr_ci"][0] < gt["prr"] < gt["prr_ci"][1]
-  loro = m["leave_one_relation_out"]
-  assert loro["n_relations"] == 4 and "question_only/relation" in loro["methods"]
+  loro = m["relation_held_out"]
+  assert (
+    loro["n_relations"] == 4 and loro["n_folds"] == 4
+  )  # relation_folds 10 > 4 relations: one each and "question_only/relation" in loro["methods"]
   # a held-out relation is never seen in training: the relation one-hot cannot rank anything
   assert loro["methods"]["question_only/relation"]["macro_auroc"] == pytest.approx(0.5)
   assert loro["methods"]["ghosttrack/logistic"]["auroc"] > 0.7
