@@ -1,6 +1,8 @@
 """The field's comparison rows on a synthetic table: unsupervised scores, position and semantic-entropy
 probes, the question-only bar and incremental rows, leave-one-relation-out, PRR, transfer across sets."""
 
+import os
+
 import numpy as np
 import pytest
 from synthetic_tables import tiny_config, write_synthetic
@@ -119,6 +121,9 @@ def test_metrics_hold_prr_loro_incremental_rows(evaluated):
   assert set(inc) >= {"incremental/ghosttrack+question", "incremental/semantic_entropy+question"}
   assert all(v["without"] == "question_only/relation_and_familiarity" for v in inc.values())
   assert inc["incremental/ghosttrack+question"]["delta"] > 0
+  # the synthetic answers of hallucinated rows are longer (1-3 words against 1): form predicts the label
+  assert m["methods"]["baseline/answer_words"]["auroc_ci"][0] > 0.65
+  assert m["warnings"][0] == m["form_warning"] and "length alone predicts the label" in m["form_warning"]
 
 
 def test_transfer_between_sets(tmp_path):
@@ -137,3 +142,22 @@ def test_transfer_between_sets(tmp_path):
   se = out["methods"]["unsupervised/semantic_entropy"]
   # nothing is fit: the score of a set is the same whichever set it was "fit" on
   assert se["nq_open"]["squad"]["auroc"] == pytest.approx(se["squad"]["squad"]["auroc"])
+
+
+def test_report_shows_the_comparison(evaluated):
+  from ghosttrack_jax.report import stage as report_stage
+  from ghosttrack_jax.runtime import paths
+
+  c, wd, _ = evaluated
+  report_stage.run(c, wd)
+  md = open(os.path.join(paths.for_config(c, wd).evaluation, "report.md"), encoding="utf-8").read()
+  for text in (
+    "| PRR |",
+    "unsupervised/semantic_entropy",
+    "Relation held out (4 relations",
+    "Incremental over the question-only bar",
+    "probe/sep_ans_last_best_layer",
+    "> warning: the answer's length alone",
+  ):
+    assert text in md, text
+  assert md.index("> warning: the answer's length alone") < md.index("### AUROC table")
