@@ -277,16 +277,26 @@ def plan_methods(data: FeatureData, config) -> list[Method]:
       )
     )
   out += incremental_methods(data, bar)
-  loro = {PRIMARY, "question_only/relation", "probe/sae_pooled_all_layers", "probe/ans_last_best_layer"}
-  loro |= {"probe/tbg_best_layer", "probe/sep_ans_last_best_layer", "unsupervised/semantic_entropy"}
-  if bar is not None:
-    loro.add(bar.name)
+  held_out = set(RELATION_HELD_OUT) | ({bar.name} if bar is not None else set())
   for m in out:
-    m.loro = m.name in loro
+    m.loro = m.name in held_out
   return out
 
 
 PRIMARY = "ghosttrack/logistic"
+# Refit with whole relations held out (wikidata; detect.stage): GhostTrack, the strongest probes of each
+# kind, the question-only controls and two unsupervised scores (unchanged by refitting, there to compare).
+RELATION_HELD_OUT = (
+  PRIMARY,
+  "ghosttrack/random_forest",
+  "probe/sae_pooled_all_layers",
+  "probe/ans_last_best_layer",
+  "probe/sep_ans_last_best_layer",
+  "probe/tbg_best_layer",
+  "question_only/relation",
+  "unsupervised/semantic_entropy",
+  "unsupervised/max_sequence_probability",
+)
 
 # The field's unsupervised scores (docs/method.md §6.6): (name, feature set, column, sign, label). Every
 # sign makes higher = more likely hallucinated and is fixed here, never fit.
