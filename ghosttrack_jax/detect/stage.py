@@ -92,7 +92,7 @@ def _relation_held_out(config, data: FeatureData, methods, out_dir: str) -> None
       res = cv.cross_validate(spec, data, config.evaluate, folds=folds)
       oof.save_method(out_dir, key, res)
       logging.info(
-        "detect: leave-one-relation-out %-30s AUROC %.3f",
+        "detect: relation held out %-30s AUROC %.3f",
         spec.name,
         stats.auroc(res["scores"][0], data.label),
       )
