@@ -186,7 +186,8 @@ def _generate_all(config, model, prompt_texts, seeds, out_dir) -> tuple[list, np
       seeds=seeds[b * bs : (b + 1) * bs] if n_s else None,
       stop_at_newline=True,  # postprocess cuts at the first newline: decoding past it is wasted
     )
-    rows, embs = [], np.zeros((len(batch), n_s, model.d_model), np.float32)
+    rows = []
+    embs = np.zeros((len(batch), n_s, model.d_model), np.float32) if n_s else None
     for r, (p, g) in enumerate(zip(batch, gens)):
       row = {
         "prompt": p,

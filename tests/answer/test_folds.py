@@ -73,7 +73,8 @@ class FakeModel:
   def encode(self, text):
     return self.tokenizer(text)["input_ids"]
 
-  def generate(self, prompts, max_new_tokens, batch_size):
+  def generate(self, prompts, max_new_tokens, batch_size, n_samples=0, **_):
+    assert not n_samples, "canned replies have no samples: the tests set config.qa.n_samples = 0"
     self.calls += 1
     out = []
     for p in prompts:
@@ -103,6 +104,7 @@ def test_answer_stage_end_to_end(tmp_path):
   c.model.source = "random"
   c.qa.n_questions = 40
   c.qa.batch_size = 16
+  c.qa.n_samples, c.qa.p_true = 0, False  # canned replies: no samples, no model to ask
   c.qa.prompt_style = "fewshot"
   c.evaluate.n_folds = 3
   items = datasets.load_nq_open(limit=40)
@@ -174,6 +176,7 @@ def test_truthfulqa_own_answer_labels(tmp_path):
   c = config_lib.base_config()
   c.model.name, c.model.source = "fake", "random"
   c.qa.dataset, c.qa.n_questions, c.qa.prompt_style = "truthfulqa", 12, "fewshot"
+  c.qa.n_samples, c.qa.p_true = 0, False  # canned replies: no samples, no model to ask
   c.evaluate.n_folds = 2
   items = datasets.load_truthfulqa(limit=12)
   replies = {}
