@@ -143,7 +143,9 @@ def direct_row(model, saes, example, cfg):
   logp = np.asarray(logp, np.float64)
   nll = -logp[np.arange(a), example["answer_ids"]]
   ent = -(np.exp(logp) * logp).sum(-1)
-  return divergence.track_metrics(tr)[0], np.array([nll.mean(), nll.max(), ent.mean()]), x.mean(1)
+  scalars = np.array([nll.mean(), nll.max(), ent.mean(), nll.sum()])
+  positions = {"tbg": resid[:, 0, p - 1], "ans_first": x[:, 0], "ans_last": x[:, -1]}
+  return divergence.track_metrics(tr)[0], scalars, x.mean(1), positions
 
 
 def test_stage_outputs_and_agreement(tmp_path):
@@ -175,13 +177,16 @@ def test_stage_outputs_and_agreement(tmp_path):
     "ghosttrack_pool_last_token",
     "ghosttrack_pool_max_all",
     "greedy_mismatch",
+    "tbg",
+    "ans_first",
+    "ans_last",
   }
   assert want == names
   assert meta["feature_sets"]["ghosttrack"]["columns"] == list(divergence.METRIC_NAMES)
   assert arrays["X__ghosttrack"].shape == (n, 26)
   assert arrays["X__raw_resid"].shape == (n, 3, 64)
   assert arrays["X__sae_pooled"].shape == (n, 3, 96)
-  assert arrays["X__scalar_baselines"].shape == (n, 5)
+  assert arrays["X__scalar_baselines"].shape == (n, 6)
   np.testing.assert_array_equal(arrays["example_id"], [e["id"] for e in examples])
   np.testing.assert_array_equal(arrays["label"], [e["label"] for e in examples])
   folds = examples_lib.load_folds(config, str(tmp_path))
@@ -189,9 +194,11 @@ def test_stage_outputs_and_agreement(tmp_path):
   # every row equals an unbatched, unpadded computation of the same example
   cfg = T.TrackerConfig.from_config(config.tracking)
   for i, ex in enumerate(examples):
-    metrics, scalars, raw = direct_row(model, saes, ex, cfg)
+    metrics, scalars, raw, positions = direct_row(model, saes, ex, cfg)
     np.testing.assert_allclose(arrays["X__ghosttrack"][i], metrics, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(arrays["X__scalar_baselines"][i, 2:], scalars, rtol=1e-4, atol=1e-4)
+    for name, want_x in positions.items():  # stored as float16
+      np.testing.assert_allclose(arrays["X__" + name][i].astype(np.float32), want_x, rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(arrays["X__raw_resid"][i], raw, rtol=1e-4, atol=1e-4)
     assert arrays["X__scalar_baselines"][i, 0] == len(ex["answer_ids"])
   # the ablations and sweeps really differ from the default somewhere
@@ -231,6 +238,9 @@ def test_uses_the_models_layer_subset_and_checks_saes(tmp_path):
     "raw_resid",
     "sae_pooled",
     "greedy_mismatch",
+    "tbg",
+    "ans_first",
+    "ans_last",
   }
   assert arrays["X__raw_resid"].shape[1] == 2
   # SAEs for other layers are refused
