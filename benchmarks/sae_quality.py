@@ -54,7 +54,7 @@ from ghosttrack_jax import config_lib
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.lm import loading
 from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.sae import common
+from ghosttrack_jax.sae import common, registry
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import loop, quality
 from ghosttrack_jax.train import stage as train_stage
@@ -132,11 +132,11 @@ def train_ours(config, store, position: int, layer: int, n_train_rows: int, x_ev
       ckpt_dir=os.path.join(tmp, "ckpt"),
       log_dir=os.path.join(tmp, "log"),
     )
-  hyper = common.hyper_from_config(config, store.d_model)
-  final = train_stage.finalize_params(hyper, result.state)
-  folded = common.fold_input_scale(final.params, final.input_scale, hyper)
+  arch = registry.from_config(config, store.d_model)
+  final = train_stage.finalize_params(arch, result.state)
+  folded = common.fold_input_scale(final.params, final.input_scale)
   p = {k: jax.numpy.asarray(v[0]) for k, v in folded.items()}
-  one = jax.jit(quality._encode_decode_fn(hyper))  # pylint: disable=protected-access
+  one = jax.jit(arch.encode_decode)
   f, x_hat = [], []
   for s in range(0, len(x_eval), 2048):
     ff, hh = one(p, jax.numpy.asarray(x_eval[s : s + 2048]))

@@ -66,12 +66,12 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, enco
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from ghosttrack_jax.sae import common, kernels  # pylint: disable=import-outside-toplevel
+  from ghosttrack_jax.sae import kernels, registry  # pylint: disable=import-outside-toplevel
   from ghosttrack_jax.train import step as sae_train  # pylint: disable=import-outside-toplevel
 
   cap = (2 * l0 if arch == "jumprelu" else 2 * k) if sparse else 0
-  h = common.Hyper(
-    arch=arch,
+  h = registry.build(
+    arch,
     d_model=d,
     width=m,
     k=k,

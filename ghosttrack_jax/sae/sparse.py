@@ -28,7 +28,11 @@ from ghosttrack_jax.sae import kernels
 
 
 class Coo(NamedTuple):
-  """Flat list of (row=token, col=latent) entries; the first `count` are valid, row-major."""
+  """Flat list of (row=token, col=latent) entries; the first `count` are valid, row-major.
+
+  Also the sparse side of the entries interface the losses are written against (common.Architecture.loss):
+  values live at the N entries ([N] arrays); `Dense` below is the dense side ([B, M] arrays).
+  """
 
   rows: jax.Array  # int32 [N]
   cols: jax.Array  # int32 [N]
@@ -40,6 +44,73 @@ class Coo(NamedTuple):
 
   def valid(self) -> jax.Array:
     return jnp.arange(self.capacity, dtype=jnp.int32) < self.count
+
+  # ---- the entries interface --------------------------------------------------------------------------
+
+  def preact(self, x, b_pre, w_enc, b_enc, pre, dense_p=None):
+    """Differentiable pre-activations at the entries (see gather_preact)."""
+    del dense_p
+    return gather_preact(x, b_pre, w_enc, b_enc, pre, self)
+
+  def keep(self, v):
+    """v with the entries outside the list (padding) set to 0."""
+    return jnp.where(self.valid(), v, 0.0)
+
+  def per_latent(self, a):
+    """A per-latent array [M] at the entries."""
+    return a[self.cols]
+
+  def latent_sum(self, v, n_cols: int):
+    """[M]: the sum of v over each latent's entries."""
+    return col_sum(self, v, n_cols)
+
+  def latent_any(self, active, n_cols: int):
+    """[M] bool: some entry of the latent is active."""
+    return col_sum(self, active.astype(jnp.float32), n_cols) > 0
+
+  def decode(self, f, w_dec, n_rows: int):
+    """[n_rows, D]: codes at the entries times the decoder rows (no bias)."""
+    return decode(f, w_dec, self, n_rows)
+
+  @staticmethod
+  def top_k(scores, k: int) -> "Coo":
+    """The entries of each row's k largest scores [B, M]."""
+    return coo_topk(scores, k)
+
+
+class Dense(NamedTuple):
+  """Every entry of the [B, M] batch, or those where `mask` is True: the dense side of the entries
+  interface (see Coo), the reference the sparse path is tested against."""
+
+  mask: jax.Array | None = None  # [B, M] bool
+
+  def preact(self, x, b_pre, w_enc, b_enc, pre, dense_p=None):
+    """`dense_p`: the differentiable dense pre-activations already made for the same rows, reused so
+    that the encoder's backward runs once."""
+    return dense_preact(x, b_pre, w_enc, b_enc, pre) if dense_p is None else dense_p
+
+  def keep(self, v):
+    return v if self.mask is None else jnp.where(self.mask, v, 0.0)
+
+  def per_latent(self, a):
+    return a
+
+  def latent_sum(self, v, n_cols: int):
+    return jnp.sum(v.reshape(-1, n_cols), axis=0)
+
+  def latent_any(self, active, n_cols: int):
+    del n_cols
+    return jnp.any(active, axis=0)
+
+  def decode(self, f, w_dec, n_rows: int):
+    del n_rows
+    return f @ w_dec
+
+  @staticmethod
+  def top_k(scores, k: int) -> "Dense":
+    _, idx = jax.lax.top_k(jax.lax.stop_gradient(scores), k)
+    rows = jnp.arange(scores.shape[0])[:, None]
+    return Dense(jnp.zeros(scores.shape, bool).at[rows, idx].set(True))
 
 
 # ---- building the COO list -------------------------------------------------------------------------

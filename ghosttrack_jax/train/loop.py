@@ -31,10 +31,10 @@ from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import step as train_step
 
 
-def settings_for(config, hyper, plan: train_data.DataPlan) -> train_step.Settings:
+def settings_for(config, arch, plan: train_data.DataPlan) -> train_step.Settings:
   t = config.sae_training
   return train_step.Settings(
-    lr=train_step.peak_lr(config, hyper),
+    lr=train_step.peak_lr(config, arch),
     warmup_steps=int(t.lr_warmup_steps),
     decay_fraction=float(t.lr_decay_fraction),
     total_steps=plan.total_steps,
@@ -142,21 +142,21 @@ class StepFunctions:
   next fetch (GPU, TPU: there every conditional costs a device->host sync).
   """
 
-  def __init__(self, layout, hyper, settings, tx, choice: str):
+  def __init__(self, layout, arch, settings, tx, choice: str):
     if choice not in ("switch", "host"):
       raise ValueError(f"variant choice {choice!r}: use 'switch' or 'host'")
-    self.hyper = hyper
-    self.choice = choice if train_step.has_aux_variants(hyper) else "switch"
+    self.arch = arch
+    self.choice = choice if arch.uses_aux_k else "switch"
     names = ("switch",) if self.choice == "switch" else ("off", "on")
     self._fns = {
-      n: layout.map_step(with_health(train_step.make_block_step(hyper, settings, tx, aux=n))) for n in names
+      n: layout.map_step(with_health(train_step.make_block_step(arch, settings, tx, aux=n))) for n in names
     }
 
   def pick(self, max_fired_ago, steps_ahead: int, batch_size: int) -> str:
     if self.choice == "switch":
       return "switch"
     top = int(np.max(np.asarray(max_fired_ago))) if np.size(max_fired_ago) else 0
-    return train_step.aux_variant_for(self.hyper, top, steps_ahead, batch_size)
+    return train_step.aux_variant_for(self.arch, top, steps_ahead, batch_size)
 
   def __getitem__(self, name: str) -> Callable:
     return self._fns[name]
@@ -201,15 +201,15 @@ def train(
   layout = layer_parallel.make_layout(
     len(layers), t.parallel, int(t.devices), pad=bool(t.pad_layers), devices=devices
   )
-  hyper = train_step.for_platform(common.hyper_from_config(config, d_model), t.backward, layout.platform)
+  arch = train_step.for_platform(registry.from_config(config, d_model), t.backward, layout.platform)
   plan = data_plan(config, n_train_rows, window_rows)
-  settings = settings_for(config, hyper, plan)
-  tx = train_step.make_optimizer(hyper, settings)
+  settings = settings_for(config, arch, plan)
+  tx = train_step.make_optimizer(arch, settings)
   n_pad = layout.n_padded
   valid = layout.valid
   scales = (
     np.asarray(common.input_scale(np.asarray(mean_sq_norms, np.float64)), np.float32)
-    if hyper.scales_inputs
+    if arch.scales_inputs
     else np.ones(len(layers), np.float32)
   )
   scales_pad = np.asarray([scales[layout.source(i)] for i in range(n_pad)], np.float32)
@@ -221,7 +221,7 @@ def train(
   ids = [int(layers[layout.source(i)]) for i in range(n_pad)]
   keys = jnp.stack([jax.random.fold_in(sae_root, l) for l in ids])
   host = jax.device_get(
-    jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, hyper, tx, sc)))(keys, jnp.asarray(scales_pad))
+    jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, arch, tx, sc)))(keys, jnp.asarray(scales_pad))
   )
   fp = jsonable(fingerprint(config, d_model, layers))
 
@@ -252,7 +252,7 @@ def train(
   # With several processes each reads only its own devices' layers (layer_parallel.local_indices).
   device_sources = [[layer_positions[s] for s in layout.device_sources(d)] for d in layout.local_indices]
   choice = variant_choice or ("switch" if train_step.uses_conditionals(layout.platform) else "host")
-  steps = StepFunctions(layout, hyper, settings, tx, choice)
+  steps = StepFunctions(layout, arch, settings, tx, choice)
   max_in_flight = int(t.max_in_flight)
   metric_writer = writer.MetricWriter(log_dir)
   t_start = time.time()
@@ -275,17 +275,16 @@ def train(
       batches = iter(pipeline)
       first = None
       needs_first = start_step == 0 and plan.total_steps > 0
-      thresholds_from_data = registry.get(hyper.arch).threshold_from_data and hyper.threshold_init_l0 > 0
-      if needs_first and (hyper.b_dec_from_data or thresholds_from_data):
+      if needs_first and (arch.b_dec_from_data or arch.thresholds_from_data):
         first = next(batches)  # its host blocks stay valid until the ticket is released
         batches = _chain([first], batches)
-      if first is not None and hyper.b_dec_from_data:
-        # b_dec starts at the mean of the first batch (see Hyper.b_dec_from_data).
+      if first is not None and arch.b_dec_from_data:
+        # b_dec starts at the mean of the first batch (see Architecture.b_dec_from_data).
         means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first.host], axis=0)
         means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
-      if first is not None and thresholds_from_data:
-        local = _data_thresholds(hyper, host, layout, first.host)
+      if first is not None and arch.thresholds_from_data:
+        local = _data_thresholds(arch, host, layout, first.host)
         host.params["threshold"] = layout.gather_local_slots(local)  # every slot, every process
       carry = (layout.put(host), layout.put(initial_health(n_pad, host.fired_ago)))
       variant = steps.pick(
@@ -396,19 +395,15 @@ def train(
     seconds=time.time() - t_start,
     layout=f"{layout.mode} x{layout.n_devices} "
     f"({layout.per_device} layers/device, {n_pad - len(layers)} padding)",
-    sparse_backend=sparse_backend_name(hyper),
+    sparse_backend=sparse_backend_name(arch),
     loop_stats=stats,
   )
 
 
-def _data_thresholds(hyper, host, layout, blocks) -> np.ndarray:
-  """JumpReLU thresholds from the first batch (config sae.threshold_init_l0) for this process's slots
+def _data_thresholds(arch, host, layout, blocks) -> np.ndarray:
+  """Thresholds from the first batch (Architecture.initial_thresholds) for this process's slots
   (blocks of `layout.local_indices`), one slot at a time."""
-  fn = jax.jit(
-    lambda p, x, s: common.data_thresholds(
-      common.preact(hyper, p, s * x.astype(jnp.float32)), hyper.threshold_init_l0
-    )
-  )
+  fn = jax.jit(lambda p, x, s: arch.initial_thresholds(p, s * x.astype(jnp.float32)))
   slots = [s for d in layout.local_indices for s in layout.device_slots(d)]
   x_local = np.concatenate(blocks, axis=0)
   out = []
@@ -423,10 +418,10 @@ def _chain(first, rest):
   yield from rest
 
 
-def sparse_backend_name(hyper) -> str:
-  if hyper.sparse_capacity <= 0:
+def sparse_backend_name(arch) -> str:
+  if arch.sparse_capacity <= 0:
     return "dense"
-  return f"sparse ({kernels.backend()}), capacity {hyper.sparse_capacity}/token"
+  return f"sparse ({kernels.backend()}), capacity {arch.sparse_capacity}/token"
 
 
 def _save(ckpt, layout, states, step, plan, fp, layers, config):
