@@ -51,7 +51,7 @@ def test_reconstruction_metrics_from_the_store_equal_fidelity_on_the_same_rows(t
   rows, _ = quality.reconstruction_metrics(h, folded, store, [0, 1], 40, 300, chunk=128)
   for i in range(2):
     x = np.asarray(store.read(i, 40, 340), np.float32)
-    f, x_hat = quality._encode_decode_fn(h)({k: jnp.asarray(v[i]) for k, v in folded.items()}, jnp.asarray(x))
+    f, x_hat = h.encode_decode({k: jnp.asarray(v[i]) for k, v in folded.items()}, jnp.asarray(x))
     want = quality.fidelity(x, np.asarray(x_hat), np.asarray(f) > 0)
     for key in ("fvu", "fvu_robust", "outlier_rows", "cosine", "l0", "never_fired_eval"):
       np.testing.assert_allclose(rows[i][key], want[key], rtol=1e-4, err_msg=key)
