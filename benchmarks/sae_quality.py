@@ -49,7 +49,7 @@ import jax
 import numpy as np
 import transformers
 
-from benchmarks import sae_train  # the reference environment and the machine description
+from benchmarks import machine, sae_train  # sae_train: the reference environment
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.lm import loading
@@ -294,7 +294,7 @@ def _outlier_line(layer, what, o) -> str:
 # ---- report ------------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default=os.path.join(REPO, "configs", "smollm2_135m.py"))
   p.add_argument("--workdir", default="runs/smollm2_135m", help="the run whose store is read")
@@ -310,7 +310,7 @@ def main():
   p.add_argument("--ref-python", default=None)
   p.add_argument("--set", action="append", default=[], help="override of our config, field=python literal")
   p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
-  args = p.parse_args()
+  args = p.parse_args(argv)
 
   config = load_config(args.config)
   extra = {}
@@ -423,11 +423,11 @@ def _report(args, config, store, layers, ks, results, load0, load1, seconds, ref
     f"## SAE quality vs SAELens (benchmarks/sae_quality.py), {datetime.date.today().isoformat()}",
     "",
     f"- command: `python -m benchmarks.sae_quality {' '.join(sys.argv[1:])}`".rstrip(),
-    f"- machine: {sae_train._cpu()}, {os.cpu_count()} visible cores (shared; load average {load0[0]:.2f} "  # pylint: disable=protected-access
+    f"- machine: {machine.cpu_name()}, {os.cpu_count()} visible cores (shared; load average {load0[0]:.2f} "
     f"at start, {load1[0]:.2f} at end), jax {jax.__version__}"
     + (f", torch {ref_info['torch_version']}, sae_lens {ref_info['sae_lens_version']}" if ref_info else "")
     + f"; {seconds / 60:.1f} min in all",
-    f"- commit: {sae_train._commit()}",  # pylint: disable=protected-access
+    f"- commit: {machine.commit()}",
     f"- store: {store.path} ({store.n_rows} rows, d_model {store.d_model}); layers {layers}, L0/k {ks}; "
     f"width {config.sae.width}, batch {config.sae_training.batch_size}, "
     f"{results[0][2]['steps']} steps ({results[0][2]['steps'] * config.sae_training.batch_size} tokens) "

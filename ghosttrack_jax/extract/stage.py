@@ -200,7 +200,7 @@ def _write_tokens(config, model, path: str) -> int:
   return n
 
 
-def _postprocess_fn(storage_dtype):
+def postprocess_fn(storage_dtype):
   """Drops position 0, flattens rows, casts to the storage dtype and sums per-layer norm statistics."""
 
   @jax.jit
@@ -367,7 +367,7 @@ def _extract_groups(config, model, path: str, g: dict) -> None:
   B, rows_per_window = g["batch_size"], int(config.data.seq_len) - 1
   acts = store_lib.open_array(os.path.join(path, "activations"), read_only=False)
   tokens = store_lib.open_array(os.path.join(path, "token_ids"))
-  post = _postprocess_fn(jnp.dtype(config.extract.storage_dtype))
+  post = postprocess_fn(jnp.dtype(config.extract.storage_dtype))
   np_dtype = store_lib.NP_DTYPES[config.extract.storage_dtype]
   writer = _GroupWriter(path, acts, g, len(model.layers), model.d_model, np_dtype)
   batches = [
