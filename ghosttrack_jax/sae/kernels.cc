@@ -15,6 +15,7 @@
 #include <cstring>
 #include <climits>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -126,6 +127,23 @@ ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buf
 }
 
 // ---- topk: the k largest entries of each row (descending, ties to the lower index) ---------------
+// lax.top_k's selection and order (its total order of floats: -0 below +0, NaN above +inf), per row on
+// int32 keys that order like the floats (the row stays in L1):
+//  1. a lower bound t of the k-th largest key: cut the row into G = 2k groups (S keys each, the last
+//     padded) and take the k-th largest group maximum: k groups hold a key >= t, so at least k keys
+//     are >= t (at least G/2 >= k groups hold real keys);
+//  2. the candidates, every entry with key >= t (all of the top k, ties at the k-th value included;
+//     ~1.3 k on SAE pre-activations), packed as (key, ~index) in an int64 so that one integer order is
+//     lax.top_k's;
+//  3. a partial sort of the candidates.
+// 2x faster than a bounded heap (benchmarks/train_loop.py --profile), whose replacements (k ln(M/k) per
+// row on unordered data) cost more than these passes.
+
+inline int32_t TotalOrderKey(float v) {
+  int32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return bits ^ ((bits >> 31) & 0x7fffffff);  // negative floats: reverse their magnitude order
+}
 
 ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::ResultBuffer<ffi::S32> rows,
                     ffi::ResultBuffer<ffi::S32> cols) {
@@ -136,32 +154,33 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Result
   const float* p = pre.typed_data();
   int32_t* r_out = rows->typed_data();
   int32_t* c_out = cols->typed_data();
+  const int64_t G = std::min<int64_t>(M, 2 * k);
+  const int64_t S = (M + G - 1) / G;
   const int64_t n_tasks = NumTasks(pool, B, 32);
   ParallelFor(pool, n_tasks, [&](int64_t task) {
     const int64_t lo = B * task / n_tasks, hi = B * (task + 1) / n_tasks;
-    // "a beats b": larger value, or equal value and lower index (lax.top_k's order).
-    std::vector<std::pair<float, int32_t>> heap;  // min-heap of the current best k (worst on top)
-    heap.reserve(k);
-    auto worse = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    };
+    std::vector<int32_t> key(G * S, INT32_MIN), gmax(G);
+    std::vector<int64_t> cand(M);
     for (int64_t b = lo; b < hi; ++b) {
       const float* row = p + b * M;
-      heap.clear();
-      for (int32_t i = 0; i < k; ++i) heap.emplace_back(row[i], i);
-      std::make_heap(heap.begin(), heap.end(), worse);
-      for (int64_t i = k; i < M; ++i) {
-        const float v = row[i];
-        if (v > heap.front().first) {  // equal values keep the earlier (lower) index
-          std::pop_heap(heap.begin(), heap.end(), worse);
-          heap.back() = {v, static_cast<int32_t>(i)};
-          std::push_heap(heap.begin(), heap.end(), worse);
-        }
+      for (int64_t i = 0; i < M; ++i) key[i] = TotalOrderKey(row[i]);
+      for (int64_t g = 0; g < G; ++g) {  // 1.
+        const int32_t* kg = key.data() + g * S;
+        int32_t mx = INT32_MIN;
+        for (int64_t i = 0; i < S; ++i) mx = std::max(mx, kg[i]);
+        gmax[g] = mx;
       }
-      std::sort_heap(heap.begin(), heap.end(), worse);  // best first
+      std::nth_element(gmax.begin(), gmax.begin() + (k - 1), gmax.end(), std::greater<int32_t>());
+      const int32_t t = gmax[k - 1];
+      int64_t n = 0;  // 2. (branch-free)
+      for (int64_t i = 0; i < M; ++i) {
+        cand[n] = (static_cast<int64_t>(key[i]) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+        n += key[i] >= t;
+      }
+      std::partial_sort(cand.begin(), cand.begin() + k, cand.begin() + n, std::greater<int64_t>());  // 3.
       for (int64_t j = 0; j < k; ++j) {
         r_out[b * k + j] = static_cast<int32_t>(b);
-        c_out[b * k + j] = heap[j].second;
+        c_out[b * k + j] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(cand[j]));
       }
     }
   });

@@ -120,11 +120,19 @@ def test_jumprelu_ste_pseudo_derivatives():
 def test_topk_kernel_matches_lax_top_k(backend):
   pre = jax.random.normal(jax.random.PRNGKey(4), (33, 70))
   pre = pre.at[3, 10:20].set(0.5)  # ties: lower index first, as lax.top_k
-  for k in (1, 5, 12):
+  pre = pre.at[4].set(jnp.round(pre[4]))  # many ties everywhere in a row
+  pre = pre.at[5, :65].set(-jnp.inf)  # AuxK's masked rows: fewer finite values than k
+  pre = pre.at[6].set(-jnp.inf)
+  pre = pre.at[7].set(jnp.sort(pre[7]))  # ascending: every later value beats the ones before
+  for k in (1, 5, 12, 69, 70):
     coo = sparse.coo_topk(pre, k)
     _, idx = jax.lax.top_k(pre, k)
-    np.testing.assert_array_equal(np.asarray(coo.cols).reshape(33, k), idx)
+    np.testing.assert_array_equal(np.asarray(coo.cols).reshape(33, k), idx, err_msg=f"k={k}")
     np.testing.assert_array_equal(np.asarray(coo.rows), np.repeat(np.arange(33), k))
+  wide = jax.random.normal(jax.random.PRNGKey(5), (64, 2304))  # the default SAE's width and k
+  np.testing.assert_array_equal(
+    np.asarray(sparse.coo_topk(wide, 64).cols).reshape(64, 64), jax.lax.top_k(wide, 64)[1]
+  )
 
 
 def test_batch_threshold_is_the_exact_kth_value(backend):
