@@ -151,14 +151,14 @@ def profile(config, store, repeats: int) -> list[tuple[str, float]]:
   states = jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, arch, tx, sc)))(keys, scales)
   x_raw = jnp.asarray(store.read(list(range(L)), 0, B))  # bf16 [L, B, D], as the pipeline puts it
   layout = layer_parallel.make_layout(L, "pmap", devices=jax.devices()[:1])
-  fns = train_loop.StepFunctions(layout, arch, s, tx, "switch")
+  fns = train_loop.StepFunctions(layout, arch, s, tx, "host")
   carry = (layout.put(jax.device_get(states)), layout.put(train_loop.initial_health(L, np.zeros((L, 1)))))
   x_dev = layout.put_blocks([np.asarray(x_raw)])
 
   held = [carry]
 
   def whole(x):  # the state is donated: each call takes the previous one's
-    held[0], out = fns["switch"](held[0], x)
+    held[0], out = fns[fns.pick(np.zeros(L, np.int32), 1, B)](held[0], x)
     return out["loss"]
 
   x = x_raw.astype(jnp.float32) * scales[:, None, None]

@@ -129,7 +129,7 @@ def run_case(name: str, flags: list, out: str):
   emit(**record)
 
 
-def _step_case(arch, backward, batch, layers, d, m, platform, fixed_variant: bool):
+def _step_case(arch, backward, batch, layers, d, m, platform):
   c = config_lib.base_config()  # the hyper-parameters as the trainer builds them
   c.sae.arch, c.sae.width = arch, m
   c.sae_training.batch_size = batch
@@ -137,8 +137,7 @@ def _step_case(arch, backward, batch, layers, d, m, platform, fixed_variant: boo
   settings = train_step.Settings(7e-5, 1000, 0.0, 100_000, 5_000, 20, 1.0, batch)
   tx = train_step.make_optimizer(sae, settings)
   layout = layer_parallel.make_layout(layers, "pmap", devices=jax.devices()[:1])
-  choice = "host" if fixed_variant or not train_step.uses_conditionals(platform) else "switch"
-  fns = train_loop.StepFunctions(layout, sae, settings, tx, choice)
+  fns = train_loop.StepFunctions(layout, sae, settings, tx, "host")
   keys = jax.random.split(jax.random.PRNGKey(0), layers)
   host = jax.device_get(jax.jit(jax.vmap(lambda k: train_step.init_state(k, sae, tx, 1.0)))(keys))
   carry = (layout.put(host), layout.put(train_loop.initial_health(layers, host.fired_ago)))
@@ -160,7 +159,7 @@ def steps(smoke: bool):
   ):
     case = f"{arch} {backward} batch {batch}" + (f" AuxK {variant}" if variant else "")
     try:
-      sae, fns, carry, x = _step_case(arch, backward, batch, layers, d, m, platform, variant is not None)
+      sae, fns, carry, x = _step_case(arch, backward, batch, layers, d, m, platform)
       name = variant or ("switch" if fns.choice == "switch" else "off")
       fn = fns[name]
       t0 = time.time()

@@ -137,9 +137,9 @@ def initial_health(n_slots: int, fired_ago: np.ndarray) -> dict:
 class StepFunctions:
   """The mapped step (with `with_health`) for each variant the host may choose between.
 
-  choice "switch": one program; AuxK on/off is a `lax.switch` on the device (CPU). "host": no
-  data-dependent conditional in the program; `pick` chooses the AuxK variant that is exact until the
-  next fetch (GPU, TPU: there every conditional costs a device->host sync).
+  choice "host" (what the trainer uses): no data-dependent AuxK conditional in the program; `pick`
+  chooses the AuxK variant that is exact until the next fetch (see train.step). "switch": one program,
+  AuxK on/off a `lax.switch` on the device (the reference the tests compare "host" with).
   """
 
   def __init__(self, layout, arch, settings, tx, choice: str):
@@ -194,7 +194,7 @@ def train(
   """Trains (or resumes) the SAEs of `layers` (store positions `layer_positions`) on rows
   [0, n_train_rows) of `reader`. Returns the final state of the real layers.
 
-  variant_choice: "switch" or "host" (see StepFunctions); None = "switch" on CPU, "host" elsewhere.
+  variant_choice: "switch" or "host" (see StepFunctions); None = "host".
   """
   t = config.sae_training
   d_model = int(reader.read([layer_positions[0]], 0, 1).shape[-1])
@@ -251,7 +251,7 @@ def train(
 
   # With several processes each reads only its own devices' layers (layer_parallel.local_indices).
   device_sources = [[layer_positions[s] for s in layout.device_sources(d)] for d in layout.local_indices]
-  choice = variant_choice or ("switch" if train_step.uses_conditionals(layout.platform) else "host")
+  choice = variant_choice or "host"
   steps = StepFunctions(layout, arch, settings, tx, choice)
   max_in_flight = int(t.max_in_flight)
   metric_writer = writer.MetricWriter(log_dir)

@@ -3,13 +3,14 @@
 Step anatomy (one program per device, `vmap`ped over the device's layers; runtime.layer_parallel maps it
 over devices with pmap or shard_map):
   1. x = s * x_raw (fp32), pre = x W_enc + b_enc (dense: the one inherently dense matmul);
-  2. per device, outside vmap, choose a static variant with `lax.switch`: sparse or dense backward
-     (sparse when every local layer's active entries fit the COO capacity), with or without AuxK
-     (only when some local layer has dead latents). Under vmap a data-dependent `cond` would run both
-     branches; deciding per device keeps one. On XLA:GPU every data-dependent conditional copies its
-     index to the host and waits for the stream, so there `make_block_step(aux="off"|"on")` builds one
-     fixed variant and the host loop picks it between fetches (`aux_variant_for`); "auto" backward
-     (`for_platform`) runs dense there, which leaves no other switch;
+  2. a static variant: with or without AuxK, built alone (`make_block_step(aux="off"|"on")`) and picked
+     by the host loop between fetches (`aux_variant_for`: "off" while no latent can be dead before the
+     next fetch), on every platform: on XLA:GPU a data-dependent conditional copies its index to the
+     host and waits for the stream, and on CPU a `lax.switch` around the whole update cost 12% of the
+     default's step (benchmarks/train_loop.py). Sparse or dense backward for architectures whose
+     entries vary in number (sparse when every local layer's entries fit the COO capacity) is chosen
+     per device, outside vmap, with `lax.switch` (under vmap a data-dependent `cond` would run both
+     branches); "auto" backward (`for_platform`) runs dense on GPUs, which leaves no switch there;
   3. loss and gradients (custom VJPs for JumpReLU/Heaviside and for the sparse ops), optimizer update
      (decoder-gradient projection, global-norm clip, Adam), decoder renormalisation, theta >= 0,
      dead-latent counters, BatchTopK inference threshold.
@@ -129,12 +130,6 @@ def for_platform(arch: common.Architecture, backward: str, platform: str) -> com
   if backward_path(backward, platform) == "dense" and arch.sparse_capacity:
     return dataclasses.replace(arch, sparse_capacity=0)
   return arch
-
-
-def uses_conditionals(platform: str) -> bool:
-  """Whether the step may choose its variant with a data-dependent `lax.switch` (cheap on CPU; a
-  device->host sync per step on XLA:GPU)."""
-  return platform not in DENSE_PLATFORMS
 
 
 def aux_variant_for(arch: common.Architecture, max_fired_ago: int, steps_ahead: int, batch_size: int) -> str:

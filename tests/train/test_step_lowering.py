@@ -47,8 +47,7 @@ def _lowered(arch: str, platform: str, n_layers: int, n_devices: int, mode: str,
   settings = train_step.Settings(7e-5, 1000, 0.0, 100_000, 5_000, 20, 1.0, batch)
   tx = train_step.make_optimizer(hyper, settings)
   layout = layer_parallel.make_layout(n_layers, mode, devices=jax.devices()[:n_devices])
-  choice = "switch" if train_step.uses_conditionals(platform) else "host"
-  fns = train_loop.StepFunctions(layout, hyper, settings, tx, choice)
+  fns = train_loop.StepFunctions(layout, hyper, settings, tx, "host")
   keys = jax.ShapeDtypeStruct((layout.n_padded, 2), jnp.uint32)
   states = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)), keys)
   health = {
