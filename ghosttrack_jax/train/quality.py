@@ -190,10 +190,12 @@ def splice_metrics(
     return jnp.where(keep0, resid, x_hat), jnp.where(keep0, resid, 0.0)
 
   @jax.jit
-  def ce_kl(logits_orig, logits_new, ids):
-    # predictions made at positions 1..T-2 (targets ids[2..T-1])
-    lo = jax.nn.log_softmax(logits_orig[:, 1:-1].astype(jnp.float32), axis=-1)
-    ln = jax.nn.log_softmax(logits_new[:, 1:-1].astype(jnp.float32), axis=-1)
+  def log_probs(logits):  # of the predictions made at positions 1..T-2 (targets ids[2..T-1])
+    return jax.nn.log_softmax(logits[:, 1:-1].astype(jnp.float32), axis=-1)
+
+  @jax.jit
+  def ce_kl(lo, logits_new, ids):  # lo: log_probs of the original logits, made once per batch
+    ln = log_probs(logits_new)
     tgt = ids[:, 2:]
     ce_o = -jnp.take_along_axis(lo, tgt[..., None], axis=-1)[..., 0]
     ce_n = -jnp.take_along_axis(ln, tgt[..., None], axis=-1)[..., 0]
@@ -208,13 +210,14 @@ def splice_metrics(
     ids = jnp.asarray(ids_all[s : s + batch], jnp.int32)
     mask = jnp.ones_like(ids)
     logits, resid = model.logits_and_residuals(ids, mask)
+    lo = log_probs(logits)
     for i, layer in enumerate(layers):
       p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
       spliced, zeroed = reconstruct(p, resid[i])
       ls = model.logits_with_replacement(ids, mask, int(layer), spliced)
       lz = model.logits_with_replacement(ids, mask, int(layer), zeroed)
-      ce_o, ce_s, kl_s, n = jax.device_get(ce_kl(logits, ls, ids))
-      _, ce_z, kl_z, _ = jax.device_get(ce_kl(logits, lz, ids))
+      ce_o, ce_s, kl_s, n = jax.device_get(ce_kl(lo, ls, ids))
+      _, ce_z, kl_z, _ = jax.device_get(ce_kl(lo, lz, ids))
       sums[i] += [ce_o, ce_s, ce_z, kl_s, kl_z]
     count += int(n)
   rows = []
