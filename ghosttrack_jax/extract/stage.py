@@ -31,7 +31,6 @@ from concurrent import futures
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from ghosttrack_jax import lm
 from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
@@ -39,7 +38,7 @@ from ghosttrack_jax.extract import corpus
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.lm import model as lm_model
 from ghosttrack_jax.lm import shapes
-from ghosttrack_jax.runtime import atomic_io, multihost, paths
+from ghosttrack_jax.runtime import atomic_io, multihost, paths, progress
 
 # Fields that identify a store: a store is reused only when all of them match.
 IDENTITY_FIELDS = (
@@ -169,7 +168,7 @@ def _write_tokens(config, model, path: str) -> int:
   windows = corpus.iter_windows(docs, encode_batch, model.eos_id, seq_len)
   block_t, block_d, n, start = [], [], 0, 0
   writes = []
-  for tokens, doc_ids in tqdm(windows, total=target, desc="tokenise", unit="win", leave=False):
+  for tokens, doc_ids in progress.track(windows, "tokenise", "window", total=target):
     block_t.append(tokens)
     block_d.append(doc_ids)
     n += 1
@@ -381,7 +380,7 @@ def _extract_groups(config, model, path: str, g: dict) -> None:
     return tokens[w0:w1].read(), w1 - w0
 
   t0, tokens_done = time.time(), 0
-  bar = tqdm(total=len(batches), desc="extract", unit="batch")
+  bar = progress.Progress(len(batches), "extract", "batch")
   lagged = None  # the previous batch, still on the device: fetched after the next forward is queued
   next_ids = read_ids(batches[0][1])
 
@@ -403,8 +402,7 @@ def _extract_groups(config, model, path: str, g: dict) -> None:
     if last_of_group:
       writer.finish_group()
     tokens_done += n_real
-    bar.update(1)
-    bar.set_postfix(tok_s=f"{tokens_done / max(time.time() - t0, 1e-9):,.0f}")
+    bar.update(1, tok_s=f"{tokens_done / max(time.time() - t0, 1e-9):,.0f}")
 
   try:
     for i, (k, b) in enumerate(batches):

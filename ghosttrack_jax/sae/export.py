@@ -13,7 +13,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ghosttrack_jax.runtime import atomic_io
+from ghosttrack_jax.runtime import atomic_io, progress
 from ghosttrack_jax.sae import common
 
 SAE_LENS_VERSION = "6.18.0"  # the v6 format these files follow (SAELens @ 91ca16c)
@@ -96,7 +96,7 @@ def write_all(
 ) -> None:
   """Exports every layer of `final` (train.stage.FinalSAEs: stacked training-unit params + scales)."""
   folded = common.fold_input_scale(final.params, final.input_scale)
-  for i, layer in enumerate(layers):
+  for i, layer in enumerate(progress.track(layers, "export", "layer")):
     p = {k: np.asarray(v[i]) for k, v in folded.items()}
     cfg = saelens_cfg(arch, layer, model_name, context_size, float(final.input_scale[i]), extra)
     write_layer(layer_dir(root, layer), arch, p, cfg, None if sparsity is None else sparsity[i])

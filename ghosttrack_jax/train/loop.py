@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ghosttrack_jax.errors import NonFiniteLossError, StoreMismatchError
-from ghosttrack_jax.runtime import checkpointing, layer_parallel, writer
+from ghosttrack_jax.runtime import checkpointing, layer_parallel, progress, writer
 from ghosttrack_jax.sae import common, kernels, registry
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import step as train_step
@@ -255,6 +255,7 @@ def train(
   steps = StepFunctions(layout, arch, settings, tx, choice)
   max_in_flight = int(t.max_in_flight)
   metric_writer = writer.MetricWriter(log_dir)
+  bar = progress.Progress(plan.total_steps, "train SAEs", "step", initial=start_step)
   t_start = time.time()
   stats = {"input_wait": 0.0, "device_wait": 0.0, "fetch": 0.0, "loop": 0.0, "steps": 0}
   pipeline = train_data.Pipeline(
@@ -293,7 +294,7 @@ def train(
         settings.batch_size,
       )
       sync_every = int(t.preemption_check_every)
-      last_log, t_loop = time.time(), time.perf_counter()
+      last_log, last_logged, t_loop = time.time(), start_step, time.perf_counter()
       # The steady state: no implicit host<->device transfer (explicit puts and fetches only);
       # config.sae_training.transfer_guard="disallow" makes any other one an error.
       with jax.transfer_guard(t.transfer_guard):
@@ -316,6 +317,7 @@ def train(
             stats["device_wait"] += time.perf_counter() - t0
           done = step + 1
           stats["steps"] += 1
+          bar.update(1)
           # Every process must stop at the same step (the checkpoint save is collective): with several
           # processes they agree every `preemption_check_every` steps, a collective.
           if layout.multi_process:
@@ -348,20 +350,17 @@ def train(
             now = time.time()
             scalars = _layer_scalars(m, layers, valid)
             scalars["tokens_per_sec_per_layer"] = (
-              settings.batch_size * int(t.log_every) / max(now - last_log, 1e-9)
+              settings.batch_size * (done - last_logged) / max(now - last_log, 1e-9)
             )
-            last_log = now
+            last_log, last_logged = now, done
             metric_writer.write_scalars(done, scalars)
-            loss = m["loss"][valid]
-            logging.info(
-              "step %d/%d  loss %.4f  fvu %.3f  l0 %.1f  dead %.3f  sparse %.2f",
-              done,
-              plan.total_steps,
-              float(np.mean(loss)),
-              float(np.mean(m["fvu"][valid])),
-              float(np.mean(m["l0"][valid])),
-              float(np.mean(m["dead_fraction"][valid])),
-              float(np.mean(m["sparse_path"][valid])),
+            bar.update(
+              0,
+              loss=f"{np.mean(m['loss'][valid]):.4f}",
+              fvu=f"{np.mean(m['fvu'][valid]):.3f}",
+              l0=f"{np.mean(m['l0'][valid]):.1f}",
+              dead=f"{np.mean(m['dead_fraction'][valid]):.3f}",
+              layer_tok_s=f"{scalars['tokens_per_sec_per_layer'] * len(layers):,.0f}",
             )
           if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or stop:
             with jax.transfer_guard("allow"):  # Orbax's own transfers
@@ -373,6 +372,7 @@ def train(
       stats["loop"] = time.perf_counter() - t_loop
       final = layout.get(carry[0]) if plan.total_steps > start_step else host
   finally:
+    bar.close()
     pipeline.close()
     metric_writer.close()
   if plan.total_steps > start_step:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ghosttrack_jax import lm
 from ghosttrack_jax.errors import IncompleteStoreError
-from ghosttrack_jax.runtime import atomic_io
+from ghosttrack_jax.runtime import atomic_io, progress
 from ghosttrack_jax.sae import common
 
 DENSITY_BINS = np.linspace(-10.0, 0.0, 41)  # log10(rho + 1e-10)
@@ -157,14 +157,16 @@ def reconstruction_metrics(
   norms = [np.concatenate(n) for n in norms]
   limits = [outlier_threshold(n) for n in norms]
   acc = [None] * n_layers
-  for start, stop in spans:
-    block = store.read(list(positions), start, stop)
-    for i in range(n_layers):
-      p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
-      keep = norms[i][start - row_start : stop - row_start] <= limits[i]
-      s = jax.device_get(stats(p, jnp.asarray(block[i]), jnp.asarray(keep)))
-      s = {k: np.asarray(v, np.float64) for k, v in s.items()}
-      acc[i] = s if acc[i] is None else {k: acc[i][k] + s[k] for k in s}
+  with progress.Progress(len(spans) * n_layers, "held-out metrics", "layer-chunk") as bar:
+    for start, stop in spans:
+      block = store.read(list(positions), start, stop)
+      for i in range(n_layers):
+        p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
+        keep = norms[i][start - row_start : stop - row_start] <= limits[i]
+        s = jax.device_get(stats(p, jnp.asarray(block[i]), jnp.asarray(keep)))
+        s = {k: np.asarray(v, np.float64) for k, v in s.items()}
+        acc[i] = s if acc[i] is None else {k: acc[i][k] + s[k] for k in s}
+        bar.update(1)
   rows, log_density = [], []
   for i in range(n_layers):
     row, dens = _finish(acc[i], n_rows)
@@ -206,20 +208,23 @@ def splice_metrics(
   sums = np.zeros((n_layers, 5))  # ce_orig, ce_spliced, ce_zero, kl_spliced, kl_zero
   count = 0
   ids_all = store.token_windows(window_start, window_start + n_windows)
-  for s in range(0, len(ids_all), batch):
-    ids = jnp.asarray(ids_all[s : s + batch], jnp.int32)
-    mask = jnp.ones_like(ids)
-    logits, resid = model.logits_and_residuals(ids, mask)
-    lo = log_probs(logits)
-    for i, layer in enumerate(layers):
-      p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
-      spliced, zeroed = reconstruct(p, resid[i])
-      ls = model.logits_with_replacement(ids, mask, int(layer), spliced)
-      lz = model.logits_with_replacement(ids, mask, int(layer), zeroed)
-      ce_o, ce_s, kl_s, n = jax.device_get(ce_kl(lo, ls, ids))
-      _, ce_z, kl_z, _ = jax.device_get(ce_kl(lo, lz, ids))
-      sums[i] += [ce_o, ce_s, ce_z, kl_s, kl_z]
-    count += int(n)
+  starts = range(0, len(ids_all), batch)
+  with progress.Progress(len(starts) * n_layers, "splicing", "layer") as bar:
+    for s in starts:
+      ids = jnp.asarray(ids_all[s : s + batch], jnp.int32)
+      mask = jnp.ones_like(ids)
+      logits, resid = model.logits_and_residuals(ids, mask)
+      lo = log_probs(logits)
+      for i, layer in enumerate(layers):
+        p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
+        spliced, zeroed = reconstruct(p, resid[i])
+        ls = model.logits_with_replacement(ids, mask, int(layer), spliced)
+        lz = model.logits_with_replacement(ids, mask, int(layer), zeroed)
+        ce_o, ce_s, kl_s, n = jax.device_get(ce_kl(lo, ls, ids))
+        _, ce_z, kl_z, _ = jax.device_get(ce_kl(lo, lz, ids))
+        sums[i] += [ce_o, ce_s, ce_z, kl_s, kl_z]
+        bar.update(1)
+      count += int(n)
   rows = []
   for i in range(n_layers):
     ce_o, ce_s, ce_z, kl_s, kl_z = sums[i] / max(count, 1)
