@@ -32,9 +32,9 @@ import time
 
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import harness
 
-REPO = machine.REPO
+REPO = harness.REPO
 BENCH_VENV = os.path.join(REPO, ".venv-bench")
 TORCH_PKGS = ["torch==2.13.0", "transformers==4.57.6", "gguf==0.19.0", "accelerate==1.15.0", "numpy"]
 
@@ -115,7 +115,7 @@ def bound(model_cfg, batch: int, seq: int) -> tuple[float, float]:
   from ghosttrack_jax.tools import planner  # noqa: PLC0415
 
   a = planner.architecture(model_cfg)
-  gflops = machine.matmul_gflops(batch * seq, a.d_model, a.d_ff)
+  gflops = harness.matmul_gflops(batch * seq, a.d_model, a.d_ff)
   per_token = planner.forward_flops(a, batch, seq) / (batch * seq)
   return gflops * 1e9 / per_token, gflops
 
@@ -214,7 +214,7 @@ def main(argv=None):
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   from ghosttrack_jax import lm  # noqa: PLC0415
 
-  load0 = machine.load()
+  load0 = harness.load()
   python = None if args.no_reference else ensure_bench_venv()
   rows = []
   for name in args.models.split(","):
@@ -240,7 +240,7 @@ def main(argv=None):
         torch_tps = bench_torch(python, {**spec, "ids": os.path.join(tmp, "ids.npy"), "batch": args.batch})
     rows.append((name, len(model.layers), limit, gflops, ours, ours_store, stage_tps, torch_tps))
     del model
-  print(f"\n{args.batches} batches of {args.batch}x{args.seq} tokens; {machine.describe(load0)}\n")
+  print(f"\n{args.batches} batches of {args.batch}x{args.seq} tokens; {harness.describe(load0)}\n")
   print(
     "| model | layers | bound tok/s (matmul GFLOP/s) | ours tok/s | ours+store tok/s | stage tok/s "
     "| ours / bound | torch tok/s | per-pass ratio | all-layers ratio |"

@@ -22,24 +22,14 @@ A stage's wall time includes its start-up (model load, compilation) and its writ
 """
 
 import argparse
-import importlib.util
 import json
 import logging
-import os
 import sys
 import time
 
-from benchmarks import machine
+from benchmarks import harness
 
-REPO = machine.REPO
-
-
-def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+REPO = harness.REPO
 
 
 def run_stages(config, workdir: str, stages) -> dict:
@@ -73,8 +63,8 @@ def bounds(config, workdir: str) -> tuple[dict, dict]:
   D, F, M = a.d_model, a.d_ff, int(config.sae.width)
   B, T = int(config.extract.batch_size), int(config.data.seq_len)
   t = config.sae_training
-  mlp = machine.matmul_gflops(B * T, D, F)
-  enc = machine.matmul_gflops(int(t.batch_size), D, M, batch=L)
+  mlp = harness.matmul_gflops(B * T, D, F)
+  enc = harness.matmul_gflops(int(t.batch_size), D, M, batch=L)
   per_token = planner.forward_flops(a, B, T) / (B * T)
   head = 2 * D * a.vocab
   block = (per_token - head) / a.n_layers
@@ -119,10 +109,10 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   from ghosttrack_jax import config_lib  # noqa: PLC0415
 
-  config = load_config(args.config)
+  config = harness.load_config(args.config)
   stages = [s for s in config_lib.STAGES if s in args.stages.split(",")]
   config_lib.validate(config, stages)
-  load0 = machine.load()
+  load0 = harness.load()
   t0 = time.perf_counter()
   seconds = run_stages(config, args.workdir, stages)
   total = time.perf_counter() - t0
@@ -145,7 +135,7 @@ def main(argv=None):
     rows.append((name, wall, bound_s, what))
   lines = [
     f"- command: `python -m benchmarks.pipeline {' '.join(sys.argv[1:] if argv is None else argv)}`",
-    f"- machine: {machine.describe(load0)}",
+    f"- machine: {harness.describe(load0)}",
     f"- measured fp32 matmul rates: MLP shape {rates['mlp']:.0f} GFLOP/s, stacked SAE encoder "
     f"{rates['encoder']:.0f} GFLOP/s; all stages {total:.0f} s",
     "",

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_VENV = os.path.join(REPO, ".venv-bench-sae")
@@ -140,7 +140,7 @@ REF_SCRIPT = textwrap.dedent(r"""
 import json, os, sys, time
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import harness
 import torch
 torch.set_num_threads(os.cpu_count())
 cfg = json.loads(sys.argv[1])
@@ -364,7 +364,7 @@ def main(argv=None):
     f"## SAE training step (benchmarks/sae_train.py), {datetime.date.today().isoformat()}",
     "",
     f"- command: `python -m benchmarks.sae_train {' '.join(sys.argv[1:])}`".rstrip(),
-    f"- machine: {machine.cpu_name()}, {os.cpu_count()} visible cores (shared; load average "
+    f"- machine: {harness.cpu_name()}, {os.cpu_count()} visible cores (shared; load average "
     f"{load0[0]:.1f} at start, {load1[0]:.1f} at end), jax {jax.__version__} on "
     f"{jax.default_backend()}"
     + (
@@ -372,7 +372,7 @@ def main(argv=None):
       if ref
       else ""
     ),
-    f"- commit: {machine.commit()}",
+    f"- commit: {harness.commit()}",
     f"- shape: d={d} -> width={m}, batch {b} tokens, fp32; JumpReLU thresholds set for L0~{args.l0}, "
     f"TopK k={args.k}; best of {args.steps} steps after a warm-up; ours with outlier_norm_ratio "
     f"{args.outlier_norm_ratio:g}, encoder_init_scale {args.encoder_init_scale:g}"

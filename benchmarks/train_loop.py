@@ -23,7 +23,6 @@ The loop figure is the result; the profile says where the rest goes.
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import sys
@@ -36,22 +35,14 @@ import ml_dtypes
 import numpy as np
 import optax
 
-from benchmarks import machine
+from benchmarks import harness
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io, layer_parallel, paths
 from ghosttrack_jax.sae import common, registry, sparse
 from ghosttrack_jax.train import loop as train_loop
 from ghosttrack_jax.train import step as train_step
 
-REPO = machine.REPO
-
-
-def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+REPO = harness.REPO
 
 
 def synthetic_store(path: str, config, rows: int) -> store_lib.ActivationStore:
@@ -94,7 +85,7 @@ def synthetic_store(path: str, config, rows: int) -> store_lib.ActivationStore:
 
 def encoder_bound(n_layers: int, batch: int, d: int, width: int) -> tuple[float, float]:
   """(layer-tokens/s, GFLOP/s): the stacked encoder matmul's measured rate over 4*d*width per token."""
-  gflops = machine.matmul_gflops(batch, d, width, batch=n_layers)
+  gflops = harness.matmul_gflops(batch, d, width, batch=n_layers)
   return gflops * 1e9 / (4 * d * width), gflops
 
 
@@ -217,7 +208,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--set", action="append", default=[], help="config override, field=python literal")
   args = p.parse_args(argv)
-  config = load_config(args.config)
+  config = harness.load_config(args.config)
   for item in args.set:
     field, value = item.split("=", 1)
     node = config
@@ -225,7 +216,7 @@ def main(argv=None):
     for name in parents:
       node = node[name]
     node[leaf] = ast.literal_eval(value)
-  load0 = machine.load()
+  load0 = harness.load()
   with tempfile.TemporaryDirectory() as tmp:
     if args.synthetic:
       rows = (args.steps or 64) * int(config.sae_training.batch_size) + 4 * int(config.extract.chunk_rows)
@@ -244,7 +235,7 @@ def main(argv=None):
   st = loop["stats"]
   lines = [
     f"- command: `python -m benchmarks.train_loop {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip(),
-    f"- machine: {machine.describe(load0)}",
+    f"- machine: {harness.describe(load0)}",
     f"- shape: {L} layers, d_model {D} -> width {M}, batch {B} tokens, {config.sae.arch} "
     f"(k {config.sae.k}); store {'synthetic' if args.synthetic else store.path}",
     f"- encoder bound: {bound:,.0f} layer-tokens/s (stacked matmul [{L},{B},{D}]x[{L},{D},{M}] at "

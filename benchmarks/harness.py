@@ -1,6 +1,8 @@
-"""What every benchmark records beside its figures: the machine (CPU, cores, load average), the commit, and
-the reference rates measured in the same run (the fp32 matmul rate of a given shape)."""
+"""What the benchmarks share: the machine they record beside their figures (CPU, cores, load average), the
+commit, the reference rates measured in the same run (the fp32 matmul rate of a given shape), and the
+configs they read (`configs/<file>.py[:preset]`, as --config of main takes them)."""
 
+import importlib.util
 import os
 import subprocess
 import time
@@ -59,3 +61,12 @@ def matmul_gflops(m: int, k: int, n: int, batch: int = 0, repeats: int = 5) -> f
     f(a, b).block_until_ready()
     best = min(best, time.perf_counter() - t0)
   return 2.0 * max(batch, 1) * m * k * n / best / 1e9
+
+
+def load_config(spec: str):
+  """configs/<file>.py[:preset] (relative to the checkout, or a path) -> its get_config(preset)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
