@@ -2,6 +2,7 @@
 commit, the reference rates measured in the same run (the fp32 matmul rate of a given shape), and the
 configs they read (`configs/<file>.py[:preset]`, as --config of main takes them)."""
 
+import ast
 import importlib.util
 import os
 import subprocess
@@ -63,10 +64,19 @@ def matmul_gflops(m: int, k: int, n: int, batch: int = 0, repeats: int = 5) -> f
   return 2.0 * max(batch, 1) * m * k * n / best / 1e9
 
 
-def load_config(spec: str):
-  """configs/<file>.py[:preset] (relative to the checkout, or a path) -> its get_config(preset)."""
+def load_config(spec: str, overrides=()):
+  """configs/<file>.py[:preset] (relative to the checkout, or a path) -> its get_config(preset), with
+  `overrides` ("field.path=python literal", as --set gives them) applied."""
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path))
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  config = module.get_config(arg or None)
+  for item in overrides:
+    field, value = item.split("=", 1)
+    *parents, leaf = field.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[leaf] = ast.literal_eval(value)
+  return config

@@ -105,11 +105,12 @@ def main(argv=None):
   p.add_argument("--workdir", required=True)
   p.add_argument("--stages", default="extract,train,answer,track,detect,evaluate,report")
   p.add_argument("--json", default="", help="also write the figures to this file")
+  p.add_argument("--set", action="append", default=[], help="config override, field=python literal")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   from ghosttrack_jax import config_lib  # noqa: PLC0415
 
-  config = harness.load_config(args.config)
+  config = harness.load_config(args.config, args.set)
   stages = [s for s in config_lib.STAGES if s in args.stages.split(",")]
   config_lib.validate(config, stages)
   load0 = harness.load()

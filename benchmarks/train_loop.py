@@ -22,7 +22,6 @@ The loop figure is the result; the profile says where the rest goes.
 """
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -208,14 +207,7 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--set", action="append", default=[], help="config override, field=python literal")
   args = p.parse_args(argv)
-  config = harness.load_config(args.config)
-  for item in args.set:
-    field, value = item.split("=", 1)
-    node = config
-    *parents, leaf = field.split(".")
-    for name in parents:
-      node = node[name]
-    node[leaf] = ast.literal_eval(value)
+  config = harness.load_config(args.config, args.set)
   load0 = harness.load()
   with tempfile.TemporaryDirectory() as tmp:
     if args.synthetic:
