@@ -75,21 +75,38 @@ inline float Dot(const float* __restrict__ x, const float* __restrict__ y, int64
   return s;
 }
 
+// ---- vmapped calls ----------------------------------------------------------------------------------
+// kernels.py registers every kernel with vmap_method="expand_dims": under vmap a call receives its
+// arguments with the vmapped dimensions in front (of size 1 for an argument that is not mapped) and
+// returns its outputs with them, so one call serves every layer of the stacked step (the "sequential"
+// method wraps the call in a loop that copies each layer's slices in and out, ~9% of the default's
+// step). `lead` is the number of such dimensions (an output's rank minus its own rank); a call runs
+// its items one after the other, each split over the thread pool as before.
+
+template <typename Dims>
+int64_t LeadItems(const Dims& dims, size_t lead) {
+  int64_t items = 1;
+  for (size_t i = 0; i < lead; ++i) items *= dims[i];
+  return items;
+}
+
+// Elements between consecutive items of a buffer with `lead` vmapped dimensions (0: one shared item).
+template <typename Buf>
+int64_t Stride(const Buf& buf, size_t lead) {
+  const int64_t items = LeadItems(buf.dimensions(), lead);
+  return items == 1 ? 0 : buf.element_count() / items;
+}
+
+int64_t ValidCount(const int32_t* count, int64_t cap) {
+  return std::max<int64_t>(0, std::min<int64_t>(*count, cap));
+}
+
 // ---- compact: entries with pre[b, i] > thr[i], row-major -------------------------------------------
 // One pass over `pre`: each task collects its rows' entries in a local buffer, then the buffers are
 // copied out at prefix offsets (row-major overall). `total` is the uncapped number of entries.
 
-ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> thr,
-                       ffi::ResultBuffer<ffi::S32> rows, ffi::ResultBuffer<ffi::S32> cols,
-                       ffi::ResultBuffer<ffi::S32> count, ffi::ResultBuffer<ffi::S32> total) {
-  auto dims = pre.dimensions();
-  if (dims.size() != 2) return ffi::Error::InvalidArgument("compact: pre must be [B, M]");
-  const int64_t B = dims[0], M = dims[1];
-  const int64_t cap = rows->element_count();
-  const float* p = pre.typed_data();
-  const float* t = thr.typed_data();
-  int32_t* r_out = rows->typed_data();
-  int32_t* c_out = cols->typed_data();
+void CompactOne(ffi::ThreadPool& pool, const float* p, const float* t, int64_t B, int64_t M, int64_t cap,
+                int32_t* r_out, int32_t* c_out, int32_t* count, int32_t* total) {
   const int64_t n_tasks = NumTasks(pool, B, 64);
   std::vector<std::vector<int32_t>> found(n_tasks);  // (row, col) pairs, interleaved
   ParallelFor(pool, n_tasks, [&](int64_t task) {
@@ -121,8 +138,24 @@ ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buf
     std::memset(r_out + kept, 0, sizeof(int32_t) * (cap - kept));
     std::memset(c_out + kept, 0, sizeof(int32_t) * (cap - kept));
   }
-  count->typed_data()[0] = static_cast<int32_t>(kept);
-  total->typed_data()[0] = static_cast<int32_t>(std::min<int64_t>(n, INT32_MAX));
+  *count = static_cast<int32_t>(kept);
+  *total = static_cast<int32_t>(std::min<int64_t>(n, INT32_MAX));
+}
+
+ffi::Error CompactImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> thr,
+                       ffi::ResultBuffer<ffi::S32> rows, ffi::ResultBuffer<ffi::S32> cols,
+                       ffi::ResultBuffer<ffi::S32> count, ffi::ResultBuffer<ffi::S32> total) {
+  const size_t lead = count->dimensions().size();
+  auto dims = pre.dimensions();
+  if (dims.size() != lead + 2) return ffi::Error::InvalidArgument("compact: pre must be [..., B, M]");
+  const int64_t B = dims[lead], M = dims[lead + 1];
+  const int64_t cap = rows->dimensions().back();
+  const int64_t ps = Stride(pre, lead), ts = Stride(thr, lead);
+  for (int64_t b = 0; b < LeadItems(count->dimensions(), lead); ++b) {
+    CompactOne(pool, pre.typed_data() + b * ps, thr.typed_data() + b * ts, B, M, cap,
+               rows->typed_data() + b * cap, cols->typed_data() + b * cap, count->typed_data() + b,
+               total->typed_data() + b);
+  }
   return ffi::Error::Success();
 }
 
@@ -145,15 +178,8 @@ inline int32_t TotalOrderKey(float v) {
   return bits ^ ((bits >> 31) & 0x7fffffff);  // negative floats: reverse their magnitude order
 }
 
-ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::ResultBuffer<ffi::S32> rows,
-                    ffi::ResultBuffer<ffi::S32> cols) {
-  auto dims = pre.dimensions();
-  const int64_t B = dims[0], M = dims[1];
-  const int64_t k = rows->element_count() / std::max<int64_t>(B, 1);
-  if (k < 1 || k > M) return ffi::Error::InvalidArgument("topk: need 1 <= k <= M");
-  const float* p = pre.typed_data();
-  int32_t* r_out = rows->typed_data();
-  int32_t* c_out = cols->typed_data();
+void TopKOne(ffi::ThreadPool& pool, const float* p, int64_t B, int64_t M, int64_t k, int32_t* r_out,
+             int32_t* c_out) {
   const int64_t G = std::min<int64_t>(M, 2 * k);
   const int64_t S = (M + G - 1) / G;
   const int64_t n_tasks = NumTasks(pool, B, 32);
@@ -184,6 +210,22 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Result
       }
     }
   });
+}
+
+ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::ResultBuffer<ffi::S32> rows,
+                    ffi::ResultBuffer<ffi::S32> cols) {
+  const size_t lead = rows->dimensions().size() - 1;
+  auto dims = pre.dimensions();
+  if (dims.size() != lead + 2) return ffi::Error::InvalidArgument("topk: pre must be [..., B, M]");
+  const int64_t B = dims[lead], M = dims[lead + 1];
+  const int64_t n_out = rows->dimensions().back();
+  const int64_t k = n_out / std::max<int64_t>(B, 1);
+  if (k < 1 || k > M) return ffi::Error::InvalidArgument("topk: need 1 <= k <= M");
+  const int64_t ps = Stride(pre, lead);
+  for (int64_t b = 0; b < LeadItems(rows->dimensions(), lead); ++b) {
+    TopKOne(pool, pre.typed_data() + b * ps, B, M, k, rows->typed_data() + b * n_out,
+            cols->typed_data() + b * n_out);
+  }
   return ffi::Error::Success();
 }
 
@@ -192,11 +234,7 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Result
 // a histogram of the high 16 bits finds the bucket, then nth_element inside it. 0 if fewer than k
 // entries are positive.
 
-ffi::Error KthLargestImpl(ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::S32> k_buf,
-                          ffi::ResultBuffer<ffi::S32> out) {
-  const int64_t n = pre.element_count();
-  const int64_t k = k_buf.typed_data()[0];
-  const float* p = pre.typed_data();
+int32_t KthLargestOne(const float* p, int64_t n, int64_t k) {
   std::vector<int64_t> hist(1 << 16, 0);
   int64_t positive = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -207,10 +245,7 @@ ffi::Error KthLargestImpl(ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::S32> k_buf
       ++positive;
     }
   }
-  if (k < 1 || positive < k) {
-    out->typed_data()[0] = 0;
-    return ffi::Error::Success();
-  }
+  if (k < 1 || positive < k) return 0;
   int64_t above = 0, bucket = (1 << 16) - 1;
   for (; bucket >= 0; --bucket) {
     if (above + hist[bucket] >= k) break;
@@ -228,27 +263,25 @@ ffi::Error KthLargestImpl(ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::S32> k_buf
   const int64_t rank = k - above - 1;  // 0-based rank from the top within the bucket
   std::nth_element(in_bucket.begin(), in_bucket.begin() + rank, in_bucket.end(),
                    std::greater<uint32_t>());
-  out->typed_data()[0] = static_cast<int32_t>(in_bucket[rank]);
-  return ffi::Error::Success();
+  return static_cast<int32_t>(in_bucket[rank]);
 }
 
-int64_t ValidCount(const ffi::Buffer<ffi::S32>& count, int64_t cap) {
-  return std::max<int64_t>(0, std::min<int64_t>(count.typed_data()[0], cap));
+ffi::Error KthLargestImpl(ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::S32> k_buf,
+                          ffi::ResultBuffer<ffi::S32> out) {
+  const size_t lead = out->dimensions().size();
+  const int64_t items = LeadItems(out->dimensions(), lead);
+  const int64_t n = pre.element_count() / std::max<int64_t>(1, LeadItems(pre.dimensions(), lead));
+  const int64_t ps = Stride(pre, lead), ks = Stride(k_buf, lead);
+  for (int64_t b = 0; b < items; ++b) {
+    out->typed_data()[b] = KthLargestOne(pre.typed_data() + b * ps, n, k_buf.typed_data()[b * ks]);
+  }
+  return ffi::Error::Success();
 }
 
 // ---- spmm_rows: out[rows[n]] += vals[n] * w[cols[n]] ------------------------------------------------
 
-ffi::Error SpmmRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
-                        ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals,
-                        ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> out) {
-  const int64_t N = ValidCount(count, rows.element_count());
-  const int64_t D = w.dimensions()[1];
-  const int64_t B = out->dimensions()[0];
-  const int32_t* r = rows.typed_data();
-  const int32_t* c = cols.typed_data();
-  const float* v = vals.typed_data();
-  const float* W = w.typed_data();
-  float* o = out->typed_data();
+void SpmmRowsOne(ffi::ThreadPool& pool, const int32_t* r, const int32_t* c, int64_t N, const float* v,
+                 const float* W, int64_t B, int64_t D, float* o) {
   const int64_t n_tasks = NumTasks(pool, N, 2048);
   ParallelFor(pool, n_tasks, [&](int64_t task) {
     // Output rows [lo, hi) belong to this task; entries are row-sorted, so they are contiguous.
@@ -257,28 +290,49 @@ ffi::Error SpmmRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::B
     int64_t n = std::lower_bound(r, r + N, static_cast<int32_t>(lo)) - r;
     for (; n < N && r[n] < hi; ++n) Axpy(o + int64_t(r[n]) * D, W + int64_t(c[n]) * D, v[n], D);
   });
+}
+
+ffi::Error SpmmRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                        ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals,
+                        ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> out) {
+  const size_t lead = out->dimensions().size() - 2;
+  const int64_t B = out->dimensions()[lead], D = out->dimensions()[lead + 1];
+  const int64_t cap = rows.dimensions().back();
+  const int64_t rs = Stride(rows, lead), cs = Stride(cols, lead), ns = Stride(count, lead);
+  const int64_t vs = Stride(vals, lead), ws = Stride(w, lead);
+  for (int64_t b = 0; b < LeadItems(out->dimensions(), lead); ++b) {
+    SpmmRowsOne(pool, rows.typed_data() + b * rs, cols.typed_data() + b * cs,
+                ValidCount(count.typed_data() + b * ns, cap), vals.typed_data() + b * vs,
+                w.typed_data() + b * ws, B, D, out->typed_data() + b * B * D);
+  }
   return ffi::Error::Success();
 }
 
 // ---- sddmm: g[n] = a[rows[n]] . w[cols[n]] ----------------------------------------------------------
 
-ffi::Error SddmmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
-                     ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
-                     ffi::ResultBuffer<ffi::F32> out) {
-  const int64_t cap = rows.element_count();
-  const int64_t N = ValidCount(count, cap);
-  const int64_t D = w.dimensions()[1];
-  const int32_t* r = rows.typed_data();
-  const int32_t* c = cols.typed_data();
-  const float* A = a.typed_data();
-  const float* W = w.typed_data();
-  float* g = out->typed_data();
+void SddmmOne(ffi::ThreadPool& pool, const int32_t* r, const int32_t* c, int64_t N, int64_t cap,
+              const float* A, const float* W, int64_t D, float* g) {
   const int64_t n_tasks = NumTasks(pool, N, 2048);
   ParallelFor(pool, n_tasks, [&](int64_t task) {
     const int64_t lo = N * task / n_tasks, hi = N * (task + 1) / n_tasks;
     for (int64_t n = lo; n < hi; ++n) g[n] = Dot(A + int64_t(r[n]) * D, W + int64_t(c[n]) * D, D);
   });
   if (N < cap) std::memset(g + N, 0, sizeof(float) * (cap - N));
+}
+
+ffi::Error SddmmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                     ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const size_t lead = out->dimensions().size() - 1;
+  const int64_t cap = out->dimensions()[lead];
+  const int64_t D = w.dimensions().back();
+  const int64_t rs = Stride(rows, lead), cs = Stride(cols, lead), ns = Stride(count, lead);
+  const int64_t as = Stride(a, lead), ws = Stride(w, lead);
+  for (int64_t b = 0; b < LeadItems(out->dimensions(), lead); ++b) {
+    SddmmOne(pool, rows.typed_data() + b * rs, cols.typed_data() + b * cs,
+             ValidCount(count.typed_data() + b * ns, cap), cap, a.typed_data() + b * as,
+             w.typed_data() + b * ws, D, out->typed_data() + b * cap);
+  }
   return ffi::Error::Success();
 }
 
@@ -288,20 +342,13 @@ ffi::Error SddmmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buff
 // in the same entry order as before (a column's entries keep their row order): the same sums, bit for
 // bit. The tasks own contiguous ranges of output rows.
 
-ffi::Error SpmmTImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
-                     ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::F32> a,
-                     ffi::ResultBuffer<ffi::F32> out) {
-  const int64_t N = ValidCount(count, rows.element_count());
-  const int64_t D = a.dimensions()[1];
-  const int64_t M = out->dimensions()[0];
-  const int32_t* r = rows.typed_data();
-  const int32_t* c = cols.typed_data();
-  const float* v = vals.typed_data();
-  const float* A = a.typed_data();
-  float* o = out->typed_data();
+// transposed: out is [D, M] (out[j, c]), the layout of W_enc, written in blocks of 16 columns (one cache
+// line of each row of out) from the same per-column sums.
+bool SpmmTOne(ffi::ThreadPool& pool, const int32_t* r, const int32_t* c, int64_t N, const float* v,
+              const float* A, int64_t M, int64_t D, float* o, bool transposed) {
   std::vector<int32_t> start(M + 1, 0), order(N);
   for (int64_t n = 0; n < N; ++n) {
-    if (c[n] < 0 || c[n] >= M) return ffi::Error::InvalidArgument("spmm_t: a column outside [0, n_cols)");
+    if (c[n] < 0 || c[n] >= M) return false;
     ++start[c[n] + 1];
   }
   for (int64_t m = 0; m < M; ++m) start[m + 1] += start[m];
@@ -309,32 +356,79 @@ ffi::Error SpmmTImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buff
     std::vector<int32_t> next(start.begin(), start.end() - 1);
     for (int64_t n = 0; n < N; ++n) order[next[c[n]]++] = static_cast<int32_t>(n);
   }
-  const int64_t n_tasks = NumTasks(pool, N, 4096);
+  constexpr int64_t kBlock = 16;
+  const int64_t n_blocks = (M + kBlock - 1) / kBlock;
+  const int64_t n_tasks = std::min(NumTasks(pool, N, 4096), n_blocks);
   ParallelFor(pool, n_tasks, [&](int64_t task) {
-    const int64_t lo = M * task / n_tasks, hi = M * (task + 1) / n_tasks;
-    for (int64_t col = lo; col < hi; ++col) {
-      float* oc = o + col * D;
-      std::memset(oc, 0, sizeof(float) * D);
-      for (int32_t e = start[col]; e < start[col + 1]; ++e) {
-        const int32_t n = order[e];
-        Axpy(oc, A + int64_t(r[n]) * D, v[n], D);
+    const int64_t lo = n_blocks * task / n_tasks * kBlock, hi = std::min(M, n_blocks * (task + 1) / n_tasks * kBlock);
+    std::vector<float> block(transposed ? kBlock * D : 0);
+    for (int64_t c0 = lo; c0 < hi; c0 += kBlock) {
+      const int64_t width = std::min(kBlock, hi - c0);
+      for (int64_t col = c0; col < c0 + width; ++col) {
+        float* oc = transposed ? block.data() + (col - c0) * D : o + col * D;
+        std::memset(oc, 0, sizeof(float) * D);
+        for (int32_t e = start[col]; e < start[col + 1]; ++e) {
+          const int32_t n = order[e];
+          Axpy(oc, A + int64_t(r[n]) * D, v[n], D);
+        }
+      }
+      if (transposed) {
+        for (int64_t j = 0; j < D; ++j) {
+          for (int64_t i = 0; i < width; ++i) o[j * M + c0 + i] = block[i * D + j];
+        }
       }
     }
   });
+  return true;
+}
+
+ffi::Error SpmmT(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& rows, ffi::Buffer<ffi::S32>& cols,
+                 ffi::Buffer<ffi::S32>& count, ffi::Buffer<ffi::F32>& vals, ffi::Buffer<ffi::F32>& a,
+                 ffi::ResultBuffer<ffi::F32>& out, bool transposed) {
+  const size_t lead = out->dimensions().size() - 2;
+  const int64_t M = out->dimensions()[lead + (transposed ? 1 : 0)];
+  const int64_t D = out->dimensions()[lead + (transposed ? 0 : 1)];
+  const int64_t cap = rows.dimensions().back();
+  const int64_t rs = Stride(rows, lead), cs = Stride(cols, lead), ns = Stride(count, lead);
+  const int64_t vs = Stride(vals, lead), as = Stride(a, lead);
+  for (int64_t b = 0; b < LeadItems(out->dimensions(), lead); ++b) {
+    if (!SpmmTOne(pool, rows.typed_data() + b * rs, cols.typed_data() + b * cs,
+                  ValidCount(count.typed_data() + b * ns, cap), vals.typed_data() + b * vs,
+                  a.typed_data() + b * as, M, D, out->typed_data() + b * M * D, transposed)) {
+      return ffi::Error::InvalidArgument("spmm_t: a column outside [0, n_cols)");
+    }
+  }
   return ffi::Error::Success();
+}
+
+ffi::Error SpmmTImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                     ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::F32> a,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  return SpmmT(pool, rows, cols, count, vals, a, out, false);
+}
+
+ffi::Error SpmmTTImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> rows, ffi::Buffer<ffi::S32> cols,
+                      ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals, ffi::Buffer<ffi::F32> a,
+                      ffi::ResultBuffer<ffi::F32> out) {
+  return SpmmT(pool, rows, cols, count, vals, a, out, true);
 }
 
 // ---- col_sum: out[cols[n]] += vals[n] ----------------------------------------------------------------
 
 ffi::Error ColSumImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> vals,
                       ffi::ResultBuffer<ffi::F32> out) {
-  const int64_t N = ValidCount(count, cols.element_count());
-  const int64_t M = out->element_count();
-  const int32_t* c = cols.typed_data();
-  const float* v = vals.typed_data();
-  float* o = out->typed_data();
-  std::memset(o, 0, sizeof(float) * M);
-  for (int64_t n = 0; n < N; ++n) o[c[n]] += v[n];
+  const size_t lead = out->dimensions().size() - 1;
+  const int64_t M = out->dimensions()[lead];
+  const int64_t cap = cols.dimensions().back();
+  const int64_t cs = Stride(cols, lead), ns = Stride(count, lead), vs = Stride(vals, lead);
+  for (int64_t b = 0; b < LeadItems(out->dimensions(), lead); ++b) {
+    const int64_t N = ValidCount(count.typed_data() + b * ns, cap);
+    const int32_t* c = cols.typed_data() + b * cs;
+    const float* v = vals.typed_data() + b * vs;
+    float* o = out->typed_data() + b * M;
+    std::memset(o, 0, sizeof(float) * M);
+    for (int64_t n = 0; n < N; ++n) o[c[n]] += v[n];
+  }
   return ffi::Error::Success();
 }
 
@@ -384,6 +478,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSddmm, SddmmImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSpmmT, SpmmTImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtSpmmTT, SpmmTTImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

@@ -31,6 +31,7 @@ _TARGETS = {
   "spmm_rows": "GtSpmmRows",
   "sddmm": "GtSddmm",
   "spmm_t": "GtSpmmT",
+  "spmm_tt": "GtSpmmTT",
   "col_sum": "GtColSum",
 }
 _LOCK = threading.Lock()
@@ -132,6 +133,9 @@ def _ffi_fn(name: str, **static):
     elif name == "spmm_t":
       a = args[4]
       out = jax.ShapeDtypeStruct((static["n_cols"], a.shape[1]), jnp.float32)
+    elif name == "spmm_tt":
+      a = args[4]
+      out = jax.ShapeDtypeStruct((a.shape[1], static["n_cols"]), jnp.float32)
     elif name == "col_sum":
       out = jax.ShapeDtypeStruct((static["n_cols"],), jnp.float32)
     else:
@@ -142,7 +146,8 @@ def _ffi_fn(name: str, **static):
       else jnp.asarray(a, jnp.int32)
       for a in args
     ]
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args)
+    # expand_dims: a vmapped call is one kernel call over every item (kernels.cc, "vmapped calls").
+    return jax.ffi.ffi_call(target, out, vmap_method="expand_dims")(*args)
 
   return call
 

@@ -250,6 +250,21 @@ def spmm_t(coo: Coo, vals: jax.Array, a: jax.Array, n_cols: int) -> jax.Array:
   )
 
 
+def spmm_tt(coo: Coo, vals: jax.Array, a: jax.Array, n_cols: int) -> jax.Array:
+  """spmm_t(...).T, [D, n_cols], made in that layout (W_enc's: its optimizer update then reads it in
+  order instead of transposing)."""
+  return kernels.dispatch(
+    "spmm_tt",
+    lambda *args: _spmm_t_xla(*args, n_cols=n_cols).T,
+    coo.rows,
+    coo.cols,
+    coo.count,
+    vals,
+    a,
+    n_cols=n_cols,
+  )
+
+
 def col_sum(coo: Coo, vals: jax.Array, n_cols: int) -> jax.Array:
   """out[c] = sum over valid entries with cols[n] = c of vals[n]: [n_cols]."""
   return kernels.dispatch(
@@ -279,7 +294,7 @@ def _gather_preact_bwd(res, g):
   x, b_pre, w_enc, coo = res
   g = jnp.where(coo.valid(), g, 0.0)
   n_cols = w_enc.shape[1]
-  d_w_enc = spmm_t(coo, g, x - b_pre, n_cols).T
+  d_w_enc = spmm_tt(coo, g, x - b_pre, n_cols)
   d_b_enc = col_sum(coo, g, n_cols)
   d_b_pre = -(w_enc @ d_b_enc)
   return jnp.zeros_like(x), d_b_pre, d_w_enc, d_b_enc, None, None

@@ -204,3 +204,37 @@ def test_kernels_force_xla_env(monkeypatch):
   monkeypatch.setenv("GHOSTTRACK_SPARSE_KERNELS", "xla")
   assert not kernels.available()
   assert os.environ["GHOSTTRACK_SPARSE_KERNELS"] == "xla"
+
+
+def test_vmapped_ops_equal_one_call_per_item(backend):
+  """Under vmap every op runs once over all items (the trainer's stacked layers), arguments that are
+  not mapped shared by all: the same results as one call per item, bit for bit."""
+  items = [_random(seed=s) for s in range(3)]
+  pre, thr, w, a = (jnp.stack(x) for x in zip(*items))
+  cap = 1000
+
+  def ops(pre, thr, w, a):
+    coo, total = sparse.coo_above(pre, thr, cap)
+    top = sparse.coo_topk(pre, 5)
+    vals = sparse.gather(pre, coo)
+    return {
+      "coo": coo,
+      "total": total,
+      "top": top,
+      "kth": sparse.kth_largest_bits(pre, 40),
+      "rows": sparse.spmm_rows(coo, vals, w, pre.shape[0]),
+      "sddmm": sparse.sddmm(coo, a, w),
+      "spmm_t": sparse.spmm_t(coo, vals, a, pre.shape[1]),
+      "spmm_tt": sparse.spmm_tt(coo, vals, a, pre.shape[1]),
+      "col_sum": sparse.col_sum(coo, vals, pre.shape[1]),
+    }
+
+  for axes in [(0, 0, 0, 0), (0, None, None, 0)]:  # all mapped; thr and w shared
+    args = [x if ax == 0 else x[0] for x, ax in zip((pre, thr, w, a), axes)]
+    together = jax.jit(jax.vmap(ops, in_axes=axes))(*args)
+    np.testing.assert_array_equal(together["spmm_tt"], np.swapaxes(together["spmm_t"], 1, 2))
+    for i in range(3):
+      one = ops(*[x[i] if ax == 0 else x for x, ax in zip(args, axes)])
+      for name in one:
+        for got, want in zip(jax.tree.leaves(together[name]), jax.tree.leaves(one[name])):
+          np.testing.assert_array_equal(np.asarray(got)[i], np.asarray(want), err_msg=f"{name} item {i}")
