@@ -5,10 +5,11 @@ measured in the same run and a PyTorch transformers forward.
   .venv/bin/python -m benchmarks.extract --models tiny --no-reference      # the smoke test's run
 
 For each model, on the same token windows from the shipped Wikipedia sample, measured in this run:
-  bound       the forward's FLOPs per token (tools.planner.forward_flops) at the fp32 matmul rate of the
-              model's MLP shape ([batch*seq, d] x [d, d_ff]) measured now;
-  ours        the stage's device program per batch (lm forward returning every block's output, then
-              extract.stage.postprocess_fn: bf16 rows and their statistics), copied to the host, the next
+  bound       the blocks' FLOPs per token (tools.planner.forward_flops without the head, which extraction
+              never runs) at the fp32 matmul rate of the model's MLP shape ([batch*seq, d] x [d, d_ff])
+              measured now;
+  ours        the stage's device program per batch (extract.stage.batch_fn: the lm forward returning
+              every block's output, bf16 rows and their statistics), copied to the host, the next
               batch's forward queued before the copy is waited for (as the stage does), no disk write;
   ours+store  the same plus the TensorStore write, i.e. the extract stage's steady-state loop;
   stage       extract.stage.run on a fresh workdir for these windows' tokens: model load, tokenisation,
@@ -116,7 +117,8 @@ def bound(model_cfg, batch: int, seq: int) -> tuple[float, float]:
 
   a = planner.architecture(model_cfg)
   gflops = harness.matmul_gflops(batch * seq, a.d_model, a.d_ff)
-  per_token = planner.forward_flops(a, batch, seq) / (batch * seq)
+  # the blocks only: extraction never computes the head (2 * d * vocab per token)
+  per_token = planner.forward_flops(a, batch, seq) / (batch * seq) - 2 * a.d_model * a.vocab
   return gflops * 1e9 / per_token, gflops
 
 
@@ -128,12 +130,11 @@ def bench_ours(model, ids, batch, storage_dir):
   from ghosttrack_jax.extract import stage  # noqa: PLC0415
   from ghosttrack_jax.extract import store as store_lib  # noqa: PLC0415
 
-  post = stage.postprocess_fn(jnp.bfloat16)
+  forward = stage.batch_fn(model, jnp.bfloat16)
   L, T = len(model.layers), ids.shape[1]
 
   def launch(i):
-    x = jnp.asarray(ids[i : i + batch])
-    acts, stats = post(model.residuals(x, jnp.ones_like(x)), batch)
+    acts, stats = forward(ids[i : i + batch], batch)
     acts.copy_to_host_async()
     return acts, stats
 

@@ -70,7 +70,7 @@ def bounds(config, workdir: str) -> tuple[dict, dict]:
   block = (per_token - head) / a.n_layers
   out = {}
   store = store_lib.ActivationStore.open(paths.for_config(config, workdir).hidden_states)
-  out["extract"] = (store.n_windows * T * per_token, mlp, "tokens x forward")
+  out["extract"] = (store.n_windows * T * (per_token - head), mlp, "tokens x blocks' forward")
   n_eval_windows = max(1, int(round(t.eval_fraction * store.n_windows)))
   train_rows = (store.n_windows - n_eval_windows) * store.rows_per_window
   plan = planner_plan_steps(config, train_rows, store.chunk_rows)

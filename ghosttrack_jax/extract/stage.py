@@ -199,6 +199,19 @@ def _write_tokens(config, model, path: str) -> int:
   return n
 
 
+def batch_fn(model, storage_dtype):
+  """f(ids [B, T], n_valid) -> (rows [L, B*(T-1), D] in the storage dtype, statistics): one batch's
+  device program, the model's forward and `postprocess_fn` in one jit, so that the float32 stack of
+  the blocks' outputs is never written out before its cast (5% of a batch on CPU)."""
+  post = postprocess_fn(storage_dtype)
+
+  @jax.jit
+  def run(params, ids, n_valid):
+    return post(model.residuals_fn(params, ids, jnp.ones_like(ids)), n_valid)
+
+  return lambda ids, n_valid: run(model.params, jnp.asarray(ids, jnp.int32), n_valid)
+
+
 def postprocess_fn(storage_dtype):
   """Drops position 0, flattens rows, casts to the storage dtype and sums per-layer norm statistics."""
 
@@ -366,7 +379,7 @@ def _extract_groups(config, model, path: str, g: dict) -> None:
   B, rows_per_window = g["batch_size"], int(config.data.seq_len) - 1
   acts = store_lib.open_array(os.path.join(path, "activations"), read_only=False)
   tokens = store_lib.open_array(os.path.join(path, "token_ids"))
-  post = postprocess_fn(jnp.dtype(config.extract.storage_dtype))
+  forward = batch_fn(model, jnp.dtype(config.extract.storage_dtype))
   np_dtype = store_lib.NP_DTYPES[config.extract.storage_dtype]
   writer = _GroupWriter(path, acts, g, len(model.layers), model.d_model, np_dtype)
   batches = [
@@ -412,8 +425,7 @@ def _extract_groups(config, model, path: str, g: dict) -> None:
         next_ids = read_ids(batches[i + 1][1])  # the next batch's tokens load during this forward
       if len(ids) < B:  # fixed batch shape: pad with copies of the last window, rows not written
         ids = np.concatenate([ids, np.repeat(ids[-1:], B - len(ids), axis=0)])
-      ids = jnp.asarray(ids)
-      x, stats = post(model.residuals(ids, jnp.ones_like(ids)), n_valid)
+      x, stats = forward(ids, n_valid)
       x.copy_to_host_async()
       if lagged is not None:
         land(lagged)
