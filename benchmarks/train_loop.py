@@ -94,7 +94,7 @@ def run_loop(config, store, steps: int, tmp: str) -> dict:
   n_train_rows = (store.n_windows - n_eval_windows) * store.rows_per_window
   if steps:  # one epoch of `steps` batches (the schedule changes with it, the step's work does not)
     t.epochs, t.tokens_per_layer = 1, steps * int(t.batch_size)
-  t.log_every = max(1, min(int(t.log_every), 10))
+    t.log_every = max(1, min(int(t.log_every), steps // 4))
   log_dir = os.path.join(tmp, "log")
   result = train_loop.train(
     config,
@@ -107,15 +107,45 @@ def run_loop(config, store, steps: int, tmp: str) -> dict:
     ckpt_dir=os.path.join(tmp, "ckpt"),
     log_dir=log_dir,
   )
-  with open(os.path.join(log_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    logs = [json.loads(line) for line in f]
-  first, last = logs[0], logs[-1]  # the first log is the first step (compilation included)
-  steady = (last["step"] - first["step"]) * int(t.batch_size) * len(store.layers)
   return {
     "steps": result.steps,
-    "layer_tokens_per_s": steady / max(last["time"] - first["time"], 1e-9) if last is not first else 0.0,
+    "layer_tokens_per_s": steady_rate(log_dir, int(t.batch_size) * len(store.layers)),
     "stats": result.loop_stats,
     "seconds": result.seconds,
+  }
+
+
+def steady_rate(log_dir: str, tokens_per_step: int) -> float:
+  """Layer-tokens/s between the first logged step (compilation included before it) and the last."""
+  with open(os.path.join(log_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    logs = [json.loads(line) for line in f if '"tokens_per_sec_per_layer"' in line]
+  first, last = logs[0], logs[-1]
+  if last["step"] == first["step"]:
+    return 0.0
+  return (last["step"] - first["step"]) * tokens_per_step / max(last["time"] - first["time"], 1e-9)
+
+
+def run_stage(config, workdir: str) -> dict:
+  """The train stage as `make run` runs it (loop, held-out evaluation, export) on `workdir`."""
+  from ghosttrack_jax.train import quality  # noqa: PLC0415
+  from ghosttrack_jax.train import stage as train_stage  # noqa: PLC0415
+
+  mp = paths.for_config(config, workdir)
+  t0 = time.perf_counter()
+  train_stage.run(config, workdir)
+  seconds = time.perf_counter() - t0
+  table = quality.load_table(mp.sae_results)
+  rows = table["layers"]
+  loop_s = float(table["train_seconds"])
+  tokens_per_step = int(config.sae_training.batch_size) * len(rows)
+  return {
+    "steps": int(table["steps"]),
+    "layer_tokens_per_s": steady_rate(os.path.join(mp.sae_results, "train_log"), tokens_per_step),
+    "seconds": loop_s,
+    "stage_seconds": seconds,
+    "evaluation_seconds": seconds - loop_s,
+    "table": os.path.join(mp.sae_results, "metrics.md"),
+    "fvu_robust": [round(r["fvu_robust"], 3) for r in rows],
   }
 
 
@@ -203,6 +233,11 @@ def main(argv=None):
   p.add_argument("--workdir", default="runs/smollm2_135m", help="the run whose store is read (read only)")
   p.add_argument("--synthetic", action="store_true", help="a random store of the config's shape instead")
   p.add_argument("--steps", type=int, default=60, help="loop steps; 0 = the config's whole plan")
+  p.add_argument(
+    "--stage",
+    action="store_true",
+    help="run the whole train stage on --workdir instead (it writes there: loop, evaluation, export)",
+  )
   p.add_argument("--profile", action="store_true", help="also time the parts of one step")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--set", action="append", default=[], help="config override, field=python literal")
@@ -218,13 +253,15 @@ def main(argv=None):
     t = config.sae_training
     L, B, D, M = len(store.layers), int(t.batch_size), store.d_model, int(config.sae.width)
     bound, gflops = encoder_bound(L, B, D, M)
-    loop = run_loop(config.copy_and_resolve_references(), store, args.steps, tmp)
+    if args.stage:
+      loop = run_stage(config, args.workdir)
+    else:
+      loop = run_loop(config.copy_and_resolve_references(), store, args.steps, tmp)
     bound_after, gflops_after = encoder_bound(L, B, D, M)
     parts = profile(config, store, args.repeats) if args.profile else []
   if bound_after > bound:  # a shared machine: the better of the two measurements
     bound, gflops = bound_after, gflops_after
   rate = loop["layer_tokens_per_s"]
-  st = loop["stats"]
   lines = [
     f"- command: `python -m benchmarks.train_loop {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip(),
     f"- machine: {harness.describe(load0)}",
@@ -233,9 +270,20 @@ def main(argv=None):
     f"- encoder bound: {bound:,.0f} layer-tokens/s (stacked matmul [{L},{B},{D}]x[{L},{D},{M}] at "
     f"{gflops:.0f} GFLOP/s over 4*d*width = {4 * D * M / 1e6:.1f} MFLOP per layer-token)",
     f"- loop: {rate:,.0f} layer-tokens/s = {rate / bound:.0%} of the bound ({loop['steps']} steps, "
-    f"{loop['seconds']:.0f} s with compilation; waited for input {st['input_wait']:.1f} s, for the device "
-    f"{st['device_wait']:.1f} s, fetches {st['fetch']:.1f} s of {st['loop']:.1f} s)",
+    f"{loop['seconds']:.0f} s with compilation)",
   ]
+  if "stats" in loop:
+    st = loop["stats"]
+    lines.append(
+      f"- the loop's accounting: waited for input {st['input_wait']:.1f} s, for the device "
+      f"{st['device_wait']:.1f} s, fetches {st['fetch']:.1f} s of {st['loop']:.1f} s"
+    )
+  else:
+    lines.append(
+      f"- train stage {loop['stage_seconds']:.0f} s, of which held-out evaluation, splicing and export "
+      f"{loop['evaluation_seconds']:.0f} s; per-layer quality in {loop['table']}; fvu_robust by layer "
+      f"{loop['fvu_robust']}"
+    )
   if parts:
     whole = parts[0][1]
     lines.append(f"- profile of one step (best of {args.repeats}; ms, and the share of the whole step):")
