@@ -50,6 +50,7 @@ class BatchTopK(topk.TopK):
   def selection_threshold(self, params: Params, pre: jax.Array) -> jax.Array:
     """The strict per-latent threshold [M] whose `pre > thr` entries are the kept ones."""
     del params
+    pre = sparse.as_dense(pre)
     r = jnp.maximum(lax.stop_gradient(pre), 0.0)
     t_bits = batch_threshold_bits(r, pre.shape[0] * self.k)
     strict = lax.bitcast_convert_type(jnp.maximum(t_bits - 1, 0), jnp.float32)
@@ -57,7 +58,7 @@ class BatchTopK(topk.TopK):
 
   def entries(self, params, pre, thr, coo, use_sparse):
     del params
-    return coo if use_sparse else sparse.Dense(lax.stop_gradient(pre) > thr)
+    return coo if use_sparse else sparse.Dense(lax.stop_gradient(sparse.as_dense(pre)) > thr)
 
   def update_batch_threshold(self, bt, step, aux):
     mp = aux["min_positive_code"]

@@ -158,7 +158,12 @@ class Architecture:
 
   def preact(self, params: Params, x: jax.Array) -> jax.Array:
     """[N, D] (scaled) -> [N, M] pre-activations."""
-    return SparseAutoencoder(self).apply({"params": params}, x, method=SparseAutoencoder.preact)
+    return self.preacts(params, x).dense()
+
+  def preacts(self, params: Params, x: jax.Array) -> sparse.Preacts:
+    """The pre-activations as (x' W_enc, b_enc), the bias not yet added (see sparse.Preacts)."""
+    raw = SparseAutoencoder(self).apply({"params": params}, x, method=SparseAutoencoder.preact_raw)
+    return sparse.Preacts(raw, params["b_enc"])
 
   def decode(self, params: Params, f: jax.Array) -> jax.Array:
     """[N, M] codes -> [N, D] reconstruction."""
@@ -222,9 +227,9 @@ class Architecture:
     """What the encoder subtracts from its input: b_dec, or zeros."""
     return params["b_dec"] if self.applies_b_dec_to_input else jnp.zeros((self.d_model,), x.dtype)
 
-  def loss(self, params: Params, x: jax.Array, pre: jax.Array, ctx: dict, entries):
+  def loss(self, params: Params, x: jax.Array, pre, ctx: dict, entries):
     """Per-layer loss and metrics. x [B, D] scaled inputs; pre [B, M] the precomputed pre-activations
-    (the dense encoder forward); entries: sparse.Dense or sparse.Coo (see `entries`); ctx: "step" (int32
+    (the dense encoder forward; an array or a sparse.Preacts); entries: sparse.Dense or sparse.Coo (see `entries`); ctx: "step" (int32
     []), "dead" ([M] bool), "use_aux" (static bool). Returns (loss, aux) with aux the metrics plus
     "fired" [M] and "min_positive_code"."""
     b = x.shape[0]
@@ -262,16 +267,17 @@ class SparseAutoencoder(nn.Module):
       made[name] = self.param(name, lambda key, init=init: init(key, made))
     self.p = made
 
-  def preact(self, x: jax.Array) -> jax.Array:
+  def preact_raw(self, x: jax.Array) -> jax.Array:
+    """x' W_enc, x' = x - b_dec where the architecture subtracts it (the bias b_enc is added later)."""
     if self.arch.applies_b_dec_to_input:
       x = x - self.p["b_dec"]
-    return x @ self.p["W_enc"] + self.p["b_enc"]
+    return x @ self.p["W_enc"]
 
   def decode(self, f: jax.Array) -> jax.Array:
     return f @ self.p["W_dec"] + self.p["b_dec"]
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.preact(x)
+    return self.preact_raw(x) + self.p["b_enc"]
 
 
 def _unit_rows(w: jax.Array) -> jax.Array:

@@ -178,8 +178,10 @@ inline int32_t TotalOrderKey(float v) {
   return bits ^ ((bits >> 31) & 0x7fffffff);  // negative floats: reverse their magnitude order
 }
 
-void TopKOne(ffi::ThreadPool& pool, const float* p, int64_t B, int64_t M, int64_t k, int32_t* r_out,
-             int32_t* c_out) {
+// bias (nullable): the entries are p[b, i] + bias[i] (the same float addition XLA makes), so that the
+// pre-activations with their bias need not be written out before the selection.
+void TopKOne(ffi::ThreadPool& pool, const float* p, const float* bias, int64_t B, int64_t M, int64_t k,
+             int32_t* r_out, int32_t* c_out) {
   const int64_t G = std::min<int64_t>(M, 2 * k);
   const int64_t S = (M + G - 1) / G;
   const int64_t n_tasks = NumTasks(pool, B, 32);
@@ -189,7 +191,11 @@ void TopKOne(ffi::ThreadPool& pool, const float* p, int64_t B, int64_t M, int64_
     std::vector<int64_t> cand(M);
     for (int64_t b = lo; b < hi; ++b) {
       const float* row = p + b * M;
-      for (int64_t i = 0; i < M; ++i) key[i] = TotalOrderKey(row[i]);
+      if (bias == nullptr) {
+        for (int64_t i = 0; i < M; ++i) key[i] = TotalOrderKey(row[i]);
+      } else {
+        for (int64_t i = 0; i < M; ++i) key[i] = TotalOrderKey(row[i] + bias[i]);
+      }
       for (int64_t g = 0; g < G; ++g) {  // 1.
         const int32_t* kg = key.data() + g * S;
         int32_t mx = INT32_MIN;
@@ -212,8 +218,8 @@ void TopKOne(ffi::ThreadPool& pool, const float* p, int64_t B, int64_t M, int64_
   });
 }
 
-ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::ResultBuffer<ffi::S32> rows,
-                    ffi::ResultBuffer<ffi::S32> cols) {
+ffi::Error TopK(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& pre, const ffi::Buffer<ffi::F32>* bias,
+                ffi::ResultBuffer<ffi::S32>& rows, ffi::ResultBuffer<ffi::S32>& cols) {
   const size_t lead = rows->dimensions().size() - 1;
   auto dims = pre.dimensions();
   if (dims.size() != lead + 2) return ffi::Error::InvalidArgument("topk: pre must be [..., B, M]");
@@ -221,12 +227,22 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Result
   const int64_t n_out = rows->dimensions().back();
   const int64_t k = n_out / std::max<int64_t>(B, 1);
   if (k < 1 || k > M) return ffi::Error::InvalidArgument("topk: need 1 <= k <= M");
-  const int64_t ps = Stride(pre, lead);
+  const int64_t ps = Stride(pre, lead), bs = bias ? Stride(*bias, lead) : 0;
   for (int64_t b = 0; b < LeadItems(rows->dimensions(), lead); ++b) {
-    TopKOne(pool, pre.typed_data() + b * ps, B, M, k, rows->typed_data() + b * n_out,
-            cols->typed_data() + b * n_out);
+    TopKOne(pool, pre.typed_data() + b * ps, bias ? bias->typed_data() + b * bs : nullptr, B, M, k,
+            rows->typed_data() + b * n_out, cols->typed_data() + b * n_out);
   }
   return ffi::Error::Success();
+}
+
+ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::ResultBuffer<ffi::S32> rows,
+                    ffi::ResultBuffer<ffi::S32> cols) {
+  return TopK(pool, pre, nullptr, rows, cols);
+}
+
+ffi::Error TopKBiasImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> bias,
+                        ffi::ResultBuffer<ffi::S32> rows, ffi::ResultBuffer<ffi::S32> cols) {
+  return TopK(pool, pre, &bias, rows, cols);
 }
 
 // ---- kth_largest: bit pattern of the k-th largest of max(pre, 0) over the whole array -------------
@@ -447,6 +463,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GtCompact, CompactImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GtTopK, TopKImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GtTopKBias, TopKBiasImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());

@@ -27,6 +27,7 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
 _TARGETS = {
   "compact": "GtCompact",
   "topk": "GtTopK",
+  "topk_bias": "GtTopKBias",
   "kth_largest": "GtKthLargest",
   "spmm_rows": "GtSpmmRows",
   "sddmm": "GtSddmm",
@@ -120,7 +121,7 @@ def _ffi_fn(name: str, **static):
         jax.ShapeDtypeStruct((), jnp.int32),
         jax.ShapeDtypeStruct((), jnp.int32),
       )
-    elif name == "topk":
+    elif name in ("topk", "topk_bias"):
       n = args[0].shape[0] * static["k"]
       out = (jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.int32))
     elif name == "kth_largest":

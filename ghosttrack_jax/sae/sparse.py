@@ -87,7 +87,7 @@ class Dense(NamedTuple):
   def preact(self, x, b_pre, w_enc, b_enc, pre, dense_p=None):
     """`dense_p`: the differentiable dense pre-activations already made for the same rows, reused so
     that the encoder's backward runs once."""
-    return dense_preact(x, b_pre, w_enc, b_enc, pre) if dense_p is None else dense_p
+    return dense_preact(x, b_pre, w_enc, b_enc, as_dense(pre)) if dense_p is None else dense_p
 
   def keep(self, v):
     return v if self.mask is None else jnp.where(self.mask, v, 0.0)
@@ -108,9 +108,31 @@ class Dense(NamedTuple):
 
   @staticmethod
   def top_k(scores, k: int) -> "Dense":
+    scores = as_dense(scores)
     _, idx = jax.lax.top_k(jax.lax.stop_gradient(scores), k)
     rows = jnp.arange(scores.shape[0])[:, None]
     return Dense(jnp.zeros(scores.shape, bool).at[rows, idx].set(True))
+
+
+# ---- pre-activations ---------------------------------------------------------------------------------
+
+
+class Preacts(NamedTuple):
+  """Pre-activations kept as (x W_enc, b_enc) until an entry is read: the TopK path only reads the
+  selected entries and the selection (which adds the bias itself), so `raw + bias` over the whole
+  [B, M] batch, a pass as long as the encoder's output, is never made there. `dense()` makes it (the
+  same float addition, so every reader sees the same values)."""
+
+  raw: jax.Array  # [B, M]
+  bias: jax.Array  # [M]
+
+  def dense(self) -> jax.Array:
+    return self.raw + self.bias
+
+
+def as_dense(pre) -> jax.Array:
+  """[B, M] pre-activations from an array or a `Preacts`."""
+  return pre.dense() if isinstance(pre, Preacts) else pre
 
 
 # ---- building the COO list -------------------------------------------------------------------------
@@ -149,11 +171,16 @@ def _topk_xla(pre, *, k):
   return jnp.repeat(jnp.arange(b, dtype=jnp.int32), k), idx.reshape(-1).astype(jnp.int32)
 
 
-def coo_topk(pre: jax.Array, k: int) -> Coo:
-  """COO list of each row's k largest entries (exactly k per row, lax.top_k's order and ties)."""
+def coo_topk(pre, k: int) -> Coo:
+  """COO list of each row's k largest entries (exactly k per row, lax.top_k's order and ties); `pre` an
+  array or a `Preacts` (whose bias the kernel adds as it reads)."""
   pre = jax.lax.stop_gradient(pre)
-  rows, cols = kernels.dispatch("topk", functools.partial(_topk_xla, k=k), pre, k=k)
-  return Coo(rows, cols, jnp.asarray(pre.shape[0] * k, jnp.int32))
+  if isinstance(pre, Preacts):
+    xla = lambda raw, bias: _topk_xla(raw + bias, k=k)
+    rows, cols = kernels.dispatch("topk_bias", xla, pre.raw, pre.bias, k=k)
+  else:
+    rows, cols = kernels.dispatch("topk", functools.partial(_topk_xla, k=k), pre, k=k)
+  return Coo(rows, cols, jnp.asarray(rows.shape[0], jnp.int32))
 
 
 def coo_from_topk(indices: jax.Array) -> Coo:
@@ -186,9 +213,13 @@ def kth_largest_bits(x: jax.Array, k_total: int) -> jax.Array:
   return kernels.dispatch("kth_largest", _kth_largest_bits_xla, x, jnp.asarray(k_total, jnp.int32))
 
 
-def gather(pre: jax.Array, coo: Coo) -> jax.Array:
-  """pre[rows, cols] (zero on padding); no gradient (use `gather_preact` for one)."""
-  vals = pre[coo.rows, coo.cols]
+def gather(pre, coo: Coo) -> jax.Array:
+  """pre[rows, cols] (zero on padding; `pre` an array or a `Preacts`); no gradient (use
+  `gather_preact` for one)."""
+  if isinstance(pre, Preacts):
+    vals = pre.raw[coo.rows, coo.cols] + pre.bias[coo.cols]
+  else:
+    vals = pre[coo.rows, coo.cols]
   return jnp.where(coo.valid(), vals, 0.0)
 
 

@@ -86,7 +86,7 @@ class TopK(common.Architecture):
     if not ctx["use_aux"]:
       return jnp.zeros((), jnp.float32), {}
     dead = ctx["dead"]
-    masked = jnp.where(dead, lax.stop_gradient(pre), -jnp.inf)
+    masked = jnp.where(dead, lax.stop_gradient(sparse.as_dense(pre)), -jnp.inf)
     aux_entries = entries.top_k(masked, min(self.k_aux, self.width))
     p_aux = aux_entries.preact(x, params["b_dec"], params["W_enc"], params["b_enc"], pre, dense_p=p)
     z = aux_entries.keep(jnp.where(aux_entries.per_latent(dead), jnp.maximum(p_aux, 0.0), 0.0))

@@ -223,15 +223,17 @@ def make_block_step(arch: common.Architecture, s: Settings, tx, aux: str = "swit
 
   def block_step(states: TrainState, x_raw):
     x = x_raw.astype(jnp.float32) * states.input_scale[:, None, None]
-    pre = jax.vmap(arch.preact)(states.params, x)
+    # (x W_enc, b_enc): the bias is added where an entry is read (sparse.Preacts)
+    pre = jax.vmap(arch.preacts)(states.params, x)
     if per_token is None:
       thr = jax.vmap(arch.selection_threshold)(states.params, pre)
     else:
-      thr = jnp.zeros(pre.shape[:1] + pre.shape[2:], jnp.float32)
+      thr = jnp.zeros(pre.bias.shape, jnp.float32)
 
     coo, fits = None, None
     if dynamic_sparse:  # the list is built before the branch: its uncapped size picks the branch
-      coo, total = jax.vmap(lambda pr, th: sparse.coo_above(pr, th, x.shape[1] * cap))(pre, thr)
+      above = lambda pr, th: sparse.coo_above(sparse.as_dense(pr), th, x.shape[1] * cap)
+      coo, total = jax.vmap(above)(pre, thr)
       fits = jnp.all(total <= x.shape[1] * cap)
 
     def run_variant(use_sparse, use_aux):

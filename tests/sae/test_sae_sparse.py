@@ -238,3 +238,18 @@ def test_vmapped_ops_equal_one_call_per_item(backend):
       for name in one:
         for got, want in zip(jax.tree.leaves(together[name]), jax.tree.leaves(one[name])):
           np.testing.assert_array_equal(np.asarray(got)[i], np.asarray(want), err_msg=f"{name} item {i}")
+
+
+def test_preacts_with_the_bias_added_by_their_readers_equal_the_dense_sum(backend):
+  """sparse.Preacts: the TopK selection and the gather add the bias themselves; the same entries and
+  values as on the dense pre-activations, bit for bit (the same float addition)."""
+  raw, _, _, _ = _random(b=40, m=300)
+  bias = jax.random.normal(jax.random.PRNGKey(7), (300,))
+  lazy, dense = sparse.Preacts(raw, bias), raw + bias
+  np.testing.assert_array_equal(lazy.dense(), dense)
+  top, want = sparse.coo_topk(lazy, 9), sparse.coo_topk(dense, 9)
+  np.testing.assert_array_equal(top.cols, want.cols)
+  np.testing.assert_array_equal(top.rows, want.rows)
+  np.testing.assert_array_equal(sparse.gather(lazy, top), sparse.gather(dense, want))
+  batched = jax.vmap(lambda r, b: sparse.coo_topk(sparse.Preacts(r, b), 9).cols)(raw[None], bias[None])
+  np.testing.assert_array_equal(batched[0], want.cols)
