@@ -6,6 +6,9 @@ XLA's own gathers and segment sums are fast there), chosen per platform at lower
 `$GHOSTTRACK_KERNEL_CACHE` (default `~/.cache/ghosttrack_jax/kernels`); without a C++ compiler the XLA
 implementation is used everywhere and a warning says so.
 
+Under vmap a kernel is called once with every item (vmap_method="expand_dims"; kernels.cc handles the
+leading dimensions), so the trainer's stacked layers cost one call, not a loop of slice copies.
+
 `GHOSTTRACK_SPARSE_KERNELS=xla` forces the XLA implementation (tests compare both).
 """
 

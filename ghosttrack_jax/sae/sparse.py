@@ -7,7 +7,7 @@ O(batch * d_sae * d_model):
   decode      x_hat[b]      += v_n * W_dec[c_n]                 (spmm_rows)
   d codes     g_n            = dX[b_n] . W_dec[c_n]               (sddmm)
   d W_dec     dW_dec[c_n]   += v_n * dX[b_n]                      (spmm_t)
-  d W_enc     dW_enc^T[c_n] += g_n * (x - b_pre)[b_n]             (spmm_t)
+  d W_enc     dW_enc^T[c_n] += g_n * (x - b_pre)[b_n]             (spmm_tt: made in W_enc's layout)
 
 The COO list has a static capacity (XLA needs static shapes); `count` entries are valid, the rest are
 padding (row 0, col 0) whose values are forced to zero. Entries are in row-major order. A step whose
@@ -16,6 +16,10 @@ entries do not fit falls back to the dense path (decided per device in train.ste
 Two implementations of the primitive ops: XLA gathers/segment sums (any platform; the reference), and
 C++ kernels registered through the XLA FFI (`kernels.py`, CPU only), picked per platform at lowering time.
 Both are tested against the dense math in tests/sae/test_sae_sparse.py.
+
+The losses are written once against the entries interface (sae.common.Architecture.loss): `Coo` (values
+at the listed entries) and `Dense` (the [B, M] batch, or a mask of it) have the same methods. The
+pre-activations may come as `Preacts` (x W_enc and b_enc apart), whose readers add the bias.
 """
 
 import functools
