@@ -24,6 +24,7 @@ A stage's wall time includes its start-up (model load, compilation) and its writ
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -118,13 +119,19 @@ def main(argv=None):
   seconds = run_stages(config, args.workdir, stages)
   total = time.perf_counter() - t0
   if "train" in seconds:  # the loop's own time, as the train stage records it
+    from benchmarks import train_loop  # noqa: PLC0415
     from ghosttrack_jax.runtime import paths  # noqa: PLC0415
     from ghosttrack_jax.train import quality  # noqa: PLC0415
 
-    table = quality.load_table(paths.for_config(config, args.workdir).sae_results)
+    results = paths.for_config(config, args.workdir).sae_results
+    table = quality.load_table(results)
     seconds["train (loop)"] = float(table["train_seconds"])
     seconds["train (evaluation)"] = seconds["train"] - seconds["train (loop)"]
+    per_step = int(config.sae_training.batch_size) * len(table["layers"])
+    steady = train_loop.steady_rate(os.path.join(results, "train_log"), per_step)
   limits, rates = bounds(config, args.workdir)
+  if "train" in seconds:  # layer-tokens/s at 4*d*width FLOPs each, at the stacked encoder's rate
+    encoder_bound = rates["encoder"] * 1e9 / (4 * int(table["d_model"]) * int(table["width"]))
   rows = []
   for name in stages + ["train (loop)", "train (evaluation)"]:
     if name in limits:
@@ -139,6 +146,13 @@ def main(argv=None):
     f"- machine: {harness.describe(load0)}",
     f"- measured fp32 matmul rates: MLP shape {rates['mlp']:.0f} GFLOP/s, stacked SAE encoder "
     f"{rates['encoder']:.0f} GFLOP/s; all stages {total:.0f} s",
+  ]
+  if "train" in seconds:
+    lines.append(
+      f"- train loop after its first step: {steady:,.0f} layer-tokens/s = {steady / encoder_bound:.0%} of "
+      f"the encoder bound ({encoder_bound:,.0f} layer-tokens/s)"
+    )
+  lines += [
     "",
     "| stage | wall s | bound s | wall / bound | bound counts |",
     "|---|---|---|---|---|",
