@@ -172,7 +172,12 @@ def layer_update(
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   if not arch.trains_threshold:
     grads = {**grads, "threshold": jnp.zeros_like(grads["threshold"])}
-  grad_norm = optax.tree.norm(grads)
+  # The norm the global-norm clip sees (after the decoder-gradient projection): the same computation as
+  # the clip's, which XLA then makes once (a separate norm of the raw gradient was a full extra pass).
+  clipped = (
+    common.project_decoder_grads().update(grads, None, params)[0] if arch.projects_decoder_grads else grads
+  )
+  grad_norm = optax.tree.norm(clipped)
   updates, opt_state = tx.update(grads, state.opt_state, params)
   if not arch.trains_threshold:
     updates = {**updates, "threshold": jnp.zeros_like(updates["threshold"])}
