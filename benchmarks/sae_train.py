@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from benchmarks import harness
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_VENV = os.path.join(REPO, ".venv-bench-sae")
 REF_PKGS = ["torch==2.13.0", "sae-lens==6.54.12"]
@@ -66,12 +68,12 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, enco
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from ghosttrack_jax.sae import common, kernels  # pylint: disable=import-outside-toplevel
+  from ghosttrack_jax.sae import kernels, registry  # pylint: disable=import-outside-toplevel
   from ghosttrack_jax.train import step as sae_train  # pylint: disable=import-outside-toplevel
 
   cap = (2 * l0 if arch == "jumprelu" else 2 * k) if sparse else 0
-  h = common.Hyper(
-    arch=arch,
+  h = registry.build(
+    arch,
     d_model=d,
     width=m,
     k=k,
@@ -137,6 +139,8 @@ def ours(arch, sparse, b, d, m, l0, k, steps, x_np, outlier_norm_ratio=0.0, enco
 REF_SCRIPT = textwrap.dedent(r"""
 import json, os, sys, time
 import numpy as np
+
+from benchmarks import harness
 import torch
 torch.set_num_threads(os.cpu_count())
 cfg = json.loads(sys.argv[1])
@@ -297,7 +301,7 @@ def references(py, b, d, m, k, l0, steps, x_path):
 # ---- report ----------------------------------------------------------------------------------------
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--d", type=int, default=768)
   p.add_argument("--width", type=int, default=4096)
@@ -314,7 +318,7 @@ def main():
   p.add_argument("--no-dense", action="store_true", help="skip our dense reference path")
   p.add_argument("--ref-python", default=None)
   p.add_argument("--append", action="store_true", help="append the result to benchmarks/RESULTS.md")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   b, d, m = args.batch, args.d, args.width
   x = (np.random.default_rng(0).standard_normal((b, d)) / np.sqrt(d)).astype(np.float32)
   load0 = os.getloadavg()
@@ -360,7 +364,7 @@ def main():
     f"## SAE training step (benchmarks/sae_train.py), {datetime.date.today().isoformat()}",
     "",
     f"- command: `python -m benchmarks.sae_train {' '.join(sys.argv[1:])}`".rstrip(),
-    f"- machine: {_cpu()}, {os.cpu_count()} visible cores (shared; load average "
+    f"- machine: {harness.cpu_name()}, {os.cpu_count()} visible cores (shared; load average "
     f"{load0[0]:.1f} at start, {load1[0]:.1f} at end), jax {jax.__version__} on "
     f"{jax.default_backend()}"
     + (
@@ -368,7 +372,7 @@ def main():
       if ref
       else ""
     ),
-    f"- commit: {_commit()}",
+    f"- commit: {harness.commit()}",
     f"- shape: d={d} -> width={m}, batch {b} tokens, fp32; JumpReLU thresholds set for L0~{args.l0}, "
     f"TopK k={args.k}; best of {args.steps} steps after a warm-up; ours with outlier_norm_ratio "
     f"{args.outlier_norm_ratio:g}, encoder_init_scale {args.encoder_init_scale:g}"
@@ -386,23 +390,6 @@ def main():
     path = os.path.join(REPO, "benchmarks", "RESULTS.md")
     with open(path, "a", encoding="utf-8") as f:
       f.write("\n" + text)
-
-
-def _cpu():
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return "unknown CPU"
-
-
-def _commit():
-  try:
-    return subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def machine() -> str:
   )
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--texts", type=int, default=16)
   p.add_argument("--layers", type=int, default=30)
@@ -241,7 +241,7 @@ def main():
     help="timing rounds: ours on all texts (median), the reference on 1/repeats each",
   )
   p.add_argument("--append", action="store_true", help="append the result to benchmarks/RESULTS.md")
-  args = p.parse_args()
+  args = p.parse_args(argv)
 
   pooled, w_dec = make_inputs(args.texts, args.layers, args.width, args.d_model, args.concepts)
   cfg = tracker.TrackerConfig.from_config(top_k=args.top_k)

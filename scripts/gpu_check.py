@@ -35,7 +35,7 @@ sys.path.insert(0, REPO)
 
 from ghosttrack_jax import config_lib  # noqa: E402
 from ghosttrack_jax.runtime import layer_parallel  # noqa: E402
-from ghosttrack_jax.sae import common  # noqa: E402
+from ghosttrack_jax.sae import registry  # noqa: E402
 from ghosttrack_jax.tools import planner  # noqa: E402
 from ghosttrack_jax.train import loop as train_loop  # noqa: E402
 from ghosttrack_jax.train import step as train_step  # noqa: E402
@@ -129,21 +129,20 @@ def run_case(name: str, flags: list, out: str):
   emit(**record)
 
 
-def _step_case(arch, backward, batch, layers, d, m, platform, fixed_variant: bool):
+def _step_case(arch, backward, batch, layers, d, m, platform):
   c = config_lib.base_config()  # the hyper-parameters as the trainer builds them
   c.sae.arch, c.sae.width = arch, m
   c.sae_training.batch_size = batch
-  hyper = train_step.for_platform(common.hyper_from_config(c, d), backward, platform)
+  sae = train_step.for_platform(registry.from_config(c, d), backward, platform)
   settings = train_step.Settings(7e-5, 1000, 0.0, 100_000, 5_000, 20, 1.0, batch)
-  tx = train_step.make_optimizer(hyper, settings)
+  tx = train_step.make_optimizer(sae, settings)
   layout = layer_parallel.make_layout(layers, "pmap", devices=jax.devices()[:1])
-  choice = "host" if fixed_variant or not train_step.uses_conditionals(platform) else "switch"
-  fns = train_loop.StepFunctions(layout, hyper, settings, tx, choice)
+  fns = train_loop.StepFunctions(layout, sae, settings, tx, "host")
   keys = jax.random.split(jax.random.PRNGKey(0), layers)
-  host = jax.device_get(jax.jit(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)))(keys))
+  host = jax.device_get(jax.jit(jax.vmap(lambda k: train_step.init_state(k, sae, tx, 1.0)))(keys))
   carry = (layout.put(host), layout.put(train_loop.initial_health(layers, host.fired_ago)))
   x = np.asarray(np.random.default_rng(0).standard_normal((layers, batch, d)) / np.sqrt(d), jnp.bfloat16)
-  return hyper, fns, carry, layout.put_blocks([x])
+  return sae, fns, carry, layout.put_blocks([x])
 
 
 def steps(smoke: bool):
@@ -160,7 +159,7 @@ def steps(smoke: bool):
   ):
     case = f"{arch} {backward} batch {batch}" + (f" AuxK {variant}" if variant else "")
     try:
-      hyper, fns, carry, x = _step_case(arch, backward, batch, layers, d, m, platform, variant is not None)
+      sae, fns, carry, x = _step_case(arch, backward, batch, layers, d, m, platform)
       name = variant or ("switch" if fns.choice == "switch" else "off")
       fn = fns[name]
       t0 = time.time()
@@ -183,8 +182,8 @@ def steps(smoke: bool):
       jax.block_until_ready(metrics)
       ms = 1e3 * (time.perf_counter() - t0) / n
       plan_peak = planner.train_peak(d, m, layers, batch)
-      if hyper.sparse_capacity and platform != "cpu":
-        plan_peak += planner.sparse_xla_extra(hyper, layers, batch)
+      if sae.sparse_capacity and platform != "cpu":
+        plan_peak += planner.sparse_xla_extra(sae, layers, batch)
       emit(
         section="steps",
         case=case,

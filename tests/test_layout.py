@@ -103,17 +103,49 @@ def test_the_checker_catches_what_it_should():
   assert not violations("ghosttrack_jax.detect.cv", "from ghosttrack_jax import stats\n")
 
 
-# Outside sae/ nothing branches on an architecture's name: what differs per architecture is a field of
-# sae.registry.Architecture. config_lib (below sae/ in the layering) validates arch-specific fields itself.
-ARCH_NAME_BRANCH = re.compile(r"\.arch\s*(==|!=|in\b)")
-
-
-@pytest.mark.parametrize(
-  "path",
-  [p for p in _modules() if os.sep + "sae" + os.sep not in p and not p.endswith("config_lib.py")],
-  ids=lambda p: os.path.relpath(p, PACKAGE),
+# Nothing branches on an architecture's name: what differs per architecture is a method or a field of its
+# class (sae/<arch>.py, a subclass of sae.common.Architecture).
+ARCH_NAME_BRANCH = re.compile(
+  r"(\.arch|\barch\.name)\s*(==|!=|\bin\b)|[\"'](jumprelu|topk|batchtopk|relu_l1)[\"']\s*(==|!=)"
 )
-def test_no_branch_on_an_architecture_name_outside_sae(path):
+# An architecture is looked up by its name in one place (sae.registry.build); it is built from the
+# config there (registry.from_config) and from an export's record in sae.trained.
+LOOKUP = re.compile(r"ARCHITECTURES\[|registry\.build\(")
+LOOKUP_ALLOWED = {os.path.join("sae", "registry.py"), os.path.join("sae", "trained.py")}
+
+
+@pytest.mark.parametrize("path", list(_modules()), ids=lambda p: os.path.relpath(p, PACKAGE))
+def test_no_branch_on_an_architecture_name(path):
   with open(path, encoding="utf-8") as f:
     hits = [f"{n}: {line.strip()}" for n, line in enumerate(f, 1) if ARCH_NAME_BRANCH.search(line)]
-  assert hits == [], "use a field of sae.registry.Architecture: " + "; ".join(hits)
+  assert hits == [], "use a method or field of the architecture's class: " + "; ".join(hits)
+
+
+@pytest.mark.parametrize("path", list(_modules()), ids=lambda p: os.path.relpath(p, PACKAGE))
+def test_the_architecture_is_looked_up_in_one_place(path):
+  if os.path.relpath(path, PACKAGE) in LOOKUP_ALLOWED:
+    return
+  with open(path, encoding="utf-8") as f:
+    hits = [f"{n}: {line.strip()}" for n, line in enumerate(f, 1) if LOOKUP.search(line)]
+  assert hits == [], "take the architecture object from registry.from_config: " + "; ".join(hits)
+
+
+def test_the_architecture_checks_catch_what_they_should():
+  branches = (
+    'if hyper.arch == "topk":',
+    'if c.sae.arch in ("a", "b"):',
+    'x = "relu_l1" == a',
+    "if arch.name != 'x':",
+  )
+  for line in branches:
+    assert ARCH_NAME_BRANCH.search(line), line
+  for line in (
+    'cfg = {"arch": arch.name}',
+    "arch = registry.from_config(c, d)",
+    'c.sae.arch = "topk"',
+    "for arch in a:",
+  ):
+    assert not ARCH_NAME_BRANCH.search(line), line
+  assert LOOKUP.search("cls = registry.ARCHITECTURES[name]") and LOOKUP.search(
+    "registry.build('topk', d_model=4)"
+  )

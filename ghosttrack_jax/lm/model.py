@@ -183,13 +183,19 @@ class LanguageModel:
 
   def _logits_with_replacement(self, params, ids, mask, layer, new_resid):
     block_cls = self._family.block_cls
+    layer = jnp.asarray(layer, jnp.int32)
+    replaced = (layer >= 0) & (layer < self.n_blocks)
 
     def replace(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      if context.method_name == "__call__" and isinstance(context.module, block_cls):
-        hit = jnp.asarray(layer, jnp.int32) == int(context.module.name)
-        out = (jnp.where(hit, new_resid.astype(out[0].dtype), out[0]),) + tuple(out[1:])
-      return out
+      if context.method_name != "__call__" or not isinstance(context.module, block_cls):
+        return next_fun(*args, **kwargs)
+      i = int(context.module.name)
+      # Blocks 0..layer need not run: block `layer`'s output is replaced whatever they compute. A
+      # data-dependent cond runs one branch, so a call costs the blocks after `layer` (one compile for
+      # every layer still). Only the hidden states are returned: the body asks for no other output.
+      run = lambda hidden: next_fun(hidden, *args[1:], **kwargs)[0]
+      skip = lambda hidden: jnp.where(layer == i, new_resid.astype(hidden.dtype), hidden)
+      return (jax.lax.cond(replaced & (i <= layer), skip, run, args[0]),)
 
     with nn.intercept_methods(replace):
       hidden = self._apply_body(params, ids, mask).last_hidden_state
@@ -227,7 +233,8 @@ class LanguageModel:
     """[B, T, V] logits with the output of block `layer` replaced by `new_resid` [B, T, D].
 
     `layer` is a block index (0..n_blocks-1, as in `self.layers`), passed as a traced int32: one
-    compile serves every layer. An index that matches no block leaves the model unchanged.
+    compile serves every layer. An index that matches no block leaves the model unchanged. Only the
+    blocks after `layer` run (the logits are those of the full pass, bit for bit).
     """
     ids, mask = self._inputs(ids, mask)
     return self.logits_with_replacement_fn(

@@ -13,8 +13,8 @@ import os
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.sae import common, registry
+from ghosttrack_jax.runtime import atomic_io, progress
+from ghosttrack_jax.sae import common
 
 SAE_LENS_VERSION = "6.18.0"  # the v6 format these files follow (SAELens @ 91ca16c)
 WEIGHTS = "sae_weights.safetensors"
@@ -27,21 +27,20 @@ def layer_dir(root: str, layer: int) -> str:
 
 
 def saelens_cfg(
-  hyper: common.Hyper,
+  arch: common.Architecture,
   layer: int,
   model_name: str,
   context_size: int,
   input_scale: float,
   extra: dict | None = None,
 ) -> dict:
-  arch = registry.get(hyper.arch).export_arch
   cfg = {
-    "architecture": arch,
-    "d_in": hyper.d_model,
-    "d_sae": hyper.width,
+    "architecture": arch.export_arch,
+    "d_in": arch.d_model,
+    "d_sae": arch.width,
     "dtype": "float32",
     "device": "cpu",
-    "apply_b_dec_to_input": bool(hyper.applies_b_dec_to_input),
+    "apply_b_dec_to_input": bool(arch.applies_b_dec_to_input),
     "normalize_activations": "none",  # s is folded into the weights
     "reshape_activations": "none",
     "metadata": {
@@ -55,22 +54,19 @@ def saelens_cfg(
       "seqpos_slice": [1, None],
       "model_from_pretrained_kwargs": {},
       "ghosttrack": {
-        "arch": hyper.arch,
+        "arch": arch.name,
         "layer": int(layer),
         "input_scale": float(input_scale),
-        "k": hyper.k,
         **(extra or {}),
       },
     },
   }
-  if arch == "topk":
-    cfg["k"] = hyper.k
-    cfg["rescale_acts_by_decoder_norm"] = False
+  cfg.update(arch.saelens_fields())
   return cfg
 
 
 def write_layer(
-  directory: str, hyper: common.Hyper, params: dict, cfg: dict, sparsity: np.ndarray | None = None
+  directory: str, arch: common.Architecture, params: dict, cfg: dict, sparsity: np.ndarray | None = None
 ) -> None:
   """Writes one layer's export. `params` are ALREADY folded (raw-unit) numpy arrays."""
   os.makedirs(directory, exist_ok=True)
@@ -85,12 +81,12 @@ def write_layer(
     with atomic_io.atomic_path(os.path.join(directory, SPARSITY)) as tmp:
       save_file({"sparsity": np.ascontiguousarray(np.asarray(sparsity, np.float32))}, tmp)
   atomic_io.atomic_write_json(os.path.join(directory, CFG), cfg)
-  del hyper
+  del arch
 
 
 def write_all(
   root: str,
-  hyper: common.Hyper,
+  arch: common.Architecture,
   final,
   layers,
   model_name: str,
@@ -99,11 +95,11 @@ def write_all(
   extra: dict | None = None,
 ) -> None:
   """Exports every layer of `final` (train.stage.FinalSAEs: stacked training-unit params + scales)."""
-  folded = common.fold_input_scale(final.params, final.input_scale, hyper)
-  for i, layer in enumerate(layers):
+  folded = common.fold_input_scale(final.params, final.input_scale)
+  for i, layer in enumerate(progress.track(layers, "export", "layer")):
     p = {k: np.asarray(v[i]) for k, v in folded.items()}
-    cfg = saelens_cfg(hyper, layer, model_name, context_size, float(final.input_scale[i]), extra)
-    write_layer(layer_dir(root, layer), hyper, p, cfg, None if sparsity is None else sparsity[i])
+    cfg = saelens_cfg(arch, layer, model_name, context_size, float(final.input_scale[i]), extra)
+    write_layer(layer_dir(root, layer), arch, p, cfg, None if sparsity is None else sparsity[i])
 
 
 def read_saelens(directory: str) -> tuple[dict, dict]:

@@ -8,173 +8,125 @@ Pseudo-derivatives (K = rectangle kernel 1[-1/2 < u < 1/2], eps = bandwidth):
   H in L0:  d/dpi = 0;                               d/dtheta = -(1/eps) K((pi - theta)/eps)
 The step in the L0 term takes pi, not f (dictionary_learning #55). theta is trained directly (not log
 theta) and clipped at 0 after each update: a deliberate departure from the paper (SAELens PR #718).
+Recipe: Adam without momentum (b1 = 0); lambda warms up linearly over l0_warmup_steps.
 """
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from ghosttrack_jax.sae import common, sparse
-from ghosttrack_jax.sae.common import Hyper, Params
+from ghosttrack_jax.sae import common
+from ghosttrack_jax.sae.common import SAE_DEFAULTS, Params
 
 
 def _kernel(u):
   return ((u > -0.5) & (u < 0.5)).astype(jnp.float32)
 
 
-# ---- dense: theta [M] broadcast over leading batch axes --------------------------------------------
+# The two STE functions take the entries (sparse.Dense or sparse.Coo) the values live at: theta [M] is
+# read per entry (`per_latent`) and its pseudo-gradient summed per latent (`latent_sum`), so one
+# definition serves the dense [B, M] values and the sparse [N] ones.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def jumprelu(pre, theta, bandwidth):
-  return pre * (pre > theta)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def jumprelu(vals, theta, entries, bandwidth):
+  return entries.keep(vals * (vals > entries.per_latent(theta)))
 
 
-def _jumprelu_fwd(pre, theta, bandwidth):
-  return pre * (pre > theta), (pre, theta)
+def _jumprelu_fwd(vals, theta, entries, bandwidth):
+  return jumprelu(vals, theta, entries, bandwidth), (vals, theta, entries)
 
 
 def _jumprelu_bwd(bandwidth, res, g):
-  pre, theta = res
-  d_pre = g * (pre > theta)
-  d_theta = g * (-theta / bandwidth) * _kernel((pre - theta) / bandwidth)
-  return d_pre, jnp.sum(d_theta.reshape(-1, theta.shape[-1]), axis=0)
+  vals, theta, entries = res
+  t = entries.per_latent(theta)
+  g = entries.keep(g)
+  d_vals = g * (vals > t)
+  d_theta = entries.latent_sum(g * (-t / bandwidth) * _kernel((vals - t) / bandwidth), theta.shape[0])
+  return d_vals, d_theta, None
 
 
 jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def step(pre, theta, bandwidth):
-  """Heaviside H(pre - theta) with the STE pseudo-derivative for theta (none for pre)."""
-  return (pre > theta).astype(pre.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def step(vals, theta, entries, bandwidth):
+  """Heaviside H(pi - theta) with the STE pseudo-derivative for theta (none for pi). On the sparse
+  path every entry where H or K can be non-zero (pi > theta - eps/2) is in the list, so sums over it
+  equal the dense sums."""
+  return entries.keep((vals > entries.per_latent(theta)).astype(jnp.float32))
 
 
-def _step_fwd(pre, theta, bandwidth):
-  return (pre > theta).astype(pre.dtype), (pre, theta)
+def _step_fwd(vals, theta, entries, bandwidth):
+  return step(vals, theta, entries, bandwidth), (vals, theta, entries)
 
 
 def _step_bwd(bandwidth, res, g):
-  pre, theta = res
-  d_theta = g * (-1.0 / bandwidth) * _kernel((pre - theta) / bandwidth)
-  return jnp.zeros_like(pre), jnp.sum(d_theta.reshape(-1, theta.shape[-1]), axis=0)
+  vals, theta, entries = res
+  t = entries.per_latent(theta)
+  g = entries.keep(g)
+  d_theta = entries.latent_sum(g * (-1.0 / bandwidth) * _kernel((vals - t) / bandwidth), theta.shape[0])
+  return jnp.zeros_like(vals), d_theta, None
 
 
 step.defvjp(_step_fwd, _step_bwd)
 
 
-# ---- sparse: values at COO entries, theta gathered per entry ---------------------------------------
+@dataclasses.dataclass(frozen=True)
+class JumpReLU(common.Architecture):
+  name = "jumprelu"
+  export_arch = "jumprelu"
+  adam_b1 = 0.0
+  trains_threshold = True
 
+  l0_coefficient: float = SAE_DEFAULTS.l0_coefficient  # lambda
+  l0_warmup_steps: int = SAE_DEFAULTS.l0_warmup_steps  # steps of linear lambda warm-up
+  bandwidth: float = SAE_DEFAULTS.bandwidth  # epsilon (scaled units)
+  threshold_init: float = SAE_DEFAULTS.threshold_init  # theta_0 (scaled units)
+  b_dec_init: str = SAE_DEFAULTS.b_dec_init  # "zeros" (Gemma Scope) or "mean" (of the first batch)
+  threshold_init_l0: int = SAE_DEFAULTS.threshold_init_l0  # > 0: theta_i from the first batch
+  b_dec_to_input: bool = SAE_DEFAULTS.b_dec_to_input  # encode x - b_dec (SAELens option)
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def jumprelu_coo(vals, theta, coo, bandwidth):
-  t = theta[coo.cols]
-  return jnp.where(coo.valid(), vals * (vals > t), 0.0)
+  @property
+  def applies_b_dec_to_input(self) -> bool:
+    return self.b_dec_to_input
 
+  @property
+  def b_dec_from_data(self) -> bool:
+    return self.b_dec_init == "mean"
 
-def _jumprelu_coo_fwd(vals, theta, coo, bandwidth):
-  return jumprelu_coo(vals, theta, coo, bandwidth), (vals, theta, coo)
+  @property
+  def thresholds_from_data(self) -> bool:
+    return self.threshold_init_l0 > 0
 
+  def initial_threshold(self) -> float:
+    return self.threshold_init
 
-def _jumprelu_coo_bwd(bandwidth, res, g):
-  vals, theta, coo = res
-  t = theta[coo.cols]
-  g = jnp.where(coo.valid(), g, 0.0)
-  d_vals = g * (vals > t)
-  d_theta = sparse.col_sum(coo, g * (-t / bandwidth) * _kernel((vals - t) / bandwidth), theta.shape[0])
-  return d_vals, d_theta, None
+  def initial_thresholds(self, params: Params, x: jax.Array) -> jax.Array:
+    return common.data_thresholds(self.preact(params, x), self.threshold_init_l0)
 
+  def encode(self, params: Params, pre: jax.Array) -> jax.Array:
+    return pre * (pre > params["threshold"])
 
-jumprelu_coo.defvjp(_jumprelu_coo_fwd, _jumprelu_coo_bwd)
+  def selection_threshold(self, params: Params, pre: jax.Array) -> jax.Array:
+    """Entries the sparse path needs: active ones and those in the lower half of the eps-window
+    (inactive, but their theta gradient needs d f)."""
+    del pre
+    return params["threshold"] - 0.5 * self.bandwidth
 
+  def activation(self, params: Params, p, entries, ctx):
+    return jumprelu(p, params["threshold"], entries, self.bandwidth)
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def step_coo(vals, theta, coo, bandwidth):
-  """H(pi - theta) at the COO entries. Every entry where H or K can be non-zero (pi > theta - eps/2)
-  is in the list, so sums over it equal the dense sums."""
-  return jnp.where(coo.valid(), (vals > theta[coo.cols]).astype(jnp.float32), 0.0)
+  def objective(self, rec, b):
+    return rec.weighted_sq / b  # the squared error per token (outlier rows down-weighted)
 
-
-def _step_coo_fwd(vals, theta, coo, bandwidth):
-  return step_coo(vals, theta, coo, bandwidth), (vals, theta, coo)
-
-
-def _step_coo_bwd(bandwidth, res, g):
-  vals, theta, coo = res
-  t = theta[coo.cols]
-  g = jnp.where(coo.valid(), g, 0.0)
-  d_theta = sparse.col_sum(coo, g * (-1.0 / bandwidth) * _kernel((vals - t) / bandwidth), theta.shape[0])
-  return jnp.zeros_like(vals), d_theta, None
-
-
-step_coo.defvjp(_step_coo_fwd, _step_coo_bwd)
-
-
-# ---- architecture interface ----------------------------------------------------------------------
-
-
-def coo_threshold(hyper: Hyper, params: Params, pre: jax.Array) -> jax.Array:
-  """Entries the sparse path needs: active ones and those in the lower half of the eps-window
-  (inactive, but their theta gradient needs d f)."""
-  del pre
-  return params["threshold"] - 0.5 * hyper.bandwidth
-
-
-def encode(hyper: Hyper, params: Params, pre: jax.Array, state=None) -> jax.Array:
-  del hyper, state
-  return pre * (pre > params["threshold"])
-
-
-def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
-  """Per-layer JumpReLU loss. x [B, D] scaled inputs; pre [B, M] precomputed pre-activations.
-
-  Returns (loss, aux) where aux holds metrics; `coo` selects the sparse path.
-  """
-  b, _ = x.shape
-  theta = params["threshold"]
-  b_pre = params["b_dec"] if hyper.applies_b_dec_to_input else jnp.zeros((hyper.d_model,), x.dtype)
-  if coo is None:
-    p = sparse.dense_preact(x, b_pre, params["W_enc"], params["b_enc"], pre)
-    f = jumprelu(p, theta, hyper.bandwidth)
-    x_hat = f @ params["W_dec"] + params["b_dec"]
-    active = f > 0
-    fired = jnp.any(active, axis=0)
-    l0 = jnp.sum(active) / b
-  else:
-    p = sparse.gather_preact(x, b_pre, params["W_enc"], params["b_enc"], pre, coo)
-    f = jumprelu_coo(p, theta, coo, hyper.bandwidth)
-    x_hat = sparse.decode(f, params["W_dec"], coo, b) + params["b_dec"]
-    active = (f > 0).astype(jnp.float32)
-    fired = sparse.col_sum(coo, active, hyper.width) > 0
-    l0 = jnp.sum(active) / b
-  err = x - x_hat
-  sq = jnp.sum(err * err)
-  mse = sq / b
-  w = common.row_weights(hyper, x)
-  objective = mse if w is None else jnp.sum(w * jnp.sum(err * err, axis=-1)) / b  # outliers down-weighted
-  if coo is None:
-    pre_sg = jax.lax.stop_gradient(pre)
-    l0_surrogate = jnp.sum(step(pre_sg, theta, hyper.bandwidth)) / b
-    window = jnp.mean(jnp.abs(pre_sg - theta) < 0.5 * hyper.bandwidth)
-  else:  # O(N): only listed entries can contribute (see step_coo)
+  def sparsity(self, params, x, pre, p, f, entries, rec, ctx):
+    theta = params["threshold"]
+    lam = self.l0_coefficient * jnp.minimum(1.0, ctx["step"] / max(1, self.l0_warmup_steps))
     v = jax.lax.stop_gradient(p)
-    l0_surrogate = jnp.sum(step_coo(v, theta, coo, hyper.bandwidth)) / b
-    in_window = coo.valid() & (jnp.abs(v - theta[coo.cols]) < 0.5 * hyper.bandwidth)
-    window = jnp.sum(in_window) / (b * hyper.width)
-  sparsity = ctx["lam"] * l0_surrogate
-  total = objective + sparsity
-  centred = x - jnp.mean(x, axis=0)
-  aux = {
-    "mse": mse,
-    "fvu": sq / jnp.sum(centred * centred),
-    "l0": l0,
-    "sparsity_loss": sparsity,
-    "fired": fired,
-    "window_share": window,
-    "theta_mean": jnp.mean(theta),
-    "theta_min": jnp.min(theta),
-    "theta_max": jnp.max(theta),
-    "min_positive_code": jnp.asarray(jnp.inf, jnp.float32),
-  }
-  return total, aux
+    l0_surrogate = jnp.sum(step(v, theta, entries, self.bandwidth)) / x.shape[0]
+    in_window = jnp.abs(v - entries.per_latent(theta)) < 0.5 * self.bandwidth
+    window = jnp.sum(entries.keep(in_window.astype(jnp.float32))) / (x.shape[0] * self.width)
+    return lam * l0_surrogate, {"window_share": window, "lam": lam}

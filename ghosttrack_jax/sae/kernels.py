@@ -6,6 +6,9 @@ XLA's own gathers and segment sums are fast there), chosen per platform at lower
 `$GHOSTTRACK_KERNEL_CACHE` (default `~/.cache/ghosttrack_jax/kernels`); without a C++ compiler the XLA
 implementation is used everywhere and a warning says so.
 
+Under vmap a kernel is called once with every item (vmap_method="expand_dims"; kernels.cc handles the
+leading dimensions), so the trainer's stacked layers cost one call, not a loop of slice copies.
+
 `GHOSTTRACK_SPARSE_KERNELS=xla` forces the XLA implementation (tests compare both).
 """
 
@@ -27,10 +30,12 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cc")
 _TARGETS = {
   "compact": "GtCompact",
   "topk": "GtTopK",
+  "topk_bias": "GtTopKBias",
   "kth_largest": "GtKthLargest",
   "spmm_rows": "GtSpmmRows",
   "sddmm": "GtSddmm",
   "spmm_t": "GtSpmmT",
+  "spmm_tt": "GtSpmmTT",
   "col_sum": "GtColSum",
 }
 _LOCK = threading.Lock()
@@ -119,7 +124,7 @@ def _ffi_fn(name: str, **static):
         jax.ShapeDtypeStruct((), jnp.int32),
         jax.ShapeDtypeStruct((), jnp.int32),
       )
-    elif name == "topk":
+    elif name in ("topk", "topk_bias"):
       n = args[0].shape[0] * static["k"]
       out = (jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.int32))
     elif name == "kth_largest":
@@ -132,6 +137,9 @@ def _ffi_fn(name: str, **static):
     elif name == "spmm_t":
       a = args[4]
       out = jax.ShapeDtypeStruct((static["n_cols"], a.shape[1]), jnp.float32)
+    elif name == "spmm_tt":
+      a = args[4]
+      out = jax.ShapeDtypeStruct((a.shape[1], static["n_cols"]), jnp.float32)
     elif name == "col_sum":
       out = jax.ShapeDtypeStruct((static["n_cols"],), jnp.float32)
     else:
@@ -142,7 +150,8 @@ def _ffi_fn(name: str, **static):
       else jnp.asarray(a, jnp.int32)
       for a in args
     ]
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args)
+    # expand_dims: a vmapped call is one kernel call over every item (kernels.cc, "vmapped calls").
+    return jax.ffi.ffi_call(target, out, vmap_method="expand_dims")(*args)
 
   return call
 

@@ -4,66 +4,78 @@
   f  = pi * 1[pi > theta]        one scalar theta for all latents, never trained
   L  = mean_{b,j} (x - x_hat)^2 + lambda * mean_{b,i} |f|    (element means)
 
-The original called this "JumpReLU"; it has no threshold gradient. Decoder rows are renormalised every
-100 steps without gradient projection, the encoder is untied, and the learning rate follows a per-epoch
-cosine (all handled by the trainer, train/, from `Hyper.arch`). Exported as a JumpReLU with theta_i = theta.
+The original called this "JumpReLU"; it has no threshold gradient. Recipe: PyTorch `Linear` initialisation
+(untied encoder), lr 1e-4 annealed per epoch by a cosine, no gradient projection, decoder rows
+renormalised every 100 steps. Exported as a JumpReLU with theta_i = theta.
 """
+
+import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
-from ghosttrack_jax.sae import sparse
-from ghosttrack_jax.sae.common import Hyper, Params
+from ghosttrack_jax.sae import common
+from ghosttrack_jax.sae.common import SAE_DEFAULTS, Params
 
 DECODER_RENORM_EVERY = 100  # steps
 
 
-def coo_threshold(hyper: Hyper, params: Params, pre: jax.Array) -> jax.Array:
-  del hyper, pre
-  return jax.lax.stop_gradient(params["threshold"])
+@dataclasses.dataclass(frozen=True)
+class ReluL1(common.Architecture):
+  name = "relu_l1"
+  export_arch = "jumprelu"
+  projects_decoder_grads = False
+  renormalise_every = DECODER_RENORM_EVERY
+  cosine_per_epoch = True
+  scales_inputs = False
 
+  l1_coefficient: float = SAE_DEFAULTS.l1_coefficient  # lambda (element means)
+  legacy_threshold: float = SAE_DEFAULTS.legacy_threshold  # the fixed theta (raw units)
 
-def encode(hyper: Hyper, params: Params, pre: jax.Array, state=None) -> jax.Array:
-  del hyper, state
-  return pre * (pre > params["threshold"])
+  @classmethod
+  def config_problems(cls, sae_config) -> list[str]:
+    out = []  # the legacy mode reproduces the original's init and loss
+    if sae_config.outlier_norm_ratio != 0:
+      out.append(
+        "config.sae.outlier_norm_ratio must be 0 with config.sae.arch='relu_l1' (the original's loss)"
+      )
+    if sae_config.encoder_init_scale != 1:
+      out.append("config.sae.encoder_init_scale must be 1 with config.sae.arch='relu_l1' (untied init)")
+    return out
 
+  def recipe_lr(self) -> float | None:
+    return 1e-4
 
-def loss(hyper: Hyper, params: Params, x, pre, ctx, coo=None):
-  """Per-layer legacy loss (see module docstring); `coo` selects the sparse path."""
-  del ctx
-  b, d = x.shape
-  m = hyper.width
-  theta = jax.lax.stop_gradient(params["threshold"])
-  zeros_d = jnp.zeros((d,), x.dtype)
-  if coo is None:
-    p = sparse.dense_preact(x, zeros_d, params["W_enc"], params["b_enc"], pre)
-    f = p * jax.lax.stop_gradient(p > theta)
-    x_hat = f @ params["W_dec"] + params["b_dec"]
-    fired = jnp.any(f != 0, axis=0)
-    l0 = jnp.sum(f != 0) / b
-  else:
-    p = sparse.gather_preact(x, zeros_d, params["W_enc"], params["b_enc"], pre, coo)
-    keep = jax.lax.stop_gradient(coo.valid() & (p > theta[coo.cols]))
-    f = jnp.where(keep, p, 0.0)
-    x_hat = sparse.decode(f, params["W_dec"], coo, b) + params["b_dec"]
-    nz = (f != 0).astype(jnp.float32)
-    fired = sparse.col_sum(coo, nz, m) > 0
-    l0 = jnp.sum(nz) / b
-  err = x - x_hat
-  sq = jnp.sum(err * err)
-  l1 = hyper.l1_coefficient * jnp.sum(jnp.abs(f)) / (b * m)
-  total = sq / (b * d) + l1
-  centred = x - jnp.mean(x, axis=0)
-  aux = {
-    "mse": sq / b,
-    "fvu": sq / jnp.sum(centred * centred),
-    "l0": l0,
-    "sparsity_loss": l1,
-    "fired": fired,
-    "window_share": jnp.zeros((), jnp.float32),
-    "theta_mean": jnp.mean(theta),
-    "theta_min": jnp.min(theta),
-    "theta_max": jnp.max(theta),
-    "min_positive_code": jnp.asarray(jnp.inf, jnp.float32),
-  }
-  return total, aux
+  def initial_threshold(self) -> float:
+    return self.legacy_threshold
+
+  def param_initialisers(self):
+    """PyTorch `Linear` defaults (U(+-1/sqrt(fan_in)) for weights and biases), untied encoder, unit
+    decoder rows (docs/sae_recipes.md §4)."""
+    d, m = self.d_model, self.width
+    enc, dec = common.legacy_uniform(1 / math.sqrt(d)), common.legacy_uniform(1 / math.sqrt(m))
+    return [
+      ("W_dec", lambda k, made: common.renormalise_decoder({"W_dec": dec(k, (m, d))})["W_dec"]),
+      ("W_enc", lambda k, made: enc(k, (d, m))),
+      ("b_enc", lambda k, made: enc(k, (m,))),
+      ("b_dec", lambda k, made: dec(k, (d,))),
+      ("threshold", lambda k, made: jnp.full((m,), self.initial_threshold(), jnp.float32)),
+    ]
+
+  def encode(self, params: Params, pre: jax.Array) -> jax.Array:
+    return pre * (pre > params["threshold"])
+
+  def selection_threshold(self, params: Params, pre: jax.Array) -> jax.Array:
+    del pre
+    return jax.lax.stop_gradient(params["threshold"])
+
+  def activation(self, params, p, entries, ctx):
+    theta = entries.per_latent(jax.lax.stop_gradient(params["threshold"]))
+    return entries.keep(p * jax.lax.stop_gradient(p > theta))
+
+  def objective(self, rec, b):
+    return rec.sq / (b * self.d_model)
+
+  def sparsity(self, params, x, pre, p, f, entries, rec, ctx):
+    return self.l1_coefficient * jnp.sum(jnp.abs(f)) / (x.shape[0] * self.width), {}

@@ -7,7 +7,7 @@ O(batch * d_sae * d_model):
   decode      x_hat[b]      += v_n * W_dec[c_n]                 (spmm_rows)
   d codes     g_n            = dX[b_n] . W_dec[c_n]               (sddmm)
   d W_dec     dW_dec[c_n]   += v_n * dX[b_n]                      (spmm_t)
-  d W_enc     dW_enc^T[c_n] += g_n * (x - b_pre)[b_n]             (spmm_t)
+  d W_enc     dW_enc^T[c_n] += g_n * (x - b_pre)[b_n]             (spmm_tt: made in W_enc's layout)
 
 The COO list has a static capacity (XLA needs static shapes); `count` entries are valid, the rest are
 padding (row 0, col 0) whose values are forced to zero. Entries are in row-major order. A step whose
@@ -16,6 +16,10 @@ entries do not fit falls back to the dense path (decided per device in train.ste
 Two implementations of the primitive ops: XLA gathers/segment sums (any platform; the reference), and
 C++ kernels registered through the XLA FFI (`kernels.py`, CPU only), picked per platform at lowering time.
 Both are tested against the dense math in tests/sae/test_sae_sparse.py.
+
+The losses are written once against the entries interface (sae.common.Architecture.loss): `Coo` (values
+at the listed entries) and `Dense` (the [B, M] batch, or a mask of it) have the same methods. The
+pre-activations may come as `Preacts` (x W_enc and b_enc apart), whose readers add the bias.
 """
 
 import functools
@@ -28,7 +32,11 @@ from ghosttrack_jax.sae import kernels
 
 
 class Coo(NamedTuple):
-  """Flat list of (row=token, col=latent) entries; the first `count` are valid, row-major."""
+  """Flat list of (row=token, col=latent) entries; the first `count` are valid, row-major.
+
+  Also the sparse side of the entries interface the losses are written against (common.Architecture.loss):
+  values live at the N entries ([N] arrays); `Dense` below is the dense side ([B, M] arrays).
+  """
 
   rows: jax.Array  # int32 [N]
   cols: jax.Array  # int32 [N]
@@ -40,6 +48,95 @@ class Coo(NamedTuple):
 
   def valid(self) -> jax.Array:
     return jnp.arange(self.capacity, dtype=jnp.int32) < self.count
+
+  # ---- the entries interface --------------------------------------------------------------------------
+
+  def preact(self, x, b_pre, w_enc, b_enc, pre, dense_p=None):
+    """Differentiable pre-activations at the entries (see gather_preact)."""
+    del dense_p
+    return gather_preact(x, b_pre, w_enc, b_enc, pre, self)
+
+  def keep(self, v):
+    """v with the entries outside the list (padding) set to 0."""
+    return jnp.where(self.valid(), v, 0.0)
+
+  def per_latent(self, a):
+    """A per-latent array [M] at the entries."""
+    return a[self.cols]
+
+  def latent_sum(self, v, n_cols: int):
+    """[M]: the sum of v over each latent's entries."""
+    return col_sum(self, v, n_cols)
+
+  def latent_any(self, active, n_cols: int):
+    """[M] bool: some entry of the latent is active."""
+    return col_sum(self, active.astype(jnp.float32), n_cols) > 0
+
+  def decode(self, f, w_dec, n_rows: int):
+    """[n_rows, D]: codes at the entries times the decoder rows (no bias)."""
+    return decode(f, w_dec, self, n_rows)
+
+  @staticmethod
+  def top_k(scores, k: int) -> "Coo":
+    """The entries of each row's k largest scores [B, M]."""
+    return coo_topk(scores, k)
+
+
+class Dense(NamedTuple):
+  """Every entry of the [B, M] batch, or those where `mask` is True: the dense side of the entries
+  interface (see Coo), the reference the sparse path is tested against."""
+
+  mask: jax.Array | None = None  # [B, M] bool
+
+  def preact(self, x, b_pre, w_enc, b_enc, pre, dense_p=None):
+    """`dense_p`: the differentiable dense pre-activations already made for the same rows, reused so
+    that the encoder's backward runs once."""
+    return dense_preact(x, b_pre, w_enc, b_enc, as_dense(pre)) if dense_p is None else dense_p
+
+  def keep(self, v):
+    return v if self.mask is None else jnp.where(self.mask, v, 0.0)
+
+  def per_latent(self, a):
+    return a
+
+  def latent_sum(self, v, n_cols: int):
+    return jnp.sum(v.reshape(-1, n_cols), axis=0)
+
+  def latent_any(self, active, n_cols: int):
+    del n_cols
+    return jnp.any(active, axis=0)
+
+  def decode(self, f, w_dec, n_rows: int):
+    del n_rows
+    return f @ w_dec
+
+  @staticmethod
+  def top_k(scores, k: int) -> "Dense":
+    scores = as_dense(scores)
+    _, idx = jax.lax.top_k(jax.lax.stop_gradient(scores), k)
+    rows = jnp.arange(scores.shape[0])[:, None]
+    return Dense(jnp.zeros(scores.shape, bool).at[rows, idx].set(True))
+
+
+# ---- pre-activations ---------------------------------------------------------------------------------
+
+
+class Preacts(NamedTuple):
+  """Pre-activations kept as (x W_enc, b_enc) until an entry is read: the TopK path only reads the
+  selected entries and the selection (which adds the bias itself), so `raw + bias` over the whole
+  [B, M] batch, a pass as long as the encoder's output, is never made there. `dense()` makes it (the
+  same float addition, so every reader sees the same values)."""
+
+  raw: jax.Array  # [B, M]
+  bias: jax.Array  # [M]
+
+  def dense(self) -> jax.Array:
+    return self.raw + self.bias
+
+
+def as_dense(pre) -> jax.Array:
+  """[B, M] pre-activations from an array or a `Preacts`."""
+  return pre.dense() if isinstance(pre, Preacts) else pre
 
 
 # ---- building the COO list -------------------------------------------------------------------------
@@ -78,11 +175,16 @@ def _topk_xla(pre, *, k):
   return jnp.repeat(jnp.arange(b, dtype=jnp.int32), k), idx.reshape(-1).astype(jnp.int32)
 
 
-def coo_topk(pre: jax.Array, k: int) -> Coo:
-  """COO list of each row's k largest entries (exactly k per row, lax.top_k's order and ties)."""
+def coo_topk(pre, k: int) -> Coo:
+  """COO list of each row's k largest entries (exactly k per row, lax.top_k's order and ties); `pre` an
+  array or a `Preacts` (whose bias the kernel adds as it reads)."""
   pre = jax.lax.stop_gradient(pre)
-  rows, cols = kernels.dispatch("topk", functools.partial(_topk_xla, k=k), pre, k=k)
-  return Coo(rows, cols, jnp.asarray(pre.shape[0] * k, jnp.int32))
+  if isinstance(pre, Preacts):
+    xla = lambda raw, bias: _topk_xla(raw + bias, k=k)
+    rows, cols = kernels.dispatch("topk_bias", xla, pre.raw, pre.bias, k=k)
+  else:
+    rows, cols = kernels.dispatch("topk", functools.partial(_topk_xla, k=k), pre, k=k)
+  return Coo(rows, cols, jnp.asarray(rows.shape[0], jnp.int32))
 
 
 def coo_from_topk(indices: jax.Array) -> Coo:
@@ -115,9 +217,13 @@ def kth_largest_bits(x: jax.Array, k_total: int) -> jax.Array:
   return kernels.dispatch("kth_largest", _kth_largest_bits_xla, x, jnp.asarray(k_total, jnp.int32))
 
 
-def gather(pre: jax.Array, coo: Coo) -> jax.Array:
-  """pre[rows, cols] (zero on padding); no gradient (use `gather_preact` for one)."""
-  vals = pre[coo.rows, coo.cols]
+def gather(pre, coo: Coo) -> jax.Array:
+  """pre[rows, cols] (zero on padding; `pre` an array or a `Preacts`); no gradient (use
+  `gather_preact` for one)."""
+  if isinstance(pre, Preacts):
+    vals = pre.raw[coo.rows, coo.cols] + pre.bias[coo.cols]
+  else:
+    vals = pre[coo.rows, coo.cols]
   return jnp.where(coo.valid(), vals, 0.0)
 
 
@@ -179,6 +285,21 @@ def spmm_t(coo: Coo, vals: jax.Array, a: jax.Array, n_cols: int) -> jax.Array:
   )
 
 
+def spmm_tt(coo: Coo, vals: jax.Array, a: jax.Array, n_cols: int) -> jax.Array:
+  """spmm_t(...).T, [D, n_cols], made in that layout (W_enc's: its optimizer update then reads it in
+  order instead of transposing)."""
+  return kernels.dispatch(
+    "spmm_tt",
+    lambda *args: _spmm_t_xla(*args, n_cols=n_cols).T,
+    coo.rows,
+    coo.cols,
+    coo.count,
+    vals,
+    a,
+    n_cols=n_cols,
+  )
+
+
 def col_sum(coo: Coo, vals: jax.Array, n_cols: int) -> jax.Array:
   """out[c] = sum over valid entries with cols[n] = c of vals[n]: [n_cols]."""
   return kernels.dispatch(
@@ -208,7 +329,7 @@ def _gather_preact_bwd(res, g):
   x, b_pre, w_enc, coo = res
   g = jnp.where(coo.valid(), g, 0.0)
   n_cols = w_enc.shape[1]
-  d_w_enc = spmm_t(coo, g, x - b_pre, n_cols).T
+  d_w_enc = spmm_tt(coo, g, x - b_pre, n_cols)
   d_b_enc = col_sum(coo, g, n_cols)
   d_b_pre = -(w_enc @ d_b_enc)
   return jnp.zeros_like(x), d_b_pre, d_w_enc, d_b_enc, None, None

@@ -37,30 +37,24 @@ class TrainedSAEs:
     self.input_scale = np.asarray(input_scale, np.float32)
     self.k = int(k)
     self.manifest_hash = manifest_hash
-    self.hyper = common.Hyper(
-      arch=arch,
+    self.architecture = registry.build(
+      arch,
       d_model=int(params["W_enc"].shape[1]),
       width=int(params["W_enc"].shape[2]),
       k=int(k),
-      b_dec_to_input=bool(apply_b_dec_to_input) and arch == "jumprelu",
+      b_dec_to_input=bool(apply_b_dec_to_input),
     )
-    if apply_b_dec_to_input is not None and self.hyper.applies_b_dec_to_input != apply_b_dec_to_input:
+    applies = self.architecture.applies_b_dec_to_input
+    if apply_b_dec_to_input is not None and applies != apply_b_dec_to_input:
       raise ValueError(f"{arch} SAEs with apply_b_dec_to_input={apply_b_dec_to_input} are not supported")
-    self._encode = jax.jit(jax.vmap(self._encode_one))
-    self._decode = jax.jit(jax.vmap(lambda p, f: f @ p["W_dec"] + p["b_dec"]))
+    self._encode = jax.jit(jax.vmap(self.architecture.codes))
+    self._decode = jax.jit(jax.vmap(self.architecture.decode))
 
   @property
   def apply_b_dec_to_input(self) -> bool:
     """True when codes are computed from x - b_dec (TopK/BatchTopK, and JumpReLU with
     config.sae.b_dec_to_input): pre = (x_raw - b_dec) @ W_enc + b_enc with these params."""
-    return self.hyper.applies_b_dec_to_input
-
-  def _encode_one(self, p, x):
-    x = x.astype(jnp.float32)
-    if self.hyper.applies_b_dec_to_input:
-      x = x - p["b_dec"]
-    pre = x @ p["W_enc"] + p["b_enc"]
-    return registry.get(self.arch).encode(self.hyper, p, pre)
+    return self.architecture.applies_b_dec_to_input
 
   def encode(self, x_raw) -> jax.Array:
     """[L, N, D] raw residuals -> [L, N, M] codes (scaled-input units)."""

@@ -272,26 +272,24 @@ def compiled_train_peak(config, d_model: int, layers_per_device: int, platform: 
   if jax.local_devices()[0].platform != platform:
     return None
   t = config.sae_training
-  hyper = train_step.for_platform(common.hyper_from_config(config, d_model), t.backward, platform)
+  arch = train_step.for_platform(registry.from_config(config, d_model), t.backward, platform)
   settings = train_step.Settings(1e-4, 10, 0.0, 100, 100, 1, 1.0, int(t.batch_size))
-  tx = train_step.make_optimizer(hyper, settings)
+  tx = train_step.make_optimizer(arch, settings)
   keys = jax.ShapeDtypeStruct((layers_per_device, 2), jnp.uint32)
-  state = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)), keys)
+  state = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, arch, tx, 1.0)), keys)
   x = jax.ShapeDtypeStruct((layers_per_device, int(t.batch_size), d_model), jnp.bfloat16)
-  aux = "switch" if train_step.uses_conditionals(platform) else "on"
-  step = jax.jit(train_step.make_block_step(hyper, settings, tx, aux=aux), donate_argnums=0)
+  aux = "on"  # the larger of the two variants the trainer runs
+  step = jax.jit(train_step.make_block_step(arch, settings, tx, aux=aux), donate_argnums=0)
   m = step.lower(state, x).compile().memory_analysis()
   return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def sparse_xla_extra(hyper: common.Hyper, layers_per_device: int, batch: int) -> int:
+def sparse_xla_extra(arch: common.Architecture, layers_per_device: int, batch: int) -> int:
   """Extra bytes of the sparse path's pure-XLA ops (what GPUs get): gathers of [N, D] float32 for the
   N = batch * capacity COO entries (and batch * k_aux for AuxK), about 3 such buffers each; fitted
   to XLA's buffer assignment of the GPT-2-medium step (36.9 GiB JumpReLU, 193 GiB TopK at batch 4096)."""
-  n = batch * hyper.sparse_capacity
-  if registry.get(hyper.arch).has_aux_k:
-    n += batch * hyper.k_aux
-  return layers_per_device * 3 * n * hyper.d_model * 4
+  n = batch * (arch.sparse_capacity + arch.aux_k_entries)
+  return layers_per_device * 3 * n * arch.d_model * 4
 
 
 # ---- the plan -------------------------------------------------------------------------------------
@@ -356,7 +354,7 @@ def make_plan(
   platform = profile.platform if profile else jax.local_devices()[0].platform
   io_rate = (io_gbps or _IO_BYTES_PER_S / 1e9) * 1e9
   backward = train_step.backward_path(config.sae_training.backward, platform)
-  hyper = train_step.for_platform(common.hyper_from_config(config, D), config.sae_training.backward, platform)
+  arch = train_step.for_platform(registry.from_config(config, D), config.sae_training.backward, platform)
   n_dev, dev_mem, mem_source = _device_facts(n_devices, device_memory_gib, config, profile)
   n_dev = max(1, min(n_dev, L))  # the trainer never uses more devices than layers
   lpd = math.ceil(L / n_dev)
@@ -375,7 +373,7 @@ def make_plan(
   def train_fn(b):
     if b == t.batch_size and compiled is not None:
       return compiled
-    extra = sparse_xla_extra(hyper, lpd, b) if hyper.sparse_capacity and platform != "cpu" else 0
+    extra = sparse_xla_extra(arch, lpd, b) if arch.sparse_capacity and platform != "cpu" else 0
     return train_peak(D, M, lpd, b) + extra
 
   peaks = {

@@ -25,16 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ghosttrack_jax.errors import NonFiniteLossError, StoreMismatchError
-from ghosttrack_jax.runtime import checkpointing, layer_parallel, writer
+from ghosttrack_jax.runtime import checkpointing, layer_parallel, progress, writer
 from ghosttrack_jax.sae import common, kernels, registry
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import step as train_step
 
 
-def settings_for(config, hyper, plan: train_data.DataPlan) -> train_step.Settings:
+def settings_for(config, arch, plan: train_data.DataPlan) -> train_step.Settings:
   t = config.sae_training
   return train_step.Settings(
-    lr=train_step.peak_lr(config, hyper),
+    lr=train_step.peak_lr(config, arch),
     warmup_steps=int(t.lr_warmup_steps),
     decay_fraction=float(t.lr_decay_fraction),
     total_steps=plan.total_steps,
@@ -137,26 +137,26 @@ def initial_health(n_slots: int, fired_ago: np.ndarray) -> dict:
 class StepFunctions:
   """The mapped step (with `with_health`) for each variant the host may choose between.
 
-  choice "switch": one program; AuxK on/off is a `lax.switch` on the device (CPU). "host": no
-  data-dependent conditional in the program; `pick` chooses the AuxK variant that is exact until the
-  next fetch (GPU, TPU: there every conditional costs a device->host sync).
+  choice "host" (what the trainer uses): no data-dependent AuxK conditional in the program; `pick`
+  chooses the AuxK variant that is exact until the next fetch (see train.step). "switch": one program,
+  AuxK on/off a `lax.switch` on the device (the reference the tests compare "host" with).
   """
 
-  def __init__(self, layout, hyper, settings, tx, choice: str):
+  def __init__(self, layout, arch, settings, tx, choice: str):
     if choice not in ("switch", "host"):
       raise ValueError(f"variant choice {choice!r}: use 'switch' or 'host'")
-    self.hyper = hyper
-    self.choice = choice if train_step.has_aux_variants(hyper) else "switch"
+    self.arch = arch
+    self.choice = choice if arch.uses_aux_k else "switch"
     names = ("switch",) if self.choice == "switch" else ("off", "on")
     self._fns = {
-      n: layout.map_step(with_health(train_step.make_block_step(hyper, settings, tx, aux=n))) for n in names
+      n: layout.map_step(with_health(train_step.make_block_step(arch, settings, tx, aux=n))) for n in names
     }
 
   def pick(self, max_fired_ago, steps_ahead: int, batch_size: int) -> str:
     if self.choice == "switch":
       return "switch"
     top = int(np.max(np.asarray(max_fired_ago))) if np.size(max_fired_ago) else 0
-    return train_step.aux_variant_for(self.hyper, top, steps_ahead, batch_size)
+    return train_step.aux_variant_for(self.arch, top, steps_ahead, batch_size)
 
   def __getitem__(self, name: str) -> Callable:
     return self._fns[name]
@@ -194,22 +194,22 @@ def train(
   """Trains (or resumes) the SAEs of `layers` (store positions `layer_positions`) on rows
   [0, n_train_rows) of `reader`. Returns the final state of the real layers.
 
-  variant_choice: "switch" or "host" (see StepFunctions); None = "switch" on CPU, "host" elsewhere.
+  variant_choice: "switch" or "host" (see StepFunctions); None = "host".
   """
   t = config.sae_training
   d_model = int(reader.read([layer_positions[0]], 0, 1).shape[-1])
   layout = layer_parallel.make_layout(
     len(layers), t.parallel, int(t.devices), pad=bool(t.pad_layers), devices=devices
   )
-  hyper = train_step.for_platform(common.hyper_from_config(config, d_model), t.backward, layout.platform)
+  arch = train_step.for_platform(registry.from_config(config, d_model), t.backward, layout.platform)
   plan = data_plan(config, n_train_rows, window_rows)
-  settings = settings_for(config, hyper, plan)
-  tx = train_step.make_optimizer(hyper, settings)
+  settings = settings_for(config, arch, plan)
+  tx = train_step.make_optimizer(arch, settings)
   n_pad = layout.n_padded
   valid = layout.valid
   scales = (
     np.asarray(common.input_scale(np.asarray(mean_sq_norms, np.float64)), np.float32)
-    if hyper.scales_inputs
+    if arch.scales_inputs
     else np.ones(len(layers), np.float32)
   )
   scales_pad = np.asarray([scales[layout.source(i)] for i in range(n_pad)], np.float32)
@@ -221,7 +221,7 @@ def train(
   ids = [int(layers[layout.source(i)]) for i in range(n_pad)]
   keys = jnp.stack([jax.random.fold_in(sae_root, l) for l in ids])
   host = jax.device_get(
-    jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, hyper, tx, sc)))(keys, jnp.asarray(scales_pad))
+    jax.jit(jax.vmap(lambda k, sc: train_step.init_state(k, arch, tx, sc)))(keys, jnp.asarray(scales_pad))
   )
   fp = jsonable(fingerprint(config, d_model, layers))
 
@@ -251,10 +251,11 @@ def train(
 
   # With several processes each reads only its own devices' layers (layer_parallel.local_indices).
   device_sources = [[layer_positions[s] for s in layout.device_sources(d)] for d in layout.local_indices]
-  choice = variant_choice or ("switch" if train_step.uses_conditionals(layout.platform) else "host")
-  steps = StepFunctions(layout, hyper, settings, tx, choice)
+  choice = variant_choice or "host"
+  steps = StepFunctions(layout, arch, settings, tx, choice)
   max_in_flight = int(t.max_in_flight)
   metric_writer = writer.MetricWriter(log_dir)
+  bar = progress.Progress(plan.total_steps, "train SAEs", "step", initial=start_step)
   t_start = time.time()
   stats = {"input_wait": 0.0, "device_wait": 0.0, "fetch": 0.0, "loop": 0.0, "steps": 0}
   pipeline = train_data.Pipeline(
@@ -275,17 +276,16 @@ def train(
       batches = iter(pipeline)
       first = None
       needs_first = start_step == 0 and plan.total_steps > 0
-      thresholds_from_data = registry.get(hyper.arch).threshold_from_data and hyper.threshold_init_l0 > 0
-      if needs_first and (hyper.b_dec_from_data or thresholds_from_data):
+      if needs_first and (arch.b_dec_from_data or arch.thresholds_from_data):
         first = next(batches)  # its host blocks stay valid until the ticket is released
         batches = _chain([first], batches)
-      if first is not None and hyper.b_dec_from_data:
-        # b_dec starts at the mean of the first batch (see Hyper.b_dec_from_data).
+      if first is not None and arch.b_dec_from_data:
+        # b_dec starts at the mean of the first batch (see Architecture.b_dec_from_data).
         means = np.concatenate([blk.astype(np.float32).mean(axis=1) for blk in first.host], axis=0)
         means = layout.gather_local_slots(means)  # every slot's mean on every process
         host.params["b_dec"] = (means * scales_pad[:, None]).astype(np.float32)
-      if first is not None and thresholds_from_data:
-        local = _data_thresholds(hyper, host, layout, first.host)
+      if first is not None and arch.thresholds_from_data:
+        local = _data_thresholds(arch, host, layout, first.host)
         host.params["threshold"] = layout.gather_local_slots(local)  # every slot, every process
       carry = (layout.put(host), layout.put(initial_health(n_pad, host.fired_ago)))
       variant = steps.pick(
@@ -294,7 +294,7 @@ def train(
         settings.batch_size,
       )
       sync_every = int(t.preemption_check_every)
-      last_log, t_loop = time.time(), time.perf_counter()
+      last_log, last_logged, t_loop = time.time(), start_step, time.perf_counter()
       # The steady state: no implicit host<->device transfer (explicit puts and fetches only);
       # config.sae_training.transfer_guard="disallow" makes any other one an error.
       with jax.transfer_guard(t.transfer_guard):
@@ -317,6 +317,7 @@ def train(
             stats["device_wait"] += time.perf_counter() - t0
           done = step + 1
           stats["steps"] += 1
+          bar.update(1)
           # Every process must stop at the same step (the checkpoint save is collective): with several
           # processes they agree every `preemption_check_every` steps, a collective.
           if layout.multi_process:
@@ -349,20 +350,17 @@ def train(
             now = time.time()
             scalars = _layer_scalars(m, layers, valid)
             scalars["tokens_per_sec_per_layer"] = (
-              settings.batch_size * int(t.log_every) / max(now - last_log, 1e-9)
+              settings.batch_size * (done - last_logged) / max(now - last_log, 1e-9)
             )
-            last_log = now
+            last_log, last_logged = now, done
             metric_writer.write_scalars(done, scalars)
-            loss = m["loss"][valid]
-            logging.info(
-              "step %d/%d  loss %.4f  fvu %.3f  l0 %.1f  dead %.3f  sparse %.2f",
-              done,
-              plan.total_steps,
-              float(np.mean(loss)),
-              float(np.mean(m["fvu"][valid])),
-              float(np.mean(m["l0"][valid])),
-              float(np.mean(m["dead_fraction"][valid])),
-              float(np.mean(m["sparse_path"][valid])),
+            bar.update(
+              0,
+              loss=f"{np.mean(m['loss'][valid]):.4f}",
+              fvu=f"{np.mean(m['fvu'][valid]):.3f}",
+              l0=f"{np.mean(m['l0'][valid]):.1f}",
+              dead=f"{np.mean(m['dead_fraction'][valid]):.3f}",
+              layer_tok_s=f"{scalars['tokens_per_sec_per_layer'] * len(layers):,.0f}",
             )
           if done % int(t.checkpoint_every) == 0 or done == plan.total_steps or stop:
             with jax.transfer_guard("allow"):  # Orbax's own transfers
@@ -374,6 +372,7 @@ def train(
       stats["loop"] = time.perf_counter() - t_loop
       final = layout.get(carry[0]) if plan.total_steps > start_step else host
   finally:
+    bar.close()
     pipeline.close()
     metric_writer.close()
   if plan.total_steps > start_step:
@@ -396,19 +395,15 @@ def train(
     seconds=time.time() - t_start,
     layout=f"{layout.mode} x{layout.n_devices} "
     f"({layout.per_device} layers/device, {n_pad - len(layers)} padding)",
-    sparse_backend=sparse_backend_name(hyper),
+    sparse_backend=sparse_backend_name(arch),
     loop_stats=stats,
   )
 
 
-def _data_thresholds(hyper, host, layout, blocks) -> np.ndarray:
-  """JumpReLU thresholds from the first batch (config sae.threshold_init_l0) for this process's slots
+def _data_thresholds(arch, host, layout, blocks) -> np.ndarray:
+  """Thresholds from the first batch (Architecture.initial_thresholds) for this process's slots
   (blocks of `layout.local_indices`), one slot at a time."""
-  fn = jax.jit(
-    lambda p, x, s: common.data_thresholds(
-      common.preact(hyper, p, s * x.astype(jnp.float32)), hyper.threshold_init_l0
-    )
-  )
+  fn = jax.jit(lambda p, x, s: arch.initial_thresholds(p, s * x.astype(jnp.float32)))
   slots = [s for d in layout.local_indices for s in layout.device_slots(d)]
   x_local = np.concatenate(blocks, axis=0)
   out = []
@@ -423,10 +418,10 @@ def _chain(first, rest):
   yield from rest
 
 
-def sparse_backend_name(hyper) -> str:
-  if hyper.sparse_capacity <= 0:
+def sparse_backend_name(arch) -> str:
+  if arch.sparse_capacity <= 0:
     return "dense"
-  return f"sparse ({kernels.backend()}), capacity {hyper.sparse_capacity}/token"
+  return f"sparse ({kernels.backend()}), capacity {arch.sparse_capacity}/token"
 
 
 def _save(ckpt, layout, states, step, plan, fp, layers, config):

@@ -29,8 +29,8 @@ import numpy as np
 
 from ghosttrack_jax import lm
 from ghosttrack_jax.errors import IncompleteStoreError
-from ghosttrack_jax.runtime import atomic_io
-from ghosttrack_jax.sae import common, registry
+from ghosttrack_jax.runtime import atomic_io, progress
+from ghosttrack_jax.sae import common
 
 DENSITY_BINS = np.linspace(-10.0, 0.0, 41)  # log10(rho + 1e-10)
 DENSE_LATENT = 0.1  # rho above this counts as a very dense latent
@@ -46,20 +46,6 @@ class Report:
   log_density: np.ndarray  # [L, M] log10(rho + 1e-10)
   histograms: dict  # layer -> counts over DENSITY_BINS
   notes: list
-
-
-def _encode_decode_fn(hyper: common.Hyper):
-  arch = registry.get(hyper.arch)
-
-  def one(p, x):
-    x = x.astype(jnp.float32)
-    xin = x - p["b_dec"] if hyper.applies_b_dec_to_input else x
-    pre = xin @ p["W_enc"] + p["b_enc"]
-    f = arch.encode(hyper, p, pre)
-    x_hat = f @ p["W_dec"] + p["b_dec"]
-    return f, x_hat
-
-  return one
 
 
 def _row_sums(x, x_hat, active, keep):
@@ -94,12 +80,10 @@ def _row_sums(x, x_hat, active, keep):
 _row_sums_jit = jax.jit(_row_sums)
 
 
-def _chunk_stats(hyper):
-  one = _encode_decode_fn(hyper)
-
+def _chunk_stats(arch):
   @jax.jit
   def stats(p, x, keep):  # one layer: x [N, D] raw
-    f, x_hat = one(p, x)
+    f, x_hat = arch.encode_decode(p, x)
     return _row_sums(x, x_hat, f > 0, keep)
 
   return stats
@@ -157,12 +141,12 @@ def fidelity(x: np.ndarray, x_hat: np.ndarray, active: np.ndarray, chunk: int = 
 
 
 def reconstruction_metrics(
-  hyper, folded: dict, store, positions, row_start: int, n_rows: int, chunk: int = 2048
+  arch, folded: dict, store, positions, row_start: int, n_rows: int, chunk: int = 2048
 ) -> tuple[list, np.ndarray]:
   """Per-layer reconstruction metrics over rows [row_start, row_start + n_rows) of the store; the
   `_robust` figures leave out the outlier rows (norm > OUTLIER_NORM_RATIO x the layer's median norm on
   these rows), whose count is `outlier_rows`."""
-  stats = _chunk_stats(hyper)
+  stats = _chunk_stats(arch)
   n_layers = len(positions)
   spans = [(s, min(s + chunk, row_start + n_rows)) for s in range(row_start, row_start + n_rows, chunk)]
   norms = [[] for _ in range(n_layers)]  # first pass: the row norms that define the outliers
@@ -173,14 +157,16 @@ def reconstruction_metrics(
   norms = [np.concatenate(n) for n in norms]
   limits = [outlier_threshold(n) for n in norms]
   acc = [None] * n_layers
-  for start, stop in spans:
-    block = store.read(list(positions), start, stop)
-    for i in range(n_layers):
-      p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
-      keep = norms[i][start - row_start : stop - row_start] <= limits[i]
-      s = jax.device_get(stats(p, jnp.asarray(block[i]), jnp.asarray(keep)))
-      s = {k: np.asarray(v, np.float64) for k, v in s.items()}
-      acc[i] = s if acc[i] is None else {k: acc[i][k] + s[k] for k in s}
+  with progress.Progress(len(spans) * n_layers, "held-out metrics", "layer-chunk") as bar:
+    for start, stop in spans:
+      block = store.read(list(positions), start, stop)
+      for i in range(n_layers):
+        p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
+        keep = norms[i][start - row_start : stop - row_start] <= limits[i]
+        s = jax.device_get(stats(p, jnp.asarray(block[i]), jnp.asarray(keep)))
+        s = {k: np.asarray(v, np.float64) for k, v in s.items()}
+        acc[i] = s if acc[i] is None else {k: acc[i][k] + s[k] for k in s}
+        bar.update(1)
   rows, log_density = [], []
   for i in range(n_layers):
     row, dens = _finish(acc[i], n_rows)
@@ -190,27 +176,28 @@ def reconstruction_metrics(
 
 
 def splice_metrics(
-  config, hyper, folded: dict, store, layers, window_start: int, n_windows: int, batch: int = 8
+  config, arch, folded: dict, store, layers, window_start: int, n_windows: int, batch: int = 8
 ) -> list:
   """Per-layer delta LM loss, CE-loss recovered, KL by splicing reconstructions into the model."""
   model = lm.load_model(config.model)
   if list(model.layers) != list(layers):
     raise ValueError(f"model layers {list(model.layers)} differ from the trained layers {list(layers)}")
-  one = _encode_decode_fn(hyper)
 
   @jax.jit
   def reconstruct(p, resid):  # resid [B, T, D] -> same with positions 1.. reconstructed / zeroed
     b, t, d = resid.shape
-    _, x_hat = one(p, resid.reshape(b * t, d))
+    _, x_hat = arch.encode_decode(p, resid.reshape(b * t, d))
     x_hat = x_hat.reshape(b, t, d)
     keep0 = (jnp.arange(t) == 0)[None, :, None]
     return jnp.where(keep0, resid, x_hat), jnp.where(keep0, resid, 0.0)
 
   @jax.jit
-  def ce_kl(logits_orig, logits_new, ids):
-    # predictions made at positions 1..T-2 (targets ids[2..T-1])
-    lo = jax.nn.log_softmax(logits_orig[:, 1:-1].astype(jnp.float32), axis=-1)
-    ln = jax.nn.log_softmax(logits_new[:, 1:-1].astype(jnp.float32), axis=-1)
+  def log_probs(logits):  # of the predictions made at positions 1..T-2 (targets ids[2..T-1])
+    return jax.nn.log_softmax(logits[:, 1:-1].astype(jnp.float32), axis=-1)
+
+  @jax.jit
+  def ce_kl(lo, logits_new, ids):  # lo: log_probs of the original logits, made once per batch
+    ln = log_probs(logits_new)
     tgt = ids[:, 2:]
     ce_o = -jnp.take_along_axis(lo, tgt[..., None], axis=-1)[..., 0]
     ce_n = -jnp.take_along_axis(ln, tgt[..., None], axis=-1)[..., 0]
@@ -221,19 +208,23 @@ def splice_metrics(
   sums = np.zeros((n_layers, 5))  # ce_orig, ce_spliced, ce_zero, kl_spliced, kl_zero
   count = 0
   ids_all = store.token_windows(window_start, window_start + n_windows)
-  for s in range(0, len(ids_all), batch):
-    ids = jnp.asarray(ids_all[s : s + batch], jnp.int32)
-    mask = jnp.ones_like(ids)
-    logits, resid = model.logits_and_residuals(ids, mask)
-    for i, layer in enumerate(layers):
-      p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
-      spliced, zeroed = reconstruct(p, resid[i])
-      ls = model.logits_with_replacement(ids, mask, int(layer), spliced)
-      lz = model.logits_with_replacement(ids, mask, int(layer), zeroed)
-      ce_o, ce_s, kl_s, n = jax.device_get(ce_kl(logits, ls, ids))
-      _, ce_z, kl_z, _ = jax.device_get(ce_kl(logits, lz, ids))
-      sums[i] += [ce_o, ce_s, ce_z, kl_s, kl_z]
-    count += int(n)
+  starts = range(0, len(ids_all), batch)
+  with progress.Progress(len(starts) * n_layers, "splicing", "layer") as bar:
+    for s in starts:
+      ids = jnp.asarray(ids_all[s : s + batch], jnp.int32)
+      mask = jnp.ones_like(ids)
+      logits, resid = model.logits_and_residuals(ids, mask)
+      lo = log_probs(logits)
+      for i, layer in enumerate(layers):
+        p = {k: jnp.asarray(v[i]) for k, v in folded.items()}
+        spliced, zeroed = reconstruct(p, resid[i])
+        ls = model.logits_with_replacement(ids, mask, int(layer), spliced)
+        lz = model.logits_with_replacement(ids, mask, int(layer), zeroed)
+        ce_o, ce_s, kl_s, n = jax.device_get(ce_kl(lo, ls, ids))
+        _, ce_z, kl_z, _ = jax.device_get(ce_kl(lo, lz, ids))
+        sums[i] += [ce_o, ce_s, ce_z, kl_s, kl_z]
+        bar.update(1)
+      count += int(n)
   rows = []
   for i in range(n_layers):
     ce_o, ce_s, ce_z, kl_s, kl_z = sums[i] / max(count, 1)
@@ -255,7 +246,7 @@ def splice_metrics(
 
 def evaluate(
   config,
-  hyper,
+  arch,
   final,
   store,
   *,
@@ -271,20 +262,18 @@ def evaluate(
   rpw = store.rows_per_window
   row_start = eval_window_start * rpw
   n_rows = min(store.n_rows - row_start, int(t.eval_tokens))
-  folded = {
-    k: np.asarray(v) for k, v in common.fold_input_scale(final.params, final.input_scale, hyper).items()
-  }
-  rows, log_density = reconstruction_metrics(hyper, folded, store, positions, row_start, n_rows)
+  folded = {k: np.asarray(v) for k, v in common.fold_input_scale(final.params, final.input_scale).items()}
+  rows, log_density = reconstruction_metrics(arch, folded, store, positions, row_start, n_rows)
   notes = [f"{n_rows} held-out evaluation tokens per layer (rows {row_start}..{row_start + n_rows - 1})"]
   fired_ago = np.asarray(fired_ago)
-  dead = np.mean(fired_ago >= hyper.dead_tokens, axis=1)
-  if tokens_trained < hyper.dead_tokens:
+  dead = np.mean(fired_ago >= arch.dead_tokens, axis=1)
+  if tokens_trained < arch.dead_tokens:
     notes.append(
       f"training saw {tokens_trained} tokens per layer, fewer than the dead window "
-      f"({hyper.dead_tokens}): no latent can be called dead; see silent_last_epoch (no "
+      f"({arch.dead_tokens}): no latent can be called dead; see silent_last_epoch (no "
       "firing during the whole last epoch) and never_fired_eval"
     )
-  window = min(tokens_per_epoch or tokens_trained, hyper.dead_cap)
+  window = min(tokens_per_epoch or tokens_trained, arch.dead_cap)
   silent = np.mean(fired_ago >= window, axis=1) if window > 0 else np.zeros(len(layers))
   for i, layer in enumerate(layers):
     rows[i]["layer"] = int(layer)
@@ -297,7 +286,7 @@ def evaluate(
     try:
       ce_rows = splice_metrics(
         config,
-        hyper,
+        arch,
         folded,
         store,
         layers,

@@ -18,7 +18,7 @@ import numpy as np
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io, paths, writer
-from ghosttrack_jax.sae import common, export, registry
+from ghosttrack_jax.sae import export, registry
 from ghosttrack_jax.train import loop, quality
 from ghosttrack_jax.train import step as train_step
 
@@ -58,11 +58,11 @@ def run(config, workdir: str) -> None:
   )
   if jax.process_index() != 0:  # several processes: process 0 alone evaluates and writes the outputs
     return
-  hyper = common.hyper_from_config(config, store.d_model)
-  final = finalize_params(hyper, result.state)
+  arch = registry.from_config(config, store.d_model)
+  final = finalize_params(arch, result.state)
   report = quality.evaluate(
     config,
-    hyper,
+    arch,
     final,
     store,
     layers=layers,
@@ -83,7 +83,7 @@ def run(config, workdir: str) -> None:
       w.write_histogram(result.steps, f"eval/layer_{layer:02d}/log10_density", report.log_density[i])
   export.write_all(
     mp.sae_export,
-    hyper,
+    arch,
     final,
     layers=layers,
     model_name=config.model.name,
@@ -92,12 +92,15 @@ def run(config, workdir: str) -> None:
     # No wall time in the export: its files are hashed into the SAE manifest hash that every later output
     # records, which must be the same for the same SAEs (the time is in results/<model>/sae/metrics.json).
     extra={
+      # config.sae.k (TopK's latents per token) has been recorded for every architecture since the
+      # first exports; kept so that an unchanged run exports the same bytes (the manifest hash).
+      "k": int(config.sae.k),
       "training": {
         "steps": result.steps,
         "tokens_per_layer": result.tokens_per_layer,
         "layout": result.layout,
         "backward": result.sparse_backend,
-      }
+      },
     },
   )
   quality.write_tables(
@@ -105,22 +108,22 @@ def run(config, workdir: str) -> None:
     report,
     meta={
       "model": config.model.name,
-      "arch": hyper.arch,
-      "width": hyper.width,
-      "d_model": hyper.d_model,
+      "arch": arch.name,
+      "width": arch.width,
+      "d_model": arch.d_model,
       "steps": result.steps,
       "tokens_per_layer": result.tokens_per_layer,
       "train_seconds": round(result.seconds, 1),
       "layout": result.layout,
       "backward": result.sparse_backend,
       "batch_size": int(config.sae_training.batch_size),
-      "lr": train_step.peak_lr(config, hyper),
-      "config": loop.jsonable(loop.fingerprint(config, hyper.d_model, layers)),
+      "lr": train_step.peak_lr(config, arch),
+      "config": loop.jsonable(loop.fingerprint(config, arch.d_model, layers)),
     },
   )
   digest = manifest_hash(mp.sae_export, layers)
   atomic_io.write_done(mp.sae_export, {"layers": layers, "sha256": digest})
-  atomic_io.write_done(mp.sae_results, {"layers": layers, "arch": hyper.arch, "sae_manifest_hash": digest})
+  atomic_io.write_done(mp.sae_results, {"layers": layers, "arch": arch.name, "sae_manifest_hash": digest})
 
 
 @dataclasses.dataclass
@@ -131,16 +134,11 @@ class FinalSAEs:
   input_scale: np.ndarray  # [L]
 
 
-def finalize_params(hyper: common.Hyper, state: train_step.TrainState) -> FinalSAEs:
-  """Training state -> inference parameters: BatchTopK's theta becomes theta_glob for every latent."""
+def finalize_params(arch, state: train_step.TrainState) -> FinalSAEs:
+  """Training state -> inference parameters (Architecture.inference_params: e.g. BatchTopK's theta
+  becomes theta_glob for every latent)."""
   params = {k: np.asarray(v, np.float32) for k, v in state.params.items()}
-  arch = registry.get(hyper.arch)
-  if arch.ema_batch_threshold:
-    bt = np.asarray(state.batch_threshold, np.float32)
-    bt = np.where(bt < 0, 0.0, bt)  # never seeded (run shorter than the start step): plain ReLU
-    params["threshold"] = np.broadcast_to(bt[:, None], params["threshold"].shape).copy()
-  if arch.export_arch == "topk":  # exported as TopK: the selection is by rank, no threshold
-    params["threshold"] = np.zeros_like(params["threshold"])
+  params = arch.inference_params(params, state.batch_threshold)
   return FinalSAEs(params=params, input_scale=np.asarray(state.input_scale, np.float32))
 
 

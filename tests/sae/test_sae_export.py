@@ -43,9 +43,9 @@ METADATA = (
 
 
 def _final(arch, n_layers=2, d=8, m=24, seed=0):
-  h = common.Hyper(arch=arch, d_model=d, width=m, k=3)
+  h = registry.build(arch, d_model=d, width=m, k=3)
   keys = jax.random.split(jax.random.PRNGKey(seed), n_layers)
-  params = jax.vmap(lambda k: common.init_params(k, h))(keys)
+  params = jax.vmap(h.init_params)(keys)
   params = {
     k: np.asarray(v) + 0.01 * np.random.default_rng(seed).normal(size=v.shape).astype(np.float32)
     for k, v in params.items()
@@ -86,7 +86,7 @@ def test_export_reads_back_identically_with_saelens_fields(tmp_path, arch):
       assert key in cfg, key
     for key in METADATA:
       assert key in cfg["metadata"], key
-    assert cfg["architecture"] == registry.get(arch).export_arch
+    assert cfg["architecture"] == registry.ARCHITECTURES[arch].export_arch
     assert cfg["metadata"]["hook_name"] == f"blocks.{layer}.hook_resid_post"
     assert cfg["normalize_activations"] == "none" and cfg["dtype"] == "float32"
     assert cfg["apply_b_dec_to_input"] == (arch in ("topk", "batchtopk"))
@@ -103,18 +103,17 @@ def test_export_reads_back_identically_with_saelens_fields(tmp_path, arch):
 def test_folded_weights_give_the_training_codes_on_raw_inputs(tmp_path, arch):
   h, final = _final(arch)
   folded = common.fold_input_scale(final.params, final.input_scale, h)
-  enc = registry.get(arch).encode
   x_raw = jax.random.normal(jax.random.PRNGKey(9), (5, h.d_model)) * 3
   for i, s in enumerate(final.input_scale):
     p_train = {k: jnp.asarray(v[i]) for k, v in final.params.items()}
     p_fold = {k: jnp.asarray(v[i]) for k, v in folded.items()}
-    codes_train = enc(h, p_train, common.preact(h, p_train, s * x_raw))
-    codes_fold = enc(h, p_fold, common.preact(h, p_fold, x_raw))
+    codes_train = h.encode(p_train, h.preact(p_train, s * x_raw))
+    codes_fold = h.encode(p_fold, h.preact(p_fold, x_raw))
     np.testing.assert_allclose(codes_fold, codes_train, rtol=1e-4, atol=1e-5)
     # decode returns raw units: decode_fold(codes) = decode_train(codes) / s
     np.testing.assert_allclose(
-      common.decode_dense(h, p_fold, codes_fold),
-      common.decode_dense(h, p_train, codes_train) / s,
+      h.decode(p_fold, codes_fold),
+      h.decode(p_train, codes_train) / s,
       rtol=1e-4,
       atol=1e-5,
     )
@@ -165,7 +164,7 @@ def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
     folded = common.fold_input_scale(final.params, final.input_scale, h)
     x = np.random.default_rng(0).normal(size=(6, h.d_model)).astype(np.float32)
     p = {k: jnp.asarray(v[0]) for k, v in folded.items()}
-    codes = np.asarray(registry.get(arch).encode(h, p, common.preact(h, p, jnp.asarray(x))))
+    codes = np.asarray(h.codes(p, jnp.asarray(x)))
     np.save(os.path.join(root, "x.npy"), x)
     expected[arch] = (codes, codes @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"]))
   proc = subprocess.run(

@@ -10,7 +10,7 @@ import pytest
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.extract import store as store_lib
-from ghosttrack_jax.sae import common, registry, relu_l1, topk
+from ghosttrack_jax.sae import common, registry, sparse
 from ghosttrack_jax.train import loop as train_loop
 from ghosttrack_jax.train import stage as train_stage
 from ghosttrack_jax.train import step as train_step
@@ -74,15 +74,15 @@ def test_data_dependent_threshold_init_sets_the_starting_l0(tmp_path):
 
 
 def test_legacy_loss_reproduces_the_original_formula():
-  h = common.Hyper(arch="relu_l1", d_model=5, width=7, l1_coefficient=0.01, legacy_threshold=0.1)
-  p = common.init_params(jax.random.PRNGKey(0), h)
+  h = registry.build("relu_l1", d_model=5, width=7, l1_coefficient=0.01, legacy_threshold=0.1)
+  p = h.init_params(jax.random.PRNGKey(0))
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (6, 5)))
   # The original GhostTrack (models/sae_model.py), in numpy: element means, fixed scalar threshold.
   pre = x @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
   f = pre * (pre > 0.1)
   x_hat = f @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"])
   expected = np.mean((x - x_hat) ** 2) + 0.01 * np.mean(np.abs(f))
-  got, _ = relu_l1.loss(h, p, jnp.asarray(x), jnp.asarray(pre, jnp.float32), {})
+  got, _ = h.loss(p, jnp.asarray(x), jnp.asarray(pre, jnp.float32), {}, sparse.Dense())
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)
   # PyTorch Linear-style init, untied, unit decoder rows, one untrained threshold.
   assert not np.allclose(p["W_enc"], np.asarray(p["W_dec"]).T)
@@ -92,8 +92,8 @@ def test_legacy_loss_reproduces_the_original_formula():
 
 
 def test_tied_init_and_unit_decoder_rows():
-  h = common.Hyper(arch="jumprelu", d_model=8, width=32)
-  p = common.init_params(jax.random.PRNGKey(0), h)
+  h = registry.build("jumprelu", d_model=8, width=32)
+  p = h.init_params(jax.random.PRNGKey(0))
   np.testing.assert_array_equal(p["W_enc"], np.asarray(p["W_dec"]).T)
   np.testing.assert_allclose(np.linalg.norm(p["W_dec"], axis=1), 1.0, rtol=1e-5)
   assert np.all(np.asarray(p["b_enc"]) == 0) and np.all(np.asarray(p["b_dec"]) == 0)
@@ -113,9 +113,7 @@ def test_decoder_gradient_projection_and_renormalisation():
 
 
 def test_a_training_step_keeps_unit_rows_and_nonnegative_thresholds():
-  h = common.Hyper(
-    arch="jumprelu", d_model=8, width=32, bandwidth=0.05, threshold_init=0.05, sparse_capacity=32
-  )
+  h = registry.build("jumprelu", d_model=8, width=32, bandwidth=0.05, threshold_init=0.05, sparse_capacity=32)
   s = train_step.Settings(
     lr=0.05,
     warmup_steps=1,
@@ -139,15 +137,14 @@ def test_a_training_step_keeps_unit_rows_and_nonnegative_thresholds():
 
 
 def test_auxk_reaches_dead_latents_only_when_some_are_dead():
-  h = common.Hyper(arch="topk", d_model=8, width=32, k=2, aux_k=4)
-  a = registry.get("topk")
-  p = common.init_params(jax.random.PRNGKey(0), h)
+  h = registry.build("topk", d_model=8, width=32, k=2, aux_k=4)
+  p = h.init_params(jax.random.PRNGKey(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (16, 8))
-  pre = common.preact(h, p, x)
+  pre = h.preact(p, x)
   dead = jnp.arange(32) >= 24
 
   def loss(params, use_aux, dead_mask):
-    return a.loss(h, params, x, pre, {"use_aux": use_aux, "dead": dead_mask}, None)
+    return h.loss(params, x, pre, {"use_aux": use_aux, "dead": dead_mask}, sparse.Dense.top_k(pre, h.k))
 
   (l_plain, aux_plain), _ = jax.value_and_grad(loss, has_aux=True)(p, False, dead)
   (l_aux, aux), g = jax.value_and_grad(loss, has_aux=True)(p, True, dead)
@@ -175,7 +172,7 @@ def test_batchtopk_inference_threshold(tmp_path):
   theta = float(np.asarray(result.state.batch_threshold)[0])
   assert theta > 0
   final = train_stage.finalize_params(
-    common.hyper_from_config(syn.tiny_config(**{"sae.arch": "batchtopk"}), 32), result.state
+    registry.from_config(syn.tiny_config(**{"sae.arch": "batchtopk"}), 32), result.state
   )
   assert np.all(final.params["threshold"] == np.float32(theta))
   assert all(r["mean/l0"] == pytest.approx(4.0, abs=0.5) for r in log)  # mean L0 = k in training
@@ -192,31 +189,31 @@ def test_lr_schedules():
     grad_clip=1.0,
     batch_size=8,
   )
-  sched = train_step.lr_schedule(common.Hyper(arch="jumprelu", d_model=4, width=8), s)
+  sched = train_step.lr_schedule(registry.build("jumprelu", d_model=4, width=8), s)
   vals = [float(sched(jnp.asarray(t))) for t in (0, 5, 10, 50, 80, 90, 100)]
   np.testing.assert_allclose(vals, [0.1, 0.55, 1.0, 1.0, 1.0, 0.5, 0.0], atol=1e-6)
-  legacy = train_step.lr_schedule(common.Hyper(arch="relu_l1", d_model=4, width=8), s)
+  legacy = train_step.lr_schedule(registry.build("relu_l1", d_model=4, width=8), s)
   vals = [float(legacy(jnp.asarray(t))) for t in (0, 24, 25, 50, 99)]
   np.testing.assert_allclose(
     vals, [1.0, 1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))], atol=1e-6
   )
   config = syn.tiny_config(**{"sae.arch": "topk", "sae.width": 2**16})
-  assert train_step.peak_lr(config, common.hyper_from_config(config, 8)) == pytest.approx(1e-4)
+  assert train_step.peak_lr(config, registry.from_config(config, 8)) == pytest.approx(1e-4)
 
 
 def test_topk_b_dec_and_encode():
-  h = common.Hyper(arch="topk", d_model=6, width=20, k=3)
-  p = common.init_params(jax.random.PRNGKey(0), h)
+  h = registry.build("topk", d_model=6, width=20, k=3)
+  p = h.init_params(jax.random.PRNGKey(0))
   pre = jax.random.normal(jax.random.PRNGKey(2), (5, 20))
-  f = topk.encode(h, p, pre)
+  f = h.encode(p, pre)
   assert np.all(np.sum(np.asarray(f) != 0, axis=1) <= 3)
   top = np.sort(np.asarray(pre), axis=1)[:, -3:]
   np.testing.assert_allclose(np.sort(np.asarray(f), axis=1)[:, -3:], np.maximum(top, 0), rtol=1e-6)
 
 
 def test_encoder_init_scale_shrinks_the_tied_encoder():
-  h = common.Hyper(arch="topk", d_model=8, width=32, encoder_init_scale=0.1)
-  p = common.init_params(jax.random.PRNGKey(0), h)
+  h = registry.build("topk", d_model=8, width=32, encoder_init_scale=0.1)
+  p = h.init_params(jax.random.PRNGKey(0))
   np.testing.assert_allclose(p["W_enc"], 0.1 * np.asarray(p["W_dec"]).T, rtol=1e-6)
   np.testing.assert_allclose(np.linalg.norm(p["W_dec"], axis=1), 1.0, rtol=1e-5)
 
@@ -224,21 +221,21 @@ def test_encoder_init_scale_shrinks_the_tied_encoder():
 def test_outlier_rows_are_down_weighted_in_the_loss():
   x = np.ones((8, 4), np.float32)
   x[3] *= 40.0  # norm 40x the median
-  off = common.Hyper(arch="topk", d_model=4, width=16, k=2)
-  on = common.Hyper(arch="topk", d_model=4, width=16, k=2, outlier_norm_ratio=10.0)
+  off = registry.build("topk", d_model=4, width=16, k=2)
+  on = registry.build("topk", d_model=4, width=16, k=2, outlier_norm_ratio=10.0)
   assert common.row_weights(off, jnp.asarray(x)) is None
   w = np.asarray(common.row_weights(on, jnp.asarray(x)))
   np.testing.assert_allclose(w, [1, 1, 1, (10 / 40) ** 2, 1, 1, 1, 1], rtol=1e-6)
   # TopK: the weighted FVU, with the weighted mean in its denominator; the logged fvu stays unweighted
   rng = np.random.default_rng(0)
   xr = jnp.asarray(rng.standard_normal((8, 4)).astype(np.float32) + x)
-  p = common.init_params(jax.random.PRNGKey(0), on)
-  pre = common.preact(on, p, xr)
-  ctx = {"lam": 0.0, "dead": jnp.zeros(16, bool), "use_aux": False, "threshold": None}
-  loss_on, aux_on = topk.loss(on, p, xr, pre, ctx)
-  loss_off, aux_off = topk.loss(off, p, xr, pre, ctx)
-  f = topk.encode(on, p, pre)
-  err = np.asarray(xr - common.decode_dense(on, p, f))
+  p = on.init_params(jax.random.PRNGKey(0))
+  pre = on.preact(p, xr)
+  ctx = {"dead": jnp.zeros(16, bool), "use_aux": False}
+  loss_on, aux_on = on.loss(p, xr, pre, ctx, sparse.Dense.top_k(pre, on.k))
+  loss_off, aux_off = off.loss(p, xr, pre, ctx, sparse.Dense.top_k(pre, off.k))
+  f = on.encode(p, pre)
+  err = np.asarray(xr - on.decode(p, f))
   wv = np.asarray(common.row_weights(on, xr))
   mean_w = (wv[:, None] * np.asarray(xr)).sum(0) / wv.sum()
   want = (wv * (err**2).sum(1)).sum() / (wv * ((np.asarray(xr) - mean_w) ** 2).sum(1)).sum()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ghosttrack_jax.sae import common, jumprelu, kernels, registry, sparse, topk
+from ghosttrack_jax.sae import batchtopk, common, jumprelu, kernels, registry, sparse
 
 ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")
 
@@ -107,35 +107,43 @@ def test_jumprelu_ste_pseudo_derivatives():
   pre = jnp.array([[0.30, 0.52, 0.48, 0.10]])
   theta = jnp.array([0.5, 0.5, 0.5, 0.5])
   # JumpReLU: d/dtheta = -(theta/eps) K((pi - theta)/eps): entries 1 and 2 lie in the window.
-  g_theta = jax.grad(lambda t: jnp.sum(jumprelu.jumprelu(pre, t, eps)))(theta)
+  g_theta = jax.grad(lambda t: jnp.sum(jumprelu.jumprelu(pre, t, sparse.Dense(), eps)))(theta)
   np.testing.assert_allclose(g_theta, [0.0, -5.0, -5.0, 0.0], rtol=1e-6)
-  g_pre = jax.grad(lambda p: jnp.sum(jumprelu.jumprelu(p, theta, eps)))(pre)
+  g_pre = jax.grad(lambda p: jnp.sum(jumprelu.jumprelu(p, theta, sparse.Dense(), eps)))(pre)
   np.testing.assert_allclose(g_pre, [[0.0, 1.0, 0.0, 0.0]])
   # Heaviside in the L0 term: d/dtheta = -(1/eps) K(.), no gradient to pi.
-  g_theta = jax.grad(lambda t: jnp.sum(jumprelu.step(pre, t, eps)))(theta)
+  g_theta = jax.grad(lambda t: jnp.sum(jumprelu.step(pre, t, sparse.Dense(), eps)))(theta)
   np.testing.assert_allclose(g_theta, [0.0, -10.0, -10.0, 0.0], rtol=1e-6)
-  assert np.all(jax.grad(lambda p: jnp.sum(jumprelu.step(p, theta, eps)))(pre) == 0)
+  assert np.all(jax.grad(lambda p: jnp.sum(jumprelu.step(p, theta, sparse.Dense(), eps)))(pre) == 0)
 
 
 def test_topk_kernel_matches_lax_top_k(backend):
   pre = jax.random.normal(jax.random.PRNGKey(4), (33, 70))
   pre = pre.at[3, 10:20].set(0.5)  # ties: lower index first, as lax.top_k
-  for k in (1, 5, 12):
+  pre = pre.at[4].set(jnp.round(pre[4]))  # many ties everywhere in a row
+  pre = pre.at[5, :65].set(-jnp.inf)  # AuxK's masked rows: fewer finite values than k
+  pre = pre.at[6].set(-jnp.inf)
+  pre = pre.at[7].set(jnp.sort(pre[7]))  # ascending: every later value beats the ones before
+  for k in (1, 5, 12, 69, 70):
     coo = sparse.coo_topk(pre, k)
     _, idx = jax.lax.top_k(pre, k)
-    np.testing.assert_array_equal(np.asarray(coo.cols).reshape(33, k), idx)
+    np.testing.assert_array_equal(np.asarray(coo.cols).reshape(33, k), idx, err_msg=f"k={k}")
     np.testing.assert_array_equal(np.asarray(coo.rows), np.repeat(np.arange(33), k))
+  wide = jax.random.normal(jax.random.PRNGKey(5), (64, 2304))  # the default SAE's width and k
+  np.testing.assert_array_equal(
+    np.asarray(sparse.coo_topk(wide, 64).cols).reshape(64, 64), jax.lax.top_k(wide, 64)[1]
+  )
 
 
 def test_batch_threshold_is_the_exact_kth_value(backend):
   r = jnp.maximum(jax.random.normal(jax.random.PRNGKey(0), (64, 50)), 0.0)
-  assert int(topk.batch_threshold_bits(r, 10**6)) == 0  # fewer positives than k
+  assert int(batchtopk.batch_threshold_bits(r, 10**6)) == 0  # fewer positives than k
   for k_total in (1, 64 * 4, 1000):
-    bits = topk.batch_threshold_bits(r, k_total)
+    bits = batchtopk.batch_threshold_bits(r, k_total)
     t = jax.lax.bitcast_convert_type(bits, jnp.float32)
     assert float(t) == float(np.sort(np.asarray(r).ravel())[::-1][k_total - 1])
-  hyper = common.Hyper(arch="batchtopk", d_model=4, width=50, k=4)
-  thr = topk.selection_threshold(hyper, r)
+  hyper = registry.build("batchtopk", d_model=4, width=50, k=4)
+  thr = hyper.selection_threshold(None, r)
   assert int(jnp.sum(r > thr)) == 64 * 4
 
 
@@ -144,42 +152,44 @@ def test_batch_threshold_is_the_exact_kth_value(backend):
 def test_sparse_loss_and_grads_equal_dense(arch, backend, ratio):
   if arch == "relu_l1" and ratio:
     pytest.skip("the legacy loss has no outlier weights (config_lib rejects them)")
-  h = common.Hyper(
+  h = registry.build(
+    arch,
     outlier_norm_ratio=ratio,
-    arch=arch,
     d_model=16,
     width=64,
     k=4,
     bandwidth=0.05,
     threshold_init=0.05,
+    l0_coefficient=0.1,
+    l0_warmup_steps=1,
     dead_tokens=10,
     sparse_capacity=64,
   )
-  a = registry.get(arch)
-  p = common.init_params(jax.random.PRNGKey(0), h)
+  p = h.init_params(jax.random.PRNGKey(0))
   p = {**p, "b_dec": p["b_dec"] + 0.1, "b_enc": p["b_enc"] - 0.02}
   x = jax.random.normal(jax.random.PRNGKey(1), (32, 16)) * 0.3
   x = x.at[5].multiply(20.0)  # a massive-activation row: down-weighted when ratio > 0
-  pre = common.preact(h, p, x)
+  pre = h.preact(p, x)
   dead = jnp.arange(64) % 3 == 0
-  for use_aux in [False, True] if a.has_aux_k else [False]:
-    thr = a.coo_threshold(h, p, pre) if a.coo_threshold else None
-    ctx = {"lam": 0.1, "dead": dead, "use_aux": use_aux, "threshold": thr}
-    if a.coo_threshold is None:
-      coo = sparse.coo_topk(pre, h.k)
-    else:
+  for use_aux in [False, True] if h.uses_aux_k else [False]:
+    ctx = {"step": jnp.asarray(1000, jnp.int32), "dead": dead, "use_aux": use_aux}
+    thr, coo = None, None
+    if h.entries_per_token is None:
+      thr = h.selection_threshold(p, pre)
       coo, _ = sparse.coo_above(pre, thr, 32 * 64)
       assert int(coo.count) < 32 * 64
 
-    def lf(params, c):
-      return a.loss(h, params, x, pre, ctx, c)
+    def lf(params, use_sparse):
+      return h.loss(params, x, pre, ctx, h.entries(p, pre, thr, coo, use_sparse))
 
-    (l_dense, aux_d), g_dense = jax.value_and_grad(lf, has_aux=True)(p, None)
-    (l_sparse, aux_s), g_sparse = jax.value_and_grad(lf, has_aux=True)(p, coo)
+    (l_dense, aux_d), g_dense = jax.value_and_grad(lf, has_aux=True)(p, False)
+    (l_sparse, aux_s), g_sparse = jax.value_and_grad(lf, has_aux=True)(p, True)
     np.testing.assert_allclose(l_sparse, l_dense, rtol=1e-5)
-    np.testing.assert_allclose(aux_s["l0"], aux_d["l0"], rtol=1e-6)
+    assert sorted(aux_s) == sorted(aux_d)
     np.testing.assert_array_equal(aux_s["fired"], aux_d["fired"])
-    np.testing.assert_allclose(aux_s["window_share"], aux_d["window_share"], rtol=1e-6)
+    for name in ("l0", "window_share", "lam", "min_positive_code"):
+      if name in aux_d:
+        np.testing.assert_allclose(aux_s[name], aux_d[name], rtol=1e-6, err_msg=name)
     np.testing.assert_allclose(aux_s["sparsity_loss"], aux_d["sparsity_loss"], rtol=1e-5)
     for name in common.PARAM_NAMES:
       scale = float(jnp.max(jnp.abs(g_dense[name]))) + 1e-12
@@ -194,3 +204,52 @@ def test_kernels_force_xla_env(monkeypatch):
   monkeypatch.setenv("GHOSTTRACK_SPARSE_KERNELS", "xla")
   assert not kernels.available()
   assert os.environ["GHOSTTRACK_SPARSE_KERNELS"] == "xla"
+
+
+def test_vmapped_ops_equal_one_call_per_item(backend):
+  """Under vmap every op runs once over all items (the trainer's stacked layers), arguments that are
+  not mapped shared by all: the same results as one call per item, bit for bit."""
+  items = [_random(seed=s) for s in range(3)]
+  pre, thr, w, a = (jnp.stack(x) for x in zip(*items))
+  cap = 1000
+
+  def ops(pre, thr, w, a):
+    coo, total = sparse.coo_above(pre, thr, cap)
+    top = sparse.coo_topk(pre, 5)
+    vals = sparse.gather(pre, coo)
+    return {
+      "coo": coo,
+      "total": total,
+      "top": top,
+      "kth": sparse.kth_largest_bits(pre, 40),
+      "rows": sparse.spmm_rows(coo, vals, w, pre.shape[0]),
+      "sddmm": sparse.sddmm(coo, a, w),
+      "spmm_t": sparse.spmm_t(coo, vals, a, pre.shape[1]),
+      "spmm_tt": sparse.spmm_tt(coo, vals, a, pre.shape[1]),
+      "col_sum": sparse.col_sum(coo, vals, pre.shape[1]),
+    }
+
+  for axes in [(0, 0, 0, 0), (0, None, None, 0)]:  # all mapped; thr and w shared
+    args = [x if ax == 0 else x[0] for x, ax in zip((pre, thr, w, a), axes)]
+    together = jax.jit(jax.vmap(ops, in_axes=axes))(*args)
+    np.testing.assert_array_equal(together["spmm_tt"], np.swapaxes(together["spmm_t"], 1, 2))
+    for i in range(3):
+      one = ops(*[x[i] if ax == 0 else x for x, ax in zip(args, axes)])
+      for name in one:
+        for got, want in zip(jax.tree.leaves(together[name]), jax.tree.leaves(one[name])):
+          np.testing.assert_array_equal(np.asarray(got)[i], np.asarray(want), err_msg=f"{name} item {i}")
+
+
+def test_preacts_with_the_bias_added_by_their_readers_equal_the_dense_sum(backend):
+  """sparse.Preacts: the TopK selection and the gather add the bias themselves; the same entries and
+  values as on the dense pre-activations, bit for bit (the same float addition)."""
+  raw, _, _, _ = _random(b=40, m=300)
+  bias = jax.random.normal(jax.random.PRNGKey(7), (300,))
+  lazy, dense = sparse.Preacts(raw, bias), raw + bias
+  np.testing.assert_array_equal(lazy.dense(), dense)
+  top, want = sparse.coo_topk(lazy, 9), sparse.coo_topk(dense, 9)
+  np.testing.assert_array_equal(top.cols, want.cols)
+  np.testing.assert_array_equal(top.rows, want.rows)
+  np.testing.assert_array_equal(sparse.gather(lazy, top), sparse.gather(dense, want))
+  batched = jax.vmap(lambda r, b: sparse.coo_topk(sparse.Preacts(r, b), 9).cols)(raw[None], bias[None])
+  np.testing.assert_array_equal(batched[0], want.cols)

@@ -85,9 +85,9 @@ def test_extract_peak_against_xla(shape):
 
 def _train_step_bytes(config, d_model, layers_per_device):
   """XLA bytes of the trainer's real per-device program (donated state) at the config's shapes."""
-  from ghosttrack_jax.sae import common  # pylint: disable=import-outside-toplevel
+  from ghosttrack_jax.sae import registry  # pylint: disable=import-outside-toplevel
 
-  hyper = common.hyper_from_config(config, d_model)
+  hyper = registry.from_config(config, d_model)
   t = config.sae_training
   settings = train_step.Settings(
     lr=1e-4,

@@ -12,7 +12,7 @@ import pytest
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.report import gather, render
 from ghosttrack_jax.runtime import atomic_io, paths
-from ghosttrack_jax.sae import common
+from ghosttrack_jax.sae import registry
 from ghosttrack_jax.train import quality
 from tests import sae_synthetic as syn
 
@@ -45,13 +45,13 @@ def test_fidelity_leaves_out_rows_above_ten_times_the_median_norm():
 def test_reconstruction_metrics_from_the_store_equal_fidelity_on_the_same_rows(tmp_path):
   data = syn.make_store(str(tmp_path / "store"), n_layers=2, n_windows=24, seed=3)
   store = store_lib.ActivationStore.open(str(tmp_path / "store"))
-  h = common.Hyper(arch="topk", d_model=store.d_model, width=64, k=4)
-  params = jax.vmap(lambda k: common.init_params(k, h))(jax.random.split(jax.random.PRNGKey(0), 2))
+  h = registry.build("topk", d_model=store.d_model, width=64, k=4)
+  params = jax.vmap(h.init_params)(jax.random.split(jax.random.PRNGKey(0), 2))
   folded = {k: np.asarray(v) for k, v in params.items()}
   rows, _ = quality.reconstruction_metrics(h, folded, store, [0, 1], 40, 300, chunk=128)
   for i in range(2):
     x = np.asarray(store.read(i, 40, 340), np.float32)
-    f, x_hat = quality._encode_decode_fn(h)({k: jnp.asarray(v[i]) for k, v in folded.items()}, jnp.asarray(x))
+    f, x_hat = h.encode_decode({k: jnp.asarray(v[i]) for k, v in folded.items()}, jnp.asarray(x))
     want = quality.fidelity(x, np.asarray(x_hat), np.asarray(f) > 0)
     for key in ("fvu", "fvu_robust", "outlier_rows", "cosine", "l0", "never_fired_eval"):
       np.testing.assert_allclose(rows[i][key], want[key], rtol=1e-4, err_msg=key)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import pytest
 
 from ghosttrack_jax.runtime import layer_parallel
-from ghosttrack_jax.sae import common
+from ghosttrack_jax.sae import registry
 from ghosttrack_jax.train import loop as train_loop
 from ghosttrack_jax.train import step as train_step
 
@@ -43,12 +43,11 @@ def _lowered(arch: str, platform: str, n_layers: int, n_devices: int, mode: str,
   config.sae.arch = arch
   config.sae_training.batch_size = batch
   d_model = 1024
-  hyper = train_step.for_platform(common.hyper_from_config(config, d_model), "auto", platform)
+  hyper = train_step.for_platform(registry.from_config(config, d_model), "auto", platform)
   settings = train_step.Settings(7e-5, 1000, 0.0, 100_000, 5_000, 20, 1.0, batch)
   tx = train_step.make_optimizer(hyper, settings)
   layout = layer_parallel.make_layout(n_layers, mode, devices=jax.devices()[:n_devices])
-  choice = "switch" if train_step.uses_conditionals(platform) else "host"
-  fns = train_loop.StepFunctions(layout, hyper, settings, tx, choice)
+  fns = train_loop.StepFunctions(layout, hyper, settings, tx, "host")
   keys = jax.ShapeDtypeStruct((layout.n_padded, 2), jnp.uint32)
   states = jax.eval_shape(jax.vmap(lambda k: train_step.init_state(k, hyper, tx, 1.0)), keys)
   health = {
@@ -106,7 +105,7 @@ def test_cpu_keeps_the_sparse_path_and_its_switch():
   hyper, modules = _lowered("jumprelu", "cuda", 6, 1, "pmap")
   assert hyper.sparse_capacity == 0
   config = _config("configs/gpt2_medium.py")
-  cpu_hyper = train_step.for_platform(common.hyper_from_config(config, 1024), "auto", "cpu")
+  cpu_hyper = train_step.for_platform(registry.from_config(config, 1024), "auto", "cpu")
   assert cpu_hyper.sparse_capacity == config.sae_training.sparse_capacity > 0
   # The sparse JumpReLU step chooses sparse or dense on the device: a conditional, which the check sees.
   settings = train_step.Settings(7e-5, 1000, 0.0, 100_000, 5_000, 20, 1.0, 128)

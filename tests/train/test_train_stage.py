@@ -11,7 +11,7 @@ import pytest
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io, paths, writer
-from ghosttrack_jax.sae import common, export, registry
+from ghosttrack_jax.sae import export, registry
 from ghosttrack_jax.sae import trained as trained_lib
 from ghosttrack_jax.train import data as train_data
 from ghosttrack_jax.train import stage as train_stage
@@ -87,7 +87,7 @@ def test_rerun_is_skipped(trained):
 def test_trained_saes_contract(trained):
   config, workdir, mp, data = trained
   saes = trained_lib.load_trained_saes(config, workdir)
-  assert saes.arch == "jumprelu" and saes.layers == [0, 1] and saes.hyper.applies_b_dec_to_input
+  assert saes.arch == "jumprelu" and saes.layers == [0, 1] and saes.architecture.applies_b_dec_to_input
   assert saes.params["W_enc"].shape == (2, 16, 64) and saes.params["W_dec"].shape == (2, 64, 16)
   assert saes.params["threshold"].shape == (2, 64) and saes.input_scale.shape == (2,)
   store = store_lib.ActivationStore.open(mp.hidden_states)
@@ -96,8 +96,7 @@ def test_trained_saes_contract(trained):
   codes = np.asarray(saes.encode(x_raw))
   x_hat = np.asarray(saes.decode(codes))
   assert codes.shape == (2, 40, 64) and x_hat.shape == (2, 40, 16)
-  hyper = common.hyper_from_config(config, 16)
-  arch = registry.get("jumprelu")
+  hyper = registry.from_config(config, 16)
   for i in range(2):  # codes are the training-unit codes of s * x; decode is in raw units
     p = {k: jnp.asarray(v[i]) for k, v in saes.params.items()}
     s = float(saes.input_scale[i])
@@ -108,9 +107,9 @@ def test_trained_saes_contract(trained):
       "b_dec": p["b_dec"] * s,
       "threshold": p["threshold"],
     }
-    ref = arch.encode(hyper, p_train, common.preact(hyper, p_train, s * jnp.asarray(x_raw[i])))
+    ref = hyper.encode(p_train, hyper.preact(p_train, s * jnp.asarray(x_raw[i])))
     np.testing.assert_allclose(codes[i], ref, rtol=1e-4, atol=1e-5)
-    ref_hat = common.decode_dense(hyper, p_train, ref) / s
+    ref_hat = hyper.decode(p_train, ref) / s
     np.testing.assert_allclose(x_hat[i], ref_hat, rtol=1e-4, atol=1e-4)
   one = saes.subset([1])
   assert one.layers == [1] and one.apply_b_dec_to_input
