@@ -601,10 +601,28 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
   return out + _input_problems(c, reads)
 
 
-def validate(c: ml_collections.ConfigDict, stages=STAGES) -> None:
-  """Checks every field of `c` and the input files that `stages` read, before any work; raises one
-  ConfigError listing every problem, each naming the field and what it may be."""
-  found = problems(c, stages)
+def workdir_problems(workdir: str) -> list[str]:
+  """A workdir a run cannot use: a file, or a folder that does not exist and cannot be created. An
+  existing read-only workdir is allowed: a finished run there reruns without writing (a stage that must
+  write stops with one line saying so)."""
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path):
+    return [] if os.path.isdir(path) else [f"--workdir={workdir}: is a file, not a folder"]
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    return [
+      f"--workdir={workdir}: cannot be created, {parent} is not a writable folder (read-only storage or "
+      "no permission); choose a folder you can write"
+    ]
+  return []
+
+
+def validate(c: ml_collections.ConfigDict, stages=STAGES, workdir: str | None = None) -> None:
+  """Checks every field of `c`, the input files that `stages` read and (given) the workdir, before any
+  work; raises one ConfigError listing every problem, each naming the field and what it may be."""
+  found = problems(c, stages) + (workdir_problems(workdir) if workdir is not None else [])
   if found:
     lines = "\n  ".join(found)
     raise ConfigError(f"{len(found)} config problem(s), nothing was run:\n  {lines}")

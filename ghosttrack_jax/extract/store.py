@@ -26,7 +26,6 @@ and the fix. `verify_store` checks every chunk and token file without reading th
 """
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -410,8 +409,7 @@ def read_progress(path: str) -> dict | None:
   p = os.path.join(path, PROGRESS)
   if not os.path.exists(p):
     return None
-  with open(p, encoding="utf-8") as f:
-    return json.load(f)
+  return atomic_io.read_json(p)
 
 
 def group_file(path: str, group: int) -> str:
