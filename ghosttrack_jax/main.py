@@ -129,14 +129,6 @@ def _flatten(d: dict, prefix: str = ""):
       yield f"{prefix}{key}", value
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops INFO chatter of Orbax and the XLA bridge (dozens of lines per checkpoint); keeps warnings."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
-    return record.levelno >= logging.WARNING or not noisy
-
-
 def _stop_on_sigterm(signum, frame) -> None:
   """SIGTERM outside SAE training (whose loop checkpoints first): stop at once with the "try again"
   status. Every write is atomic, so what is finished stays and the same command resumes."""
@@ -164,8 +156,7 @@ def main(argv):
 
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+  command_line.quiet_libraries()
   config = _CONFIG.value
   stages = _STAGES.value or list(pipeline.STAGES)
   workdir = _WORKDIR.value

@@ -3,6 +3,7 @@ installed). Evals and checkpoints never depend on which backend is on; in other 
 a no-op.
 
   w = MetricWriter(logdir)                 # logdir/metrics.jsonl + logdir/events.out.tfevents.*
+  w = MetricWriter(logdir, resume_step=s)  # a resumed run: rows after step s are written again
   w.write_scalars(step, {"layer_03/l0": 41.2, ...})
   w.write_histogram(step, "layer_03/log10_density", values)
   w.close()
@@ -18,6 +19,8 @@ from typing import Mapping
 import jax
 import numpy as np
 
+from ghosttrack_jax.runtime import atomic_io
+
 
 def _process_index() -> int:
   try:
@@ -27,9 +30,22 @@ def _process_index() -> int:
 
 
 class MetricWriter:
-  """Appends `{"step", "time", **scalars}` lines to `<logdir>/metrics.jsonl` and mirrors them to TB."""
+  """Appends `{"step", "time", **scalars}` lines to `<logdir>/metrics.jsonl` and mirrors them to TB.
 
-  def __init__(self, logdir: str, tensorboard: bool = True, enabled: bool | None = None):
+  A run that resumes from a checkpoint at step `resume_step` logs the steps after it again: those rows
+  (and a last line a kill cut short) are removed from metrics.jsonl first, and TensorBoard purges its
+  events after that step, so a kill never leaves a step twice. Rows for which `replaces(row)` is true are
+  removed too (the final evaluation's rows, written once more after a kill before the stage's DONE).
+  """
+
+  def __init__(
+    self,
+    logdir: str,
+    tensorboard: bool = True,
+    enabled: bool | None = None,
+    resume_step: int | None = None,
+    replaces=None,
+  ):
     self.logdir = logdir
     self.enabled = (_process_index() == 0) if enabled is None else enabled
     self._jsonl = None
@@ -37,13 +53,21 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(logdir, "metrics.jsonl")
+    if resume_step is not None or replaces is not None:
+      _drop_rows(
+        path,
+        lambda row: (resume_step is not None and row.get("step", 0) > resume_step)
+        or (replaces is not None and replaces(row)),
+      )
+    self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       try:
         # Optional: without tensorboardX the metrics still go to metrics.jsonl.
         from tensorboardX import SummaryWriter  # noqa: PLC0415
 
-        self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
+        purge = None if resume_step is None else resume_step + 1
+        self._tb = SummaryWriter(logdir=logdir, flush_secs=30, purge_step=purge)
       except ImportError:
         logging.info("tensorboardX not installed: metrics go to %s/metrics.jsonl only", logdir)
 
@@ -83,6 +107,23 @@ class MetricWriter:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _drop_rows(path: str, drop) -> None:
+  """Rewrites the metrics.jsonl at `path` (atomically) without the rows `drop` selects and without lines
+  that do not parse (a write a kill cut short)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and not drop(row):
+        kept.append(line if line.endswith("\n") else line + "\n")
+  atomic_io.atomic_write_text(path, "".join(kept))
 
 
 def read_jsonl(path: str) -> list[dict]:

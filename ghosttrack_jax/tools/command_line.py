@@ -12,6 +12,7 @@ ml_collections would print tracebacks), exit status 2.
 
 import difflib
 import errno
+import logging
 import os
 import re
 import sys
@@ -63,6 +64,50 @@ def _os_problem(e: BaseException, kinds: dict) -> str | None:
       if text_kind in text:
         return _last_line(text)[:300]
   return None
+
+
+def is_disk_full(e: BaseException) -> bool:
+  return _os_problem(e, _DISK_FULL) is not None
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter of Orbax and the XLA bridge (dozens of lines per checkpoint), and Orbax's
+  tracebacks of a checkpoint write that failed for want of space (from three of its threads): the
+  failure reaches the command, which says it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    orbax = "/orbax/" in record.pathname
+    if orbax and record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+      return False
+    noisy = orbax or record.pathname.endswith("xla_bridge.py")
+    return record.levelno >= logging.WARNING or not noisy
+
+
+def _loop_closed_callback(value, tb) -> bool:
+  """True for TensorStore's write callback that found Orbax's event loop already closed: after a failed
+  checkpoint write Orbax closes the loop while other writes' callbacks are pending. Harmless (the write
+  failed and is reported), and C code prints it through sys.excepthook, once per pending write."""
+  return (
+    isinstance(value, RuntimeError)
+    and str(value) == "Event loop is closed"
+    and tb is not None
+    and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+  )
+
+
+def quiet_libraries() -> None:
+  """Installs the filter above on the log handlers, and drops the tracebacks of `_loop_closed_callback`.
+  Any other traceback is printed as always."""
+  quiet = _QuietLibraries()
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(quiet)
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if not _loop_closed_callback(value, tb):
+      previous(kind, value, tb)
+
+  sys.excepthook = hook
 
 
 def error_line(e: BaseException, workdir: str) -> str | None:
