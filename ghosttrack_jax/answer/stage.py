@@ -41,7 +41,7 @@ import os
 import numpy as np
 
 from ghosttrack_jax import config_lib, lm
-from ghosttrack_jax.answer import datasets, labelling, prompts
+from ghosttrack_jax.answer import checks, datasets, labelling, prompts
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
@@ -327,6 +327,8 @@ def preflight(config, workdir: str) -> list:
   finished answer folder was made from the same question files; returns the questions."""
   items = datasets.load(config.qa.dataset, config.qa, limit=config.qa.n_questions)
   out_dir = _out_dir(config, workdir)
+  if not atomic_io.is_done(out_dir):
+    checks.check_questions(config, items)
   if atomic_io.is_done(out_dir):
     made = examples_lib.load_manifest(config, workdir)
     now = {f: datasets.sha256(f) for f in datasets.data_files(config.qa.dataset, config.qa)}
