@@ -96,7 +96,9 @@ def hold(workdir: str, wait_same_job_s: float = REQUEUE_WAIT_S) -> Iterator[dict
         break
       except BlockingIOError:
         other = _read_record(fd)
-        if not (mine and other.get("slurm_job_id") == mine):
+        # Once the holder was seen to be this job's previous run, its emptied record (it is releasing) is
+        # still that run.
+        if deadline is None and not (mine and other.get("slurm_job_id") == mine):
           raise WorkdirBusyError(
             f"{workdir} is in use by {_describe(other)}: two runs in one workdir would overwrite each "
             f"other's outputs. Wait for it to finish (or stop it), or use another --workdir. The lock is "
