@@ -317,7 +317,7 @@ def test_an_unreadable_store_record_is_named_by_verify_and_run(tiny_run, tmp_pat
     ),
     (("--config=configs/gpt2_small.py:a10",), "unknown preset 'a10' for configs/gpt2_small.py"),
     (("--config=configs/tiny.py:nope",), "configs/tiny.py has the presets '' and 'default', not 'nope'"),
-    (("--config=configs/nope.py",), "--config=configs/nope.py: no such config file"),
+    (("--config=configs/missing.py",), "--config=configs/missing.py: no such config file"),
   ],
 )
 def test_config_errors_are_one_line(tmp_path, flags, message):
