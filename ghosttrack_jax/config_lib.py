@@ -7,6 +7,7 @@ stage runs. The value sets below are defined here once; the modules that branch 
 This module imports no JAX, so reading and checking a config is instant.
 """
 
+import importlib.util
 import math
 import os
 
@@ -44,6 +45,7 @@ HALUEVAL_FILES = {
 POOLINGS = ("answer_max", "answer_mean", "last_token", "max_all")  # track.tracker
 ASSOCIATIONS = ("hungarian", "greedy", "feature_id", "no_association")  # track.tracker
 CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")  # detect.classifiers
+WANDB_MODES = ("auto", "online", "offline")  # runtime.writer
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -224,6 +226,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.n_case_studies = 3  # report: tracks plotted per class
   c.evaluate.per_relation_min_class = 30  # per-relation AUROC rows: relations with this many of each class
   c.evaluate.ablations = True  # also run the tracking ablations and top-k / pooling sweeps
+
+  # Metrics of SAE training go to results/<model>/sae/train_log/ (metrics.jsonl, TensorBoard events) and,
+  # with a project named here, to Weights & Biases too (`pip install 'ghosttrack_jax[wandb]'`).
+  c.logging = ml_collections.ConfigDict()
+  c.logging.wandb_project = ""  # W&B project ("" = no W&B)
+  c.logging.wandb_entity = ""  # W&B user or team ("" = the account's default)
+  c.logging.wandb_mode = "auto"  # one of WANDB_MODES: auto = online when a key is set and the server answers
   return c
 
 
@@ -328,6 +337,7 @@ CHOICES = {
   "qa.truthfulqa_similarity": TRUTHFULQA_SIMILARITIES,
   "qa.halueval_subset": HALUEVAL_SUBSETS,
   "tracking.pooling": POOLINGS,
+  "logging.wandb_mode": WANDB_MODES,
   "tracking.association": ASSOCIATIONS,
 }
 # Tuple fields whose every element takes one of a fixed set of values: (values, may be empty).
@@ -428,6 +438,8 @@ CHECKED_BY_RULE = (
   "qa.wikidata_file",
   "qa.squad_file",
   "qa.path",
+  "logging.wandb_project",
+  "logging.wandb_entity",
 )
 # Which inputs each stage reads; `validate(config, stages)` checks the files of these only.
 _READS = {
@@ -597,6 +609,11 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
       out.append(
         f"config.model.random.n_positions={r.n_positions}: must be >= config.data.seq_len={c.data.seq_len}"
       )
+  if c.logging.wandb_project and "train" in stages and importlib.util.find_spec("wandb") is None:
+    out.append(
+      f"config.logging.wandb_project={c.logging.wandb_project!r} needs wandb: pip install 'ghosttrack_jax[wandb]' "
+      "(or leave the field empty: metrics still go to metrics.jsonl and TensorBoard)"
+    )
   reads = {r for s in stages for r in _READS.get(s, ())}
   return out + _input_problems(c, reads)
 

@@ -254,7 +254,9 @@ def train(
   choice = variant_choice or ("switch" if train_step.uses_conditionals(layout.platform) else "host")
   steps = StepFunctions(layout, hyper, settings, tx, choice)
   max_in_flight = int(t.max_in_flight)
-  metric_writer = writer.MetricWriter(log_dir, resume_step=start_step)
+  metric_writer = writer.MetricWriter(
+    log_dir, resume_step=start_step, logging_cfg=config.logging, run_config=writer.config_dict(config)
+  )
   t_start = time.time()
   stats = {"input_wait": 0.0, "device_wait": 0.0, "fetch": 0.0, "loop": 0.0, "steps": 0}
   pipeline = train_data.Pipeline(

@@ -74,7 +74,11 @@ def run(config, workdir: str) -> None:
   )
   # Held-out metrics at the final step (rows of an earlier try that was killed before DONE are replaced).
   replaces = lambda row: any(k.startswith("eval/") for k in row)
-  with writer.MetricWriter(os.path.join(mp.sae_results, "train_log"), replaces=replaces) as w:
+  log_dir = os.path.join(mp.sae_results, "train_log")
+  run_config = writer.config_dict(config)
+  with writer.MetricWriter(
+    log_dir, replaces=replaces, logging_cfg=config.logging, run_config=run_config
+  ) as w:
     scalars = {}
     for row in report.rows:
       for key, value in row.items():

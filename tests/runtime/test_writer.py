@@ -3,6 +3,9 @@
 import json
 import os
 
+import pytest
+
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.runtime import writer
 
 
@@ -32,3 +35,30 @@ def test_replaced_rows_are_written_once(tmp_path):
   with open(os.path.join(d, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == 1 and rows[0]["eval/layer_00/fvu"] == 0.1
+
+
+def test_weights_and_biases_gets_the_scalars_of_the_jsonl_log(tmp_path, monkeypatch):
+  """With config.logging.wandb_project set (here offline, as without network), W&B receives every scalar
+  of metrics.jsonl, against the training step, and a resumed training continues the same W&B run."""
+  pytest.importorskip("wandb", reason="the wandb extra is not installed: pip install 'ghosttrack_jax[wandb]'")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  cfg = config_lib.base_config().logging
+  cfg.wandb_project = "ghosttrack-test"
+  d = str(tmp_path)
+  ids = []
+  for steps in ((1, 5), (10,)):  # the second writer: a resumed run
+    w = writer.MetricWriter(
+      d, tensorboard=False, enabled=True, logging_cfg=cfg, run_config={"sae": {"width": 8}}
+    )
+    for step in steps:
+      w.write_scalars(step, {"layer_00/loss": 1.0 / step, "layer_00/l0": 10 + step})
+    last = writer.read_jsonl(os.path.join(d, "metrics.jsonl"))[-1]
+    summary = dict(w._wandb.summary)  # what W&B holds for the run: the last value of each key
+    assert {k: summary[k] for k in last if k not in ("step", "time")} == {
+      k: v for k, v in last.items() if k not in ("step", "time")
+    }
+    assert summary[writer.STEP_KEY] == last["step"] and w._wandb.config["sae"] == {"width": 8}
+    ids.append(w._wandb.id)
+    w.close()
+  assert ids[0] == ids[1]
