@@ -2,7 +2,7 @@
 shipped configs and data are, and which stage writes a given output file.
 
 The shipped `configs/` and `data/` sit in the checkout's root; a wheel carries them inside the package
-(`ghosttrack_jax/shipped/`, pyproject.toml), so an installed package finds them from any directory.
+(its `shipped/` folder, pyproject.toml), so an installed package finds them from any directory.
 `REPO_ROOT` is whichever of the two this package runs from.
 """
 
