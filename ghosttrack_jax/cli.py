@@ -13,7 +13,7 @@ lists a command's flags.
 
 import sys
 
-from absl import app
+from absl import app, flags
 
 USAGE = __doc__.split("\n\n")[1]
 COMMANDS = ("run", "plan", "verify", "score")
@@ -29,14 +29,14 @@ def main(argv=None) -> None:
   from ghosttrack_jax.tools import command_line  # noqa: PLC0415
 
   if command == "score":
-    from ghosttrack_jax.tools import score_cli  # noqa: PLC0415
-
-    entry, extra = score_cli.main, []
+    from ghosttrack_jax.tools import score_cli as module  # noqa: PLC0415
   else:
-    from ghosttrack_jax import main as pipeline_main  # noqa: PLC0415
-
-    entry, extra = pipeline_main.main, {"plan": ["--plan"], "verify": ["--verify"]}.get(command, [])
-  app.run(entry, argv=[f"ghosttrack {command}", *rest, *extra], flags_parser=command_line.parse_flags)
+    from ghosttrack_jax import main as module  # noqa: PLC0415
+  if {"-h", "--help", "--helpshort"} & set(rest):  # absl's own help would list the flags of this module
+    sys.stdout.write(f"{module.__doc__.strip()}\n\n{flags.FLAGS.module_help(module)}\n")
+    sys.exit(0)
+  extra = {"plan": ["--plan"], "verify": ["--verify"]}.get(command, [])
+  app.run(module.main, argv=[f"ghosttrack {command}", *rest, *extra], flags_parser=command_line.parse_flags)
 
 
 if __name__ == "__main__":
