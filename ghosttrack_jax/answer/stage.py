@@ -328,8 +328,8 @@ def preflight(config, workdir: str) -> list:
   items = datasets.load(config.qa.dataset, config.qa, limit=config.qa.n_questions)
   out_dir = _out_dir(config, workdir)
   if not atomic_io.is_done(out_dir):
-    checks.check_questions(config, items)
-  if atomic_io.is_done(out_dir):
+    checks.check_questions(config, items)  # what the stage would meet late, found before any stage
+  else:
     made = examples_lib.load_manifest(config, workdir)
     now = {f: datasets.sha256(f) for f in datasets.data_files(config.qa.dataset, config.qa)}
     if sorted(made["data_files"].values()) != sorted(now.values()) or made["n_questions"] != len(items):
