@@ -70,12 +70,8 @@ class MetricWriter:
     self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       try:
-        # Optional: without tensorboardX the metrics still go to metrics.jsonl.
-        from tensorboardX import SummaryWriter  # noqa: PLC0415
-
-        purge = None if resume_step is None else resume_step + 1
-        self._tb = SummaryWriter(logdir=logdir, flush_secs=30, purge_step=purge)
-      except ImportError:
+        self._tb = _EventFile(logdir, purge_step=None if resume_step is None else resume_step + 1)
+      except ImportError:  # optional: without tensorboardX the metrics still go to metrics.jsonl
         logging.info("tensorboardX not installed: metrics go to %s/metrics.jsonl only", logdir)
     if logging_cfg is not None and logging_cfg.wandb_project:
       self._wandb = _wandb_run(logging_cfg, logdir, run_config or {})
@@ -88,7 +84,7 @@ class MetricWriter:
       v = float(value)
       clean[key] = v if math.isfinite(v) else str(v)
       if self._tb is not None:
-        self._tb.add_scalar(key, v, global_step=int(step))
+        self._tb.add(step, self._tb.summary.scalar(key, v))
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
     self._jsonl.flush()
     if self._wandb is not None:
@@ -97,7 +93,7 @@ class MetricWriter:
   def write_histogram(self, step: int, tag: str, values) -> None:
     if not self.enabled or self._tb is None:
       return
-    self._tb.add_histogram(tag, np.asarray(values), global_step=int(step))
+    self._tb.add(step, self._tb.summary.histogram(tag, np.asarray(values), bins="auto"))
 
   def flush(self) -> None:
     if self._jsonl is not None:
@@ -121,6 +117,31 @@ class MetricWriter:
 
   def __exit__(self, *exc):
     self.close()
+
+
+class _EventFile:
+  """TensorBoard events written in the calling thread, with tensorboardX's encoders. (Its SummaryWriter
+  writes from a thread of its own, which dies on a write error such as a full disk; every later add then
+  blocks forever on its full queue, so a full disk would hang the training instead of stopping it.)"""
+
+  def __init__(self, logdir: str, purge_step: int | None):
+    from tensorboardX import summary  # noqa: PLC0415  (optional dependency)
+    from tensorboardX.event_file_writer import EventsWriter  # noqa: PLC0415
+    from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: PLC0415
+
+    self.summary, self._event = summary, Event
+    self._writer = EventsWriter(os.path.join(logdir, "events"))
+    if purge_step is not None:  # TensorBoard hides the events of earlier runs from this step on
+      self._writer.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+  def add(self, step: int, summary) -> None:
+    self._writer.write_event(self._event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 # W&B's own step must only grow, but a resumed run logs steps again: scalars are plotted against this key.

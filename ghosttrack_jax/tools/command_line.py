@@ -86,7 +86,7 @@ class _QuietLibraries(logging.Filter):
 def _loop_closed_callback(value, tb) -> bool:
   """True for TensorStore's write callback that found Orbax's event loop already closed: after a failed
   checkpoint write Orbax closes the loop while other writes' callbacks are pending. Harmless (the write
-  failed and is reported), and C code prints it through sys.excepthook, once per pending write."""
+  failed and is reported); C code reports it as an unraisable exception, once per pending write."""
   return (
     isinstance(value, RuntimeError)
     and str(value) == "Event loop is closed"
@@ -96,18 +96,18 @@ def _loop_closed_callback(value, tb) -> bool:
 
 
 def quiet_libraries() -> None:
-  """Installs the filter above on the log handlers, and drops the tracebacks of `_loop_closed_callback`.
+  """Installs the filter above on the log handlers, and drops the reports of `_loop_closed_callback`.
   Any other traceback is printed as always."""
   quiet = _QuietLibraries()
   for handler in logging.getLogger().handlers:
     handler.addFilter(quiet)
-  previous = sys.excepthook
+  previous = sys.unraisablehook
 
-  def hook(kind, value, tb):
-    if not _loop_closed_callback(value, tb):
-      previous(kind, value, tb)
+  def hook(unraisable):
+    if not _loop_closed_callback(unraisable.exc_value, unraisable.exc_traceback):
+      previous(unraisable)
 
-  sys.excepthook = hook
+  sys.unraisablehook = hook
 
 
 def error_line(e: BaseException, workdir: str) -> str | None:

@@ -1,8 +1,11 @@
 """MetricWriter: a resumed run never leaves a step twice in metrics.jsonl (nor a line a kill cut short)."""
 
+import errno
 import json
 import os
 
+import disk_full
+import numpy as np
 import pytest
 
 from ghosttrack_jax import config_lib
@@ -62,3 +65,18 @@ def test_weights_and_biases_gets_the_scalars_of_the_jsonl_log(tmp_path, monkeypa
     ids.append(w._wandb.id)
     w.close()
   assert ids[0] == ids[1]
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_stops_tensorboard_logging_with_an_error_not_a_hang(tmp_path):
+  """tensorboardX's own writer thread dies on ENOSPC and every later event then blocks forever: events
+  are written in the caller's thread, so the write error reaches the training (one line from main)."""
+  with disk_full.small_filesystem(tmp_path, mib=8) as mnt:
+    if mnt is None:
+      pytest.skip("mounting a tmpfs is not permitted here")
+    w = writer.MetricWriter(os.path.join(mnt, "log"), enabled=True)
+    disk_full.fill(mnt, leave=0)
+    with pytest.raises(OSError) as e:
+      for step in range(1000):
+        w.write_histogram(step, "layer_00/log10_density", np.random.default_rng(step).normal(size=4096))
+    assert e.value.errno == errno.ENOSPC
