@@ -32,6 +32,7 @@ from ghosttrack_jax.errors import WorkdirBusyError
 LOCK_NAME = ".ghosttrack.lock"
 REQUEUE_WAIT_S = 300.0  # SLURM's KillWait (30 s by default) plus an NFS lease (90 s), with margin
 _POLL_S = 1.0
+_UNLOCKED = "workdir %s is read-only: not locked (this run can only reuse finished outputs)"
 
 
 def holder_record() -> dict:
@@ -84,7 +85,7 @@ def hold(workdir: str, wait_same_job_s: float = REQUEUE_WAIT_S) -> Iterator[dict
   path = os.path.join(workdir, LOCK_NAME)
   fd = _open(path)
   if fd is None:  # a read-only workdir without a lock file: nothing can be written there by anyone
-    logging.info("workdir %s is read-only: not locked (this run can only reuse finished outputs)", workdir)
+    logging.info(_UNLOCKED, workdir)
     yield {}
     return
   try:
@@ -121,9 +122,7 @@ def hold(workdir: str, wait_same_job_s: float = REQUEUE_WAIT_S) -> Iterator[dict
       except OSError as e:  # NFS refuses an exclusive lock on a file opened read-only
         if e.errno != errno.EBADF:
           raise
-        logging.info(
-          "workdir %s is read-only: not locked (this run can only reuse finished outputs)", workdir
-        )
+        logging.info(_UNLOCKED, workdir)
         break
     previous = _read_record(fd)
     if previous:
