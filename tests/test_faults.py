@@ -391,6 +391,8 @@ def test_outputs_honour_the_umask(tiny_run, tmp_path):
 
 
 def test_a_long_question_is_not_echoed(tiny_run):
+  """A 5,000-word question that is no wikidata stem, scored with the stem prompt (the offline default's):
+  the error names it by its start and length instead of repeating it in one 31 KB log line."""
   config, workdir = tiny_run
   question = " ".join(["word"] * 5000)
   proc = subprocess.run(
@@ -401,6 +403,9 @@ def test_a_long_question_is_not_echoed(tiny_run):
       f"--config={tiny_pipeline.CONFIG}",
       f"--workdir={workdir}",
       f"--question={question}",
+      "--config.qa.dataset=wikidata",
+      "--config.qa.prompt_style=stem",
+      f"--dataset={config.qa.dataset}",  # the detector of the tiny run
     ],
     cwd=REPO,
     env={**os.environ, **tiny_pipeline.ENV},
@@ -409,7 +414,7 @@ def test_a_long_question_is_not_echoed(tiny_run):
     timeout=600,
     check=False,
   )
-  assert proc.returncode == 2 and "exceeds the model's 1024 positions" in proc.stderr, proc.stderr[-3000:]
+  assert proc.returncode == 2 and "(24999 characters) is neither" in proc.stderr, proc.stderr[-3000:]
   assert max(len(line) for line in proc.stderr.splitlines()) < 1000
 
 
