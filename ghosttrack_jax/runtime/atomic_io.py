@@ -161,7 +161,7 @@ def read_done(directory: str, fix: str) -> dict:
   except OSError as e:
     raise DamagedOutputError(f"{path} cannot be read ({e}): {fix}") from None
   except DamagedJsonError:
-    raise DamagedOutputError(f"{path} is damaged: not a JSON file; {fix}") from None
+    raise DamagedOutputError(f"{path} cannot be read (damaged: not a JSON file): {fix}") from None
   if not isinstance(record, dict):
     raise DamagedOutputError(f"{path} is not a completion record: {fix}")
   return record
