@@ -153,8 +153,8 @@ def test_disk_full_during_a_stage_keeps_the_previous_complete_output(tiny_run, t
     workdir = os.path.join(mnt, "run")
     shutil.copytree(src, workdir, symlinks=True)
     evaluation = paths.for_config(config, workdir).evaluation
-    with open(os.path.join(evaluation, "report.md"), "a", encoding="utf-8") as f:
-      f.write("an older report\n")  # an unchanged file is not rewritten: make the report differ
+    with open(os.path.join(evaluation, "report.html"), "a", encoding="utf-8") as f:
+      f.write("<!-- an older report -->\n")  # an unchanged file is not rewritten: make the report differ
     before = _snapshot(evaluation)
     disk_full.fill(mnt, leave=16 << 10)
     proc = _main(workdir, "report")
