@@ -29,6 +29,7 @@ def _run(cmd, **kw):
 
 def test_wheel_runs_the_pipeline_outside_the_checkout(tmp_path):
   src = tmp_path / "src"  # a copy: building in the checkout would leave build/ there
+  src.mkdir()
   for name in SOURCES:
     path = os.path.join(REPO, name)
     if os.path.isdir(path):
