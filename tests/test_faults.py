@@ -363,8 +363,12 @@ def test_outputs_honour_the_umask(tiny_run, tmp_path):
   shared results folder wants), not the private 0600 of a temporary file."""
   config, src = tiny_run
   workdir = _copy(src, str(tmp_path / "run"), _rel(config).evaluation)
-  proc = subprocess.run(
+  proc = subprocess.run(  # through sh, which sets the umask (a preexec_fn would fork this JAX process)
     [
+      "sh",
+      "-c",
+      'umask 002 && exec "$@"',
+      "sh",
       sys.executable,
       "-m",
       "ghosttrack_jax.main",
@@ -378,7 +382,6 @@ def test_outputs_honour_the_umask(tiny_run, tmp_path):
     text=True,
     timeout=600,
     check=False,
-    preexec_fn=lambda: os.umask(0o002),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   evaluation = paths.for_config(config, workdir).evaluation
