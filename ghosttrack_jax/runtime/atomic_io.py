@@ -40,11 +40,16 @@ _umask: int | None = None
 
 
 def new_file_mode() -> int:
-  """The mode `open` gives a new file under this process's umask (read once: reading it means setting it)."""
+  """The mode `open` gives a new file under this process's umask (read once: Linux shows it in
+  /proc/self/status; elsewhere reading it means setting it for an instant)."""
   global _umask
   if _umask is None:
-    _umask = os.umask(0o022)
-    os.umask(_umask)
+    try:
+      with open("/proc/self/status", encoding="ascii") as f:
+        _umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+      _umask = os.umask(0o022)
+      os.umask(_umask)
   return 0o666 & ~_umask
 
 
