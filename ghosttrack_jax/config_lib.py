@@ -7,6 +7,7 @@ stage runs. The value sets below are defined here once; the modules that branch 
 This module imports no JAX, so reading and checking a config is instant.
 """
 
+import importlib.util
 import math
 import os
 
@@ -44,6 +45,7 @@ HALUEVAL_FILES = {
 POOLINGS = ("answer_max", "answer_mean", "last_token", "max_all")  # track.tracker
 ASSOCIATIONS = ("hungarian", "greedy", "feature_id", "no_association")  # track.tracker
 CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting", "svm", "ensemble")  # detect.classifiers
+WANDB_MODES = ("auto", "online", "offline")  # runtime.writer
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -235,6 +237,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Relation-held-out CV (wikidata): folds made of whole relations, each held out once. 0 = one fold per
   # relation (exact leave-one-relation-out: 59 folds on the default, ~12x a 5-fold CV of every method).
   c.evaluate.relation_folds = 10  # folds of relations
+
+  # Metrics of SAE training go to results/<model>/sae/train_log/ (metrics.jsonl, TensorBoard events) and,
+  # with a project named here, to Weights & Biases too (`pip install 'ghosttrack_jax[wandb]'`).
+  c.logging = ml_collections.ConfigDict()
+  c.logging.wandb_project = ""  # W&B project ("" = no W&B)
+  c.logging.wandb_entity = ""  # W&B user or team ("" = the account's default)
+  c.logging.wandb_mode = "auto"  # one of WANDB_MODES: auto = online when a key is set and the server answers
   return c
 
 
@@ -341,6 +350,7 @@ CHOICES = {
   "qa.truthfulqa_similarity": TRUTHFULQA_SIMILARITIES,
   "qa.halueval_subset": HALUEVAL_SUBSETS,
   "tracking.pooling": POOLINGS,
+  "logging.wandb_mode": WANDB_MODES,
   "tracking.association": ASSOCIATIONS,
 }
 # Tuple fields whose every element takes one of a fixed set of values: (values, may be empty).
@@ -444,6 +454,8 @@ CHECKED_BY_RULE = (
   "qa.wikidata_file",
   "qa.squad_file",
   "qa.path",
+  "logging.wandb_project",
+  "logging.wandb_entity",
 )
 # Which inputs each stage reads; `validate(config, stages)` checks the files of these only.
 _READS = {
@@ -611,14 +623,37 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
       out.append(
         f"config.model.random.n_positions={r.n_positions}: must be >= config.data.seq_len={c.data.seq_len}"
       )
+  if c.logging.wandb_project and "train" in stages and importlib.util.find_spec("wandb") is None:
+    out.append(
+      f"config.logging.wandb_project={c.logging.wandb_project!r} needs wandb: pip install 'ghosttrack_jax[wandb]' "
+      "(or leave the field empty: metrics still go to metrics.jsonl and TensorBoard)"
+    )
   reads = {r for s in stages for r in _READS.get(s, ())}
   return out + _input_problems(c, reads)
 
 
-def validate(c: ml_collections.ConfigDict, stages=STAGES) -> None:
-  """Checks every field of `c` and the input files that `stages` read, before any work; raises one
-  ConfigError listing every problem, each naming the field and what it may be."""
-  found = problems(c, stages)
+def workdir_problems(workdir: str) -> list[str]:
+  """A workdir a run cannot use: a file, or a folder that does not exist and cannot be created. An
+  existing read-only workdir is allowed: a finished run there reruns without writing (a stage that must
+  write stops with one line saying so)."""
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path):
+    return [] if os.path.isdir(path) else [f"--workdir={workdir}: is a file, not a folder"]
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    return [
+      f"--workdir={workdir}: cannot be created, {parent} is not a writable folder (read-only storage or "
+      "no permission); choose a folder you can write"
+    ]
+  return []
+
+
+def validate(c: ml_collections.ConfigDict, stages=STAGES, workdir: str | None = None) -> None:
+  """Checks every field of `c`, the input files that `stages` read and (given) the workdir, before any
+  work; raises one ConfigError listing every problem, each naming the field and what it may be."""
+  found = problems(c, stages) + (workdir_problems(workdir) if workdir is not None else [])
   if found:
     lines = "\n  ".join(found)
     raise ConfigError(f"{len(found)} config problem(s), nothing was run:\n  {lines}")

@@ -36,3 +36,7 @@ class NonFiniteLossError(GhostTrackError):
 
 class DamagedStoreError(DamagedOutputError):
   """An activation store chunk or an SAE checkpoint is truncated, missing or fails its checksum."""
+
+
+class WorkdirBusyError(GhostTrackError):
+  """Another run holds the workdir (runtime.workdir_lock)."""

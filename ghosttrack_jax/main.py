@@ -1,16 +1,21 @@
-"""Command-line entry point: runs the pipeline stages for one config.
+"""Command-line entry point: runs the pipeline stages for one config (also `ghosttrack run|plan|verify`).
 
   python -m ghosttrack_jax.main --config=configs/smollm2_135m.py --workdir=runs/smollm2 \
       [--config.sae.width=4608 ...] [--stages=extract,train] [--plan] [--verify]
 
 Every stage skips itself when its outputs are complete and resumes when they are half written, so
-rerunning the same command after a kill or a preemption continues where it stopped.
+rerunning the same command after a kill or a preemption continues where it stopped. One run at a time
+per workdir (runtime.workdir_lock): a second one is refused, naming the first.
+
+Exit statuses: 0 done; 2 an error the message explains (bad config or input, a busy workdir, a damaged
+output, a full disk, a workdir that cannot be written); 75 stopped by SIGTERM (preemption: rerun to
+resume); 1 a bug (a traceback).
 """
 
-import errno
 import importlib.util
 import logging
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -18,8 +23,8 @@ from ml_collections import config_flags
 
 from ghosttrack_jax import config_lib, pipeline
 from ghosttrack_jax.errors import GhostTrackError
-from ghosttrack_jax.runtime import multihost
-from ghosttrack_jax.tools import planner, verify
+from ghosttrack_jax.runtime import atomic_io, checkpointing, multihost, workdir_lock
+from ghosttrack_jax.tools import command_line, planner, verify
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file in configs/ (its get_config()).", lock_config=True
@@ -69,10 +74,6 @@ _PLAN_MEASURE = flags.DEFINE_bool(
   True,
   "--plan: time a proxy transformer block and SAE step on this machine's first device for the time estimate.",
 )
-
-
-# Write errors that mean "no space": the device is full, a quota is reached, or the file-size limit.
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _wants_distributed() -> bool:
@@ -128,12 +129,26 @@ def _flatten(d: dict, prefix: str = ""):
       yield f"{prefix}{key}", value
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops INFO chatter of Orbax and the XLA bridge (dozens of lines per checkpoint); keeps warnings."""
+def _stop_on_sigterm(signum, frame) -> None:
+  """SIGTERM outside SAE training (whose loop checkpoints first): stop at once with the "try again"
+  status. Every write is atomic, so what is finished stays and the same command resumes."""
+  del frame
+  logging.warning(
+    "received signal %d: stopping; finished outputs are kept, rerun the same command to resume", signum
+  )
+  raise SystemExit(checkpointing.EXIT_PREEMPTED)
 
-  def filter(self, record: logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
-    return record.levelno >= logging.WARNING or not noisy
+
+def _run(config, workdir: str, stages) -> None:
+  """The stages, holding the workdir's lock (on process 0; the others are its own job's processes)."""
+  if not multihost.is_primary():
+    pipeline.run(config, workdir, stages)
+    return
+  with workdir_lock.hold(workdir):
+    removed = atomic_io.remove_temporaries(workdir)
+    if removed:
+      logging.info("removed %d temporary file(s) that an interrupted run left", len(removed))
+    pipeline.run(config, workdir, stages)
 
 
 def main(argv):
@@ -141,44 +156,41 @@ def main(argv):
 
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+  command_line.quiet_libraries()
   config = _CONFIG.value
   stages = _STAGES.value or list(pipeline.STAGES)
+  workdir = _WORKDIR.value
   try:
     unknown = [s for s in stages if s not in pipeline.STAGES]
     if unknown:
       raise GhostTrackError(f"unknown stage(s) {unknown}: choose from {list(pipeline.STAGES)}")
-    # Every field, and the input files of the stages to run (none for --verify, which runs no stage).
-    config_lib.validate(config, () if _VERIFY.value else stages)
+    # Every field, and the input files of the stages to run (none for --verify, which runs no stage),
+    # and for a run a workdir that can be written.
+    run_stages = () if _VERIFY.value else stages
+    config_lib.validate(config, run_stages, workdir=None if (_VERIFY.value or _PLAN.value) else workdir)
     if _PLAN.value:
-      _plan(config, _WORKDIR.value, stages)
+      _plan(config, workdir, stages)
       return
     if _VERIFY.value:
-      findings = verify.verify_all(config, _WORKDIR.value)
+      busy = workdir_lock.holder(workdir)
+      if busy is not None:
+        logging.warning("a run is writing %s (%s): half-written outputs may show as damaged", workdir, busy)
+      findings = verify.verify_all(config, workdir)
       print(verify.format_findings(findings))  # the CLI's output
-      if any(f.status == verify.DAMAGED for f in findings):
-        sys.exit(2)
+      if verify.failed(findings):
+        sys.exit(command_line.EXIT_ERROR)
       return
     if _wants_distributed():
       multihost.initialize()
-    pipeline.run(config, _WORKDIR.value, stages)
-  except GhostTrackError as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(2)
-  except OSError as e:
-    if e.errno not in _DISK_FULL:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    _run(config, workdir, stages)
+  except Exception as e:  # noqa: BLE001  (one line for what the user can fix; a bug keeps its traceback)
+    line = command_line.error_line(e, workdir)
+    if line is None:
       raise
-    # Writes are atomic (runtime.atomic_io): the file being written was discarded, the previous complete
-    # outputs are untouched and nothing half-written is marked complete.
-    logging.error(
-      "disk full (%s): outputs finished before are kept and nothing half-written is used; free space "
-      "under %s and rerun the same command",
-      e,
-      _WORKDIR.value,
-    )
-    sys.exit(2)
+    logging.error("%s", line)
+    sys.exit(command_line.EXIT_ERROR)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)

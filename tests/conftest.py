@@ -36,6 +36,8 @@ PIPELINE_FIXTURES = frozenset({"tiny_run", "tiny_default_run"})
 HEAVY = (
   "tests/runtime/test_slurm.py",
   "tests/test_pipeline.py",
+  "tests/test_faults.py",
+  "tests/test_package.py",
   "tests/extract/test_extract_stage.py",
   "tests/train/test_train_resume.py",
   "tests/train/test_train_parallel.py",

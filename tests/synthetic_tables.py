@@ -26,14 +26,25 @@ def tiny_config(name="synth", dataset="nq_open"):
 
 
 def write_synthetic(
-  config, workdir, n=120, n_layers=3, d=6, m=10, seed=0, signal=2.5, with_tracks=True, n_relations=2
+  config,
+  workdir,
+  n=120,
+  n_layers=3,
+  d=6,
+  m=10,
+  seed=0,
+  signal=2.5,
+  with_tracks=True,
+  n_relations=2,
+  positive_rate=0.4,
 ):
   """Writes answers/<dataset>/ and tracking/<dataset>/ with label signal in a few columns: GhostTrack's
   entropy_mean, raw residual layer 1, the last answer token's layer 2, semantic entropy, P(True) (negative)
-  and the mean NLL; the last prompt token (TBG) and subject familiarity carry none."""
+  and the mean NLL; the last prompt token (TBG) and subject familiarity carry none. A share
+  `positive_rate` of the examples is hallucinated (1.0: one class only)."""
   rng = np.random.default_rng(seed)
   p = paths.for_config(config, workdir)
-  y = (rng.random(n) < 0.4).astype(int)
+  y = (rng.random(n) < positive_rate).astype(int)
   examples = []
   for i in range(n):
     words = ["paris"] if y[i] == 0 else ["the", "moon", "landing"][: 1 + i % 3]

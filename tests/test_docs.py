@@ -73,7 +73,8 @@ def test_named_repository_paths_exist():
 
 
 def test_design_promises_only_flags_that_exist():
-  design = _read("docs/DESIGN.md") + _read("README.md")
+  # Flags of other commands (pip, tensorboard) are not ours to define.
+  design = re.sub(r"(pip|tensorboard) [^`\n]*", "", _read("docs/DESIGN.md") + _read("README.md"))
   main = _read("ghosttrack_jax/main.py")
   defined = set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', main)) | {"config", "workdir"}
   promised = set(re.findall(r"(?<![\w-])--(\w+)(?![\w.])", design)) - {"config"}
@@ -84,3 +85,14 @@ def test_design_promises_only_flags_that_exist():
   )
   score_cli = set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', _read("ghosttrack_jax/tools/score_cli.py")))
   assert [f for f in undefined if f not in score_cli] == []
+
+
+def test_requirements_name_only_files_that_exist():
+  """Every file a requirements file includes or mentions, and the README section it points to, exist."""
+  readme = _read("README.md")
+  for rel in [f for f in _tracked_text_files() if re.fullmatch(r"requirements[\w-]*\.txt", f)]:
+    text = _read(rel)
+    for name in re.findall(r"(?:-r\s+|\b)(requirements[\w-]*\.txt)", text):
+      assert os.path.isfile(os.path.join(REPO, name)), f"{rel} names {name}, which does not exist"
+    for section in re.findall(r'README\.md "([^"]+)"', text):
+      assert f"## {section}\n" in readme, f"{rel} points to README section {section!r}, which does not exist"

@@ -12,7 +12,12 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Pipeline order of the stage subpackages; libraries come before every stage, the entry points after.
 STAGE_ORDER = ("extract", "train", "answer", "track", "detect", "evaluate", "report")
 LIBRARIES = ("errors", "config_lib", "stats", "runtime", "lm", "sae")
-ENTRY_POINTS = {"tools": len(STAGE_ORDER) + 1, "pipeline": len(STAGE_ORDER) + 2, "main": len(STAGE_ORDER) + 3}
+ENTRY_POINTS = {
+  "tools": len(STAGE_ORDER) + 1,
+  "pipeline": len(STAGE_ORDER) + 2,
+  "main": len(STAGE_ORDER) + 3,
+  "cli": len(STAGE_ORDER) + 4,  # the `ghosttrack` command: dispatches to main and tools.score_cli
+}
 
 
 def rank(module: str) -> int:

@@ -142,9 +142,10 @@ def _main(workdir: str, stages: str):
 
 
 def test_disk_full_during_a_stage_keeps_the_previous_complete_output(tiny_run, tmp_path):
-  """On a real full filesystem (a small tmpfs): the report stage, which rewrites its files on every run,
-  fails with a clear error and leaves the previous report untouched; an evaluate stage that cannot write
-  leaves no DONE (nothing half-written is taken as complete); with space again both finish as before."""
+  """On a real full filesystem (a small tmpfs): the report stage, which rebuilds its files on every run,
+  fails with a clear error when one must change and leaves the previous report untouched; an evaluate
+  stage that cannot write leaves no DONE (nothing half-written is taken as complete); with space again
+  both finish as before."""
   config, src = tiny_run
   with disk_full.small_filesystem(tmp_path, mib=32) as mnt:
     if mnt is None:
@@ -152,6 +153,8 @@ def test_disk_full_during_a_stage_keeps_the_previous_complete_output(tiny_run, t
     workdir = os.path.join(mnt, "run")
     shutil.copytree(src, workdir, symlinks=True)
     evaluation = paths.for_config(config, workdir).evaluation
+    with open(os.path.join(evaluation, "report.html"), "a", encoding="utf-8") as f:
+      f.write("<!-- an older report -->\n")  # an unchanged file is not rewritten: make the report differ
     before = _snapshot(evaluation)
     disk_full.fill(mnt, leave=16 << 10)
     proc = _main(workdir, "report")

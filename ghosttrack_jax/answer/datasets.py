@@ -101,15 +101,20 @@ def sha256(path: str) -> str:
 
 def _read_text(path: str) -> str:
   full = resolve(path)
+  # A shipped file is fixed by downloading it again; a user's file by saving it again.
+  shipped = os.path.abspath(full).startswith(os.path.join(REPO_ROOT, "data") + os.sep)
+  fix = "re-download it from the source in data/README.md" if shipped else "save it again as UTF-8 text"
+  with open(full, "rb") as f:
+    data = f.read()
   try:
-    with open(full, encoding="utf-8-sig") as f:  # -sig strips the BOM of the 817-row TruthfulQA
-      text = f.read()
+    text = data.decode("utf-8-sig")  # -sig strips the BOM of the 817-row TruthfulQA
   except UnicodeDecodeError as e:
-    raise DataError(
-      f"{full} is not UTF-8 text ({e}); re-download it from the source in data/README.md"
-    ) from e
+    line = data[: e.start].count(b"\n") + 1
+    raise DataError(f"{full} line {line}: not UTF-8 text (byte {data[e.start]:#04x}); {fix}") from None
   if not text.strip():
-    raise DataError(f"{full} is empty; re-download it from the source in data/README.md")
+    raise DataError(
+      f"{full} is empty; " + (fix if shipped else "put the questions in it (README.md, 'Question sets')")
+    )
   return text
 
 
@@ -390,7 +395,13 @@ def read_jsonl(path: str) -> list[QAItem]:
       raise DataError(f"{path} line {n}: id {row['id']!r} repeats an earlier line; ids must be unique")
     seen.add(qid)
     items.append(
-      QAItem(qid, " ".join(q.split()), _clean_list(ans), context=" ".join(ctx.split()) if ctx else None)
+      QAItem(
+        qid,
+        " ".join(q.split()),
+        _clean_list(ans),
+        meta={"line": n},  # named by the checks before any stage (answer.checks)
+        context=" ".join(ctx.split()) if ctx else None,
+      )
     )
   return items
 

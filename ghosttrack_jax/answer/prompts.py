@@ -26,6 +26,7 @@ import re
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.answer import datasets, labelling
 from ghosttrack_jax.errors import DataError
+from ghosttrack_jax.lm import model as lm_model
 
 FEWSHOT_INSTRUCTION = "Answer each question with a short phrase."
 
@@ -121,26 +122,31 @@ class PromptFormat:
   tokenizer: object = None
 
   def render(self, item, raw: bool = False) -> str:
-    """The prompt of a `datasets.QAItem`; few-shot questions are capitalised and end in "?" unless `raw`."""
-    q = item.question.strip()
+    """The prompt of a `datasets.QAItem`; few-shot questions are capitalised and end in "?" unless `raw`.
+    Control-token text in the question or passage is marked to be encoded as text (LanguageModel.encode)."""
+    q = self._user_text(item.question.strip())
     qq = q if raw else _question_case(q)
+    context = self._user_text(item.context) if item.context is not None else None
     if self.style == "stem":
-      stem = item.meta.get("stem") or stem_of(q)
+      stem = self._user_text(item.meta.get("stem") or stem_of(item.question.strip()))
       shots = self.exemplars.get(item.relation) or self.mixed_exemplars()
       return "".join(f"{s} {a}.\n" for s, a in shots) + stem
     if self.style == "fewshot":
-      if item.context is not None and self.exemplars and len(self.exemplars[0]) == 3:
+      if context is not None and self.exemplars and len(self.exemplars[0]) == 3:
         shots = "".join(f"Passage: {c}\nQ: {eq}\nA: {ea}\n\n" for c, eq, ea in self.exemplars)
-        return f"{SQUAD_INSTRUCTION}\n\n{shots}Passage: {item.context}\nQ: {qq}\nA:"
+        return f"{SQUAD_INSTRUCTION}\n\n{shots}Passage: {context}\nQ: {qq}\nA:"
       shots = "".join(f"Q: {eq}\nA: {ea}\n\n" for eq, ea, *_ in self.exemplars)
-      passage = f"Passage: {item.context}\n" if item.context else ""
+      passage = f"Passage: {context}\n" if context else ""
       return f"{FEWSHOT_INSTRUCTION}\n\n{shots}{passage}Q: {qq}\nA:"
     messages = []
-    for *ctx, eq, ea in self.exemplars:
-      messages += [{"role": "user", "content": _chat_turn(eq, ctx[0] if ctx else None)}]
-      messages += [{"role": "assistant", "content": ea}]
-    messages.append({"role": "user", "content": _chat_turn(q, item.context)})
+    for *ctx, eq, ea in self.exemplars:  # a user's file supplies these too: protected like the question
+      turn = _chat_turn(self._user_text(eq), self._user_text(ctx[0]) if ctx else None)
+      messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": self._user_text(ea)}]
+    messages.append({"role": "user", "content": _chat_turn(q, context)})
     return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+  def _user_text(self, text: str) -> str:
+    return lm_model.protect_control_text(text, self.tokenizer) if self.tokenizer is not None else text
 
   def render_question(self, question: str, context: str | None = None) -> str:
     """The prompt of a free-standing question (the scoring API): a wikidata-style question
@@ -201,6 +207,12 @@ def question_of(stem: str) -> str:
   return f"What is the {m.group(1)} of {m.group(2)}?" if m else stem
 
 
+def brief(text: str, limit: int = 80) -> str:
+  """A user text quoted in a message: at most `limit` characters and its length (a long question is not
+  repeated whole in the log)."""
+  return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def stem_of(question: str) -> str:
   """The stem of a wikidata-style question ("What is the capital of France?" -> "The capital of France
   is"); a text that is already a stem ("The capital of France is") is returned unchanged."""
@@ -211,7 +223,7 @@ def stem_of(question: str) -> str:
   if q.startswith("The ") and q.endswith(" is"):
     return q
   raise DataError(
-    f"prompt style 'stem' completes wikidata stems; {question!r} is neither 'What is the <relation> of "
+    f"prompt style 'stem' completes wikidata stems; {brief(question)} is neither 'What is the <relation> of "
     "<subject>?' nor 'The <relation> of <subject> is'. Score other questions with "
     "--config.qa.prompt_style=chat (or fewshot for a base model)"
   )
@@ -343,4 +355,7 @@ def generated_prompt_ids(gen, model, prompt: str) -> list[int]:
 
 
 def encode_continuation(tokenizer, text: str) -> list[int]:
-  return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+  """The ids of a given answer text; control-token text in it is encoded as text."""
+  return lm_model.encode_text(
+    tokenizer, lm_model.protect_control_text(text, tokenizer), add_special_tokens=False
+  )

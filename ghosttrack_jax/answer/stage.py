@@ -42,7 +42,7 @@ import zlib
 import numpy as np
 
 from ghosttrack_jax import config_lib, lm
-from ghosttrack_jax.answer import datasets, labelling, prompts, self_eval, uncertainty
+from ghosttrack_jax.answer import checks, datasets, labelling, prompts, self_eval, uncertainty
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
@@ -450,7 +450,9 @@ def preflight(config, workdir: str) -> list:
   finished answer folder was made from the same question files; returns the questions."""
   items = datasets.load(config.qa.dataset, config.qa, limit=config.qa.n_questions)
   out_dir = _out_dir(config, workdir)
-  if atomic_io.is_done(out_dir):
+  if not atomic_io.is_done(out_dir):
+    checks.check_questions(config, items)  # what the stage would meet late, found before any stage
+  else:
     made = examples_lib.load_manifest(config, workdir)
     now = {f: datasets.sha256(f) for f in datasets.data_files(config.qa.dataset, config.qa)}
     if sorted(made["data_files"].values()) != sorted(now.values()) or made["n_questions"] != len(items):

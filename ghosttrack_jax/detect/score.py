@@ -6,9 +6,28 @@ from ghosttrack_jax import lm
 from ghosttrack_jax.answer import prompts
 from ghosttrack_jax.answer import stage as answer_stage
 from ghosttrack_jax.detect.detector import Detector
-from ghosttrack_jax.errors import StoreMismatchError
+from ghosttrack_jax.errors import DataError, StoreMismatchError
 from ghosttrack_jax.sae import trained
 from ghosttrack_jax.track import features
+
+
+def refuse_degenerate(detector: Detector) -> None:
+  """DataError for a detector the detect stage saved as a constant (every training answer in one class,
+  constant features, or a failed fit): it would give every question the same probability."""
+  m = detector.manifest
+  if not m["classifiers"][detector.classifier].get("degenerate"):
+    return
+  n, n1 = m.get("n_train"), m.get("n_hallucinated")
+  why = (
+    f"all {n} of its training answers are in one class ({n1} hallucinated)"
+    if n1 in (0, n)
+    else "its features were constant or its fit failed"
+  )
+  raise DataError(
+    f"the {detector.classifier} detector of {m.get('dataset')} cannot score a question: {why}, so it gives "
+    "every answer the same probability (the report says no detector could be evaluated). Answer more "
+    "questions (config.qa.n_questions) so that both classes occur, and rerun from the answer stage"
+  )
 
 
 def score_question(
@@ -35,12 +54,15 @@ def score_question(
   metrics (name -> value), per_layer (entropy/competition/dominance/density/list length per layer),
   tracks (birth, death, act, fid per track), answer_scalars (NLL, entropy), detector provenance.
   """
+  if not question or not question.strip():
+    raise DataError("the question is empty: give the text to score (--question)")
+  if detector is None:
+    detector = Detector.for_config(config, workdir, classifier, dataset)
+  refuse_degenerate(detector)
   if model is None:
     model = lm.load_model(config.model)
   if saes is None:
     saes = trained.load_trained_saes(config, workdir)
-  if detector is None:
-    detector = Detector.for_config(config, workdir, classifier, dataset)
   for key, want in (
     ("n_layers", int(model.n_layers)),
     ("top_k", int(config.tracking.top_k)),

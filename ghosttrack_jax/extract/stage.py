@@ -25,6 +25,7 @@ import collections
 import logging
 import math
 import os
+import shutil
 import time
 from concurrent import futures
 
@@ -487,9 +488,8 @@ def _finish(path: str, want: dict, g: dict, n_layers: int) -> None:
   }
   atomic_io.atomic_write_json(os.path.join(path, store_lib.META), meta)
   atomic_io.atomic_write_json(os.path.join(path, store_lib.COMPLETE), {"n_rows": n_rows})
-  # Leftovers of the extraction (harmless if a kill stops this: the store is complete).
+  # Leftovers of the extraction (harmless if a kill stops this: the store is complete). The groups folder
+  # goes as a whole: a kill during a group record's write leaves a temporary file there.
   os.remove(os.path.join(path, store_lib.PROGRESS))
-  for k in range(g["n_groups"]):
-    os.remove(store_lib.group_file(path, k))
-  os.rmdir(os.path.join(path, store_lib.GROUPS))
+  shutil.rmtree(os.path.join(path, store_lib.GROUPS))
   logging.info("activation store complete: %s (%d rows, %d layers)", path, n_rows, len(layer_stats))

@@ -26,7 +26,6 @@ and the fix. `verify_store` checks every chunk and token file without reading th
 """
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -192,6 +191,7 @@ class ActivationStore:
     self._acts_dir = os.path.join(self.path, "activations")
     self._raw = _raw_layout(self._acts_dir)
     self._local = threading.local()
+    self._token_chunks_ok: set = set()  # (array, chunk file) whose CRC-32 was checked in this process
     if self._raw is not None:
       self.chunk_rows = int(self._raw["chunk_grid"]["configuration"]["chunk_shape"][1])
       self.dtype = np.dtype(NP_DTYPES[self._raw["data_type"]])
@@ -340,11 +340,32 @@ class ActivationStore:
         f"activation store {self.path}: reading {what} failed ({e}). " + _FIX.format(path=self.path)
       ) from e
 
+  def _check_token_chunks(self, name: str, start: int, stop: int) -> None:
+    """The chunk files of token array `name` holding windows [start, stop) against the CRC-32 recorded in
+    meta.json (once per file and process): a flipped byte in an int32 chunk would read as another token."""
+    recorded = (self.meta.get("token_checksums") or {}).get(name)
+    if not recorded or not self.verify_reads:
+      return
+    rows = int(getattr(self, name).chunk_layout.read_chunk.shape[0])
+    for c in range(start // rows, -(-stop // rows)):
+      key = os.path.join("c", str(c), "0")
+      if (name, key) in self._token_chunks_ok or key not in recorded:
+        continue
+      full = os.path.join(self.path, name, key)
+      if not os.path.exists(full) or file_crc32(full) != recorded[key]:
+        raise DamagedStoreError(
+          f"activation store {self.path}: {full} is damaged (its CRC-32 differs from the one in {META}). "
+          + _FIX.format(path=self.path)
+        )
+      self._token_chunks_ok.add((name, key))
+
   def token_windows(self, start: int, stop: int) -> np.ndarray:
     """Token ids of windows [start, stop): [n, seq_len] int32."""
+    self._check_token_chunks("token_ids", start, stop)
     return self._ts_read(self.token_ids[start:stop], f"token_ids windows {start}..{stop}")
 
   def document_ids(self, start: int, stop: int) -> np.ndarray:
+    self._check_token_chunks("doc_ids", start, stop)
     return self._ts_read(self.doc_ids[start:stop], f"doc_ids windows {start}..{stop}")
 
   def mean_sq_norm(self) -> np.ndarray:
@@ -410,8 +431,7 @@ def read_progress(path: str) -> dict | None:
   p = os.path.join(path, PROGRESS)
   if not os.path.exists(p):
     return None
-  with open(p, encoding="utf-8") as f:
-    return json.load(f)
+  return atomic_io.read_json(p)
 
 
 def group_file(path: str, group: int) -> str:

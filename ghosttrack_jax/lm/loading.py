@@ -96,7 +96,7 @@ def _finish_tokenizer(tok, hf_config):
 
 def _load_random(family, model_cfg, dtype):
   r = model_cfg.random
-  tok = _tokenizer(model_cfg.tokenizer or (GPT2_TOKENIZER if family.name == "gpt2" else SMOLLM2_TOKENIZER))
+  tok = _choose_tokenizer(family, model_cfg, "random")
   pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
   cfg = families.random_config(
     family,
@@ -129,13 +129,7 @@ def _load_gguf(family, model_cfg, source):
   cfg = gguf_llama.llama_config(reader, path)
   check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
   params = gguf_llama.llama_params(reader, cfg)
-  if model_cfg.tokenizer:
-    tok = _tokenizer(model_cfg.tokenizer)
-  elif source == gguf_llama.SMOLLM2_DIST or _same_file(path, _bundled_smollm2()):
-    tok = _tokenizer(SMOLLM2_TOKENIZER)  # converted once from this very file; see its NOTICE.md
-  else:
-    tok = gguf_llama.convert_gguf_tokenizer(path)
-  return cfg, params, tok
+  return cfg, params, _choose_tokenizer(family, model_cfg, source)
 
 
 def _bundled_smollm2():
@@ -200,13 +194,51 @@ def _load_pretrained(family, model_cfg, source, dtype):
   # initialised), so tie it here.
   if family.name == "llama" and (hf_config.tie_word_embeddings or "lm_head" not in params):
     params["lm_head"] = {"kernel": np.asarray(params["model"]["embed_tokens"]["embedding"]).T}
+  return hf_config, params, _choose_tokenizer(family, model_cfg, source, hf_config)
+
+
+def _choose_tokenizer(family, model_cfg, source: str, hf_config=None):
+  """The tokenizer of a model (the one place that decides it): config.model.tokenizer when set; the
+  bundled one of a random model's family or of the bundled SmolLM2 file (converted once from that very
+  file; see its NOTICE.md); the one converted from another GGUF file; else the tokenizer files of the
+  directory or hub id (a GPT-2 without them gets the bundled GPT-2 tokenizer)."""
   if model_cfg.tokenizer:
-    return hf_config, params, _tokenizer(model_cfg.tokenizer)
+    return _tokenizer(model_cfg.tokenizer)
+  if source == "random":
+    return _tokenizer(GPT2_TOKENIZER if family.name == "gpt2" else SMOLLM2_TOKENIZER)
+  if source == gguf_llama.SMOLLM2_DIST:
+    return _tokenizer(SMOLLM2_TOKENIZER)
+  if source.endswith(".gguf"):
+    path = os.path.expanduser(source)
+    return (
+      _tokenizer(SMOLLM2_TOKENIZER)
+      if _same_file(path, _bundled_smollm2())
+      else gguf_llama.convert_gguf_tokenizer(path)
+    )
   try:
-    tok = _tokenizer(source)
+    return _tokenizer(source)
   except ModelLoadError:
-    if family.name != "gpt2" or hf_config.vocab_size != 50257:
+    if family.name != "gpt2" or hf_config is None or hf_config.vocab_size != 50257:
       raise
     logging.warning("no tokenizer files in %r; using the bundled GPT-2 tokenizer", source)
-    tok = _tokenizer(GPT2_TOKENIZER)
-  return hf_config, params, tok
+    return _tokenizer(GPT2_TOKENIZER)
+
+
+def load_tokenizer(model_cfg):
+  """The tokenizer `load_model` gives, without loading the weights (for checks before any stage runs);
+  ModelLoadError when it cannot be had without the model (a hub id offline, say)."""
+  family = families.FAMILIES.get(model_cfg.family)
+  if family is None:
+    raise ModelLoadError(f"config.model.family={model_cfg.family!r} is not supported")
+  source = str(model_cfg.source or "")
+  hf_config = None
+  if source != "random" and source != gguf_llama.SMOLLM2_DIST and not source.endswith(".gguf"):
+    source = os.path.expanduser(source) if os.path.isdir(os.path.expanduser(source)) else source
+    try:
+      hf_config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+      raise ModelLoadError(f"cannot read the model config of {source!r}: {e}") from e
+  tok = _choose_tokenizer(family, model_cfg, source, hf_config)
+  if tok.pad_token is None and tok.eos_token is not None:
+    tok.pad_token = tok.eos_token
+  return tok

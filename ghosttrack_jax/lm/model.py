@@ -10,6 +10,7 @@ both give each real token its true position.
 """
 
 import functools
+import re
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -20,6 +21,37 @@ import numpy as np
 from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.lm import generation
 from ghosttrack_jax.lm.families import Family
+
+# User text (a question, a passage, an answer to score) may contain a control token's text, "<|im_end|>"
+# say, which the tokenizer would turn into the control token itself, so a question could close its own
+# chat turn. The prompt builders wrap each such occurrence in these two private-use characters
+# (`protect_control_text`) and `encode_text` tokenizes what they enclose as plain text. Text without
+# a control token's text is not changed, nor its tokens.
+TEXT_OPEN, TEXT_CLOSE = "\ue000", "\ue001"
+_PROTECTED = re.compile(f"({TEXT_OPEN}.*?{TEXT_CLOSE})", re.S)
+
+
+def protect_control_text(text: str, tokenizer) -> str:
+  """`text` with every occurrence of one of the tokenizer's added or special tokens marked as text."""
+  specials = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
+  found = sorted((t for t in specials if t and t in text), key=len, reverse=True)
+  if not found:
+    return text
+  pattern = re.compile("|".join(re.escape(t) for t in found))
+  return pattern.sub(lambda m: TEXT_OPEN + m.group(0) + TEXT_CLOSE, text)
+
+
+def encode_text(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+  """Token ids of `text`; the parts `protect_control_text` marked are tokenized as plain text."""
+  if TEXT_OPEN not in text:
+    return [int(t) for t in tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]]
+  ids = [int(t) for t in tokenizer("", add_special_tokens=add_special_tokens)["input_ids"]]  # BOS, if any
+  for part in _PROTECTED.split(text):
+    literal = part.startswith(TEXT_OPEN) and part.endswith(TEXT_CLOSE)
+    body = part[1:-1] if literal else part
+    if body:
+      ids += tokenizer(body, add_special_tokens=False, split_special_tokens=literal)["input_ids"]
+  return [int(t) for t in ids]
 
 
 def positions(mask: jax.Array) -> jax.Array:
@@ -99,8 +131,9 @@ class LanguageModel:
   # ---- tokenizer -------------------------------------------------------------------------------
 
   def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, with BOS prepended when the tokenizer does so (see `bos_id`)."""
-    return [int(t) for t in self.tokenizer(text)["input_ids"]]
+    """Token ids of `text`, with BOS prepended when the tokenizer does so (see `bos_id`); control-token
+    text that the prompt builders marked (`protect_control_text`) is encoded as text."""
+    return encode_text(self.tokenizer, text)
 
   def encode_batch(
     self, texts: Sequence[str], length: Optional[int] = None, padding_side: str = "right"

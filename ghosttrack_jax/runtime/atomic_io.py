@@ -2,7 +2,12 @@
 
 Every output is written to a temporary file in the same directory and renamed into place, so a
 reader never sees half a file. A directory is complete only once its `DONE`/`COMPLETE` marker exists;
-markers are written last.
+markers are written last. A file gets the permissions the umask gives a new file (as `open` would), not
+the private 0600 of its temporary file, so a shared results folder stays readable to its group.
+
+A kill between creating a temporary file and renaming it leaves the temporary file (`TEMP_PREFIX`) behind;
+`remove_temporaries` deletes them, which is safe only while no other run writes the workdir (main calls
+it holding runtime.workdir_lock).
 """
 
 import contextlib
@@ -16,6 +21,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from ghosttrack_jax.errors import DamagedOutputError
+from ghosttrack_jax.runtime import paths
+
+TEMP_PREFIX = ".tmp-"
 
 
 def _json_default(obj: Any) -> Any:
@@ -28,16 +36,34 @@ def _json_default(obj: Any) -> Any:
   raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
+_umask: int | None = None
+
+
+def new_file_mode() -> int:
+  """The mode `open` gives a new file under this process's umask (read once: Linux shows it in
+  /proc/self/status; elsewhere reading it means setting it for an instant)."""
+  global _umask
+  if _umask is None:
+    try:
+      with open("/proc/self/status", encoding="ascii") as f:
+        _umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+      _umask = os.umask(0o022)
+      os.umask(_umask)
+  return 0o666 & ~_umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
   """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path) + "-")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX + os.path.basename(path) + "-")
   os.close(fd)
   try:
     yield tmp
     with open(tmp, "rb+") as f:
+      os.fchmod(f.fileno(), new_file_mode())
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
@@ -45,20 +71,33 @@ def atomic_path(path: str) -> Iterator[str]:
       os.remove(tmp)
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def _holds(path: str, data: bytes) -> bool:
+  """True when `path` already holds exactly `data`."""
+  try:
+    if os.path.getsize(path) != len(data):
+      return False
+    with open(path, "rb") as f:
+      return f.read() == data
+  except OSError:
+    return False
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically. A file that already holds these bytes is left as it is, so
+  rerunning a finished run (the report is rebuilt every run) writes nothing, also on read-only storage."""
+  if _holds(path, data):
+    return
   with atomic_path(path) as tmp:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
   atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  with atomic_path(path) as tmp:
-    with open(tmp, "wb") as f:
-      f.write(data)
 
 
 def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
@@ -67,9 +106,38 @@ def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
       np.savez(f, **arrays)
 
 
+class DamagedJsonError(DamagedOutputError, ValueError):
+  """A stage's JSON file that cannot be parsed."""
+
+
 def read_json(path: str) -> Any:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  """A JSON file a stage wrote. Bytes that are not UTF-8 JSON raise DamagedOutputError naming the file and
+  what to rerun (also a ValueError, for the readers that recompute a saved part they cannot read)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except ValueError as e:  # UnicodeDecodeError, JSONDecodeError
+    reason = f"not UTF-8 ({e.reason} at byte {e.start})" if isinstance(e, UnicodeDecodeError) else str(e)
+    raise DamagedJsonError(
+      f"{path} is damaged: not a JSON file ({reason}); {paths.rerun_fix(path)}"
+    ) from None
+
+
+def remove_temporaries(root: str) -> list[str]:
+  """Deletes the temporary files that killed writes left under `root` (not inside TensorStore arrays, which
+  hold only chunk files); returns their paths. Only while no other run writes `root` (workdir_lock)."""
+  removed = []
+  for directory, dirs, names in os.walk(root):
+    if "zarr.json" in names:
+      dirs[:] = []
+      continue
+    for name in names:
+      if name.startswith(TEMP_PREFIX):
+        path = os.path.join(directory, name)
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+          removed.append(path)
+  return removed
 
 
 DONE = "DONE"
@@ -95,8 +163,10 @@ def read_done(directory: str, fix: str) -> dict:
   path = os.path.join(directory, DONE)
   try:
     record = read_json(path)
-  except (OSError, ValueError) as e:
+  except OSError as e:
     raise DamagedOutputError(f"{path} cannot be read ({e}): {fix}") from None
+  except DamagedJsonError:
+    raise DamagedOutputError(f"{path} cannot be read (damaged: not a JSON file): {fix}") from None
   if not isinstance(record, dict):
     raise DamagedOutputError(f"{path} is not a completion record: {fix}")
   return record

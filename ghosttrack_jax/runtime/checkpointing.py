@@ -110,7 +110,9 @@ class Checkpointer:
   def verify(self, step: int) -> list[str]:
     """Problems of one saved step (empty when it reads back with its recorded checksums)."""
     try:
-      out = self._manager.restore(step)
+      # Restore arguments for both items: without them Orbax logs four warnings per step.
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(), record=ocp.args.JsonRestore())
+      out = self._manager.restore(step, args=args)
       state = {k: np.asarray(v) for k, v in dict(out.state).items()}
       self._check(step, state, dict(out.record))
     except DamagedStoreError as e:

@@ -19,8 +19,8 @@ from ml_collections import config_flags
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.detect import score
-from ghosttrack_jax.errors import GhostTrackError
 from ghosttrack_jax.report import dashboard
+from ghosttrack_jax.tools import command_line
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file in configs/.", lock_config=True
@@ -48,9 +48,12 @@ def main(argv):
       classifier=_CLASSIFIER.value,
       dataset=_DATASET.value,
     )
-  except GhostTrackError as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(2)
+  except Exception as e:  # noqa: BLE001  (one line for what the user can fix; a bug keeps its traceback)
+    line = command_line.error_line(e, _WORKDIR.value)
+    if line is None:
+      raise
+    logging.error("%s", line)
+    sys.exit(command_line.EXIT_ERROR)
   if _DASHBOARD.value:
     dashboard.write_dashboard(out, _DASHBOARD.value, title=_QUESTION.value)
     logging.warning("dashboard written to %s", _DASHBOARD.value)
@@ -60,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)

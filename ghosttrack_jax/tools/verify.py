@@ -8,7 +8,9 @@ DamagedOutputError naming the file and the fix); this module only finds the fold
 results. Beside the stages' DONE records it checks the activation store (against every field the config
 determines, then every chunk's size and CRC-32 and every token chunk file), every Orbax checkpoint of the
 SAE trainer (each array against the CRC-32 recorded at saving) and the SAE export (its recorded SHA-256). A folder without its DONE marker is reported as incomplete (the stage resumes it on the next
-run), not as damaged. To check another artifact, add a function `(config, workdir) -> list[Finding]` to
+run), not as damaged, and a store made for another configuration as a mismatch (use another --workdir),
+not as damaged. A file that cannot be read at all (say a non-UTF-8 meta.json) is a damaged finding naming
+it, never a traceback. To check another artifact, add a function `(config, workdir) -> list[Finding]` to
 `CHECKS`.
 """
 
@@ -25,7 +27,7 @@ from ghosttrack_jax.runtime import atomic_io, checkpointing, paths
 from ghosttrack_jax.track import feature_table
 from ghosttrack_jax.train import stage as train_stage
 
-OK, INCOMPLETE, DAMAGED = "ok", "incomplete", "damaged"
+OK, INCOMPLETE, DAMAGED, MISMATCH = "ok", "incomplete", "damaged", "mismatch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Finding:
 
   artifact: str  # "answers", "features", "detection", "detector", "evaluation", ...
   path: str
-  status: str  # OK, INCOMPLETE (no DONE yet: resumed by the next run) or DAMAGED
+  status: str  # OK, INCOMPLETE (no DONE yet: resumed by the next run), DAMAGED or MISMATCH (other config)
   message: str = ""  # for DAMAGED: the error, naming the file and the fix
 
 
@@ -87,7 +89,7 @@ def check_store(config, workdir: str) -> list[Finding]:
       Finding(
         "store",
         path,
-        DAMAGED,
+        MISMATCH,
         f"made for another configuration ({'; '.join(problems)}): use another --workdir, or delete it "
         "to extract again",
       )
@@ -146,9 +148,22 @@ def check_export(config, workdir: str) -> list[Finding]:
 CHECKS = [check_store, check_checkpoints, check_export, check_results]
 
 
+def _safely(check, config, workdir: str) -> list[Finding]:
+  """A check's findings; a file it cannot read (a damaged record) is a DAMAGED finding naming it."""
+  try:
+    return check(config, workdir)
+  except GhostTrackError as e:
+    return [Finding(check.__name__.removeprefix("check_"), workdir, DAMAGED, f"{type(e).__name__}: {e}")]
+
+
 def verify_all(config, workdir: str) -> list[Finding]:
   """Every output folder of the run in `workdir` for `config`'s model, checked; nothing is run."""
-  return [f for check in CHECKS for f in check(config, workdir)]
+  return [f for check in CHECKS for f in _safely(check, config, workdir)]
+
+
+def failed(findings: list[Finding]) -> bool:
+  """True when a finding is damaged or made for another config (the command's exit status 2)."""
+  return any(f.status in (DAMAGED, MISMATCH) for f in findings)
 
 
 def format_findings(findings: list[Finding]) -> str:
@@ -159,5 +174,9 @@ def format_findings(findings: list[Finding]) -> str:
     for f in findings
   ]
   n_bad = sum(f.status == DAMAGED for f in findings)
-  lines.append(f"{len(findings)} folder(s) checked, {n_bad} damaged")
+  n_other = sum(f.status == MISMATCH for f in findings)
+  lines.append(
+    f"{len(findings)} folder(s) checked, {n_bad} damaged"
+    + (f", {n_other} made for another config" if n_other else "")
+  )
   return "\n".join(lines)

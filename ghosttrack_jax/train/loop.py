@@ -254,7 +254,9 @@ def train(
   choice = variant_choice or "host"
   steps = StepFunctions(layout, arch, settings, tx, choice)
   max_in_flight = int(t.max_in_flight)
-  metric_writer = writer.MetricWriter(log_dir)
+  metric_writer = writer.MetricWriter(
+    log_dir, resume_step=start_step, logging_cfg=config.logging, run_config=writer.config_dict(config)
+  )
   bar = progress.Progress(plan.total_steps, "train SAEs", "step", initial=start_step)
   t_start = time.time()
   stats = {"input_wait": 0.0, "device_wait": 0.0, "fetch": 0.0, "loop": 0.0, "steps": 0}

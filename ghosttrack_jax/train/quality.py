@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ghosttrack_jax import lm
-from ghosttrack_jax.errors import IncompleteStoreError
+from ghosttrack_jax.errors import DamagedOutputError, IncompleteStoreError
 from ghosttrack_jax.runtime import atomic_io, progress
 from ghosttrack_jax.sae import common
 
@@ -299,6 +299,8 @@ def evaluate(
       notes.append(
         f"splicing metrics on {n_windows} held-out windows ({ce_rows[0]['ce_tokens']} predictions per layer)"
       )
+    except DamagedOutputError:
+      raise  # a damaged token chunk: the stage stops (naming it) rather than finish without these columns
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("CE-loss evaluation failed (%s); the table omits it", e)
       notes.append(f"splicing metrics not computed: {e}")

@@ -72,7 +72,13 @@ def run(config, workdir: str) -> None:
     tokens_trained=result.tokens_per_layer,
     tokens_per_epoch=result.tokens_per_layer // int(config.sae_training.epochs),
   )
-  with writer.MetricWriter(os.path.join(mp.sae_results, "train_log")) as w:  # held-out, final step
+  # Held-out metrics at the final step (rows of an earlier try that was killed before DONE are replaced).
+  replaces = lambda row: any(k.startswith("eval/") for k in row)
+  log_dir = os.path.join(mp.sae_results, "train_log")
+  run_config = writer.config_dict(config)
+  with writer.MetricWriter(
+    log_dir, replaces=replaces, logging_cfg=config.logging, run_config=run_config
+  ) as w:
     scalars = {}
     for row in report.rows:
       for key, value in row.items():

@@ -150,3 +150,18 @@ def test_a_missing_jsonl_file_is_named():
     datasets.load_jsonl("/nonexistent/questions.jsonl")
   with pytest.raises(DataError, match="needs config.qa.path"):
     datasets.load_jsonl("")
+
+
+def test_a_user_file_that_is_not_utf8_is_named_by_line_and_not_sent_to_data_readme(tmp_path):
+  path = tmp_path / "mine.jsonl"
+  path.write_bytes(
+    b'{"question": "q?", "answers": ["a"]}\n{"question": "r?", "answers": ["b"]}\n{"question": "caf\xe9?"}\n'
+  )
+  with pytest.raises(DataError) as e:
+    datasets.load_jsonl(str(path))
+  assert "mine.jsonl line 3: not UTF-8 text (byte 0xe9)" in str(e.value)
+  assert "byte 2" not in str(e.value) and "data/README.md" not in str(e.value)
+  path.write_text("")
+  with pytest.raises(DataError, match="mine.jsonl is empty") as e:
+    datasets.load_jsonl(str(path))
+  assert "re-download" not in str(e.value)

@@ -114,3 +114,60 @@ def test_a_done_without_checksums_is_accepted_with_a_warning(tmp_path, caplog):
   atomic_io.write_done(d, {"n": 1})  # as written before checksums were recorded
   atomic_io.verify_done(d, ("a.txt",), "fix")
   assert "before checksums were recorded" in caplog.text
+
+
+def test_files_get_the_mode_of_the_umask(tmp_path):
+  """Not the 0600 of the temporary file: a results folder shared with a group stays readable."""
+  code = (
+    "import os, sys; os.umask(int(sys.argv[2], 8))\n"
+    "from ghosttrack_jax.runtime import atomic_io\n"
+    "atomic_io.atomic_write_text(sys.argv[1], 'x')\n"
+  )
+  for umask, mode in (("022", 0o644), ("002", 0o664), ("077", 0o600)):
+    path = str(tmp_path / f"f{umask}")
+    subprocess.run([sys.executable, "-c", code, path, umask], check=True, timeout=120)
+    assert os.stat(path).st_mode & 0o777 == mode, umask
+
+
+def test_a_file_with_the_same_bytes_is_not_rewritten(tmp_path):
+  path = str(tmp_path / "report.md")
+  atomic_io.atomic_write_text(path, "same\n")
+  before = os.stat(path).st_ino
+  atomic_io.atomic_write_text(path, "same\n")
+  assert os.stat(path).st_ino == before  # a write would have renamed a new file (a new inode) onto it
+  atomic_io.atomic_write_text(path, "other\n")
+  assert os.stat(path).st_ino != before
+
+
+def test_an_unreadable_json_file_names_itself_and_its_stage(tmp_path):
+  """Any JSON file a stage wrote (meta.json, COMPLETE, progress.json, key.json, ...) that is not UTF-8 JSON
+  is a DamagedOutputError naming it and what to rerun, not a UnicodeDecodeError naming nothing."""
+  cases = {
+    "cache/m/hidden_states/meta.json": "rerun the 'extract' stage",
+    "cache/m/hidden_states/progress.json": "rerun the 'extract' stage",
+    "cache/m/answers/nq_open/generations/key.json": "rerun the 'answer' stage",
+    "results/m/tracking/nq_open/features.json": "rerun the 'track' stage",
+    "results/m/evaluation/report.json": "rerun the 'report' stage",
+  }
+  for rel, fix in cases.items():
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(DamagedOutputError) as e:
+      atomic_io.read_json(str(path))
+    assert f"{path} is damaged" in str(e.value) and fix in str(e.value), str(e.value)
+    assert isinstance(e.value, ValueError)  # readers that recompute an unreadable saved part still do
+
+
+def test_temporaries_of_killed_writes_are_removed(tmp_path):
+  keep = [
+    tmp_path / "a.json",
+    tmp_path / "store" / "activations" / "zarr.json",
+    tmp_path / "store" / "activations" / ".tmp-chunk",
+  ]
+  gone = [tmp_path / ".tmp-a.json-x", tmp_path / "results" / ".tmp-metrics.json-y"]
+  for p in keep + gone:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("x")
+  assert sorted(atomic_io.remove_temporaries(str(tmp_path))) == sorted(map(str, gone))
+  assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
