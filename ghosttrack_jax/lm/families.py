@@ -54,6 +54,9 @@ class Family:
   blocks_key: str  # attribute / params key of the block collection inside the body
   embed_key: str  # params key of the token embedding inside the body
   n_positions_attr: str  # config attribute holding the maximum sequence length
+  # Extraction windows start with BOS (extract.corpus): the model's activations without it are off the
+  # distribution its (BOS-prefixed) prompts see. Off for GPT-2 and Llama, whose stores predate the rule.
+  window_bos: bool = False
 
   def n_layers(self, cfg) -> int:
     return int(cfg.num_hidden_layers)
@@ -109,6 +112,7 @@ GEMMA3 = Family(
   blocks_key="layers",
   embed_key="embed_tokens",
   n_positions_attr="max_position_embeddings",
+  window_bos=True,
 )
 FAMILIES = {"gpt2": GPT2, "llama": LLAMA, "gemma3": GEMMA3}
 
