@@ -189,6 +189,9 @@ def reconstruction_metrics(
   return rows, np.stack(log_density).astype(np.float32)
 
 
+_LOGIT_BYTES = 256 << 20
+
+
 def splice_metrics(
   config, hyper, folded: dict, store, layers, window_start: int, n_windows: int, batch: int = 8
 ) -> list:
@@ -196,6 +199,10 @@ def splice_metrics(
   model = lm.load_model(config.model)
   if list(model.layers) != list(layers):
     raise ValueError(f"model layers {list(model.layers)} differ from the trained layers {list(layers)}")
+  # Five [batch, T, vocab] float32 arrays are alive at once (logits, spliced, two log-softmaxes and an
+  # exp): cap a batch's logits at _LOGIT_BYTES, which leaves SmolLM2's 8 x 128 x 49k as it is and runs
+  # Gemma 3's 262k vocabulary two windows at a time.
+  batch = max(1, min(batch, _LOGIT_BYTES // (store.meta["seq_len"] * model.vocab_size * 4)))
   one = _encode_decode_fn(hyper)
 
   @jax.jit
