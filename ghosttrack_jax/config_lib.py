@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   # "random" (random init, for tests).
   c.model.source = ""
   c.model.tokenizer = ""  # tokenizer hub id or directory; "" = alongside the weights / bundled asset
+  # The model's Hugging Face / TransformerLens id, written into the SAELens export (metadata.model_name)
+  # so SAELens, Neuronpedia and SAEBench find the model; "" = derived from model.source (lm.shapes.hub_id:
+  # hub ids as given, the packaged GGUFs' upstream ids), needed for a local directory or .gguf file.
+  c.model.hf_id = ""
   c.model.dtype = "float32"  # compute dtype of the forward pass, one of MODEL_DTYPES
   c.model.layers = ()  # block indices to use; () = all blocks
   # Only for source="random": the architecture of the randomly initialised model.
@@ -238,6 +242,7 @@ VALUE_ONLY_FIELDS = frozenset(
   {
     "seed",
     "model.name",
+    "model.hf_id",
     "model.random.n_layer",
     "model.random.d_model",
     "model.random.n_head",
@@ -422,6 +427,7 @@ CHECKED_BY_RULE = (
   "model.name",
   "model.source",
   "model.tokenizer",
+  "model.hf_id",
   "data.corpus",
   "qa.nq_open_file",
   "qa.fewshot_file",
@@ -583,6 +589,10 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
   if not c.model.name or os.sep in c.model.name or c.model.name in (".", ".."):
     out.append(
       f"config.model.name={c.model.name!r}: give a folder name (no {os.sep!r}) for this model's outputs"
+    )
+  if not isinstance(c.model.hf_id, str) or any(ch.isspace() for ch in c.model.hf_id):
+    out.append(
+      f"config.model.hf_id={c.model.hf_id!r}: give a hub id such as 'gpt2' or 'google/gemma-3-270m', or ''"
     )
   if not c.model.source:
     out.append(

@@ -63,7 +63,9 @@ def main():
   torch.set_num_threads(1)
   with open(args.gguf, "rb") as f:
     sha = hashlib.sha256(f.read()).hexdigest()
-  where = dict(pretrained_model_name_or_path=os.path.dirname(args.gguf), gguf_file=os.path.basename(args.gguf))
+  where = dict(
+    pretrained_model_name_or_path=os.path.dirname(args.gguf), gguf_file=os.path.basename(args.gguf)
+  )
   tok = AutoTokenizer.from_pretrained(**where)
   model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32, attn_implementation="eager")
   model.eval()

@@ -30,7 +30,11 @@ def _smollm2():
 def test_the_gemma3_config_runs_the_defaults_protocol():
   """configs/gemma3_270m.py differs from the default only in the model and the SAE width (4 x d_model)."""
   default, gemma = _smollm2(), _config_file("gemma3_270m")
-  differ = {f for f in config_lib.field_names(default) if config_lib.get_field(default, f) != config_lib.get_field(gemma, f)}
+  differ = {
+    f
+    for f in config_lib.field_names(default)
+    if config_lib.get_field(default, f) != config_lib.get_field(gemma, f)
+  }
   assert differ == {"model.name", "model.family", "model.source", "sae.width"}
   assert (gemma.model.family, gemma.sae.width, gemma.sae.k) == ("gemma3", 2560, 64)
   config_lib.validate(gemma)

@@ -37,9 +37,8 @@ from ghosttrack_jax import lm
 from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
 from ghosttrack_jax.extract import corpus
 from ghosttrack_jax.extract import store as store_lib
-from ghosttrack_jax.lm import families
+from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.lm import model as lm_model
-from ghosttrack_jax.lm import shapes
 from ghosttrack_jax.runtime import atomic_io, multihost, paths
 
 # Fields that identify a store: a store is reused only when all of them match.

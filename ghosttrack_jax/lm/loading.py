@@ -130,8 +130,7 @@ def _load_gguf(family, model_cfg, source):
       else f"only {[f for f in families.FAMILIES if f != 'gpt2']} GGUF files are supported"
     )
     raise ModelLoadError(
-      f"config.model.source={source!r} holds a {arch!r} model but config.model.family="
-      f"{family.name!r}: {fix}"
+      f"config.model.source={source!r} holds a {arch!r} model but config.model.family={family.name!r}: {fix}"
     )
   if family.name == "gemma3":
     cfg = gguf_gemma3.gemma3_config(reader, path)

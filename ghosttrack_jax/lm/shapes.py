@@ -57,12 +57,35 @@ PACKAGED_GGUF = {
 }
 
 
+# The ids the ecosystem (Hugging Face, TransformerLens, SAELens, Neuronpedia) knows these models by.
+HUB_IDS = {
+  gguf_llama.SMOLLM2_DIST: "HuggingFaceTB/SmolLM2-135M-Instruct",
+  gguf_gemma3.GEMMA3_DIST: "google/gemma-3-270m",
+}
+
+
+def hub_id(model_cfg) -> str:
+  """The model's Hugging Face / TransformerLens id: `config.model.hf_id` when set, the upstream id of a
+  packaged GGUF, a hub id as given (GPT-2's without "openai-community/", as TransformerLens names
+  them), else `config.model.name` (a local directory, a .gguf path or a random model has no known id)."""
+  source = str(model_cfg.source)
+  if model_cfg.hf_id:
+    return str(model_cfg.hf_id)
+  if source in HUB_IDS:
+    return HUB_IDS[source]
+  if source == "random" or source.endswith(".gguf") or os.path.isdir(os.path.expanduser(source)):
+    return str(model_cfg.name)
+  return source.removeprefix("openai-community/")
+
+
 def gguf_path(source: str) -> str | None:
   """The GGUF file `config.model.source` names (a packaged model or a .gguf path), else None.
   Raises ModelLoadError naming the package when a packaged model is not installed."""
   if source in PACKAGED_GGUF:
     return PACKAGED_GGUF[source]()
   return os.path.expanduser(source) if source.endswith(".gguf") else None
+
+
 _ENDS = 1 << 20  # bytes hashed at each end of a weight file by the fingerprint
 
 

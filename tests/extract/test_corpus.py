@@ -32,7 +32,9 @@ def test_windows_start_with_bos_when_asked():
   """BOS then seq_len - 1 stream tokens per window; the stream itself is packed as without BOS."""
   docs = ["abcde", "fg", "hijklmnop"]
   windows = list(corpus.iter_windows(iter(docs), _encode, eos_id=0, seq_len=5, bos_id=1))
-  stream = [ord(c) for c in "abcde"] + [0] + [ord(c) for c in "fg"] + [0] + [ord(c) for c in "hijklmnop"] + [0]
+  stream = (
+    [ord(c) for c in "abcde"] + [0] + [ord(c) for c in "fg"] + [0] + [ord(c) for c in "hijklmnop"] + [0]
+  )
   assert len(windows) == len(stream) // 4
   assert all(w[0] == 1 and w.shape == (5,) for w, _ in windows)
   np.testing.assert_array_equal(np.concatenate([w[1:] for w, _ in windows]), stream[: 4 * len(windows)])

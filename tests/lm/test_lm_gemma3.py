@@ -47,7 +47,12 @@ def split(flat, lengths):
 def test_config_and_tokenizer(gemma, ref):
   cfg = gemma.hf_config
   assert (gemma.n_blocks, gemma.d_model, gemma.vocab_size) == (18, 640, 262144)
-  assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.sliding_window) == (4, 1, 256, 512)
+  assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.sliding_window) == (
+    4,
+    1,
+    256,
+    512,
+  )
   assert (cfg.rope_theta, cfg.rope_local_base_freq) == (1e6, 1e4)
   assert [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"] == [5, 11, 17]
   assert (gemma.bos_id, gemma.eos_id, gemma.pad_id) == (2, 1, 0)
