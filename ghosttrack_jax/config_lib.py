@@ -93,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- SAE architecture ----------------------------------------------------------------------
   c.sae = ml_collections.ConfigDict()
+  # A folder of SAEs trained elsewhere (SAELens folders of cfg.json + sae_weights.safetensors, or Gemma
+  # Scope params.npz; sae.external), used in place of the train stage's: extract and train do not run,
+  # and the fields below describe only SAEs this pipeline trains. "" = train our own.
+  c.sae.source = ""
   c.sae.arch = "jumprelu"  # one of SAE_ARCHS
   c.sae.width = 2304  # latents per layer (d_sae)
   c.sae.k = 32  # topk/batchtopk: active latents per token
@@ -428,6 +432,7 @@ CHECKED_BY_RULE = (
   "model.source",
   "model.tokenizer",
   "model.hf_id",
+  "sae.source",
   "data.corpus",
   "qa.nq_open_file",
   "qa.fewshot_file",
@@ -441,7 +446,7 @@ _READS = {
   "extract": ("model", "corpus"),
   "train": ("model",),  # CE-loss recovered splices the SAEs into the model
   "answer": ("model", "qa"),
-  "track": ("model",),
+  "track": ("model", "sae_source"),
 }
 
 
@@ -497,6 +502,11 @@ def _input_problems(c: ml_collections.ConfigDict, reads: set) -> list[str]:
         out.append(
           f"config.{field}={spec!r}: no such file or folder (a local path); give an existing path or a hub id"
         )
+  source = c.sae.source
+  if "sae_source" in reads and source and not os.path.isdir(os.path.expanduser(source)):
+    out.append(
+      f"config.sae.source={source!r}: no such folder; give the folder holding the SAEs, or '' to train"
+    )
   if "corpus" in reads:
     corpus = c.data.corpus
     if corpus.startswith("hf:"):

@@ -61,6 +61,11 @@ def read_sae_quality(config, workdir: str) -> dict:
 
   Returns {"rows": [...], "columns": [...], "source": file, "notes", "targets"} or {"note": why not}.
   """
+  if config.sae.source:
+    return {
+      "note": f"SAEs trained elsewhere (config.sae.source={config.sae.source}): the train stage, which "
+      "measures SAE quality, did not run"
+    }
   directory = paths.for_config(config, workdir).sae_results
   try:
     table = quality.load_table(directory)
