@@ -1,24 +1,21 @@
 """SAELens export: identical weights on reading back, the cfg.json fields SAELens reads, the input scale
 folded in, the architecture mapping, and (when sae_lens is installed) SAELens's own loader."""
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import saelens_env  # tests/ is on sys.path under pytest
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.sae import common, export, registry
 from ghosttrack_jax.train import stage as train_stage
 from ghosttrack_jax.train import step as train_step
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOP_LEVEL = (
   "architecture",
@@ -146,19 +143,6 @@ def test_folded_weights_give_the_training_codes_on_raw_inputs(tmp_path, arch):
     )
 
 
-def _saelens_python():
-  """An interpreter with sae_lens: this one, $GHOSTTRACK_SAELENS_PYTHON, or the benchmark's venv."""
-  if importlib.util.find_spec("sae_lens") is not None:
-    return sys.executable
-  for candidate in (
-    os.environ.get("GHOSTTRACK_SAELENS_PYTHON"),
-    os.path.join(REPO, ".venv-bench-sae", "bin", "python"),
-  ):
-    if candidate and os.path.exists(candidate):
-      return candidate
-  return None
-
-
 SAELENS_CHECK = """
 import json, sys, warnings
 import numpy as np, torch
@@ -176,11 +160,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(
-  _saelens_python() is None,
-  reason="no interpreter with sae_lens (optional; see "
-  "benchmarks/sae_train.py for the .venv-bench-sae environment)",
-)
+@pytest.mark.skipif(saelens_env.python() is None, reason=saelens_env.SKIP_REASON)
 def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
   archs = ["jumprelu", "topk", "batchtopk", "relu_l1"]
   expected = {}
@@ -195,7 +175,7 @@ def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
     np.save(os.path.join(root, "x.npy"), x)
     expected[arch] = (codes, codes @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"]))
   proc = subprocess.run(
-    [_saelens_python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
+    [saelens_env.python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
     capture_output=True,
     text=True,
     timeout=600,

@@ -6,9 +6,11 @@ of our checkpoints."""
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
+import saelens_env  # tests/ is on sys.path under pytest
 import tiny_pipeline
 from safetensors.numpy import save_file
 
@@ -132,6 +134,45 @@ def test_a_folder_that_does_not_fit_names_the_field_and_value(tmp_path, setup, m
   setup(tmp_path)
   with pytest.raises(ConfigError, match=match):
     trained.load_trained_saes(_config(tmp_path), "/nonexistent")
+
+
+SAELENS_SAVE = """
+import sys, warnings
+import numpy as np, torch
+warnings.simplefilter("ignore")
+from sae_lens import SAE
+root, x = sys.argv[1], torch.from_numpy(np.load(sys.argv[1] + "/x.npy"))
+for arch in ("jumprelu", "topk", "standard"):
+  for layer in (0, 1):
+    cfg = {"architecture": arch, "d_in": x.shape[1], "d_sae": 96, "dtype": "float32", "device": "cpu",
+           "apply_b_dec_to_input": arch != "jumprelu", "normalize_activations": "none", "k": 7,
+           "metadata": {"model_name": "gpt2", "hook_name": f"blocks.{layer}.hook_resid_post"}}
+    sae = SAE.from_dict(cfg if arch == "topk" else {k: v for k, v in cfg.items() if k != "k"})
+    g = torch.Generator().manual_seed(layer)
+    with torch.no_grad():
+      for name, p in sae.named_parameters():
+        p.copy_(torch.randn(p.shape, generator=g) / 4 + (0.2 if "threshold" in name else 0))
+    sae.save_model(f"{root}/{arch}/layer_{layer}")
+    np.save(f"{root}/{arch}/codes_{layer}.npy", sae.encode(x).detach().numpy())
+"""
+
+
+@pytest.mark.skipif(saelens_env.python() is None, reason=saelens_env.SKIP_REASON)
+def test_saes_saved_by_saelens_give_saelens_codes(tmp_path):
+  """SAELens's own `save_model` output of each architecture, read through config.sae.source."""
+  np.save(tmp_path / "x.npy", X)
+  proc = subprocess.run(
+    [saelens_env.python(), "-c", SAELENS_SAVE, str(tmp_path)], capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for arch in ("jumprelu", "topk", "standard"):
+    codes = np.asarray(
+      trained.load_trained_saes(_config(tmp_path / arch), "/nonexistent").encode(np.stack([X, X]))
+    )
+    for layer in (0, 1):
+      theirs = np.load(tmp_path / arch / f"codes_{layer}.npy")
+      np.testing.assert_allclose(codes[layer], theirs, rtol=1e-5, atol=1e-5, err_msg=arch)
+      assert (theirs > 0).sum() >= 10  # not a vacuous comparison
 
 
 def test_layers_subset_and_a_missing_folder(tmp_path):
