@@ -4,8 +4,9 @@ Two layouts are read, anywhere below the folder:
   - SAELens: a folder per SAE with `cfg.json` and `sae_weights.safetensors` (what `SAE.save_model` writes,
     and our own export, checkpoints/<model>/saelens/); configs of SAELens 6 and of earlier versions
     (converted as SAELens converts them). Architectures "jumprelu", "topk" and "standard" (plain ReLU).
-  - Gemma Scope: `params.npz` (W_enc, W_dec, b_enc, b_dec, threshold; JumpReLU on the residual stream
-    after the block) in a folder whose path names the layer ("layer_12/width_16k/average_l0_82").
+  - Gemma Scope: `params.npz` (Gemma Scope 1) or `params.safetensors` (Gemma Scope 2) with W_enc, W_dec,
+    b_enc, b_dec, threshold (JumpReLU on the residual stream after the block), in a folder whose path
+    names the layer ("layer_12/width_16k/average_l0_82", "resid_post/layer_12_width_16k_l0_small").
 
 Each SAE is checked against the model before anything runs, and a misfit is a ConfigError naming the
 folder, the field and its value: the hook point (the residual stream: `blocks.N.hook_resid_post` is our
@@ -37,8 +38,10 @@ from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.lm import model as lm_model
 from ghosttrack_jax.sae import export
 
-GEMMA_SCOPE_FILE = "params.npz"
+GEMMA_SCOPE_FILES = ("params.npz", "params.safetensors")
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+_SCOPE_LAYER = re.compile(r"(?:^|/)layer_(\d+)(?:[_/]|$)")
+_SCOPE_NOT_RESIDUAL = ("attn", "mlp", "transcoder", "embedding")  # Gemma Scope's other hook points
 _DTYPES = {"float32", "float64", "float16", "bfloat16"}
 _ARCHS = {"jumprelu": "jumprelu", "standard": "jumprelu", "topk": "topk"}  # theirs -> ours (ReLU: theta 0)
 
@@ -159,16 +162,23 @@ def read_saelens(path: str) -> ExternalSAE:
 
 
 def read_gemma_scope(file: str) -> ExternalSAE:
-  """One Gemma Scope params.npz (JumpReLU on the residual stream after block N, N from the path)."""
-  path = os.path.dirname(file)
-  layer = re.search(r"(?:^|/)layer_(\d+)(?:/|$)", path)
+  """One Gemma Scope params file (JumpReLU on the residual stream after block N, N from the path)."""
+  path, name = os.path.split(file)
+  layer = _SCOPE_LAYER.search(path)
   if not layer:
-    raise _problem(path, "no layer_<N> folder in the path of params.npz, which Gemma Scope's layout names")
-  with np.load(file) as data:
-    params = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k], np.float32) for k in data}
+    raise _problem(path, f"no layer_<N> in the path of {name}, which Gemma Scope's layout names")
+  other = [h for h in _SCOPE_NOT_RESIDUAL if h in path.lower()]
+  if other:
+    raise _problem(path, f"the path names hook point {other[0]!r}; GhostTrack reads the residual stream")
+  if name.endswith(".npz"):
+    with np.load(file) as data:
+      raw = {k: data[k] for k in data}
+  else:
+    raw = load_file(file)
+  params = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(v, np.float32) for k, v in raw.items()}
   missing = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(params)
   if missing:
-    raise _problem(path, f"params.npz lacks {sorted(missing)}")
+    raise _problem(path, f"{name} lacks {sorted(missing)}")
   d_in, d_sae = params["W_enc"].shape
   return ExternalSAE(
     path=path,
@@ -210,12 +220,12 @@ def discover(source: str) -> list[ExternalSAE]:
     subdirs.sort()
     if export.CFG in files and export.WEIGHTS in files:
       found.append(read_saelens(directory))
-    elif GEMMA_SCOPE_FILE in files:
-      found.append(read_gemma_scope(os.path.join(directory, GEMMA_SCOPE_FILE)))
+    else:
+      found += [read_gemma_scope(os.path.join(directory, f)) for f in GEMMA_SCOPE_FILES if f in files]
   if not found:
     raise ConfigError(
       f"config.sae.source={source!r} holds no SAE: expected folders with {export.CFG} + {export.WEIGHTS} "
-      f"(SAELens) or {GEMMA_SCOPE_FILE} (Gemma Scope)"
+      f"(SAELens) or {' / '.join(GEMMA_SCOPE_FILES)} (Gemma Scope)"
     )
   return found
 

@@ -115,6 +115,20 @@ def test_topk_old_config_and_gemma_scope(tmp_path):
   codes = np.asarray(saes.encode(np.stack([X, X])))[1]
   np.testing.assert_allclose(codes, _their_codes(p, X, "jumprelu", apply_b_dec=False), rtol=1e-5, atol=1e-5)
 
+  scope2 = tmp_path / "scope2" / "resid_post"  # Gemma Scope 2: params.safetensors, lower-case w_
+  for layer in (0, 1):
+    (scope2 / f"layer_{layer}_width_96_l0_small").mkdir(parents=True)
+    p = {k.replace("W_", "w_"): v for k, v in _params(layer).items()}
+    save_file(p, str(scope2 / f"layer_{layer}_width_96_l0_small" / "params.safetensors"))
+  codes = np.asarray(trained.load_trained_saes(_config(scope2), "/nonexistent").encode(np.stack([X, X])))[1]
+  np.testing.assert_allclose(
+    codes, _their_codes(_params(1), X, "jumprelu", apply_b_dec=False), rtol=1e-5, atol=1e-5
+  )
+  (scope2 / "mlp_out" / "layer_0_width_96").mkdir(parents=True)
+  np.savez(scope2 / "mlp_out" / "layer_0_width_96" / "params.npz", **_params(0))
+  with pytest.raises(ConfigError, match="hook point 'mlp'"):
+    trained.load_trained_saes(_config(scope2), "/nonexistent")
+
 
 @pytest.mark.parametrize(
   "setup,match",
