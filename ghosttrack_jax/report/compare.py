@@ -66,27 +66,16 @@ def _depth(layers, n_blocks: int) -> list[float]:
 
 
 def _model_entry(workdir: str, model: str, dataset: str) -> dict:
-  """What the comparison shows of one model (the SAE table and tracking of its run, when present)."""
-  config = _config_for(model, dataset)
-  p = paths.ModelPaths(workdir, model)
-  manifest = examples_lib.load_manifest(config, workdir, dataset)
-  entry = {
-    "model": model,
-    "workdir": workdir,
-    "source": manifest["model"].get("source"),
-    "family": manifest["model"].get("family"),
-    "n_questions": manifest.get("n_questions"),
-    "n_excluded": manifest.get("n_excluded"),
-  }
+  """What the comparison shows of one model: its source, block count and SAE quality table (when its
+  train stage ran); `_add_dataset` adds each evaluated dataset's answers and tracking."""
+  manifest = examples_lib.load_manifest(_config_for(model, dataset), workdir, dataset)
+  entry = {"model": model, "workdir": workdir, **{k: manifest["model"].get(k) for k in ("source", "family")}}
   try:
-    table = quality.load_table(p.sae_results)
+    table = quality.load_table(paths.ModelPaths(workdir, model).sae_results)
   except GhostTrackError as e:
-    entry["sae_note"] = str(e)
-    table = None
-  track = feature_table.load_report(feature_table.directory(config, workdir, dataset)) or {}
+    entry["sae_note"], table = str(e), None
   layers = [int(r["layer"]) for r in table["layers"]] if table else []
-  assoc = track.get("association_per_layer") or []
-  entry["n_blocks"] = _n_blocks(manifest["model"], layers or [int(a["layer"]) + 1 for a in assoc] or [0])
+  entry["n_blocks"] = _n_blocks(manifest["model"], layers or [0])
   if table:
     entry["sae"] = {
       "arch": table.get("arch"),
@@ -97,14 +86,33 @@ def _model_entry(workdir: str, model: str, dataset: str) -> dict:
       "depth": _depth(layers, entry["n_blocks"]),
       **{col: [r.get(col) for r in table["layers"]] for col, _ in SAE_METRICS},
     }
-  if assoc:
-    # transition l -> l + 1 sits at the depth of l
-    entry["association"] = {
-      "layers": [int(a["layer"]) for a in assoc],
-      "depth": _depth([int(a["layer"]) for a in assoc], entry["n_blocks"]),
+  entry["datasets"] = {}
+  return entry
+
+
+def _add_dataset(entry: dict, dataset: str) -> None:
+  """The answers (questions asked, non-answers left out) and the tracker's association shares of one
+  evaluated dataset of the model."""
+  config = _config_for(entry["model"], dataset)
+  manifest = examples_lib.load_manifest(config, entry["workdir"], dataset)
+  track = feature_table.load_report(feature_table.directory(config, entry["workdir"], dataset)) or {}
+  assoc = track.get("association_per_layer") or []
+  if assoc and not entry.get("sae"):  # no SAE table: the tracked layers bound the block count
+    entry["n_blocks"] = max(
+      entry["n_blocks"], _n_blocks(manifest["model"], [int(a["layer"]) + 1 for a in assoc])
+    )
+  layers = [int(a["layer"]) for a in assoc]  # transition l -> l + 1 sits at the depth of l
+  entry["datasets"][dataset] = {
+    "n_questions": manifest.get("n_questions"),
+    "n_excluded": manifest.get("n_excluded"),
+    "association": {
+      "layers": layers,
+      "depth": _depth(layers, entry["n_blocks"]),
       "accepted_share": [a.get("accepted_share") for a in assoc],
     }
-  return entry
+    if assoc
+    else None,
+  }
 
 
 def gather(workdirs) -> dict:
@@ -127,6 +135,7 @@ def gather(workdirs) -> dict:
     label = name if len(workdirs_of[name]) == 1 else f"{name} ({os.path.join(*workdir.split(os.sep)[-2:])})"
     if label not in out["models"]:
       out["models"][label] = _model_entry(workdir, name, m["dataset"])
+    _add_dataset(out["models"][label], m["dataset"])
     out["datasets"].setdefault(m["dataset"], {})[label] = m
   return out
 
@@ -173,7 +182,7 @@ def model_rows(comp: dict) -> tuple[list, list]:
           ds,
           f"{m['n_examples']} ({m['n_correct']} / {m['n_hallucinated']})",
           render.fmt(m["n_correct"] / m["n_examples"] if m["n_examples"] else None),
-          e.get("n_excluded", ""),
+          e["datasets"][ds]["n_excluded"],
         ]
       )
   return header, rows
@@ -199,16 +208,20 @@ def depth_rows(comp: dict) -> tuple[list, list]:
   """SAE quality and association share, mean per relative-depth bin, one row per (model, quantity)."""
   rows = []
   for label, e in comp["models"].items():
-    sae, assoc = e.get("sae"), e.get("association")
+    sae = e.get("sae")
     for col, name in SAE_METRICS:
       if sae:
         rows.append([label, name] + [render.fmt(v) for v in _binned(sae["depth"], sae[col])])
-    if assoc:
+    for ds, assoc in _associations(e):
       rows.append(
-        [label, "tracker: accepted share"]
+        [label, f"tracker: accepted share ({ds})"]
         + [render.fmt(v) for v in _binned(assoc["depth"], assoc["accepted_share"])]
       )
   return ["model", "quantity"] + [f"depth {b}" for b in _bin_names()], rows
+
+
+def _associations(entry: dict) -> list[tuple[str, dict]]:
+  return [(ds, d["association"]) for ds, d in entry["datasets"].items() if d["association"]]
 
 
 def _ordered_methods(per_model: dict) -> list[str]:
@@ -251,19 +264,20 @@ def detection_rows(per_model: dict) -> tuple[list, list]:
 
 
 def plot_depth(comp: dict) -> str | None:
-  """SAE quality (four panels) and the tracker's accepted share against relative depth, a line per model."""
-  models = {k: e for k, e in comp["models"].items() if e.get("sae") or e.get("association")}
+  """SAE quality (four panels) and the tracker's accepted share against relative depth, a line per model
+  (per model and dataset for the shares, dashed after the first dataset)."""
+  models = {k: e for k, e in comp["models"].items() if e.get("sae") or _associations(e)}
   if not models:
     return None
   panels = list(SAE_METRICS) + [("accepted_share", "tracker: accepted association share")]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
   for ax, (col, name) in zip(axes, panels):
     for i, (label, e) in enumerate(models.items()):
-      src = e.get("association") if col == "accepted_share" else e.get("sae")
-      if src:
-        ax.plot(
-          src["depth"], [np.nan if v is None else v for v in src[col]], "-o", ms=3, color=f"C{i}", label=label
-        )
+      lines = _associations(e) if col == "accepted_share" else [("", e["sae"])] if e.get("sae") else []
+      for j, (ds, src) in enumerate(lines):
+        ys = [np.nan if v is None else v for v in src[col]]
+        name_ = f"{label}: {ds}" if len(lines) > 1 else label
+        ax.plot(src["depth"], ys, "-o" if j == 0 else "--o", ms=3, color=f"C{i}", label=name_)
     ax.set_title(name, fontsize=9)
     ax.set_xlabel("relative depth (layer / (blocks − 1))", fontsize=8)
   axes[0].legend(fontsize=7)
