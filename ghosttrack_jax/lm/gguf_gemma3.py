@@ -231,9 +231,3 @@ def gemma3_tokenizer(reader) -> PreTrainedTokenizerFast:
     unk_token=name("unknown_token_id"),
   )
 
-
-def load_gguf_gemma3(path: str):
-  """(Gemma3TextConfig, params, tokenizer) for a Gemma 3 GGUF file."""
-  reader = open_gguf(path)
-  cfg = gemma3_config(reader, path)
-  return cfg, gemma3_params(reader, cfg, path), gemma3_tokenizer(reader)
