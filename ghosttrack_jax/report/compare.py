@@ -248,6 +248,16 @@ def detection_rows(per_model: dict) -> tuple[list, list]:
       ci = f" {render.fmt_ci(r['auroc_ci'])}" if r and r["auroc"] is not None else ""
       row.append(f"{render.fmt(r['auroc'])}{ci}{mark}" if r else "—")
     rows.append(row)
+  # The within-relation control (wikidata): AUROC of each method within relations, pooled.
+  within = [m.get("per_relation", {}).get("within", {}) for m in per_model.values()]
+  for name in dict.fromkeys(n for w in within for n in w):
+    rows.append(
+      [f"within relation: {name}"]
+      + [
+        f"{render.fmt(w[name]['auroc'])} {render.fmt_ci(w[name]['auroc_ci'])}" if name in w else "—"
+        for w in within
+      ]
+    )
   for key, what in (
     ("ghosttrack_minus_best_baseline", "Δ GhostTrack − strongest baseline"),
     ("ghosttrack_minus_question_only", "Δ GhostTrack − question-only control"),

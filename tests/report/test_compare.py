@@ -61,7 +61,8 @@ def test_two_workdirs_side_by_side(two_runs, tmp_path):
   ]
   per_model = comp["datasets"]["nq_open"]
   every = set().union(*(m["methods"] for m in per_model.values()))
-  assert set(names[:-2]) == every  # every method of every metrics file, none invented
+  within = {f"within relation: {n}" for m in per_model.values() for n in m["per_relation"]["within"]}
+  assert set(names[:-2]) == every | within  # every method of every metrics file, none invented
   best = per_model["model_a"]["best_baseline"]
   assert "(strongest baseline)" in rows[names.index(best)][1]
   gt = per_model["model_b"]["methods"][metrics.PRIMARY]
