@@ -47,13 +47,6 @@ CHECKSUMS = "checksums.npy"
 GROUPS = "groups"
 FORMAT = 2  # meta["format"]: 2 = per-chunk checksums; a store without the field has none
 TOKEN_RULE = "packed windows; position 0 of each window excluded; no padding"
-
-
-def token_rule(window_bos: bool) -> str:
-  """The packing rule a store records (extract.corpus): TOKEN_RULE, and BOS first where the model wants it."""
-  return TOKEN_RULE + ("; each window starts with BOS" if window_bos else "")
-
-
 TOKEN_ARRAYS = ("token_ids", "doc_ids")
 
 # Fields compared when a caller states what it expects the store to hold.
@@ -63,6 +56,11 @@ _FIX = (
   "Rerun the same command with --verify to list every damaged file, then delete {path} and run the "
   "extract stage again (or restore the store from a copy)."
 )
+
+
+def token_rule(window_bos: bool) -> str:
+  """The packing rule a store records (extract.corpus): TOKEN_RULE, and BOS first where the model wants it."""
+  return TOKEN_RULE + ("; each window starts with BOS" if window_bos else "")
 
 
 def _spec(
