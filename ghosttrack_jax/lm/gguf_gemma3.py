@@ -25,7 +25,6 @@ import importlib.metadata
 import os
 import tempfile
 
-import jax
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
@@ -166,21 +165,8 @@ def gemma3_params(reader, cfg: Gemma3TextConfig, path: str) -> dict:
       _put(model, ("layers", parts[1], *_PROJECTIONS[parts[2]], "kernel"), np.ascontiguousarray(w.T))
     else:
       raise ModelLoadError(f"unexpected tensor {t.name!r} in {path!r}; it is not a Gemma 3 text model")
-  check_shapes(params["model"], cfg, path)
+  gemma3.check_shapes(params["model"], cfg, path)
   return params
-
-
-def check_shapes(model_params: dict, cfg: Gemma3TextConfig, path: str):
-  """ModelLoadError naming the first tensor that is missing or has the wrong shape for `cfg`."""
-  ids = jax.ShapeDtypeStruct((1, 1), np.int32)
-  want = jax.eval_shape(gemma3.Gemma3Module(cfg).init, jax.random.PRNGKey(0), ids, ids, ids)["params"]
-  got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(model_params)}
-  for key, leaf in jax.tree_util.tree_leaves_with_path(want):
-    name = jax.tree_util.keystr(key)
-    if got.get(name) != leaf.shape:
-      raise ModelLoadError(
-        f"{path!r}: tensor {name} has shape {got.get(name)}, the config's model needs {leaf.shape}"
-      )
 
 
 def gemma3_tokenizer(reader) -> PreTrainedTokenizerFast:

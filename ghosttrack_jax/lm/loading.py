@@ -8,7 +8,8 @@ Sources (`config.model.source`):
     (see `gguf_llama`, `gguf_gemma3`); the bundled SmolLM2 file uses the committed tokenizer in
     `assets/smollm2_tokenizer`, other files convert theirs.
   - anything else: a local HF directory or a hub id, loaded with `from_pretrained` (Flax weights or
-    safetensors; a PyTorch-only `pytorch_model.bin` checkpoint needs torch).
+    safetensors; a PyTorch-only `pytorch_model.bin` checkpoint needs torch); for Gemma 3, a local
+    checkpoint directory read by `hf_gemma3`.
 Bad input raises `ModelLoadError` (or `ConfigError` for config values) saying what to change.
 """
 
@@ -24,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
-from ghosttrack_jax.lm import families, gguf_file, gguf_gemma3, gguf_llama, shapes
+from ghosttrack_jax.lm import families, gguf_file, gguf_gemma3, gguf_llama, hf_gemma3, shapes
 from ghosttrack_jax.lm.model import LanguageModel, check_layers
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -54,6 +55,8 @@ def load_model(model_cfg) -> LanguageModel:
     hf_config, params, tok = _load_random(family, model_cfg, dtype)
   elif shapes.gguf_path(source) is not None:
     hf_config, params, tok = _load_gguf(family, model_cfg, source)
+  elif family.name == "gemma3":
+    hf_config, params, tok = _load_gemma3_dir(model_cfg, source)
   else:
     hf_config, params, tok = _load_pretrained(family, model_cfg, source, dtype)
   tok = _finish_tokenizer(tok, hf_config)
@@ -148,6 +151,21 @@ def _load_gguf(family, model_cfg, source):
   else:
     tok = gguf_llama.convert_gguf_tokenizer(path)
   return cfg, params, tok
+
+
+def _load_gemma3_dir(model_cfg, source):
+  """A Gemma 3 checkpoint directory (lm.hf_gemma3); transformers 4.x has no Flax Gemma 3 to load it."""
+  path = os.path.expanduser(source)
+  if not hf_gemma3.is_gemma3_dir(path):
+    raise ModelLoadError(
+      f"config.model.source={source!r}: a Gemma 3 model loads from {gguf_gemma3.GEMMA3_DIST!r}, a .gguf "
+      "file, or a local checkpoint directory (config.json of model_type gemma3_text or gemma3, and "
+      "*.safetensors); download the checkpoint and give its directory"
+    )
+  cfg, prefix = hf_gemma3.gemma3_config(path)
+  check_layers(model_cfg.layers, cfg.num_hidden_layers)  # before the (slow) weights
+  params = hf_gemma3.gemma3_params(path, cfg, prefix)
+  return cfg, params, _tokenizer(model_cfg.tokenizer or path)
 
 
 def _bundled_smollm2():

@@ -14,6 +14,7 @@ import json
 import os
 
 from huggingface_hub import try_to_load_from_cache
+from transformers import Gemma3TextConfig
 
 from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.lm import gguf_file, gguf_gemma3, gguf_llama
@@ -125,7 +126,10 @@ def architecture(model_cfg) -> Arch:
 
 
 def from_hf_dict(d: dict) -> Arch:
+  if d.get("model_type") == "gemma3":  # multimodal checkpoint: the language model's config
+    d = {**d["text_config"], "model_type": "gemma3_text"}
   if d.get("model_type") == "gemma3_text":
+    d = Gemma3TextConfig(**d).to_dict()  # fills what the file leaves at its defaults
     return Arch(
       "gemma3",
       d["num_hidden_layers"],
