@@ -161,13 +161,15 @@ def read_saelens(path: str) -> ExternalSAE:
   )
 
 
-def read_gemma_scope(file: str) -> ExternalSAE:
-  """One Gemma Scope params file (JumpReLU on the residual stream after block N, N from the path)."""
+def read_gemma_scope(file: str, root: str) -> ExternalSAE:
+  """One Gemma Scope params file below `root` (JumpReLU on the residual stream after block N, N from
+  the path; a hook point other than the residual stream named below `root` is refused)."""
   path, name = os.path.split(file)
-  layer = _SCOPE_LAYER.search(path)
+  below = "/" + os.path.relpath(path, root).replace(os.sep, "/")
+  layer = _SCOPE_LAYER.search(path.replace(os.sep, "/"))
   if not layer:
     raise _problem(path, f"no layer_<N> in the path of {name}, which Gemma Scope's layout names")
-  other = [h for h in _SCOPE_NOT_RESIDUAL if h in path.lower()]
+  other = [h for h in _SCOPE_NOT_RESIDUAL if h in below.lower()]
   if other:
     raise _problem(path, f"the path names hook point {other[0]!r}; GhostTrack reads the residual stream")
   if name.endswith(".npz"):
@@ -221,7 +223,7 @@ def discover(source: str) -> list[ExternalSAE]:
     if export.CFG in files and export.WEIGHTS in files:
       found.append(read_saelens(directory))
     else:
-      found += [read_gemma_scope(os.path.join(directory, f)) for f in GEMMA_SCOPE_FILES if f in files]
+      found += [read_gemma_scope(os.path.join(directory, f), root) for f in GEMMA_SCOPE_FILES if f in files]
   if not found:
     raise ConfigError(
       f"config.sae.source={source!r} holds no SAE: expected folders with {export.CFG} + {export.WEIGHTS} "
