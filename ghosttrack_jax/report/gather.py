@@ -1,5 +1,6 @@
 """What the report reads: every finished dataset's metrics, scores, detector, tracks and examples (each
-through its owner module), the SAE quality table, the code commit and the cross-model rows."""
+through its owner module), the SAE quality table and the code commit (the comparison across models is
+report.compare's)."""
 
 import json
 import os
