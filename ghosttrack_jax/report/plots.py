@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 MAX_TRACKS_PLOTTED = 40  # case-study plots: the longest (then strongest) tracks only
 
 
-def _png(fig) -> str:
+def png(fig) -> str:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
   plt.close(fig)
@@ -62,7 +62,7 @@ def plot_roc(ds: dict) -> str | None:
   ax.set_ylabel("true-positive rate (hallucinated = positive)")
   ax.set_title(f"ROC, out-of-fold (repeat 0): {ds['dataset']}")
   ax.legend(fontsize=7, loc="lower right")
-  return _png(fig)
+  return png(fig)
 
 
 def plot_forest(metrics: dict) -> str | None:
@@ -82,7 +82,7 @@ def plot_forest(metrics: dict) -> str | None:
   ax.set_yticks(y)
   ax.set_yticklabels([r["method"] for r in rows], fontsize=7)
   ax.set_xlabel("AUROC with 95% question-bootstrap interval")
-  return _png(fig)
+  return png(fig)
 
 
 def plot_importances(detector: dict) -> str | None:
@@ -95,7 +95,7 @@ def plot_importances(detector: dict) -> str | None:
     ax.barh([k for k, _ in items], [v for _, v in items], color="C0")
     ax.set_title(f"{name}: {imp['type'].replace('_', ' ')}", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
-  return _png(fig)
+  return png(fig)
 
 
 def plot_case(tr: dict, case: dict) -> str:
@@ -122,4 +122,4 @@ def plot_case(tr: dict, case: dict) -> str:
   ax.set_title(
     f"{verdict}; P(halluc.)={fmt(case['score'], 2)}; {shown}; dot = observation, x = death", fontsize=9
   )
-  return _png(fig)
+  return png(fig)

@@ -61,13 +61,13 @@ def method_rows(metrics: dict) -> list[dict]:
   return rows
 
 
-def _md_table(header, rows) -> str:
+def md_table(header, rows) -> str:
   out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
   return "\n".join(out)
 
 
-def _html_table(header, rows) -> str:
+def html_table(header, rows) -> str:
   h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
   body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
   return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
@@ -122,40 +122,6 @@ def _sae_table(sq: dict) -> tuple[list, list] | None:
   cols = sq["columns"]
   return cols, [
     [fmt(r.get(c), 4) if isinstance(r.get(c), float) else r.get(c, "") for c in cols] for r in sq["rows"]
-  ]
-
-
-CROSS_HEADER = [
-  "model",
-  "dataset",
-  "mode",
-  "n (correct / halluc.)",
-  "GhostTrack AUROC",
-  "95% CI",
-  "best baseline",
-  "its AUROC",
-  "95% CI",
-  "Δ",
-  "Δ CI",
-]
-
-
-def _cross_rows(rows):
-  return [
-    [
-      r["model"],
-      r["dataset"],
-      r["mode"],
-      f"{r['n']} ({r['n_correct']} / {r['n_hallucinated']})",
-      fmt(r["ghosttrack_auroc"]),
-      fmt_ci(r["ghosttrack_ci"]),
-      r["best_baseline"] or "n/a",
-      fmt(r["best_baseline_auroc"]),
-      fmt_ci(r["best_baseline_ci"]),
-      fmt(r["delta"]),
-      fmt_ci(r["delta_ci"]),
-    ]
-    for r in rows
   ]
 
 
@@ -390,7 +356,7 @@ def to_markdown(rep: dict) -> str:
       "",
       f"### AUROC table ({d['mode_title']}; positive class = hallucinated)",
       "",
-      _md_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})),
+      md_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})),
       "",
       "Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / F1 "
       "were chosen on training folds only.",
@@ -400,14 +366,14 @@ def to_markdown(rep: dict) -> str:
     if ctl:
       out += ["### Controls", ""]
       for c in ctl:
-        out += [f"**{c[0]}**", "", _md_table(c[1], c[2]), ""] if isinstance(c, tuple) else [c, ""]
+        out += [f"**{c[0]}**", "", md_table(c[1], c[2]), ""] if isinstance(c, tuple) else [c, ""]
     lv = _label_variant_rows(d)
     if lv:
-      out += ["### Label-method sensitivity (same folds)", "", _md_table(LV_HEADER, lv), ""]
+      out += ["### Label-method sensitivity (same folds)", "", md_table(LV_HEADER, lv), ""]
     if d["degeneracy"]:
       out += ["### Degeneracy", ""]
       out += [
-        _md_table(
+        md_table(
           ["feature set", "constant", "near-constant", "effective rank (99%)"],
           [
             [
@@ -424,7 +390,7 @@ def to_markdown(rep: dict) -> str:
     if d["case_studies"]:
       out += ["### Case studies", ""]
       out += [
-        _md_table(
+        md_table(
           ["id", "label", "P(halluc.)", "question", "answer", "gold"],
           [
             [
@@ -442,18 +408,16 @@ def to_markdown(rep: dict) -> str:
       ]
   out += ["## SAE quality per layer", ""]
   t = _sae_table(rep["sae_quality"])
-  out += [_md_table(*t) if t else f"_{rep['sae_quality'].get('note')}_", ""]
+  out += [md_table(*t) if t else f"_{rep['sae_quality'].get('note')}_", ""]
   out += [f"- {n}" for n in rep["sae_quality"].get("notes", [])]
   if rep["sae_quality"].get("targets"):
     out += [f"- targets: {json.dumps(rep['sae_quality']['targets'])}"]
-  if len(rep["cross_model"]) > 1:
-    out += ["## Across models", "", _md_table(CROSS_HEADER, _cross_rows(rep["cross_model"])), ""]
   for title, header, rows in transfer_tables(rep.get("transfer")):
     out += [f"## {title}", "", _md_table(header, rows), ""]
   return "\n".join(out) + "\n"
 
 
-_CSS = (
+CSS = (
   "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
   "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
   "th{background:#eee}.warn{color:#a40}img{max-width:100%}.mode{background:#ffe;padding:4px}"
@@ -464,7 +428,7 @@ def to_html(rep: dict, plots: dict) -> str:
   e = html.escape
   out = [
     f"<!doctype html><html><head><meta charset='utf-8'><title>GhostTrack report: {e(rep['model'])}</title>"
-    f"<style>{_CSS}</style></head><body>",
+    f"<style>{CSS}</style></head><body>",
     f"<h1>GhostTrack report: {e(rep['model'])}</h1>",
     f"<p>Code commit <code>{e(str(rep['code']['commit']))}</code>"
     + (" (uncommitted changes)" if rep["code"]["dirty"] else "")
@@ -478,7 +442,7 @@ def to_html(rep: dict, plots: dict) -> str:
     out.append(f"<p><b>{e(_claim_text(d))}</b></p>")
     out += [f"<p class='warn'>warning: {e(w)}</p>" for w in d["warnings"]]
     out.append(f"<h3>AUROC table ({e(d['mode_title'])}; positive class = hallucinated)</h3>")
-    out.append(_html_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})))
+    out.append(html_table(AUROC_HEADER, auroc_table({"methods": d["methods"]})))
     out.append(
       "<p>Δ marked * when its paired-bootstrap 95% CI excludes 0. Thresholds for balanced accuracy / "
       "F1 were chosen on training folds only.</p>"
@@ -493,16 +457,14 @@ def to_html(rep: dict, plots: dict) -> str:
     if ctl:
       out.append("<h3>Controls</h3>")
       for c in ctl:
-        out += (
-          [f"<h4>{e(c[0])}</h4>", _html_table(c[1], c[2])] if isinstance(c, tuple) else [f"<p>{e(c)}</p>"]
-        )
+        out += [f"<h4>{e(c[0])}</h4>", html_table(c[1], c[2])] if isinstance(c, tuple) else [f"<p>{e(c)}</p>"]
     lv = _label_variant_rows(d)
     if lv:
-      out += ["<h3>Label-method sensitivity (same folds)</h3>", _html_table(LV_HEADER, lv)]
+      out += ["<h3>Label-method sensitivity (same folds)</h3>", html_table(LV_HEADER, lv)]
     if d["degeneracy"]:
       out.append("<h3>Degeneracy</h3>")
       out.append(
-        _html_table(
+        html_table(
           ["feature set", "constant", "near-constant", "effective rank (99%)"],
           [
             [
@@ -527,14 +489,12 @@ def to_html(rep: dict, plots: dict) -> str:
         out.append(img(b64, f"tracks of {c['id']}"))
   out.append("<h2>SAE quality per layer</h2>")
   t = _sae_table(rep["sae_quality"])
-  out.append(_html_table(*t) if t else f"<p><i>{e(rep['sae_quality'].get('note', ''))}</i></p>")
+  out.append(html_table(*t) if t else f"<p><i>{e(rep['sae_quality'].get('note', ''))}</i></p>")
   notes = rep["sae_quality"].get("notes", [])
   if notes:
     out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
   if rep["sae_quality"].get("targets"):
     out.append(f"<p>targets: {e(json.dumps(rep['sae_quality']['targets']))}</p>")
-  if len(rep["cross_model"]) > 1:
-    out += ["<h2>Across models</h2>", _html_table(CROSS_HEADER, _cross_rows(rep["cross_model"]))]
   for title, header, rows in transfer_tables(rep.get("transfer")):
     out += [f"<h2>{e(title)}</h2>", _html_table(header, rows)]
   out.append("</body></html>")

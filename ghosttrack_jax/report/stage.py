@@ -26,7 +26,7 @@ import logging
 import os
 
 from ghosttrack_jax.errors import GhostTrackError, IncompleteStoreError
-from ghosttrack_jax.report import dashboard, gather, plots, render
+from ghosttrack_jax.report import compare, dashboard, gather, plots, render
 from ghosttrack_jax.runtime import atomic_io, paths
 
 
@@ -35,6 +35,7 @@ def build(config, workdir: str) -> tuple[dict, dict]:
   datasets = gather.evaluated_datasets(p)
   if not datasets:
     raise IncompleteStoreError(f"no finished evaluation under {p.evaluation}: run the 'evaluate' stage first")
+  figures = {}
   rep = {
     "model": config.model.name,
     "model_source": config.model.source,
@@ -42,10 +43,12 @@ def build(config, workdir: str) -> tuple[dict, dict]:
     "config": json.loads(config.to_json_best_effort()),
     "datasets": {},
     "sae_quality": gather.read_sae_quality(config, workdir),
-    "cross_model": gather.cross_model(os.path.abspath(workdir)),
     "transfer": gather.transfer(config, workdir),
   }
-  figures = {}
+  comparison = compare.gather([os.path.abspath(workdir)])
+  if len(comparison["models"]) > 1:  # other models evaluated in the same workdir
+    rep["cross_model"] = compare.summary(comparison)
+    figures["cross_model"] = (comparison, compare.plots(comparison))
   for name in datasets:
     ds = gather.load_dataset_results(config, workdir, name)
     m = ds["metrics"]
@@ -116,8 +119,15 @@ def run(config, workdir: str) -> str:
   os.makedirs(p.evaluation, exist_ok=True)
   _write_case_dashboards(config, workdir, p.evaluation, rep, figures)
   atomic_io.atomic_write_json(os.path.join(p.evaluation, "report.json"), rep)
-  atomic_io.atomic_write_text(os.path.join(p.evaluation, "report.md"), render.to_markdown(rep))
+  md, page = render.to_markdown(rep), render.to_html(rep, figures)
+  if "cross_model" in figures:
+    comparison, comparison_figures = figures["cross_model"]
+    md += "\n" + compare.to_markdown(comparison)
+    page = page.replace(
+      "</body></html>", compare.to_html(comparison, comparison_figures) + "\n</body></html>"
+    )
+  atomic_io.atomic_write_text(os.path.join(p.evaluation, "report.md"), md)
   html_path = os.path.join(p.evaluation, "report.html")
-  atomic_io.atomic_write_text(html_path, render.to_html(rep, figures))
+  atomic_io.atomic_write_text(html_path, page)
   logging.info("report: written to %s (also report.md and report.json)", html_path)
   return html_path

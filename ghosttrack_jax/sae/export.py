@@ -2,7 +2,11 @@
 (+ `sparsity.safetensors`), and a reader that loads it back bit-identically.
 
 The input scale s is folded into the weights (W_enc*s, W_dec/s, b_dec/s; b_enc and theta unchanged), so
-the exported SAE takes raw residuals and `normalize_activations` is "none". Architecture mapping:
+the exported SAE takes raw residuals and `normalize_activations` is "none". The model is named as the
+ecosystem names it (`lm.shapes.hub_id`: "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct", ...), with the
+TransformerLens loading settings that give the residuals the SAEs were trained on: the raw stream, so
+`center_writing_weights` off (TransformerLens centres it by default; folding norms leaves it as it is),
+and BOS prepended only for the models whose windows start with it (Gemma 3). Architecture mapping:
 JumpReLU, BatchTopK (theta_glob for every latent) and legacy relu_l1 -> "jumprelu"; TopK -> "topk".
 `metadata.ghosttrack` records what SAELens has no field for (our arch, s, training summary).
 """
@@ -33,6 +37,7 @@ def saelens_cfg(
   context_size: int,
   input_scale: float,
   extra: dict | None = None,
+  prepend_bos: bool = False,
 ) -> dict:
   cfg = {
     "architecture": arch.export_arch,
@@ -50,9 +55,9 @@ def saelens_cfg(
       "hook_name": f"blocks.{int(layer)}.hook_resid_post",
       "hook_head_index": None,
       "context_size": int(context_size),
-      "prepend_bos": False,  # packed windows; position 0 excluded from training
+      "prepend_bos": bool(prepend_bos),  # packed windows, BOS first for Gemma; position 0 not trained on
       "seqpos_slice": [1, None],
-      "model_from_pretrained_kwargs": {},
+      "model_from_pretrained_kwargs": {"center_writing_weights": False},
       "ghosttrack": {
         "arch": arch.name,
         "layer": int(layer),
@@ -93,12 +98,13 @@ def write_all(
   context_size: int,
   sparsity=None,
   extra: dict | None = None,
+  prepend_bos: bool = False,
 ) -> None:
   """Exports every layer of `final` (train.stage.FinalSAEs: stacked training-unit params + scales)."""
   folded = common.fold_input_scale(final.params, final.input_scale)
   for i, layer in enumerate(progress.track(layers, "export", "layer")):
     p = {k: np.asarray(v[i]) for k, v in folded.items()}
-    cfg = saelens_cfg(arch, layer, model_name, context_size, float(final.input_scale[i]), extra)
+    cfg = saelens_cfg(arch, layer, model_name, context_size, float(final.input_scale[i]), extra, prepend_bos)
     write_layer(layer_dir(root, layer), arch, p, cfg, None if sparsity is None else sparsity[i])
 
 

@@ -1,5 +1,6 @@
 """Trained SAEs as the later stages use them (docs/DESIGN.md, "Trained SAEs"): `TrainedSAEs` and
-`load_trained_saes`, which reads the SAELens export of a completed train stage."""
+`load_trained_saes`, which reads the SAELens export of a completed train stage, or the SAEs trained
+elsewhere that `config.sae.source` names (`sae.external`)."""
 
 import os
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.runtime import atomic_io, paths
-from ghosttrack_jax.sae import common, export, registry
+from ghosttrack_jax.sae import common, export, external, registry
 
 
 class TrainedSAEs:
@@ -82,7 +83,10 @@ class TrainedSAEs:
 
 
 def load_trained_saes(config, workdir: str) -> TrainedSAEs:
-  """Loads the exported SAEs of a completed train stage; IncompleteStoreError if there are none."""
+  """The SAEs of `config.sae.source` when set, else the exported SAEs of a completed train stage
+  (IncompleteStoreError if there are none)."""
+  if config.sae.source:
+    return TrainedSAEs(**external.load(config))
   mp = paths.for_config(config, workdir)
   if not atomic_io.is_done(mp.sae_results) or not atomic_io.is_done(mp.sae_export):
     raise IncompleteStoreError(

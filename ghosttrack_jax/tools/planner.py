@@ -51,6 +51,10 @@ def model_param_count(a: Arch) -> int:
   if a.family == "gpt2":
     block = (D * 3 * D + 3 * D) + (D * D + D) + (D * F + F) + (F * D + D) + 4 * D  # attn, mlp, 2 LNs
     total = V * D + a.n_positions * D + L * block + 2 * D
+  elif a.family == "gemma3":  # q,o,k,v, mlp, 4 norms around attention and MLP, q/k norms
+    hd = a.hd
+    block = D * a.n_heads * hd * 2 + D * a.n_kv_heads * hd * 2 + 3 * D * F + 4 * D + 2 * hd
+    total = V * D + L * block + D
   else:
     hd = D // a.n_heads
     block = D * a.n_heads * hd * 2 + D * a.n_kv_heads * hd * 2 + 3 * D * F + 2 * D  # q,o,k,v,mlp,norms
@@ -98,7 +102,8 @@ def extract_peak(
   params = model_param_count(a) * 4
   stack = n_layers * n * a.d_model * 4
   stored = n_layers * n * a.d_model * _dtype_bytes(storage_dtype)
-  block = (4 * n * a.d_model + batch * a.n_heads * seq_len * seq_len + 2 * n * a.d_ff) * c
+  width = max(a.d_model, a.n_heads * a.hd)  # Gemma 3's heads are wider than d_model / heads
+  block = (4 * n * width + batch * a.n_heads * seq_len * seq_len + 2 * n * a.d_ff) * c
   return params + stack + stored + block + 2 * n * 4
 
 
@@ -125,8 +130,7 @@ def train_peak(d_model: int, width: int, layers_per_device: int, batch: int) -> 
 def generate_peak(a: Arch, batch: int, prompt: int, new: int) -> int:
   """Greedy generation with a KV cache: params, the cache, prefill activations and prefill logits."""
   T = prompt + new
-  hd = a.d_model // a.n_heads
-  cache = 2 * a.n_layers * batch * T * a.n_kv_heads * hd * 4
+  cache = 2 * a.n_layers * batch * T * a.n_kv_heads * a.hd * 4
   prefill = (
     5 * batch * prompt * a.d_model + 2 * batch * a.n_heads * prompt * T + 2 * batch * prompt * a.d_ff
   ) * 4
@@ -169,12 +173,13 @@ def _timed(fn, *args, repeats: int = 3) -> float:
 def measure_block_seconds(a: Arch, batch: int, seq_len: int) -> float:
   """Seconds of one proxy transformer block (attention + MLP at the model's shapes) on this device."""
 
-  D, F, H = a.d_model, a.d_ff, a.n_heads
+  D, F, H, hd = a.d_model, a.d_ff, a.n_heads, a.hd
   key = jax.random.PRNGKey(0)
   w = {
     n: jax.random.normal(k, s) * 0.02
     for (n, s), k in zip(
-      {"qkv": (D, 3 * D), "o": (D, D), "up": (D, F), "down": (F, D)}.items(), jax.random.split(key, 4)
+      {"qkv": (D, 3 * H * hd), "o": (H * hd, D), "up": (D, F), "down": (F, D)}.items(),
+      jax.random.split(key, 4),
     )
   }
   x = jax.random.normal(key, (batch, seq_len, D))
@@ -182,10 +187,10 @@ def measure_block_seconds(a: Arch, batch: int, seq_len: int) -> float:
   @jax.jit
   def block(w, x):
     q, k, v = jnp.split(x @ w["qkv"], 3, axis=-1)
-    heads = lambda t: t.reshape(batch, seq_len, H, D // H)  # noqa: E731
-    s = jnp.einsum("bqhd,bkhd->bhqk", heads(q), heads(k)) / math.sqrt(D // H)
+    heads = lambda t: t.reshape(batch, seq_len, H, hd)  # noqa: E731
+    s = jnp.einsum("bqhd,bkhd->bhqk", heads(q), heads(k)) / math.sqrt(hd)
     s = jnp.where(jnp.tril(jnp.ones((seq_len, seq_len), bool)), s, -1e9)
-    att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), heads(v)).reshape(x.shape)
+    att = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), heads(v)).reshape(batch, seq_len, H * hd)
     x = x + att @ w["o"]
     return x + jax.nn.gelu(x @ w["up"]) @ w["down"]
 
@@ -263,7 +268,7 @@ def forward_flops(a: Arch, batch: int, seq_len: int) -> float:
   """One forward pass of the LM over `batch` sequences (matmuls and attention scores)."""
   n = batch * seq_len
   dense = 2 * (model_param_count(a) - a.vocab * a.d_model - a.n_positions * a.d_model * (a.family == "gpt2"))
-  return dense * n + 4 * a.n_layers * batch * seq_len * seq_len * a.d_model
+  return dense * n + 4 * a.n_layers * batch * seq_len * seq_len * a.n_heads * a.hd
 
 
 def compiled_train_peak(config, d_model: int, layers_per_device: int, platform: str) -> int | None:

@@ -175,6 +175,9 @@ def reconstruction_metrics(
   return rows, np.stack(log_density).astype(np.float32)
 
 
+_LOGIT_BYTES = 256 << 20
+
+
 def splice_metrics(
   config, arch, folded: dict, store, layers, window_start: int, n_windows: int, batch: int = 8
 ) -> list:
@@ -182,6 +185,10 @@ def splice_metrics(
   model = lm.load_model(config.model)
   if list(model.layers) != list(layers):
     raise ValueError(f"model layers {list(model.layers)} differ from the trained layers {list(layers)}")
+  # Five [batch, T, vocab] float32 arrays are alive at once (logits, spliced, two log-softmaxes and an
+  # exp): cap a batch's logits at _LOGIT_BYTES, which leaves SmolLM2's 8 x 128 x 49k as it is and runs
+  # Gemma 3's 262k vocabulary two windows at a time.
+  batch = max(1, min(batch, _LOGIT_BYTES // (store.meta["seq_len"] * model.vocab_size * 4)))
 
   @jax.jit
   def reconstruct(p, resid):  # resid [B, T, D] -> same with positions 1.. reconstructed / zeroed

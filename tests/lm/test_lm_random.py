@@ -1,6 +1,8 @@
-"""LanguageModel on tiny random GPT-2 and Llama models: residual capture, logits, replacement, generation."""
+"""LanguageModel on tiny random GPT-2, Llama and Gemma 3 models: residual capture, logits, replacement,
+generation (the Gemma 3 model's sliding window is 8 tokens, so windows bind here)."""
 
 import functools
+import math
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ from transformers.models.llama import modeling_flax_llama as mfl
 
 from ghosttrack_jax import config_lib, lm
 from ghosttrack_jax.errors import ConfigError
+from ghosttrack_jax.lm import families, gemma3
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello world", "A"]
 
@@ -28,7 +31,7 @@ def tiny_model(family):
   return lm.load_model(model_config(family))
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=["gpt2", "llama", "gemma3"])
 def model(request):
   return tiny_model(request.param)
 
@@ -37,7 +40,28 @@ def final_norm(model, x):
   cfg, body = model.hf_config, model.params[model._family.prefix]
   if model.family == "gpt2":
     return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon).apply({"params": body["ln_f"]}, x)
+  if model.family == "gemma3":
+    return gemma3.RMSNorm(cfg.rms_norm_eps).apply({"params": body["norm"]}, x)
   return mfl.FlaxLlamaRMSNorm(cfg).apply({"params": body["norm"]}, x)
+
+
+def hidden_states(model, ids, mask):
+  """(hidden states after the embedding and each block, with the final norm on the last; logits): from
+  transformers' own Flax model, or for Gemma 3 (which has none) from its blocks applied one by one."""
+  if model.family != "gemma3":
+    out = model._family.lm_cls(model.hf_config, _do_init=False)(
+      ids, attention_mask=mask, params=model.params, output_hidden_states=True
+    )
+    return out.hidden_states, out.logits
+  cfg, body = model.hf_config, model.params["model"]
+  x = body["embed_tokens"]["embedding"][ids] * math.sqrt(cfg.hidden_size)
+  hs, pos = [x], lm.model.positions(jnp.asarray(mask))
+  for i in range(cfg.num_hidden_layers):
+    block = gemma3.Gemma3Block(cfg, name=str(i))
+    x = block.apply({"params": body["layers"][str(i)]}, x, jnp.asarray(mask), pos)[0]
+    hs.append(x)
+  hs[-1] = final_norm(model, x)
+  return hs, hs[-1] @ body["embed_tokens"]["embedding"].T
 
 
 def test_attributes(model):
@@ -45,7 +69,7 @@ def test_attributes(model):
   assert model.d_model == 64
   assert model.vocab_size == len(model.tokenizer)
   assert model.pad_id == model.eos_id  # pad falls back to eos
-  assert model.bos_id is None  # neither tokenizer prepends BOS
+  assert model.bos_id is None  # none of the bundled tokenizers prepends BOS
   assert model.encode(TEXTS[1]) == model.tokenizer(TEXTS[1])["input_ids"]
 
 
@@ -55,9 +79,7 @@ def test_residuals_are_block_outputs(model):
   resid = model.residuals(ids, mask)
   L = model.n_blocks
   assert resid.shape == (L, 1, ids.shape[1], model.d_model) and resid.dtype == jnp.float32
-  hf = model._family.lm_cls(model.hf_config, _do_init=False)
-  out = hf(ids, attention_mask=mask, params=model.params, output_hidden_states=True)
-  hs = out.hidden_states
+  hs, hf_logits = hidden_states(model, ids, mask)
   assert len(hs) == L + 1
   for i in range(L - 1):
     np.testing.assert_allclose(resid[i], hs[i + 1], atol=1e-5, rtol=1e-5)
@@ -65,7 +87,7 @@ def test_residuals_are_block_outputs(model):
   assert float(jnp.max(jnp.abs(resid[L - 1] - hs[L]))) > 0.1  # the last entry is not a raw residual
   logits, resid2 = model.logits_and_residuals(ids, mask)
   np.testing.assert_array_equal(resid2, resid)
-  np.testing.assert_allclose(logits, out.logits, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits, hf_logits, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(model.logits(ids, mask), logits, atol=1e-6)
 
 
@@ -222,3 +244,21 @@ def test_stop_at_newline_ends_at_the_first_newline_token(model):
   k = full.index(full[2])
   assert cut == full[: k + 1]
   assert all(s.ids == full[: k + 1] for s in smp[0].samples)
+
+
+def test_gemma3_sliding_window():
+  """A sliding-window block sees the last 8 tokens, so through the tiny model's three (all sliding) a
+  token reaches 3 x 7 positions ahead and no further; a sixth block, global, sees the whole prefix."""
+  assert families.RANDOM_GEMMA3_WINDOW == 8
+  text = " ".join(["alpha beta gamma delta epsilon zeta eta theta iota kappa"] * 4)
+  for n_layer, reach in ((3, 21), (6, None)):
+    model = tiny_model("gemma3") if n_layer == 3 else lm.load_model(model_config("gemma3", n_layer))
+    ids, _ = model.encode_batch([text])
+    changed = ids.copy()
+    changed[0, 1] = (ids[0, 1] + 1) % model.vocab_size
+    diff = np.abs(np.asarray(model.logits(ids)) - np.asarray(model.logits(changed))).max(-1)[0]
+    assert ids.shape[1] > 1 + 21 + 5 and diff[1] > 0
+    if reach is None:
+      assert diff[1 + 21 + 1 :].min() > 0
+    else:
+      assert diff[1 + reach] > 0 and diff[1 + reach + 1 :].max() == 0

