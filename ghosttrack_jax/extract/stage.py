@@ -39,7 +39,6 @@ from ghosttrack_jax.extract import corpus
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.lm import model as lm_model
-from ghosttrack_jax.lm import shapes
 from ghosttrack_jax.runtime import atomic_io, multihost, paths, progress
 
 # Fields that identify a store: a store is reused only when all of them match.

@@ -413,7 +413,7 @@ def to_markdown(rep: dict) -> str:
   if rep["sae_quality"].get("targets"):
     out += [f"- targets: {json.dumps(rep['sae_quality']['targets'])}"]
   for title, header, rows in transfer_tables(rep.get("transfer")):
-    out += [f"## {title}", "", _md_table(header, rows), ""]
+    out += [f"## {title}", "", md_table(header, rows), ""]
   return "\n".join(out) + "\n"
 
 
@@ -496,6 +496,6 @@ def to_html(rep: dict, plots: dict) -> str:
   if rep["sae_quality"].get("targets"):
     out.append(f"<p>targets: {e(json.dumps(rep['sae_quality']['targets']))}</p>")
   for title, header, rows in transfer_tables(rep.get("transfer")):
-    out += [f"<h2>{e(title)}</h2>", _html_table(header, rows)]
+    out += [f"<h2>{e(title)}</h2>", html_table(header, rows)]
   out.append("</body></html>")
   return "\n".join(out)
