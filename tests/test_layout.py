@@ -114,9 +114,14 @@ ARCH_NAME_BRANCH = re.compile(
   r"(\.arch|\barch\.name)\s*(==|!=|\bin\b)|[\"'](jumprelu|topk|batchtopk|relu_l1)[\"']\s*(==|!=)"
 )
 # An architecture is looked up by its name in one place (sae.registry.build); it is built from the
-# config there (registry.from_config) and from an export's record in sae.trained.
+# config there (registry.from_config), from an export's record in sae.trained and from another tool's
+# SAE record in sae.external.
 LOOKUP = re.compile(r"ARCHITECTURES\[|registry\.build\(")
-LOOKUP_ALLOWED = {os.path.join("sae", "registry.py"), os.path.join("sae", "trained.py")}
+LOOKUP_ALLOWED = {
+  os.path.join("sae", "registry.py"),
+  os.path.join("sae", "trained.py"),
+  os.path.join("sae", "external.py"),
+}
 
 
 @pytest.mark.parametrize("path", list(_modules()), ids=lambda p: os.path.relpath(p, PACKAGE))

@@ -36,7 +36,7 @@ from safetensors.numpy import load_file
 from ghosttrack_jax.errors import ConfigError
 from ghosttrack_jax.lm import families, shapes
 from ghosttrack_jax.lm import model as lm_model
-from ghosttrack_jax.sae import export
+from ghosttrack_jax.sae import export, registry
 
 GEMMA_SCOPE_FILES = ("params.npz", "params.safetensors")
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -283,8 +283,11 @@ def load(config) -> dict:
         f"(k {first.k}) of width {first.params['W_enc'].shape[1]}: every layer needs the same",
       )
   _warn_about_the_model(config, chosen)
-  # TopK always encodes x - b_dec (sae.common.Hyper); JumpReLU keeps the first SAE's own setting.
-  apply_b_dec = True if first.arch == "topk" else first.apply_b_dec_to_input
+  # The architecture decides whether codes read x - b_dec (TopK always does); JumpReLU keeps the first
+  # SAE's own setting.
+  apply_b_dec = registry.build(
+    first.arch, d_model=first.params["W_enc"].shape[0], width=width, b_dec_to_input=first.apply_b_dec_to_input
+  ).applies_b_dec_to_input
   params = [_to_ours(s, apply_b_dec) for s in chosen]
   return {
     "arch": first.arch,
