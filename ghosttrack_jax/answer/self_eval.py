@@ -27,6 +27,7 @@ likely to be ones it knows facts about. It reads only the question, so it belong
 import numpy as np
 
 from ghosttrack_jax.errors import DataError
+from ghosttrack_jax.runtime import progress
 
 PTRUE_BLOCK = (
   "Question: {question}\nProposed answer: {answer}\nIs the proposed answer:\n A) True\n B) False\n"
@@ -101,7 +102,7 @@ def p_true(model, prompts, batch_size: int) -> np.ndarray:
   cand = option_ids(model, prompts[0])
   seqs = [model.encode(p) for p in prompts]
   out = np.zeros(len(seqs))
-  for rows, full in _batches(seqs, batch_size):
+  for rows, full in progress.track(list(_batches(seqs, batch_size)), "answer: P(True)", "batch"):
     ids, mask = _padded([seqs[i] for i in full], model.pad_id, model.max_positions)
     lp = np.asarray(model.next_token_logprobs(ids, mask, cand), np.float64)[: len(rows)]
     out[rows] = np.exp(lp[:, 0] - np.logaddexp(lp[:, 0], lp[:, 1]))

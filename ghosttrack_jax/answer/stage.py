@@ -46,7 +46,7 @@ from ghosttrack_jax.answer import checks, datasets, labelling, prompts, self_eva
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import folds as folds_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
-from ghosttrack_jax.runtime import atomic_io, paths
+from ghosttrack_jax.runtime import atomic_io, paths, progress
 
 OWN_ANSWER_SETS = config_lib.OWN_ANSWER_SETS  # the value sets live in config_lib
 GIVEN_TEXT_SETS = config_lib.GIVEN_TEXT_SETS
@@ -169,7 +169,7 @@ def _generate_all(config, model, prompt_texts, seeds, out_dir) -> tuple[list, np
   bs, n_s = config.qa.batch_size, int(config.qa.n_samples)
   results, embeddings = [], []
   n_batches = (len(prompt_texts) + bs - 1) // bs
-  for b in range(n_batches):
+  for b in progress.track(range(n_batches), "answer: generate", "batch"):
     path = os.path.join(gdir, f"batch_{b:05d}.json")
     batch = prompt_texts[b * bs : (b + 1) * bs]
     saved = _read_batch(path, n_s) if os.path.exists(path) else None
@@ -205,7 +205,6 @@ def _generate_all(config, model, prompt_texts, seeds, out_dir) -> tuple[list, np
     atomic_io.atomic_write_json(path, rows)
     results.extend(rows)
     embeddings.append(embs)
-    logging.info("answer: batch %d/%d generated", b + 1, n_batches)
   return results, (np.concatenate(embeddings) if n_s and embeddings else None)
 
 

@@ -38,7 +38,7 @@ import threadpoolctl
 from ghosttrack_jax import stats
 from ghosttrack_jax.detect import cv, detector, oof
 from ghosttrack_jax.detect.methods import FeatureData, load_feature_data, plan_methods
-from ghosttrack_jax.runtime import atomic_io
+from ghosttrack_jax.runtime import atomic_io, progress
 
 
 def run(config, workdir: str) -> None:
@@ -57,7 +57,7 @@ def _run(config, workdir: str) -> None:
   data = load_feature_data(config, workdir, dataset)
   methods = plan_methods(data, config)
   results = {}
-  for spec in methods:
+  for spec in progress.track(methods, "detect", "method"):
     res = oof.load_method(out_dir, spec.name)  # resume: finished methods are reused
     if res is None:
       res = cv.cross_validate(spec, data, config.evaluate)
@@ -85,7 +85,7 @@ def _relation_held_out(config, data: FeatureData, methods, out_dir: str) -> None
     return
   folds = cv.relation_folds(data, config.evaluate.relation_folds, config.evaluate.seed)
   results = {}
-  for spec in (m for m in methods if m.loro):
+  for spec in progress.track([m for m in methods if m.loro], "detect: relation held out", "method"):
     key = "loro__" + spec.name
     res = oof.load_method(out_dir, key)
     if res is None:

@@ -35,7 +35,7 @@ import numpy as np
 from ghosttrack_jax import lm
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
-from ghosttrack_jax.runtime import atomic_io
+from ghosttrack_jax.runtime import atomic_io, progress
 from ghosttrack_jax.sae import trained
 from ghosttrack_jax.track import divergence, feature_table, features, tracker
 
@@ -136,7 +136,7 @@ def compute(
     atomic_io.atomic_write_json(key_path, key)
   parts, truncated = [], 0
   n_batches = -(-n // batch_size)
-  for i in range(n_batches):
+  for i in progress.track(range(n_batches), "track: forward passes", "batch"):
     rows = order[i * batch_size : (i + 1) * batch_size]
     path = os.path.join(partial, f"batch_{i:05d}.npz")
     part = _load_part(path) if os.path.exists(path) else None
@@ -146,7 +146,6 @@ def compute(
       part["rows"] = rows
       part["n_truncated"] = np.array(batch.n_truncated)
       atomic_io.atomic_save_npz(path, **part)
-      logging.info("track: batch %d/%d", i + 1, n_batches)
     truncated += int(part.pop("n_truncated"))
     parts.append(part)
   out = _scatter(parts, n)
@@ -154,7 +153,7 @@ def compute(
   out["birth_thresholds"] = features.calibrate_birth_thresholds(config, featurizer.sets, out)
   featurizer.birth_thresholds = out["birth_thresholds"]
   tracked = []
-  for s in range(0, n, batch_size):  # phase 2, in example order
+  for s in progress.track(range(0, n, batch_size), "track: tracks", "batch"):  # phase 2, in example order
     chunk = {k: v[s : s + batch_size] for k, v in out.items() if k.startswith("sel_")}
     tracked.append(featurizer.track(chunk))
   m = max(t["trk_birth"].shape[1] for t in tracked)
