@@ -4,7 +4,8 @@
   python -m ghosttrack_jax.main --config=configs/smollm2_135m_study.py:squad --workdir=runs/smollm2_135m
 
 Run in the default's workdir, it reuses the finished extract and train stages (same model, corpus and
-SAE settings) and answers, tracks, detects and evaluates again:
+SAE settings) and answers, tracks, detects and evaluates again, into outputs of its own
+(`wikidata_study`, `squad`):
   ""       wikidata, at most 60 questions per relation (2,326 questions): enough relations reach 30
            answers in each class for the per-relation table; 5 repeats of the 5-fold split.
   "squad"  SQuAD v1.1 dev, open-book (the paragraph before the question), 1,000 questions, 5 repeats;
@@ -45,4 +46,5 @@ def get_config(arg=None):
   else:
     c.qa.per_relation_cap = 60
     c.qa.n_questions = 0
+    c.qa.run_name = "wikidata_study"  # beside the default's wikidata outputs in the same workdir
   return c

@@ -10,6 +10,7 @@ This module imports no JAX, so reading and checking a config is instant.
 import importlib.util
 import math
 import os
+import re
 
 import ml_collections
 
@@ -207,6 +208,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.qa.wikidata_file = "data/qa/bigbench_qa_wikidata.jsonl"  # BIG-bench qa_wikidata stems
   c.qa.squad_file = "data/qa/squad_v1.1_dev.jsonl"  # SQuAD v1.1 dev with paragraphs
   c.qa.path = ""  # dataset "jsonl": your question file (lines with question, answers[, context, id])
+  # Folder name of this question set's outputs (answers/, tracking/, detection/, evaluation/<name>);
+  # "" = the dataset's name. Lets one workdir hold two runs of one dataset (the study's larger wikidata
+  # sample beside the default's) on the same store and SAEs.
+  c.qa.run_name = ""
 
   # ---- tracking ----------------------------------------------------------------------------
   c.tracking = ml_collections.ConfigDict()
@@ -318,6 +323,7 @@ VALUE_ONLY_FIELDS = frozenset(
     "qa.wikidata_file",
     "qa.squad_file",
     "qa.path",
+    "qa.run_name",
     "qa.per_relation_cap",
     "qa.sample_seed",
     "qa.n_exemplars",
@@ -466,6 +472,7 @@ CHECKED_BY_RULE = (
   "qa.wikidata_file",
   "qa.squad_file",
   "qa.path",
+  "qa.run_name",
   "logging.wandb_project",
   "logging.wandb_entity",
 )
@@ -476,6 +483,11 @@ _READS = {
   "answer": ("model", "qa"),
   "track": ("model", "sae_source"),
 }
+
+
+def question_set(c) -> str:
+  """The name of a run's question set: its output folders' name (config.qa.run_name, else the dataset)."""
+  return c.qa.run_name or c.qa.dataset
 
 
 def get_field(c: ml_collections.ConfigDict, dotted: str):
@@ -622,6 +634,8 @@ def problems(c: ml_collections.ConfigDict, stages=STAGES) -> list[str]:
   layers = [int(x) for x in c.model.layers]
   if layers != sorted(set(layers)):
     out.append(f"config.model.layers={tuple(c.model.layers)}: give strictly increasing block indices")
+  if c.qa.run_name and not re.fullmatch(r"[A-Za-z0-9_.+-]+", c.qa.run_name) or c.qa.run_name in (".", ".."):
+    out.append(f"config.qa.run_name={c.qa.run_name!r}: give a folder name (letters, digits, _ . + -) or ''")
   if not c.model.name or os.sep in c.model.name or c.model.name in (".", ".."):
     out.append(
       f"config.model.name={c.model.name!r}: give a folder name (no {os.sep!r}) for this model's outputs"

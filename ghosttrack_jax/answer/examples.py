@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
@@ -85,7 +86,7 @@ def verify(out_dir: str, names=FILES) -> None:
 
 def _checked(config, workdir: str, dataset: str | None, name: str) -> str:
   """The path of `name` in a finished, undamaged table."""
-  out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
+  out_dir = paths.for_config(config, workdir).answers(dataset or config_lib.question_set(config))
   verify(out_dir, (name,))
   return os.path.join(out_dir, name)
 
@@ -114,7 +115,7 @@ def manifest_sha256(config, workdir: str, dataset: str | None = None) -> str:
 
 
 def load_manifest(config, workdir: str, dataset: str | None = None) -> dict:
-  out_dir = paths.for_config(config, workdir).answers(dataset or config.qa.dataset)
+  out_dir = paths.for_config(config, workdir).answers(dataset or config_lib.question_set(config))
   m = atomic_io.read_json(_checked(config, workdir, dataset, MANIFEST))
   if m["model"]["name"] != config.model.name:
     raise StoreMismatchError(

@@ -97,7 +97,7 @@ def given_text_pairs(items, dataset: str):
 
 
 def _out_dir(config, workdir):
-  return paths.for_config(config, workdir).answers(config.qa.dataset)
+  return paths.for_config(config, workdir).answers(config_lib.question_set(config))
 
 
 def _manifest_key(config) -> dict:
@@ -457,8 +457,9 @@ def preflight(config, workdir: str) -> list:
     if sorted(made["data_files"].values()) != sorted(now.values()) or made["n_questions"] != len(items):
       raise StoreMismatchError(
         f"{out_dir} holds the answers to other questions ({made['n_questions']} questions from "
-        f"{sorted(made['data_files'])}; this config asks {len(items)} from {sorted(now)}): use another "
-        "--workdir, or delete that folder and the tracking/detection/evaluation folders of this dataset"
+        f"{sorted(made['data_files'])}; this config asks {len(items)} from {sorted(now)}): give this run "
+        "outputs of its own (--config.qa.run_name=NAME), use another --workdir, or delete that folder and "
+        "the tracking/detection/evaluation folders of this dataset"
       )
   return items
 

@@ -15,6 +15,7 @@ import joblib
 import numpy as np
 import sklearn
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.detect import classifiers, cv
 from ghosttrack_jax.detect.methods import FeatureData, Method
@@ -46,7 +47,7 @@ def save_final_detectors(config, data: FeatureData, out_dir: str, workdir: str) 
     # The tracker's calibrated birth thresholds (config.tracking.birth_threshold_quantile): scoring a
     # new answer must use the thresholds these features were computed with.
     "birth_thresholds": data.meta.get("birth_thresholds"),
-    "dataset": config.qa.dataset,
+    "dataset": config_lib.question_set(config),
     "mode": data.meta.get("mode"),
     "model": config.model.name,
     "n_train": int(len(rows)),
@@ -155,7 +156,9 @@ class Detector:
 
   @classmethod
   def for_config(cls, config, workdir: str, classifier: str | None = None, dataset: str | None = None):
-    d = directory(os.path.join(paths.for_config(config, workdir).detection, dataset or config.qa.dataset))
+    d = directory(
+      os.path.join(paths.for_config(config, workdir).detection, dataset or config_lib.question_set(config))
+    )
     return cls.load(d, classifier or "logistic")
 
   def _matrix(self, x, feature_names=None) -> np.ndarray:

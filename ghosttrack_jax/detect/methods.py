@@ -17,6 +17,7 @@ import sklearn.feature_extraction.text
 import sklearn.linear_model
 import sklearn.pipeline
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import self_eval
 from ghosttrack_jax.detect import classifiers
@@ -465,7 +466,7 @@ def incremental_methods(data: "FeatureData", bar: Method | None) -> list[Method]
 
 def load_feature_data(config, workdir: str, dataset: str | None = None) -> FeatureData:
   """Loads the feature table, checks it against the answer stage's fold file, adds text features."""
-  dataset = dataset or config.qa.dataset
+  dataset = dataset or config_lib.question_set(config)
   arrays, meta = feature_table.load_features(feature_table.directory(config, workdir, dataset))
   folds_file = examples_lib.load_folds(config, workdir, dataset)
   examples = {e["id"]: e for e in examples_lib.load_examples(config, workdir, dataset)}

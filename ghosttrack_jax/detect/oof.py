@@ -22,6 +22,7 @@ import zipfile
 
 import numpy as np
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
@@ -37,7 +38,7 @@ SCORES, PREDICTIONS, METHODS, VARIANTS_NPZ, VARIANTS_JSON, LORO = (
 
 
 def directory(config, workdir: str, dataset: str | None = None) -> str:
-  return os.path.join(paths.for_config(config, workdir).detection, dataset or config.qa.dataset)
+  return os.path.join(paths.for_config(config, workdir).detection, dataset or config_lib.question_set(config))
 
 
 def safe_name(name: str) -> str:

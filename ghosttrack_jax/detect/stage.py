@@ -35,7 +35,7 @@ import logging
 import numpy as np
 import threadpoolctl
 
-from ghosttrack_jax import stats
+from ghosttrack_jax import config_lib, stats
 from ghosttrack_jax.detect import cv, detector, oof
 from ghosttrack_jax.detect.methods import FeatureData, load_feature_data, plan_methods
 from ghosttrack_jax.runtime import atomic_io, progress
@@ -49,7 +49,7 @@ def run(config, workdir: str) -> None:
 
 
 def _run(config, workdir: str) -> None:
-  dataset = config.qa.dataset
+  dataset = config_lib.question_set(config)
   out_dir = oof.directory(config, workdir, dataset)
   if atomic_io.is_done(out_dir):
     logging.info("detect: %s is complete; skipping", out_dir)

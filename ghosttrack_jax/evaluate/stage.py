@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.detect import oof
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
@@ -43,7 +44,9 @@ SCHEMA_VERSION = 1  # of metrics.json; absent = 1 (written before the field exis
 
 
 def directory(config, workdir: str, dataset: str | None = None) -> str:
-  return os.path.join(paths.for_config(config, workdir).evaluation, dataset or config.qa.dataset)
+  return os.path.join(
+    paths.for_config(config, workdir).evaluation, dataset or config_lib.question_set(config)
+  )
 
 
 def verify(out_dir: str) -> None:
@@ -80,7 +83,7 @@ def degeneracy(arrays: dict, meta: dict) -> dict:
 
 
 def run(config, workdir: str) -> None:
-  dataset = config.qa.dataset
+  dataset = config_lib.question_set(config)
   det_dir = oof.directory(config, workdir, dataset)
   out_dir = directory(config, workdir, dataset)
   if atomic_io.is_done(out_dir):

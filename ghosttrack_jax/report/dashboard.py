@@ -24,6 +24,7 @@ import json
 
 import numpy as np
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.detect import oof
 from ghosttrack_jax.errors import DataError
@@ -406,7 +407,7 @@ def summary_from_outputs(
   example must be one of its `config.tracking.n_track_examples`), `features.npz`, `summaries.npz`,
   the examples table and, when the detect stage ran, its out-of-fold score (repeat 0) and the
   threshold chosen on that fold's training folds."""
-  dataset = dataset or config.qa.dataset
+  dataset = dataset or config_lib.question_set(config)
   method = method or metrics_lib.PRIMARY
   tdir = feature_table.directory(config, workdir, dataset)
   arrays, meta = feature_table.load_features(tdir)

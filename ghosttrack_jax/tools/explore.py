@@ -78,7 +78,7 @@ def run_from_env() -> tuple:
 def status(config, workdir: str) -> list[dict]:
   """Which stages of the run are finished (their DONE/COMPLETE markers)."""
   p = paths.for_config(config, workdir)
-  ds = config.qa.dataset
+  ds = config_lib.question_set(config)
   marks = [
     ("extract", os.path.join(p.hidden_states, "COMPLETE")),
     ("train", os.path.join(p.sae_results, atomic_io.DONE)),
@@ -144,7 +144,12 @@ def ask(
   """The model answers `question` (or `answer` is scored), its tracks and the detector's verdict: the
   answer summary of `detect.score.score_question`, ready for `show_dashboard`."""
   out = score.score_question(config, workdir, question, answer, classifier=classifier, model=model, saes=saes)
-  return {"model": config.model.name, "dataset": config.qa.dataset, "id": "your question", **out}
+  return {
+    "model": config.model.name,
+    "dataset": config_lib.question_set(config),
+    "id": "your question",
+    **out,
+  }
 
 
 # ---- SAE explorer ------------------------------------------------------------------------------
@@ -242,7 +247,7 @@ def plot_frequencies(freq: np.ndarray, title: str = ""):
 
 def load_results(config, workdir: str, dataset: str | None = None) -> dict:
   """Metrics, out-of-fold scores, detector, tracks and examples of one evaluated dataset."""
-  dataset = dataset or config.qa.dataset
+  dataset = dataset or config_lib.question_set(config)
   if not atomic_io.is_done(evaluate_stage.directory(config, workdir, dataset)):
     raise IncompleteStoreError(f"{dataset} is not evaluated in {workdir}: run the evaluate stage")
   return gather.load_dataset_results(config, workdir, dataset)

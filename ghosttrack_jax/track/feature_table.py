@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
@@ -28,7 +29,7 @@ FEATURES, META, SUMMARIES, TRACKS, DEGENERACY = (
 
 
 def directory(config, workdir: str, dataset: str | None = None) -> str:
-  return os.path.join(paths.for_config(config, workdir).tracking, dataset or config.qa.dataset)
+  return os.path.join(paths.for_config(config, workdir).tracking, dataset or config_lib.question_set(config))
 
 
 def _savez_compressed(path: str, arrays: dict) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ghosttrack_jax import lm
+from ghosttrack_jax import config_lib, lm
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.errors import DataError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, progress
@@ -76,7 +76,7 @@ def association_shares(birth, death, n_tracks, n_layers: int) -> list[dict]:
 
 def run(config, workdir: str, model=None, saes=None) -> None:
   """Stage entry point; `model` and `saes` may be passed in (tests, notebooks)."""
-  dataset = config.qa.dataset
+  dataset = config_lib.question_set(config)
   out_dir = feature_table.directory(config, workdir, dataset)
   if atomic_io.is_done(out_dir):
     logging.info("track: %s is complete; skipping", out_dir)

@@ -13,6 +13,7 @@ from ghosttrack_jax import config_lib, lm
 from ghosttrack_jax.answer import datasets, self_eval
 from ghosttrack_jax.answer import examples as examples_lib
 from ghosttrack_jax.answer import stage as answer_stage
+from ghosttrack_jax.errors import StoreMismatchError
 from ghosttrack_jax.runtime import paths
 
 
@@ -127,3 +128,21 @@ def test_jsonl_exemplars_come_from_the_file_and_cut_answers_are_excluded(tmp_pat
   # a random model never ends its answer within 6 tokens: every answer is cut, none is labelled
   assert not examples and {e["reason"] for e in excluded} == {"cut by the token budget"}
   assert all("max_new_tokens" in e["flags"] for e in excluded)
+
+
+def test_a_run_name_keeps_two_samples_of_one_set_apart(tmp_path):
+  """The study's larger wikidata sample runs in the default's workdir (same store and SAEs) when its
+  outputs have a name of their own; without one, the finished answers of the other sample are refused."""
+  model = _model("llama")
+  workdir = str(tmp_path / "run")
+  small = _wikidata_config(tmp_path, **{"qa.n_questions": 6, "qa.n_samples": 0})
+  answer_stage.run(small, workdir, model=model)
+  large = _wikidata_config(tmp_path, **{"qa.n_questions": 10, "qa.n_samples": 0})
+  with pytest.raises(StoreMismatchError, match="run_name"):
+    answer_stage.run(large, workdir, model=model)
+  large.qa.run_name = "wikidata_study"
+  answer_stage.run(large, workdir, model=model)
+  p = paths.for_config(large, workdir)
+  assert os.path.isdir(p.answers("wikidata")) and os.path.isdir(p.answers("wikidata_study"))
+  assert len(examples_lib.load_examples(small, workdir)) == 6
+  assert len(examples_lib.load_examples(large, workdir)) == 10
