@@ -276,9 +276,12 @@ def test_a_damaged_token_chunk_stops_the_train_stage(tiny_run, tmp_path):
 def test_question_file_problems_stop_before_extraction(tmp_path):
   """Too few distinct questions for the folds, and a prompt longer than the model's positions (named by
   file, line and id): found before any stage, not after extraction and training."""
-  rows = [{"question": f"What is the answer to question {i}?", "answers": ["x"]} for i in range(6)]
-  rows[3] = {"question": " ".join(["long"] * 1500), "answers": ["x"], "id": "q-long"}
-  cases = {"two.jsonl": (rows[:2], "2 distinct question(s) cannot fill config.evaluate.n_folds=3")}
+  rows = [{"question": f"What is the answer to question {i}?", "answers": ["x"]} for i in range(8)]
+  # (a long answer: never one of the qa.n_exemplars = 3 items set aside as the prompt's solved exemplars)
+  rows[3] = {"question": " ".join(["long"] * 1500), "answers": ["a long gold answer"], "id": "q-long"}
+  short = [r for i, r in enumerate(rows) if i != 3]
+  cases = {"two.jsonl": (short[:5], "2 distinct question(s) cannot fill config.evaluate.n_folds=3")}
+  cases["few.jsonl"] = (short[:2], "few.jsonl: 2 items have a short (<= 3 words) first answer")
   cases["long.jsonl"] = (rows, "long.jsonl line 4 (id jsonl-q-long)")
   for name, (lines, message) in cases.items():
     qa, workdir = str(tmp_path / name), str(tmp_path / f"run_{name}")
