@@ -28,9 +28,23 @@ STAGES = config_lib.STAGES
 _FINISHED = re.compile(r"=== stage (\w+) finished in ([0-9.]+) s ===")
 
 
+_STAMPED = re.compile(
+  r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*=== stage (\w+)( finished in [\d.]+ s)? ===", re.M
+)
+
+
 def stage_seconds(log: str) -> dict[str, float]:
-  """Wall seconds per stage, from the `=== stage X finished in S s ===` lines of a run's log."""
-  return {m.group(1): float(m.group(2)) for m in _FINISHED.finditer(log)}
+  """Wall seconds per stage: between the log's time stamps of `=== stage X ===` and `=== stage X finished
+  in S s ===` (microseconds: the tiny run's evaluate stage takes ~0.06 s, which S rounds to 0.1), else S."""
+  out = {m.group(1): float(m.group(2)) for m in _FINISHED.finditer(log)}
+  start = {}
+  for m in _STAMPED.finditer(log):
+    t = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    if m.group(5) is None:
+      start[m.group(4)] = t
+    elif m.group(4) in start:
+      out[m.group(4)] = (t - start[m.group(4)]) % 86400
+  return out
 
 
 def kill_during(workdir: str, stage: str, delay: float, log_path: str) -> tuple[bool, str]:
