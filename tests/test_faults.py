@@ -24,6 +24,7 @@ tests/test_pipeline.py; cells that need no run are unit tests beside their modul
   --verify on a store of another config              test_verify_calls_another_configs_store_a_mismatch_quietly
   jsonl errors name a line                           tests/answer/test_datasets.py
   duplicate rows in train_log/metrics.jsonl          test_a_resumed_training_logs_each_step_once
+  a full rerun over a damaged feature table          test_a_full_rerun_over_a_damaged_feature_table_stops_naming_it
 """
 
 import json
@@ -42,12 +43,14 @@ import pytest
 import synthetic_tables
 import tiny_pipeline
 
+from ghosttrack_jax import config_lib
 from ghosttrack_jax.detect import score
 from ghosttrack_jax.detect import stage as detect_stage
 from ghosttrack_jax.errors import DataError, WorkdirBusyError
 from ghosttrack_jax.extract import stage as extract_stage
 from ghosttrack_jax.extract import store as store_lib
 from ghosttrack_jax.runtime import atomic_io, paths, workdir_lock, writer
+from ghosttrack_jax.track import feature_table
 
 REPO = tiny_pipeline.REPO
 
@@ -306,6 +309,27 @@ def test_an_unreadable_store_record_is_named_by_verify_and_run(tiny_run, tmp_pat
     assert proc.returncode == 2, out[-3000:]
     assert f"{meta} is damaged" in out and "rerun the 'extract' stage" in out, out[-3000:]
     assert "Traceback" not in out
+
+
+def test_a_full_rerun_over_a_damaged_feature_table_stops_naming_it(tiny_run, tmp_path):
+  """A finished stage that is skipped on a rerun still checks its files: the damaged table stops the run
+  (it used to exit 0 and rebuild the report from the intact later outputs without a word)."""
+  config, src = tiny_run
+  workdir = _copy(src, str(tmp_path / "run"))
+  table = os.path.join(
+    paths.for_config(config, workdir).tracking, config_lib.question_set(config), feature_table.FEATURES
+  )
+  with open(table, "r+b") as f:
+    f.seek(os.path.getsize(table) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x01]))
+  proc = tiny_pipeline.main_process(workdir)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 2, out[-3000:]
+  assert f"{table} is damaged" in out and "rerun the 'track' stage" in out, out[-3000:]
+  assert "Traceback" not in out
+  assert "=== stage detect ===" not in out  # stopped at the stage that owns the table
 
 
 # ---- the command line ----------------------------------------------------------------------------------

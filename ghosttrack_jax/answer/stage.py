@@ -469,6 +469,7 @@ def run(config, workdir: str, model=None) -> None:
   out_dir = _out_dir(config, workdir)
   items = preflight(config, workdir)
   if atomic_io.is_done(out_dir):
+    examples_lib.verify(out_dir)
     logging.info("answer: %s is complete; skipping", out_dir)
     return
   os.makedirs(out_dir, exist_ok=True)

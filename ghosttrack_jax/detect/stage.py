@@ -52,6 +52,7 @@ def _run(config, workdir: str) -> None:
   dataset = config_lib.question_set(config)
   out_dir = oof.directory(config, workdir, dataset)
   if atomic_io.is_done(out_dir):
+    oof.verify(out_dir)
     logging.info("detect: %s is complete; skipping", out_dir)
     return
   data = load_feature_data(config, workdir, dataset)

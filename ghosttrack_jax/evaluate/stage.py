@@ -87,6 +87,7 @@ def run(config, workdir: str) -> None:
   det_dir = oof.directory(config, workdir, dataset)
   out_dir = directory(config, workdir, dataset)
   if atomic_io.is_done(out_dir):
+    verify(out_dir)
     logging.info("evaluate: %s is complete; skipping", out_dir)
     return
   d = oof.load_scores(det_dir)

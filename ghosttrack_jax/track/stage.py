@@ -79,6 +79,7 @@ def run(config, workdir: str, model=None, saes=None) -> None:
   dataset = config_lib.question_set(config)
   out_dir = feature_table.directory(config, workdir, dataset)
   if atomic_io.is_done(out_dir):
+    feature_table.verify(out_dir)  # a damaged table stops the rerun here, not in a later stage or never
     logging.info("track: %s is complete; skipping", out_dir)
     return
   examples = examples_lib.load_examples(config, workdir, dataset)
