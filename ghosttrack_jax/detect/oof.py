@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 from ghosttrack_jax import config_lib
-from ghosttrack_jax.errors import IncompleteStoreError, StoreMismatchError
+from ghosttrack_jax.errors import DamagedOutputError, IncompleteStoreError, StoreMismatchError
 from ghosttrack_jax.runtime import atomic_io, paths
 
 SCHEMA_VERSION = 1  # of methods.json (scores.npz's arrays are fixed with it); absent = 1 (written before)
@@ -54,26 +54,33 @@ def _part_paths(out_dir: str, method: str) -> tuple[str, str]:
   return base + ".npz", base + ".json"
 
 
-def load_method(out_dir: str, method: str) -> dict | None:
-  """A method finished by an earlier (interrupted) run, or None (also when its files cannot be read:
-  a damaged part is logged and recomputed, never reused)."""
+def load_method(out_dir: str, method: str, key: str) -> dict | None:
+  """A method finished by an earlier (interrupted) run under the same `key` (detect.stage.part_key: the
+  CV settings and the feature table), or None: also when it was made under another key or its files
+  cannot be read (a damaged or outdated part is logged and recomputed, never reused)."""
   npz, info = _part_paths(out_dir, method)
   if not (os.path.exists(npz) and os.path.exists(info)):
     return None
   try:
+    record = atomic_io.read_json(info)
+    if record.get("key") != key:
+      logging.info(
+        "detect: the saved part of %s was made with other settings or features; recomputing it", method
+      )
+      return None
     with np.load(npz, allow_pickle=False) as z:
-      return {"scores": z["scores"], "thresholds": z["thresholds"], **atomic_io.read_json(info)}
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      return {"scores": z["scores"], "thresholds": z["thresholds"], **record}
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, DamagedOutputError) as e:
     logging.warning("detect: the saved part of %s cannot be read (%s); recomputing it", method, e)
     return None
 
 
-def save_method(out_dir: str, method: str, result: dict) -> None:
+def save_method(out_dir: str, method: str, result: dict, key: str) -> None:
   npz, info = _part_paths(out_dir, method)
   os.makedirs(os.path.dirname(npz), exist_ok=True)
   atomic_io.atomic_save_npz(npz, scores=result["scores"], thresholds=result["thresholds"])
   atomic_io.atomic_write_json(
-    info, {"choices": result["choices"], "degenerate_folds": result["degenerate_folds"]}
+    info, {"choices": result["choices"], "degenerate_folds": result["degenerate_folds"], "key": key}
   )
 
 

@@ -30,6 +30,8 @@ config, thresholds, importances), `logistic.json` (the primary detector's parame
 `Detector` and `detect.score` are the Python API; `tools/score_cli.py` the command line.
 """
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -39,6 +41,12 @@ from ghosttrack_jax import config_lib, stats
 from ghosttrack_jax.detect import cv, detector, oof
 from ghosttrack_jax.detect.methods import FeatureData, load_feature_data, plan_methods
 from ghosttrack_jax.runtime import atomic_io, progress
+from ghosttrack_jax.track import feature_table
+
+# The settings a method's out-of-fold fits depend on besides the rows (the outer folds come with the
+# answer stage's examples): a part saved by a killed run is reused only when these, the feature table
+# and the rows' labels and folds are the same (not after logistic_cs changed, or the table was rebuilt).
+CV_FIELDS = ("seed", "inner_folds", "logistic_cs")
 
 
 def run(config, workdir: str) -> None:
@@ -46,6 +54,20 @@ def run(config, workdir: str) -> None:
   up to 100x slower with two contending OpenBLAS threads on a shared 2-core machine (measured)."""
   with threadpoolctl.threadpool_limits(limits=1):
     _run(config, workdir)
+
+
+def part_key(config, workdir: str, dataset: str, data: FeatureData) -> str:
+  """SHA-256 of the CV settings, the feature table's files (their checksums in its DONE) and the rows'
+  ids, labels and outer folds."""
+  table = feature_table.directory(config, workdir, dataset)
+  files = atomic_io.read_done(table, "rerun the 'track' stage").get(atomic_io.DONE_FILES)
+  cv_settings = {name: config.evaluate[name] for name in CV_FIELDS}
+  h = hashlib.sha256(
+    json.dumps({"cv": cv_settings, "features": files}, sort_keys=True, default=list).encode()
+  )
+  for rows in (data.example_id.astype(str), data.label, data.folds):
+    h.update(np.ascontiguousarray(rows).tobytes())
+  return h.hexdigest()
 
 
 def _run(config, workdir: str) -> None:
@@ -57,12 +79,13 @@ def _run(config, workdir: str) -> None:
     return
   data = load_feature_data(config, workdir, dataset)
   methods = plan_methods(data, config)
+  key = part_key(config, workdir, dataset, data)
   results = {}
   for spec in progress.track(methods, "detect", "method"):
-    res = oof.load_method(out_dir, spec.name)  # resume: finished methods are reused
+    res = oof.load_method(out_dir, spec.name, key)  # resume: methods finished under the same key
     if res is None:
       res = cv.cross_validate(spec, data, config.evaluate)
-      oof.save_method(out_dir, spec.name, res)
+      oof.save_method(out_dir, spec.name, res, key)
       logging.info(
         "detect: %-45s pooled OOF AUROC %.3f",
         spec.name,
@@ -70,7 +93,7 @@ def _run(config, workdir: str) -> None:
       )
     results[spec.name] = res
   oof.save_scores(out_dir, methods, results, data, dataset)
-  _relation_held_out(config, data, methods, out_dir)
+  _relation_held_out(config, data, methods, out_dir, f"{key}:relation_folds={config.evaluate.relation_folds}")
   _label_variants(config, data, methods, out_dir)
   if "ghosttrack" in data.sets:
     detector.save_final_detectors(config, data, detector.directory(out_dir), workdir)
@@ -78,7 +101,7 @@ def _run(config, workdir: str) -> None:
   logging.info("detect: %d methods scored on %d examples -> %s", len(methods), len(data.label), out_dir)
 
 
-def _relation_held_out(config, data: FeatureData, methods, out_dir: str) -> None:
+def _relation_held_out(config, data: FeatureData, methods, out_dir: str, part_key: str) -> None:
   """The methods marked `loro`, cross-validated with whole relations held out (train on the other
   relations, score the held-out ones; `config.evaluate.relation_folds` folds of relations, 0 = one per
   relation), where every row has a relation and there are at least two."""
@@ -87,11 +110,11 @@ def _relation_held_out(config, data: FeatureData, methods, out_dir: str) -> None
   folds = cv.relation_folds(data, config.evaluate.relation_folds, config.evaluate.seed)
   results = {}
   for spec in progress.track([m for m in methods if m.loro], "detect: relation held out", "method"):
-    key = "loro__" + spec.name
-    res = oof.load_method(out_dir, key)
+    name = "loro__" + spec.name
+    res = oof.load_method(out_dir, name, part_key)
     if res is None:
       res = cv.cross_validate(spec, data, config.evaluate, folds=folds)
-      oof.save_method(out_dir, key, res)
+      oof.save_method(out_dir, name, res, part_key)
       logging.info(
         "detect: relation held out %-30s AUROC %.3f",
         spec.name,

@@ -12,6 +12,7 @@ from ghosttrack_jax.detect import cv, methods, oof
 from ghosttrack_jax.detect import stage as detect_stage
 from ghosttrack_jax.evaluate import stage as evaluate_stage
 from ghosttrack_jax.evaluate import transfer
+from ghosttrack_jax.runtime import atomic_io
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,26 @@ def test_report_shows_the_comparison(evaluated):
   ):
     assert text in md, text
   assert md.index("> warning: the answer's length alone") < md.index("### AUROC table")
+
+
+def test_a_resumed_detect_reuses_only_parts_made_with_the_same_settings(tmp_path):
+  """A killed detect resumes from its finished methods, but not from parts made under other CV settings
+  (here the searched C values): those are recomputed, never mixed in."""
+  wd = str(tmp_path)
+  c = tiny_config()
+  write_synthetic(c, wd, n=90, n_relations=3)
+  c.evaluate.ablations = False
+  c.evaluate.logistic_cs = (0.01,)
+  detect_stage.run(c, wd)
+  out = oof.directory(c, wd)
+  atomic_io.clear_done(out)  # as if killed after every method's part was saved
+  c.evaluate.logistic_cs = (10.0,)
+  detect_stage.run(c, wd)
+  chosen = {ch["C"] for m in oof.load_methods(out)["methods"].values() for ch in m["choices"] if "C" in ch}
+  assert 10.0 in chosen and 0.01 not in chosen  # no part fit under the old C values was reused
+  atomic_io.clear_done(out)
+  parts = os.path.join(out, "methods")
+  written = {p: os.stat(os.path.join(parts, p)).st_mtime_ns for p in os.listdir(parts)}
+  detect_stage.run(c, wd)  # same settings and table: every part is reused, none rewritten
+  assert written == {p: os.stat(os.path.join(parts, p)).st_mtime_ns for p in os.listdir(parts)}
+  assert atomic_io.is_done(out)
