@@ -15,6 +15,13 @@ Both keep every comparison row of the default (samples, unsupervised scores, pro
 tracker ablations and sweeps, and only the primary and the parity classifier (logistic regression, random
 forest): the default's run already compares those, and five repeats of them on three times the answers
 would take hours on 2 CPU cores.
+
+Measured on the 2-core CPU machine (docs/RESULTS.md): the wikidata study's answer stage 23 min and track
+3 min, its detect over an hour even at R = 1 (the probes' layer choice on 2,251 answers); SQuAD's answer
+stage 27 min per 300 questions (prompts of ~400 tokens, 10 samples each). As committed (R = 5, 10
+relation folds, 1,000 SQuAD questions) both are runs for a GPU node or a long CPU job; on a small machine
+`--config.evaluate.n_repeats=1 --config.evaluate.relation_folds=2 --config.qa.n_questions=300` gives a
+first look.
 """
 
 import importlib.util
