@@ -261,14 +261,19 @@ def load_tokenizer(model_cfg):
   if family is None:
     raise ModelLoadError(f"config.model.family={model_cfg.family!r} is not supported")
   source = str(model_cfg.source or "")
-  hf_config = None
-  if source != "random" and source != gguf_llama.SMOLLM2_DIST and not source.endswith(".gguf"):
-    source = os.path.expanduser(source) if os.path.isdir(os.path.expanduser(source)) else source
-    try:
-      hf_config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-      raise ModelLoadError(f"cannot read the model config of {source!r}: {e}") from e
-  tok = _choose_tokenizer(family, model_cfg, source, hf_config)
+  gguf = source in shapes.PACKAGED_GGUF or source.endswith(".gguf")
+  if family.name == "gemma3" and gguf and not model_cfg.tokenizer:
+    # as _load_gguf: a Gemma 3 GGUF file carries its tokenizer (no hub lookup)
+    tok = gguf_gemma3.gemma3_tokenizer(gguf_file.open_gguf(shapes.gguf_path(source)))
+  else:
+    hf_config = None
+    if source != "random" and not gguf:
+      source = os.path.expanduser(source) if os.path.isdir(os.path.expanduser(source)) else source
+      try:
+        hf_config = AutoConfig.from_pretrained(source)
+      except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the model config of {source!r}: {e}") from e
+    tok = _choose_tokenizer(family, model_cfg, source, hf_config)
   if tok.pad_token is None and tok.eos_token is not None:
     tok.pad_token = tok.eos_token
   return tok

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ghosttrack_jax import config_lib, lm
-from ghosttrack_jax.lm import gguf_gemma3
+from ghosttrack_jax.lm import gguf_gemma3, loading
 
 FIXTURE = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "gemma3_reference.npz"
@@ -28,11 +28,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def gemma():
+def _gemma_cfg():
   c = config_lib.base_config().model
   c.name, c.family, c.source = "gemma3_270m", "gemma3", gguf_gemma3.GEMMA3_DIST
-  return lm.load_model(c)
+  return c
+
+
+@pytest.fixture(scope="module")
+def gemma():
+  return lm.load_model(_gemma_cfg())
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +98,16 @@ def test_residuals_and_replacement(gemma):
   logits, resid = gemma.logits_and_residuals(ids, mask)
   assert resid.shape == (18, 2, ids.shape[1], 640)
   np.testing.assert_allclose(gemma.logits_with_replacement(ids, mask, 11, resid[11]), logits, atol=1e-4)
+
+
+def test_the_tokenizer_alone_is_the_models_and_needs_no_hub(gemma, monkeypatch):
+  """The answer stage's question check reads the tokenizer before any stage: for the packaged GGUF it
+  comes from the file, as the model's does (it used to ask the hub and wait out its retries offline)."""
+
+  def no_hub(*args, **kwargs):
+    raise AssertionError("the hub was asked for the config of a packaged GGUF model")
+
+  monkeypatch.setattr(loading.AutoConfig, "from_pretrained", no_hub)
+  tok = loading.load_tokenizer(_gemma_cfg())
+  text = "The capital of France is"
+  assert tok(text)["input_ids"] == gemma.encode(text)
