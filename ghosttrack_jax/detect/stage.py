@@ -101,7 +101,7 @@ def _run(config, workdir: str) -> None:
   logging.info("detect: %d methods scored on %d examples -> %s", len(methods), len(data.label), out_dir)
 
 
-def _relation_held_out(config, data: FeatureData, methods, out_dir: str, part_key: str) -> None:
+def _relation_held_out(config, data: FeatureData, methods, out_dir: str, key: str) -> None:
   """The methods marked `loro`, cross-validated with whole relations held out (train on the other
   relations, score the held-out ones; `config.evaluate.relation_folds` folds of relations, 0 = one per
   relation), where every row has a relation and there are at least two."""
@@ -111,10 +111,10 @@ def _relation_held_out(config, data: FeatureData, methods, out_dir: str, part_ke
   results = {}
   for spec in progress.track([m for m in methods if m.loro], "detect: relation held out", "method"):
     name = "loro__" + spec.name
-    res = oof.load_method(out_dir, name, part_key)
+    res = oof.load_method(out_dir, name, key)
     if res is None:
       res = cv.cross_validate(spec, data, config.evaluate, folds=folds)
-      oof.save_method(out_dir, name, res, part_key)
+      oof.save_method(out_dir, name, res, key)
       logging.info(
         "detect: relation held out %-30s AUROC %.3f",
         spec.name,
